@@ -1,0 +1,13 @@
+"""Errors a user can act on: raised before any work starts, printed as one line by the CLI."""
+
+
+class OtuError(Exception):
+    """Base class for user-facing errors (bad spec, bad data, unreachable service)."""
+
+
+class SpecError(OtuError):
+    """A spec (or an override) is invalid; the message names the field, the value and what is allowed."""
+
+
+class DataError(OtuError):
+    """Input data is missing, unreadable or inconsistent with the spec."""

@@ -1,0 +1,76 @@
+"""Name → method family. The platform reaches families only through this module.
+
+Each family package ``otu.<family>`` has two modules:
+
+* ``spec.py`` — light (pydantic only) with ``SPEC: FamilySpec``: the models for ``task.data``,
+  ``task.model``, ``eval`` and each method's hyperparameters, and the metric names it reports.
+* ``family.py`` — the entry points (plain PyTorch, no Ray/MLflow), see :class:`FamilyAPI`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from otu.spec import Experiment
+
+FAMILIES: dict[str, str] = {
+    "vision": "otu.vision",
+    "llm": "otu.llm",
+    "tabular": "otu.tabular",
+    "generative": "otu.generative",
+}
+
+Reporter = Callable[[int, Mapping[str, float]], None]
+"""``report(step, metrics)``: per-step metrics from inside an unlearning loop."""
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """The spec sections a family owns, validated by ``otu.spec`` before any work starts."""
+
+    data: type[BaseModel]
+    model: type[BaseModel]
+    eval: type[BaseModel]
+    methods: Mapping[str, type[BaseModel]]
+    metrics: tuple[str, ...]
+    """Metric names ``evaluate`` returns (sweep objectives must be among them)."""
+    validate: Callable[[Experiment], None] | None = None
+    """Optional cross-field / data checks (files exist, columns present…); raise SpecError/DataError."""
+
+
+class FamilyAPI(Protocol):
+    """What ``otu.<family>.family`` provides."""
+
+    def prepare(self, exp: Experiment, cache_dir: Path) -> Any:
+        """Data splits, original model and retain-only oracle; cached on disk by content hash."""
+
+    def reference_models(self, prepared: Any) -> dict[str, Any]:
+        """``{"original": model, "retrained": model}`` (``retrained`` only where there is an oracle)."""
+
+    def unlearn(self, exp: Experiment, prepared: Any, report: Reporter, checkpoint_dir: Path) -> Any:
+        """Run the method named by ``exp.method``; return the unlearned model."""
+
+    def evaluate(self, exp: Experiment, prepared: Any, model: Any) -> dict[str, float]:
+        """Flat metric name → number."""
+
+    def plots(self, exp: Experiment, prepared: Any, models: dict[str, Any], out_dir: Path) -> list[Path]:
+        """Write the family's figures into ``out_dir``; return their paths."""
+
+
+def known_families() -> list[str]:
+    return sorted(FAMILIES)
+
+
+def family_spec(name: str) -> FamilySpec:
+    return import_module(f"{FAMILIES[name]}.spec").SPEC
+
+
+def family_api(name: str) -> FamilyAPI:
+    return import_module(f"{FAMILIES[name]}.family")  # type: ignore[return-value]

@@ -1,0 +1,377 @@
+"""Experiment and sweep specs: YAML in, validated pydantic models out, every mistake named up front.
+
+A spec is checked in two passes: the generic skeleton (name, seed, task.family, tracking, compute),
+then the sections owned by the family (``task.data``, ``task.model``, ``method``, ``eval``), whose
+models come from :mod:`otu.registry`. Errors are collected and raised as one :class:`SpecError`
+whose lines read ``field.path: what is wrong (got VALUE)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from otu.errors import SpecError
+from otu.registry import FAMILIES, family_spec, known_families
+
+
+class Section(BaseModel):
+    """Base for every spec section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Task(Section):
+    family: str
+    data: SerializeAsAny[BaseModel]
+    model: SerializeAsAny[BaseModel]
+
+
+class Tracking(Section):
+    experiment: str = "otu"
+    """MLflow experiment name."""
+    uri: str | None = None
+    """MLflow tracking URI; the CLI's ``--tracking-uri`` and ``MLFLOW_TRACKING_URI`` take precedence."""
+    cache_dir: str = "otu-runs/cache"
+    """Where prepared data and original/oracle models are cached by content hash."""
+
+
+class Compute(Section):
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    threads: int = Field(1, ge=1, description="torch intra-op threads per process")
+    workers: int = Field(1, ge=1, description="data-parallel workers (Ray Train / DeepSpeed ranks)")
+    zero_stage: int = Field(0, ge=0, le=3)
+    offload: Literal["none", "optimizer", "params"] = "none"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    grad_accum: int = Field(1, ge=1)
+    grad_checkpointing: bool = False
+
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class Experiment(Section):
+    name: str = Field(pattern=NAME_PATTERN)
+    seed: int = 0
+    task: Task
+    method: SerializeAsAny[BaseModel]
+    eval: SerializeAsAny[BaseModel]
+    tracking: Tracking = Tracking()
+    compute: Compute = Compute()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Experiment:
+        """A new validated experiment with dotted keys set (``{"method.alpha": 0.1}``)."""
+        raw = self.to_dict()
+        for key, value in overrides.items():
+            set_dotted(raw, key, value)
+        return parse_experiment(raw)
+
+    @property
+    def hash(self) -> str:
+        return content_hash(self.to_dict())
+
+
+# ---------------------------------------------------------------- sweeps
+
+
+class Param(Section):
+    """One search dimension; exactly one of the fields is set."""
+
+    choice: list[Any] | None = None
+    grid: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+    """Integers in [low, high)."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Param:
+        set_kinds = [k for k in PARAM_KINDS if getattr(self, k) is not None]
+        if len(set_kinds) != 1:
+            raise ValueError(f"give exactly one of {', '.join(PARAM_KINDS)} (got {set_kinds or 'none'})")
+        kind = set_kinds[0]
+        value = getattr(self, kind)
+        if kind in ("choice", "grid") and not value:
+            raise ValueError(f"{kind} needs at least one value")
+        if kind in ("uniform", "loguniform", "randint") and not value[0] < value[1]:
+            raise ValueError(f"{kind} needs low < high (got {list(value)})")
+        if kind == "loguniform" and value[0] <= 0:
+            raise ValueError(f"loguniform needs low > 0 (got {list(value)})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in PARAM_KINDS if getattr(self, k) is not None)
+
+    def probe_values(self) -> list[Any]:
+        """Values that must all be valid for the experiment: every listed value, or both bounds."""
+        value = getattr(self, self.kind)
+        if self.kind == "randint":
+            return [value[0], value[1] - 1]
+        return list(value)
+
+
+PARAM_KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
+
+
+class Objective(Section):
+    metric: str
+    mode: Literal["max", "min"]
+
+
+class Search(Section):
+    algorithm: Literal["random", "grid", "optuna", "nsga2"] = "random"
+    num_samples: int = Field(8, ge=1, description="trials (for grid: repeats of the whole grid)")
+    max_concurrent: int = Field(2, ge=1)
+    seeds: int = Field(1, ge=1, description="seed repeats per configuration")
+    scheduler: Literal["none", "asha"] = "none"
+    max_failures: int = Field(1, ge=0, description="retries of a failing trial")
+
+
+class Resources(Section):
+    cpus: float = Field(1, gt=0, description="CPUs per trial")
+    gpus: float = Field(0, ge=0, description="GPUs per trial")
+
+
+class Sweep(Section):
+    name: str = Field(pattern=NAME_PATTERN)
+    experiment: Experiment
+    space: dict[str, Param]
+    objectives: list[Objective] = Field(min_length=1)
+    search: Search = Search()
+    resources: Resources = Resources()
+
+    @field_validator("space")
+    @classmethod
+    def _non_empty(cls, space: dict[str, Param]) -> dict[str, Param]:
+        if not space:
+            raise ValueError("give at least one dotted key to search over")
+        return space
+
+    @property
+    def hash(self) -> str:
+        return content_hash(self.model_dump(mode="json"))
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def parse_experiment(raw: Any) -> Experiment:
+    """Validate a raw mapping into an :class:`Experiment`, or raise one :class:`SpecError`."""
+    if not isinstance(raw, Mapping):
+        raise SpecError(f"an experiment spec must be a mapping (got {type(raw).__name__})")
+    raw = dict(raw)
+    task = raw.get("task")
+    if not isinstance(task, Mapping):
+        raise SpecError(f"task: required mapping with family, data, model (got {task!r})")
+    family = task.get("family")
+    if family not in FAMILIES:
+        raise SpecError(f"task.family: unknown family {family!r}; known: {', '.join(known_families())}")
+    fam = family_spec(family)
+
+    errors: list[str] = []
+    sections = {
+        ("task", "data"): fam.data,
+        ("task", "model"): fam.model,
+        ("eval",): fam.eval,
+    }
+    task = dict(task)
+    for path, model in sections.items():
+        holder = task if path[0] == "task" else raw
+        value = _validate_section(model, holder.get(path[-1]) or {}, ".".join(path), errors)
+        holder[path[-1]] = value
+
+    method = raw.get("method")
+    name = method.get("name") if isinstance(method, Mapping) else None
+    if name not in fam.methods:
+        errors.append(
+            f"method.name: unknown method {name!r} for family {family!r}; "
+            f"known: {', '.join(sorted(fam.methods))}"
+        )
+    else:
+        raw["method"] = _validate_section(fam.methods[name], method, "method", errors)
+    raw["task"] = task
+
+    if errors:
+        raise SpecError("; ".join(errors))
+    try:
+        exp = Experiment.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(_format(err, "")) from None
+    if fam.validate is not None:
+        fam.validate(exp)
+    return exp
+
+
+def parse_sweep(raw: Any, base_dir: Path | None = None) -> Sweep:
+    """Validate a sweep mapping; ``experiment`` may be inline or a path relative to ``base_dir``."""
+    if not isinstance(raw, Mapping):
+        raise SpecError(f"a sweep spec must be a mapping (got {type(raw).__name__})")
+    raw = dict(raw)
+    raw["experiment"] = _resolve_experiment_ref(raw.get("experiment"), base_dir)
+    exp = parse_experiment(raw["experiment"])
+    raw["experiment"] = exp
+    try:
+        sweep = Sweep.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(_format(err, "")) from None
+
+    errors: list[str] = []
+    metrics = family_spec(exp.task.family).metrics
+    for i, obj in enumerate(sweep.objectives):
+        if obj.metric not in metrics:
+            errors.append(
+                f"objectives.{i}.metric: unknown metric {obj.metric!r} for family "
+                f"{exp.task.family!r}; known: {', '.join(metrics)}"
+            )
+    for key, param in sweep.space.items():
+        for value in param.probe_values():
+            try:
+                exp.with_overrides({key: value})
+            except SpecError as err:
+                errors.append(f"space.{key}: value {value!r} is not valid here: {err}")
+                break
+    algo = sweep.search.algorithm
+    kinds = {key: p.kind for key, p in sweep.space.items()}
+    if algo == "grid" and any(k not in ("grid", "choice") for k in kinds.values()):
+        errors.append(f"search.algorithm: 'grid' needs grid/choice values for every key (got {kinds})")
+    if algo in ("optuna", "nsga2") and "grid" in kinds.values():
+        errors.append(f"search.algorithm: {algo!r} cannot take 'grid' values; use 'choice' (got {kinds})")
+    if sweep.search.scheduler == "asha" and len(sweep.objectives) > 1:
+        errors.append(
+            "search.scheduler: 'asha' needs a single objective (early-stopped trials bias a Pareto front)"
+        )
+    if errors:
+        raise SpecError("; ".join(errors))
+    return sweep
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"spec file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a spec must be a YAML mapping (got {type(raw).__name__})")
+    return raw
+
+
+def is_sweep(raw: Mapping[str, Any]) -> bool:
+    return "space" in raw or "objectives" in raw
+
+
+def load_experiment(path: str | Path, overrides: Iterable[str] = ()) -> Experiment:
+    raw = load_yaml(path)
+    if is_sweep(raw):
+        raise SpecError(f"{path}: this is a sweep spec; use `otu sweep`")
+    apply_overrides(raw, overrides)
+    return parse_experiment(raw)
+
+
+def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
+    path = Path(path)
+    raw = load_yaml(path)
+    if not is_sweep(raw):
+        raise SpecError(f"{path}: not a sweep spec (no 'space'/'objectives'); use `otu run`")
+    raw["experiment"] = _resolve_experiment_ref(raw.get("experiment"), path.parent)
+    apply_overrides(raw, overrides)
+    return parse_sweep(raw, path.parent)
+
+
+def _resolve_experiment_ref(ref: Any, base_dir: Path | None) -> Any:
+    if isinstance(ref, str):
+        target = Path(ref) if Path(ref).is_absolute() or base_dir is None else base_dir / ref
+        if not target.is_file():
+            raise SpecError(f"experiment: file not found: {target}")
+        return load_yaml(target)
+    if ref is None:
+        raise SpecError("experiment: required (a path to an experiment spec, or an inline mapping)")
+    return ref
+
+
+# ---------------------------------------------------------------- dotted keys and hashing
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` strings in place; values are parsed as YAML scalars/lists."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"--set: expected dotted.key=value (got {item!r})")
+        set_dotted(raw, key.strip(), yaml.safe_load(text))
+    return raw
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
+        raise SpecError(f"{key!r}: not a dotted key (e.g. method.alpha)")
+    node = raw
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise SpecError(f"{'.'.join(parts[: depth + 1])}: is a value, cannot set {key}")
+        node = child
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def get_dotted(raw: Mapping[str, Any], key: str) -> Any:
+    node: Any = raw
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def content_hash(obj: Any) -> str:
+    """Stable short hash of JSON-able content (key order does not matter)."""
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def dump_yaml(obj: BaseModel, path: Path) -> None:
+    path.write_text(yaml.safe_dump(obj.model_dump(mode="json"), sort_keys=False))
+
+
+# ---------------------------------------------------------------- errors
+
+
+def _validate_section(model: type[BaseModel], value: Any, prefix: str, errors: list[str]) -> Any:
+    try:
+        return model.model_validate(value)
+    except ValidationError as err:
+        errors.append(_format(err, prefix))
+        return value
+
+
+def _format(err: ValidationError, prefix: str) -> str:
+    lines = []
+    for e in err.errors(include_url=False):
+        loc = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        msg = e["msg"].removeprefix("Value error, ")
+        got = "" if e["type"] in ("missing", "value_error") else f" (got {e['input']!r})"
+        lines.append(f"{loc or '<root>'}: {msg}{got}")
+    return "; ".join(lines)
