@@ -1,0 +1,175 @@
+"""The Ray Tune sweep driver.
+
+The driver validates nothing (the spec already is), prepares the data and reference models once per
+seed, then runs one Tune trial per configuration. Each trial runs :func:`run_experiment` for each of
+its seeds and reports the mean (and std) of the unlearned model's metrics once, at the end. The
+driver alone writes ``trials.parquet`` and MLflow (see :mod:`otu.runtime.recorder`), so trials never
+race on a SQLite file.
+
+Layout of a sweep directory::
+
+    DIR/sweep.yaml        resolved sweep spec (what --resume reads)
+    DIR/trials.parquet    one row per finished trial
+    DIR/trials/<id>/      each trial's run outputs (metrics.json, spec.yaml, steps.jsonl, plots/)
+    DIR/ray/tune/         Ray Tune's experiment state (what --resume restores)
+    DIR/summary.md, DIR/pareto.png
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray import tune
+
+from otu.report.summary import write_report
+from otu.runtime.experiment import prepare, run_experiment
+from otu.runtime.recorder import SweepRecorder
+from otu.spec import Experiment, Param, Sweep, dump_yaml, parse_experiment
+from otu.tracking.results import TRIALS_FILE
+
+TUNE_NAME = "tune"
+
+
+def run_sweep(
+    sweep: Sweep,
+    out_dir: Path,
+    tracking_uri: str,
+    address: str | None = None,
+    resume: bool = False,
+) -> Path:
+    """Run (or resume) ``sweep`` into ``out_dir``; return the path of ``trials.parquet``."""
+    import ray
+
+    out_dir = out_dir.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = _absolute_paths(sweep.experiment)
+    if not resume:
+        dump_yaml(sweep, out_dir / "sweep.yaml")
+
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    for seed in _seeds(base, sweep.search.seeds):
+        prepare(base.with_overrides({"seed": seed}))
+    timings["prepare_s"] = time.perf_counter() - start
+
+    if not ray.is_initialized():
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            configure_logging=False,
+            # trials keep the driver's working directory, so relative data paths resolve alike
+            runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}},
+        )
+
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            sweep_trial, base=base.to_dict(), sweep_dir=str(out_dir), seeds=sweep.search.seeds
+        ),
+        _trial_resources(sweep, base),
+    )
+    storage = out_dir / "ray"
+    start = time.perf_counter()
+    if resume and tune.Tuner.can_restore(str(storage / TUNE_NAME)):
+        tuner = tune.Tuner.restore(
+            str(storage / TUNE_NAME), trainable, resume_unfinished=True, resume_errored=True
+        )
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={key: to_tune(param) for key, param in sweep.space.items()},
+            tune_config=tune.TuneConfig(
+                search_alg=search_algorithm(sweep),
+                num_samples=sweep.search.num_samples,
+                max_concurrent_trials=sweep.search.max_concurrent,
+            ),
+            run_config=tune.RunConfig(
+                name=TUNE_NAME,
+                storage_path=str(storage),
+                callbacks=[SweepRecorder(str(out_dir), tracking_uri, sweep.experiment.tracking.experiment)],
+                failure_config=tune.FailureConfig(max_failures=sweep.search.max_failures),
+                verbose=1,
+            ),
+        )
+    tuner.fit()
+    timings["trials_s"] = time.perf_counter() - start
+
+    recorder = SweepRecorder(str(out_dir), tracking_uri, sweep.experiment.tracking.experiment)
+    report_files = write_report(out_dir, sweep, timings)
+    recorder.finish(report_files, timings)
+    return out_dir / TRIALS_FILE
+
+
+def sweep_trial(config: dict[str, Any], *, base: dict[str, Any], sweep_dir: str, seeds: int) -> None:
+    """One Tune trial: the base experiment with ``config``'s dotted keys set, over ``seeds`` seeds."""
+    trial_id = tune.get_context().get_trial_id()
+    exp = parse_experiment(base).with_overrides(config)
+    trial_dir = Path(sweep_dir) / "trials" / trial_id
+    per_seed = []
+    for seed in _seeds(exp, seeds):
+        run_dir = trial_dir if seeds == 1 else trial_dir / f"seed-{seed}"
+        result = run_experiment(exp.with_overrides({"seed": seed}), run_dir)
+        per_seed.append(result.metrics["unlearned"])
+    tune.report(aggregate(per_seed))
+
+
+def aggregate(per_seed: list[dict[str, float]]) -> dict[str, float]:
+    """Mean over seeds under the metric's own name; ``<name>_std`` when there are several seeds."""
+    out: dict[str, float] = {}
+    for name in per_seed[0]:
+        values = np.array([m[name] for m in per_seed], dtype=float)
+        out[name] = float(values.mean())
+        if len(per_seed) > 1:
+            out[f"{name}_std"] = float(values.std(ddof=1))
+    return out
+
+
+def to_tune(param: Param) -> Any:
+    kind, value = param.kind, getattr(param, param.kind)
+    if kind == "grid":
+        return tune.grid_search(list(value))
+    if kind == "choice":
+        return tune.choice(list(value))
+    if kind == "uniform":
+        return tune.uniform(*value)
+    if kind == "loguniform":
+        return tune.loguniform(*value)
+    return tune.randint(*value)
+
+
+def search_algorithm(sweep: Sweep):
+    """Ray Tune's variant generator for grid/random; Optuna (TPE or NSGA-II) otherwise."""
+    algo = sweep.search.algorithm
+    if algo in ("grid", "random"):
+        return None
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    seed = sweep.experiment.seed
+    sampler = (
+        optuna.samplers.NSGAIISampler(seed=seed) if algo == "nsga2" else optuna.samplers.TPESampler(seed=seed)
+    )
+    metrics = [o.metric for o in sweep.objectives]
+    modes = [o.mode for o in sweep.objectives]
+    if len(metrics) == 1:
+        return OptunaSearch(metric=metrics[0], mode=modes[0], sampler=sampler)
+    return OptunaSearch(metric=metrics, mode=modes, sampler=sampler)
+
+
+def _trial_resources(sweep: Sweep, exp: Experiment) -> dict[str, float]:
+    if exp.compute.workers > 1:  # the trial only drives a Ray Train run whose workers hold the CPUs
+        return {"cpu": 0, "gpu": 0}
+    return {"cpu": sweep.resources.cpus, "gpu": sweep.resources.gpus}
+
+
+def _seeds(exp: Experiment, count: int) -> list[int]:
+    return [exp.seed + i for i in range(count)]
+
+
+def _absolute_paths(exp: Experiment) -> Experiment:
+    """Trials run in other working directories (and other nodes): pin relative paths to here."""
+    cache = os.path.abspath(exp.tracking.cache_dir)
+    return exp.with_overrides({"tracking.cache_dir": cache})

@@ -1,0 +1,138 @@
+"""MLflow access for otu: tracking-URI resolution and the run layout (one run per ``otu run``; a
+parent run per sweep with one child run per trial). Only one process writes a SQLite store: the
+CLI process for ``otu run``, the Tune driver for sweeps."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+import otu
+
+DEFAULT_TRACKING_URI = "sqlite:///otu-runs/mlflow.db"
+MAX_PARAM_LEN = 6000
+
+
+def resolve_tracking_uri(cli_value: str | None = None, spec_value: str | None = None) -> str:
+    """CLI flag, then ``MLFLOW_TRACKING_URI``, then the spec's ``tracking.uri``, then the default."""
+    uri = cli_value or os.environ.get("MLFLOW_TRACKING_URI") or spec_value or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return uri
+
+
+class Tracker:
+    """A thin writer over :class:`MlflowClient` that never touches the global active-run state."""
+
+    def __init__(self, tracking_uri: str, experiment: str):
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is not None:
+            self.experiment_id = found.experiment_id
+        else:
+            self.experiment_id = self.client.create_experiment(
+                experiment, artifact_location=_artifact_location(tracking_uri, experiment)
+            )
+
+    def start_run(self, name: str, tags: Mapping[str, str] | None = None, parent: str | None = None) -> str:
+        all_tags = {**default_tags(), **(tags or {})}
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        return run.info.run_id
+
+    def find_run(self, tag: str, value: str, parent: str | None = None) -> str | None:
+        query = f"tags.`{tag}` = '{value}'"
+        if parent:
+            query += f" and tags.`mlflow.parentRunId` = '{parent}'"
+        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in params.items()]
+        for chunk in _chunks(items, 100):
+            self.client.log_batch(run_id, params=chunk)
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        items = [
+            Metric(k, float(v), 0, step)
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and math.isfinite(float(v))
+        ]
+        for chunk in _chunks(items, 1000):
+            self.client.log_batch(run_id, metrics=chunk)
+
+    def log_steps(self, run_id: str, steps: Iterable[Mapping[str, float]]) -> None:
+        items = [
+            Metric(k, float(v), 0, int(row["step"]))
+            for row in steps
+            for k, v in row.items()
+            if k != "step" and math.isfinite(float(v))
+        ]
+        for chunk in _chunks(items, 1000):
+            self.client.log_batch(run_id, metrics=chunk)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifacts(self, run_id: str, paths: Iterable[Path], subdir: str | None = None) -> None:
+        for path in paths:
+            if path.is_dir():
+                self.client.log_artifacts(run_id, str(path), artifact_path=subdir)
+            elif path.is_file():
+                self.client.log_artifact(run_id, str(path), artifact_path=subdir)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+
+def flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def default_tags() -> dict[str, str]:
+    tags = {"otu.version": otu.__version__}
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Keep artifacts beside a local SQLite store (``otu-runs/mlartifacts/<experiment>``)."""
+    if tracking_uri.startswith("sqlite:///"):
+        root = Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent
+        return (root / "mlartifacts" / experiment).as_uri()
+    return None
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

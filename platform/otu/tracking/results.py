@@ -1,0 +1,39 @@
+"""``trials.parquet``: one row per trial, rewritten atomically each time a trial finishes.
+
+Rows are keyed by ``trial_id``: writing a trial again (a retry, a resumed sweep) replaces its row,
+so the table never holds duplicates.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+TRIALS_FILE = "trials.parquet"
+
+
+class TrialsTable:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def read(self) -> pd.DataFrame:
+        if not self.path.is_file():
+            return pd.DataFrame(columns=["trial_id", "status"])
+        return pd.read_parquet(self.path)
+
+    def upsert(self, row: Mapping[str, Any]) -> None:
+        table = self.read()
+        table = table[table["trial_id"] != row["trial_id"]]
+        new = pd.DataFrame([dict(row)])
+        table = new if table.empty else pd.concat([table, new], ignore_index=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        table.to_parquet(tmp, index=False)
+        os.replace(tmp, self.path)
+
+    def finished_ids(self) -> set[str]:
+        table = self.read()
+        return set(table.loc[table["status"] == "TERMINATED", "trial_id"])
