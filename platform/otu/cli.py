@@ -106,10 +106,15 @@ def cmd_run(args: argparse.Namespace) -> None:
     def report(step: int, metrics) -> None:
         tracker.log_metrics(run_id, metrics, step=step)
 
+    def on_checkpoint(step: int, metrics) -> None:
+        tracker.log_metrics(run_id, {f"eval/{k}": v for k, v in metrics.items()}, step=step)
+
     status = "FAILED"
     try:
         with _guard_output(out_dir), console.status("starting") as spinner:
-            result = run_experiment(exp, out_dir, report, phase=lambda s: spinner.update(s))
+            evaluator = _local_ray_and_evaluator(exp)
+            result = run_experiment(exp, out_dir, report, phase=lambda s: spinner.update(s),
+                                    evaluator=evaluator, on_checkpoint=on_checkpoint)
         for model, metrics in result.metrics.items():
             prefix = "" if model == "unlearned" else f"{model}/"
             tracker.log_metrics(run_id, {f"{prefix}{k}": v for k, v in metrics.items()})
@@ -162,17 +167,22 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    from otu.report.compare import compare_sweeps
     from otu.report.summary import write_report
 
+    sweep_dirs = [d for d in args.dirs if (d / "sweep.yaml").is_file()]
     for run_dir in args.dirs:
-        if (run_dir / "sweep.yaml").is_file():
-            sweep = parse_sweep(load_yaml(run_dir / "sweep.yaml"))
-            files = write_report(run_dir, sweep)
+        if run_dir in sweep_dirs:
+            files = write_report(run_dir, parse_sweep(load_yaml(run_dir / "sweep.yaml")))
             console.print(f"{run_dir}: wrote {', '.join(str(f) for f in files)}")
         elif (run_dir / "metrics.json").is_file():
             print_metrics(json.loads((run_dir / "metrics.json").read_text()), title=str(run_dir))
         else:
             raise SpecError(f"{run_dir}: neither a sweep (sweep.yaml) nor a run (metrics.json) directory")
+    if len(sweep_dirs) > 1:
+        out = args.out or RUNS_ROOT / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+        files = compare_sweeps(sweep_dirs, out)
+        console.print(f"comparison: {', '.join(str(f) for f in files)}")
 
 
 def cmd_data_entities(args: argparse.Namespace) -> None:
@@ -184,6 +194,23 @@ def cmd_data_entities(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _local_ray_and_evaluator(exp):
+    """Start an embedded Ray when the run needs it (evaluation actors, Ray Train workers)."""
+    if exp.dynamics.every == 0 and exp.compute.workers == 1:
+        return None
+    import ray
+
+    from otu.runtime.evaluation import CheckpointEvaluator, start_pool
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+    if exp.dynamics.every == 0:
+        return None
+    prefix = f"run-{exp.hash}"
+    start_pool(prefix, exp.dynamics.pool_size, exp.dynamics.actor_cpus)
+    return CheckpointEvaluator.attach(exp, prefix)
 
 
 def print_metrics(metrics: dict[str, dict[str, float]], title: str) -> None:

@@ -27,8 +27,14 @@ FAMILIES: dict[str, str] = {
     "generative": "otu.generative",
 }
 
-Reporter = Callable[[int, Mapping[str, float]], None]
-"""``report(step, metrics)``: per-step metrics from inside an unlearning loop."""
+class Reporter(Protocol):
+    """``report(step, metrics, model=None)``: per-step metrics from inside an unlearning loop.
+
+    Pass the live ``model`` (or, for multi-worker runs, a checkpoint directory ``load_unlearned``
+    reads) so the platform can evaluate checkpoints (``dynamics.every``); it decides when to
+    snapshot, so passing it on every step costs nothing."""
+
+    def __call__(self, step: int, metrics: Mapping[str, float], model: Any = None) -> None: ...
 
 
 @dataclass(frozen=True)

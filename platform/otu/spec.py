@@ -63,6 +63,17 @@ class Compute(Section):
     grad_checkpointing: bool = False
 
 
+class Dynamics(Section):
+    """Checkpoint evaluation during unlearning, on a pool of evaluation actors."""
+
+    every: int = Field(0, ge=0, description="evaluate a checkpoint every this many steps (0: off)")
+    select: str | None = None
+    """Metric by which to select the best checkpoint (its metrics become ``unlearned``)."""
+    mode: Literal["max", "min"] = "max"
+    pool_size: int = Field(2, ge=1, description="evaluation actors")
+    actor_cpus: float = Field(0.0, ge=0, description="CPUs reserved per actor (0: share the trials')")
+
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
@@ -74,6 +85,7 @@ class Experiment(Section):
     eval: SerializeAsAny[BaseModel]
     tracking: Tracking = Tracking()
     compute: Compute = Compute()
+    dynamics: Dynamics = Dynamics()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -143,8 +155,9 @@ class Search(Section):
     num_samples: int = Field(8, ge=1, description="trials (for grid: repeats of the whole grid)")
     max_concurrent: int = Field(2, ge=1)
     seeds: int = Field(1, ge=1, description="seed repeats per configuration")
-    scheduler: Literal["none", "asha"] = "none"
     max_failures: int = Field(1, ge=0, description="retries of a failing trial")
+    scheduler: Literal["none", "asha"] = "none"
+    """ASHA early stopping on checkpoint metrics (single objective; needs experiment.dynamics.every)."""
 
 
 class Resources(Section):
@@ -217,6 +230,11 @@ def parse_experiment(raw: Any) -> Experiment:
         exp = Experiment.model_validate(raw)
     except ValidationError as err:
         raise SpecError(_format(err, "")) from None
+    select = exp.dynamics.select
+    if select is not None and select not in fam.metrics:
+        raise SpecError(
+            f"dynamics.select: unknown metric {select!r} for family {family!r}; known: {', '.join(fam.metrics)}"
+        )
     if fam.validate is not None:
         fam.validate(exp)
     return exp
@@ -256,10 +274,15 @@ def parse_sweep(raw: Any, base_dir: Path | None = None) -> Sweep:
         errors.append(f"search.algorithm: 'grid' needs grid/choice values for every key (got {kinds})")
     if algo in ("optuna", "nsga2") and "grid" in kinds.values():
         errors.append(f"search.algorithm: {algo!r} cannot take 'grid' values; use 'choice' (got {kinds})")
-    if sweep.search.scheduler == "asha" and len(sweep.objectives) > 1:
-        errors.append(
-            "search.scheduler: 'asha' needs a single objective (early-stopped trials bias a Pareto front)"
-        )
+    if sweep.search.scheduler == "asha":
+        if len(sweep.objectives) > 1:
+            errors.append(
+                "search.scheduler: 'asha' needs a single objective (early-stopped trials bias a Pareto front)"
+            )
+        if exp.dynamics.every == 0:
+            errors.append(
+                "search.scheduler: 'asha' stops on checkpoint metrics; set experiment.dynamics.every > 0"
+            )
     if errors:
         raise SpecError("; ".join(errors))
     return sweep

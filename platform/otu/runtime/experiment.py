@@ -6,6 +6,7 @@ only through :mod:`otu.registry`, and writes the output contract:
 * ``DIR/spec.yaml`` — the resolved spec;
 * ``DIR/metrics.json`` — ``{"original": {...}, "retrained": {...}, "unlearned": {...}}``;
 * ``DIR/steps.jsonl`` — per-step metrics reported by the unlearning loop (``{"step": k, ...}``);
+* ``DIR/dynamics.jsonl`` — metrics of checkpoints evaluated during unlearning (``dynamics.every``);
 * ``DIR/plots/*.png`` — the family's figures.
 """
 
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -52,8 +54,15 @@ def run_experiment(
     out_dir: Path,
     report: Reporter | None = None,
     phase: Callable[[str], None] | None = None,
+    evaluator: CheckpointSink | None = None,
+    on_checkpoint: Callable[[int, dict[str, float]], None] | None = None,
 ) -> RunResult:
-    """Run ``exp`` and write its outputs into ``out_dir``; ``phase(name)`` announces progress."""
+    """Run ``exp`` and write its outputs into ``out_dir``.
+
+    ``phase(name)`` announces progress; ``evaluator`` (see :mod:`otu.runtime.evaluation`) receives
+    a checkpoint every ``exp.dynamics.every`` steps and ``on_checkpoint(step, metrics)`` is called as
+    each checkpoint's metrics arrive (a Tune trial forwards them to its scheduler).
+    """
     phase = phase or (lambda _name: None)
     api = family_api(exp.task.family)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -73,27 +82,89 @@ def run_experiment(
 
     phase(f"unlearning with {exp.method.name}")  # type: ignore[attr-defined]
     start = time.perf_counter()
-    steps_path = out_dir / "steps.jsonl"
-    steps_path.unlink(missing_ok=True)
-    record = _step_recorder(steps_path, report)
+    recorder = _StepRecorder(out_dir, report, evaluator, on_checkpoint)
     seed_everything(exp.seed)
     checkpoint_dir = out_dir / "checkpoint"
     if exp.compute.workers > 1 and hasattr(api, "unlearn_worker"):
         from otu.runtime.train import unlearn_distributed
 
         cache_dir = Path(exp.tracking.cache_dir)
-        models["unlearned"] = unlearn_distributed(exp, api, cache_dir, record, checkpoint_dir)
+        models["unlearned"] = unlearn_distributed(exp, api, cache_dir, recorder, checkpoint_dir)
     else:
-        models["unlearned"] = api.unlearn(exp, prepared, record, checkpoint_dir)
+        models["unlearned"] = api.unlearn(exp, prepared, recorder, checkpoint_dir)
     timings["unlearn_s"] = time.perf_counter() - start
 
     phase("evaluating the unlearned model")
     start = time.perf_counter()
-    metrics["unlearned"] = _as_floats(api.evaluate(exp, prepared, models["unlearned"]))
+    final = _as_floats(api.evaluate(exp, prepared, models["unlearned"]))
+    dynamics = recorder.finish(final)
+    metrics["unlearned"] = final
+    if exp.dynamics.select is not None and dynamics:
+        best = select_checkpoint(dynamics, exp.dynamics.select, exp.dynamics.mode)
+        metrics["last"] = final
+        metrics["unlearned"] = {**{k: v for k, v in best.items() if k != "step"}, "checkpoint_step": best["step"]}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plots = api.plots(exp, prepared, models, out_dir / "plots") if _wants_plots(exp) else []
+    if len(dynamics) > 1:
+        from otu.report.plots import plot_dynamics
+
+        plots = [*plots, plot_dynamics(dynamics, out_dir / "plots" / "dynamics.png")]
     timings["evaluate_s"] = time.perf_counter() - start
     return RunResult(metrics=metrics, plots=list(plots), timings=timings)
+
+
+def select_checkpoint(dynamics: list[dict[str, float]], metric: str, mode: str) -> dict[str, float]:
+    """The checkpoint row with the best ``metric`` (the earliest among ties)."""
+    sign = 1.0 if mode == "max" else -1.0
+    return max(dynamics, key=lambda row: (sign * row[metric], -row["step"]))
+
+
+class CheckpointSink(Protocol):
+    def wants(self, step: int) -> bool: ...
+    def submit(self, step: int, checkpoint: object) -> None: ...
+    def ready(self) -> list[tuple[int, dict[str, float]]]: ...
+    def drain(self) -> list[tuple[int, dict[str, float]]]: ...
+
+
+class _StepRecorder:
+    """The reporter handed to a family: appends to ``steps.jsonl``, forwards to ``report``, and sends
+    checkpoints to the evaluator; ``finish`` writes ``dynamics.jsonl`` (checkpoint metrics by step)."""
+
+    def __init__(self, out_dir: Path, report, evaluator: CheckpointSink | None, on_checkpoint) -> None:
+        self.steps_path = out_dir / "steps.jsonl"
+        self.dynamics_path = out_dir / "dynamics.jsonl"
+        for path in (self.steps_path, self.dynamics_path):
+            path.unlink(missing_ok=True)
+        self.report, self.evaluator, self.on_checkpoint = report, evaluator, on_checkpoint
+        self.last_step = 0
+        self.checkpoints: list[dict[str, float]] = []
+
+    def __call__(self, step: int, metrics: Mapping[str, float], model: object = None) -> None:
+        self.last_step = int(step)
+        row = {"step": int(step), **_as_floats(metrics)}
+        with self.steps_path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.report is not None:
+            self.report(step, metrics)
+        if self.evaluator is not None:
+            if model is not None and self.evaluator.wants(step):
+                self.evaluator.submit(step, model)
+            self._collect(self.evaluator.ready())
+
+    def _collect(self, results: list[tuple[int, dict[str, float]]]) -> None:
+        for step, metrics in results:
+            self.checkpoints.append({"step": float(step), **metrics})
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(step, metrics)
+
+    def finish(self, final: dict[str, float]) -> list[dict[str, float]]:
+        if self.evaluator is None:
+            return []
+        self._collect(self.evaluator.drain())
+        rows = [r for r in self.checkpoints if r["step"] != self.last_step]
+        rows = sorted([*rows, {"step": float(self.last_step), **final}], key=lambda r: r["step"])
+        self.dynamics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return rows
 
 
 def _reference_metrics(exp: Experiment, api, prepared, models: Mapping[str, object]) -> Metrics:
@@ -115,19 +186,9 @@ def _reference_metrics(exp: Experiment, api, prepared, models: Mapping[str, obje
     return metrics
 
 
-def _step_recorder(path: Path, report: Reporter | None) -> Reporter:
-    def record(step: int, metrics: Mapping[str, float]) -> None:
-        row = {"step": int(step), **_as_floats(metrics)}
-        with path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        if report is not None:
-            report(step, metrics)
-
-    return record
-
-
-def read_steps(run_dir: Path) -> list[dict[str, float]]:
-    path = run_dir / "steps.jsonl"
+def read_steps(run_dir: Path, name: str = "steps") -> list[dict[str, float]]:
+    """Rows of ``steps.jsonl`` (or ``dynamics.jsonl`` with ``name="dynamics"``)."""
+    path = run_dir / f"{name}.jsonl"
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -72,6 +72,7 @@ class SweepRecorder(Callback):
         run_dirs = [trial_dir] if (trial_dir / "metrics.json").is_file() else sorted(trial_dir.glob("seed-*"))
         for run_dir in run_dirs:
             tracker.log_steps(run, read_steps(run_dir))
+            tracker.log_steps(run, read_steps(run_dir, "dynamics"), prefix="eval/")
         tracker.log_metrics(run, metrics)
         if error:
             tracker.set_tags(run, {"otu.error": error[:5000]})

@@ -26,6 +26,7 @@ import numpy as np
 from ray import tune
 
 from otu.report.summary import write_report
+from otu.runtime.evaluation import CheckpointEvaluator, start_pool
 from otu.runtime.experiment import prepare, run_experiment
 from otu.runtime.recorder import SweepRecorder
 from otu.spec import Experiment, Param, Sweep, dump_yaml, parse_experiment
@@ -65,9 +66,12 @@ def run_sweep(
             runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}},
         )
 
+    pool = f"sweep-{sweep.hash}"
+    if base.dynamics.every > 0:
+        start_pool(pool, base.dynamics.pool_size, base.dynamics.actor_cpus)
     trainable = tune.with_resources(
         tune.with_parameters(
-            sweep_trial, base=base.to_dict(), sweep_dir=str(out_dir), seeds=sweep.search.seeds
+            sweep_trial, base=base.to_dict(), sweep_dir=str(out_dir), seeds=sweep.search.seeds, pool=pool
         ),
         _trial_resources(sweep, base),
     )
@@ -83,6 +87,7 @@ def run_sweep(
             param_space={key: to_tune(param) for key, param in sweep.space.items()},
             tune_config=tune.TuneConfig(
                 search_alg=search_algorithm(sweep),
+                scheduler=scheduler(sweep),
                 num_samples=sweep.search.num_samples,
                 max_concurrent_trials=sweep.search.max_concurrent,
             ),
@@ -103,15 +108,26 @@ def run_sweep(
     return out_dir / TRIALS_FILE
 
 
-def sweep_trial(config: dict[str, Any], *, base: dict[str, Any], sweep_dir: str, seeds: int) -> None:
-    """One Tune trial: the base experiment with ``config``'s dotted keys set, over ``seeds`` seeds."""
+def sweep_trial(
+    config: dict[str, Any], *, base: dict[str, Any], sweep_dir: str, seeds: int, pool: str
+) -> None:
+    """One Tune trial: the base experiment with ``config``'s dotted keys set, over ``seeds`` seeds.
+    Checkpoint metrics (``dynamics.every``) are reported to Tune as they arrive (ASHA stops on
+    them); the final report holds the unlearned model's metrics, averaged over seeds."""
     trial_id = tune.get_context().get_trial_id()
     exp = parse_experiment(base).with_overrides(config)
     trial_dir = Path(sweep_dir) / "trials" / trial_id
     per_seed = []
     for seed in _seeds(exp, seeds):
+        run_exp = exp.with_overrides({"seed": seed})
+        evaluator = CheckpointEvaluator.attach(run_exp, pool) if exp.dynamics.every > 0 else None
         run_dir = trial_dir if seeds == 1 else trial_dir / f"seed-{seed}"
-        result = run_experiment(exp.with_overrides({"seed": seed}), run_dir)
+        result = run_experiment(
+            run_exp,
+            run_dir,
+            evaluator=evaluator,
+            on_checkpoint=lambda step, metrics: tune.report({**metrics, "step": step}),
+        )
         per_seed.append(result.metrics["unlearned"])
     tune.report(aggregate(per_seed))
 
@@ -157,6 +173,16 @@ def search_algorithm(sweep: Sweep):
     if len(metrics) == 1:
         return OptunaSearch(metric=metrics[0], mode=modes[0], sampler=sampler)
     return OptunaSearch(metric=metrics, mode=modes, sampler=sampler)
+
+
+def scheduler(sweep: Sweep):
+    """ASHA on the single objective, fed by checkpoint metrics; None (FIFO) otherwise."""
+    if sweep.search.scheduler != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    objective = sweep.objectives[0]
+    return ASHAScheduler(metric=objective.metric, mode=objective.mode, grace_period=1)
 
 
 def _trial_resources(sweep: Sweep, exp: Experiment) -> dict[str, float]:

@@ -70,9 +70,9 @@ class Tracker:
         for chunk in _chunks(items, 1000):
             self.client.log_batch(run_id, metrics=chunk)
 
-    def log_steps(self, run_id: str, steps: Iterable[Mapping[str, float]]) -> None:
+    def log_steps(self, run_id: str, steps: Iterable[Mapping[str, float]], prefix: str = "") -> None:
         items = [
-            Metric(k, float(v), 0, int(row["step"]))
+            Metric(f"{prefix}{k}", float(v), 0, int(row["step"]))
             for row in steps
             for k, v in row.items()
             if k != "step" and math.isfinite(float(v))

@@ -1,0 +1,97 @@
+"""Evaluation actors: a pool of Ray actors that evaluate checkpoints while unlearning goes on.
+
+Each actor prepares a family's evaluation data once per (task, seed) — from the on-disk cache the
+driver filled — and then evaluates any checkpoint sent to it: a model object (a snapshot taken by
+``ray.put`` at submission time) or a checkpoint directory the family can load
+(``load_unlearned``, for multi-worker runs). Submission never blocks the training loop; results
+are collected as they complete.
+
+In a sweep the driver starts one named pool for all trials (:func:`start_pool`); a trial or a
+single ``otu run`` attaches to it by name (:class:`CheckpointEvaluator`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.util import ActorPool
+
+from otu.registry import family_api
+from otu.spec import Experiment, content_hash, parse_experiment
+
+NAMESPACE = "otu"
+
+
+@ray.remote
+class Evaluator:
+    """Holds prepared data per (task, seed) and evaluates checkpoints with the family's metrics."""
+
+    def __init__(self, threads: int = 1):
+        import torch
+
+        torch.set_num_threads(threads)
+        self._prepared: dict[str, Any] = {}
+
+    def evaluate(self, exp_dict: dict[str, Any], step: int, checkpoint: Any) -> tuple[int, dict[str, float]]:
+        from otu.runtime.experiment import prepare
+
+        exp = parse_experiment(exp_dict)
+        key = content_hash([exp_dict["task"], exp_dict["seed"], exp_dict["tracking"]["cache_dir"]])
+        if key not in self._prepared:
+            self._prepared[key] = prepare(exp)
+        prepared = self._prepared[key]
+        api = family_api(exp.task.family)
+        model = api.load_unlearned(exp, prepared, checkpoint) if isinstance(checkpoint, Path) else checkpoint
+        return step, {k: float(v) for k, v in api.evaluate(exp, prepared, model).items()}
+
+
+def pool_names(prefix: str, size: int) -> list[str]:
+    return [f"{prefix}-eval-{i}" for i in range(size)]
+
+
+def start_pool(prefix: str, size: int, cpus: float = 0.0) -> list[ray.actor.ActorHandle]:
+    """Start (or find) ``size`` named evaluator actors; they live as long as the driver's Ray job."""
+    return [
+        Evaluator.options(name=name, namespace=NAMESPACE, num_cpus=cpus, get_if_exists=True).remote()
+        for name in pool_names(prefix, size)
+    ]
+
+
+class CheckpointEvaluator:
+    """The training side: ``submit`` a checkpoint every ``every`` steps, ``drain`` the results."""
+
+    def __init__(self, exp: Experiment, actors: list[ray.actor.ActorHandle]):
+        self.exp_dict = exp.to_dict()
+        self.every = exp.dynamics.every
+        self.pool = ActorPool(actors)
+
+    @classmethod
+    def attach(cls, exp: Experiment, prefix: str) -> CheckpointEvaluator:
+        names = pool_names(prefix, exp.dynamics.pool_size)
+        return cls(exp, [ray.get_actor(n, namespace=NAMESPACE) for n in names])
+
+    def wants(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def submit(self, step: int, checkpoint: Any) -> None:
+        snapshot = checkpoint if isinstance(checkpoint, Path) else ray.put(checkpoint)
+        self.pool.submit(lambda actor, args: actor.evaluate.remote(*args), (self.exp_dict, step, snapshot))
+
+    def ready(self) -> list[tuple[int, dict[str, float]]]:
+        """Results finished so far, without waiting."""
+        out = []
+        while self.pool.has_next():
+            try:
+                out.append(self.pool.get_next_unordered(timeout=0))
+            except TimeoutError:
+                break
+        return out
+
+    def drain(self) -> list[tuple[int, dict[str, float]]]:
+        """Wait for every submitted checkpoint's metrics."""
+        out = []
+        while self.pool.has_next():
+            out.append(self.pool.get_next_unordered())
+        return out
