@@ -245,8 +245,13 @@ def parse_sweep(raw: Any, base_dir: Path | None = None) -> Sweep:
     if not isinstance(raw, Mapping):
         raise SpecError(f"a sweep spec must be a mapping (got {type(raw).__name__})")
     raw = dict(raw)
-    raw["experiment"] = _resolve_experiment_ref(raw.get("experiment"), base_dir)
-    exp = parse_experiment(raw["experiment"])
+    experiment = copy.deepcopy(_resolve_experiment_ref(raw.get("experiment"), base_dir))
+    overrides = raw.pop("overrides", None) or {}
+    if not isinstance(overrides, Mapping) or not isinstance(experiment, dict):
+        raise SpecError(f"overrides: a mapping of dotted experiment keys to values (got {overrides!r})")
+    for key, value in overrides.items():
+        set_dotted(experiment, key, value)
+    exp = parse_experiment(experiment)
     raw["experiment"] = exp
     try:
         sweep = Sweep.model_validate(raw)

@@ -34,7 +34,7 @@ def knobs(table: pd.DataFrame) -> list[str]:
 def summary_markdown(sweep: Sweep, table: pd.DataFrame, front: pd.DataFrame, timings: dict[str, float]) -> str:
     metrics = [o.metric for o in sweep.objectives]
     done = finished(table, metrics)
-    cols = ["trial_id", *knobs(table), *_with_std(table, metrics)]
+    cols = ["trial_id", *knobs(table), *metrics]
     lines = [f"# Sweep `{sweep.name}`", ""]
     counts = table["status"].value_counts().to_dict() if not table.empty else {}
     lines.append(
@@ -51,7 +51,7 @@ def summary_markdown(sweep: Sweep, table: pd.DataFrame, front: pd.DataFrame, tim
     lines += ["", "## Objectives", ""]
     lines += [f"- `{o.metric}` ({o.mode})" for o in sweep.objectives]
     lines += ["", "## Pareto front", ""]
-    lines.append(_table(front.sort_values(metrics[0]), cols) if not front.empty else "_no finished trials_")
+    lines.append(_table(_mean_std(front.sort_values(metrics[0]), metrics), cols) if not front.empty else "_no finished trials_")
     lines += ["", "## Best trial per objective", ""]
     for obj in sweep.objectives:
         if done.empty:
@@ -101,13 +101,13 @@ def plot_front(
     plt.close(fig)
 
 
-def _with_std(table: pd.DataFrame, metrics: list[str]) -> list[str]:
-    cols = []
+def _mean_std(table: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Objective cells as ``mean ± std`` where seed repeats give a spread."""
+    shown = table.copy()
     for m in metrics:
-        cols.append(m)
         if f"{m}_std" in table.columns:
-            cols.append(f"{m}_std")
-    return cols
+            shown[m] = [f"{mean:.4g} ± {std:.2g}" for mean, std in zip(table[m], table[f"{m}_std"], strict=True)]
+    return shown
 
 
 def _table(df: pd.DataFrame, cols: list[str]) -> str:

@@ -1,0 +1,169 @@
+"""Sweeps at full power: resume after a killed driver, an MLflow server over HTTP, seed repeats,
+checkpoint evaluation on actors with ASHA. Real Ray, real Optuna, real MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from otu.cli import main
+from otu.report.pareto import pareto_front
+from otu.spec import load_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "sweeps/quickstart.yaml"
+SMALL = ["task.model.epochs=3", "task.data.forget_size=30", "method.perturb_steps=2"]
+
+
+def sets(items: list[str]) -> list[str]:
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def small(tmp_path: Path, *extra: str) -> list[str]:
+    cache = f"tracking.cache_dir={tmp_path / 'cache'}"
+    return sets([f"experiment.{s}" for s in [*SMALL, cache]] + list(extra))
+
+
+def children(uri: str) -> dict[str, object]:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("otu")
+    runs = client.search_runs([exp.experiment_id])
+    return {r.data.tags["otu.trial_id"]: r for r in runs if "otu.trial_id" in r.data.tags}
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_killed_driver_resumes_with_exactly_one_row_per_trial(tmp_path, ray_local):
+    out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["sweep", str(QUICKSTART), "--out", str(out), "--tracking-uri", uri,
+            *small(tmp_path, "search.num_samples=4", "search.max_concurrent=1")]
+    log = (tmp_path / "driver.log").open("w")
+    driver = subprocess.Popen([sys.executable, "-m", "otu.cli", *args], stdout=log, stderr=log,
+                              start_new_session=True, env={**os.environ, "RAY_ADDRESS": ""})
+
+    def one_row() -> bool:
+        path = out / "trials.parquet"
+        return path.is_file() and len(pd.read_parquet(path)) >= 1
+
+    try:
+        wait_for(one_row, 300, "the first finished trial")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    before = pd.read_parquet(out / "trials.parquet")
+    assert len(before) < 4
+
+    assert main(["sweep", "--resume", str(out), "--tracking-uri", uri]) == 0
+    table = pd.read_parquet(out / "trials.parquet")
+    assert len(table) == 4 and table["trial_id"].is_unique
+    assert (table["status"] == "TERMINATED").all()
+    assert set(before["trial_id"]) <= set(table["trial_id"])
+    runs = children(uri)
+    assert sorted(runs) == sorted(table["trial_id"])
+
+
+def test_multiobjective_sweep_front_matches_parquet(tmp_path, ray_local):
+    out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = main(["sweep", str(QUICKSTART), "--out", str(out), "--tracking-uri", uri,
+                 *small(tmp_path, "search.num_samples=6", "search.algorithm=nsga2")])
+    assert code == 0
+    table = pd.read_parquet(out / "trials.parquet")
+    assert len(table) == 6
+    sweep = load_sweep(QUICKSTART)
+    front = pareto_front(table, [o.metric for o in sweep.objectives], [o.mode for o in sweep.objectives])
+    summary = (out / "summary.md").read_text()
+    section = summary.split("## Pareto front")[1].split("##")[0]
+    listed = {line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ") and "trial_id" not in line}
+    assert listed == set(front["trial_id"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path):
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    try:
+        wait_for(up, 60, "mlflow server")
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_seed_repeats_log_to_a_real_mlflow_server(tmp_path, ray_local, mlflow_server):
+    out = tmp_path / "sweep"
+    code = main(["sweep", str(QUICKSTART), "--out", str(out), "--tracking-uri", mlflow_server,
+                 *small(tmp_path, "search.num_samples=2", "search.seeds=2")])
+    assert code == 0
+    table = pd.read_parquet(out / "trials.parquet")
+    assert len(table) == 2 and {"test_acc", "test_acc_std"} <= set(table.columns)
+    for trial_id in table["trial_id"]:
+        per_seed = [json.loads((out / "trials" / trial_id / f"seed-{s}" / "metrics.json").read_text())
+                    for s in (0, 1)]
+        mean = sum(m["unlearned"]["test_acc"] for m in per_seed) / 2
+        assert table.set_index("trial_id").loc[trial_id, "test_acc"] == pytest.approx(mean)
+    runs = children(mlflow_server)
+    assert sorted(runs) == sorted(table["trial_id"])
+    client = MlflowClient(mlflow_server)
+    artifacts = {a.path for a in client.list_artifacts(next(iter(runs.values())).info.run_id)}
+    assert {"seed-0", "seed-1"} <= artifacts
+    assert "± " in (out / "summary.md").read_text() or "test_acc_std" in (out / "summary.md").read_text()
+
+
+def test_checkpoint_dynamics_on_actors_with_asha(tmp_path, ray_local):
+    out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = main(["sweep", str(QUICKSTART), "--out", str(out), "--tracking-uri", uri,
+                 *small(tmp_path, "search.num_samples=2", "search.scheduler=asha",
+                        "objectives=[{metric: nomus, mode: max}]", "experiment.dynamics.every=2",
+                        "experiment.dynamics.select=nomus")])
+    assert code == 0
+    table = pd.read_parquet(out / "trials.parquet")
+    assert len(table) == 2
+    for trial_id in table["trial_id"]:
+        trial_dir = out / "trials" / trial_id
+        rows = [json.loads(x) for x in (trial_dir / "dynamics.jsonl").read_text().splitlines()]
+        assert len(rows) >= 2 and [r["step"] for r in rows] == sorted(r["step"] for r in rows)
+        metrics = json.loads((trial_dir / "metrics.json").read_text())
+        best = max(r["nomus"] for r in rows)
+        assert metrics["unlearned"]["nomus"] == pytest.approx(best)
+        assert "last" in metrics
+    client = MlflowClient(uri)
+    run = children(uri)[table["trial_id"].iloc[0]]
+    assert len(client.get_metric_history(run.info.run_id, "eval/nomus")) >= 2
