@@ -105,7 +105,7 @@ def test_two_trial_sweep_writes_parquet_report_and_mlflow(tmp_path, tracking, ca
         assert float(child.data.params["method.alpha"]) == pytest.approx(row["config/method.alpha"])
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"metrics.json", "spec.yaml"} <= artifacts
-        history = client.get_metric_history(child.info.run_id, "loss")
+        history = client.get_metric_history(child.info.run_id, "loss_ce")
         assert len(history) >= 1
 
 

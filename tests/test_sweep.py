@@ -124,7 +124,11 @@ def mlflow_server(tmp_path):
         yield url
     finally:
         os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
 
 
 def test_seed_repeats_log_to_a_real_mlflow_server(tmp_path, ray_local, mlflow_server):

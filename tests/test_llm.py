@@ -1,0 +1,312 @@
+"""LLM family: ELUDe data and synthetic entities, up-front spec errors, metric conventions, the
+OPT-OUT regulariser gradient on a model, and a single-process OPT-OUT run that forgets.
+
+The tiny experiment (:func:`tiny_spec`) is shared with ``test_llm_distributed.py``; its prepared
+models are cached under pytest's base temp dir, so the suite fine-tunes them once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from otu.errors import DataError, OtuError, SpecError
+from otu.llm import evaluation, family
+from otu.llm.data import load_splits
+from otu.llm.losses import npo_loss
+from otu.llm.regulariser import ParameterRegulariser, projection_seed
+from otu.llm.spec import SPEC, LLMData
+from otu.llm.synthetic import generate_entities, write_entities
+from otu.ot import as_rows, random_projections, sw_regulariser_autograd
+from otu.spec import parse_experiment
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_spec(cache_dir: Path, **method) -> dict:
+    """A small OPT-OUT experiment on synthetic entities (2 targets × 2 neighbours, 64-wide Llama)."""
+    return {
+        "name": "llm-test",
+        "seed": 0,
+        "task": {
+            "family": "llm",
+            "data": {
+                "synthetic": True,
+                "sizes": {"targets": 2, "neighbours": 2, "perturbed": 2, "world": 8},
+                "max_length": 48,
+            },
+            "model": {
+                "tiny": {"layers": 2, "hidden": 64, "heads": 4, "intermediate": 128, "vocab": 400},
+                "epochs": 60,
+                "lr": 0.005,
+                "batch_size": 16,
+            },
+        },
+        "method": {
+            "name": "optout",
+            "lr": 1e-3,
+            "steps": 30,
+            "batch_size": 8,
+            "beta": 2.0,
+            "reg_weight": 10.0,
+            **method,
+        },
+        "eval": {"max_new_tokens": 16, "plots": False},
+        "tracking": {"cache_dir": str(cache_dir)},
+    }
+
+
+@pytest.fixture(scope="session")
+def llm_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.getbasetemp() / "llm-cache"
+
+
+@pytest.fixture(scope="module")
+def prepared(llm_cache):
+    exp = parse_experiment(tiny_spec(llm_cache))
+    return exp, family.prepare(exp, llm_cache)
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_synthetic_entities_have_neighbours_sharing_attributes_and_false_answers():
+    data = generate_entities(3)
+    assert generate_entities(3) == data and generate_entities(4) != data
+    by_entity: dict[str, dict[str, str]] = {}
+    for row in data["records"]:
+        by_entity.setdefault(row["entity"], {})[row["question"].split(row["entity"])[0]] = row[
+            "answer"
+        ]
+        assert row["paraphrased_answer"] != row["answer"]
+        assert (
+            len(set(row["perturbed_answer"])) == 3
+            and row["paraphrased_answer"] not in row["perturbed_answer"]
+        )
+    for target in data["targets"]:
+        for neighbour in data["neighbours"][target]:
+            shared = [q for q, a in by_entity[target].items() if by_entity[neighbour][q] == a]
+            assert 2 <= len(shared) < len(by_entity[target])
+    assert len(data["world"]) == 24 and all("entity" not in row for row in data["world"])
+
+
+def test_records_load_alike_from_jsonl_parquet_and_hf_directory(tmp_path):
+    from datasets import Dataset
+
+    files = write_entities(tmp_path / "set", seed=1, targets=2, neighbours=2, world=5)
+    meta = json.loads(files["entities"].read_text())
+    target = meta["targets"][1]
+    rows = [json.loads(line) for line in files["records"].read_text().splitlines()]
+    pd.DataFrame(rows).to_parquet(tmp_path / "records.parquet")
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "hf"))
+
+    def splits(records: Path):
+        return load_splits(
+            LLMData(records=str(records), world=str(files["world"]), target=target), 0
+        )
+
+    first = splits(files["records"])
+    assert [r.entity for r in first["forget"]] == [target] * 8
+    assert {r.entity for r in first["retain"]} == set(meta["neighbours"][target])
+    assert {r.entity for r in first["holdout"]} == {
+        meta["targets"][0],
+        *meta["neighbours"][meta["targets"][0]],
+    }
+    assert len(first["world"]) == 5
+    assert splits(tmp_path / "records.parquet") == first
+    assert splits(tmp_path / "hf") == first
+
+
+# ---------------------------------------------------------------- errors before training
+
+
+@pytest.fixture()
+def records_spec(tmp_path):
+    files = write_entities(tmp_path / "set", seed=0, targets=2, neighbours=2, world=4)
+    target = json.loads(files["entities"].read_text())["targets"][0]
+
+    def make(records: Path | None = None, **data) -> dict:
+        raw = tiny_spec(tmp_path / "cache")
+        raw["task"]["data"] = {
+            "records": str(records or files["records"]),
+            "world": str(files["world"]),
+            "target": target,
+            **data,
+        }
+        return raw
+
+    return make, files
+
+
+def error_of(raw: dict) -> str:
+    with pytest.raises(OtuError) as info:
+        parse_experiment(raw)
+    return str(info.value)
+
+
+def test_absent_entity_is_named_with_the_entities_present(records_spec):
+    make, _ = records_spec
+    message = error_of(make(target="Nobody Atall"))
+    assert message.startswith("task.data.target: entity 'Nobody Atall' is not in")
+    assert "entities there:" in message
+
+
+def test_empty_forget_set_fails(records_spec, tmp_path):
+    make, _ = records_spec
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match=r"task.data.records: no records \(the file is empty\)"):
+        parse_experiment(make(records=empty))
+    with pytest.raises(SpecError, match="task.data.target: empty entity name"):
+        parse_experiment(make(target="  "))
+
+
+def test_records_missing_fields_are_named(records_spec, tmp_path):
+    make, files = records_spec
+    rows = [json.loads(line) for line in files["records"].read_text().splitlines()]
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(
+        "".join(
+            json.dumps({k: v for k, v in r.items() if k != "perturbed_answer"}) + "\n" for r in rows
+        )
+    )
+    message = error_of(make(records=broken))
+    assert message.startswith("task.data.records: records lack required field(s) ['perturbed_answer']")
+    rows[3]["perturbed_answer"] = []
+    broken.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert "record 3: perturbed_answer must be a non-empty list" in error_of(make(records=broken))
+
+
+def test_model_path_must_be_a_causal_lm_checkpoint(tmp_path):
+    raw = tiny_spec(tmp_path / "cache")
+    raw["task"]["model"] = {"path": str(tmp_path / "missing")}
+    assert "task.model.path: not a directory" in error_of(raw)
+    encoder = tmp_path / "bert"
+    encoder.mkdir()
+    (encoder / "config.json").write_text(
+        json.dumps({"architectures": ["BertModel"], "model_type": "bert"})
+    )
+    raw["task"]["model"] = {"path": str(encoder)}
+    message = error_of(raw)
+    assert message.startswith(f"task.model.path: {encoder} is not a causal-LM checkpoint")
+    assert "BertModel" in message
+
+
+def test_compute_and_method_combinations_are_checked(tmp_path):
+    raw = tiny_spec(tmp_path / "cache")
+    raw["compute"] = {"workers": 3}
+    assert (
+        "method.batch_size: 8 is not divisible by compute.workers × compute.grad_accum = 3"
+        in error_of(raw)
+    )
+    raw = tiny_spec(tmp_path / "cache", retain_weight=0.0, world_weight=0.0)
+    assert error_of(raw).startswith("method.alternate:")
+    raw = tiny_spec(tmp_path / "cache")
+    raw["compute"] = {"zero_stage": 2, "offload": "params"}
+    assert "compute.offload: 'params' needs compute.zero_stage 3" in error_of(raw)
+
+
+def test_shipped_specs_validate():
+    from otu.spec import load_experiment, load_sweep
+
+    exp = load_experiment(REPO / "sweeps/experiments/optout_tiny.yaml")
+    assert exp.compute.workers == 2 and exp.compute.zero_stage == 3 and exp.method.name == "optout"
+    sweep = load_sweep(REPO / "sweeps/optout_tiny.yaml")
+    assert {o.metric for o in sweep.objectives} == {"fq", "rq"}
+    assert set(sweep.space) == {"method.beta", "method.reg_weight"}
+    llama = yaml.safe_load((REPO / "sweeps/optout_llama.yaml").read_text())
+    assert set(llama["space"]) == {"method.beta", "method.reg_weight"}
+
+
+# ---------------------------------------------------------------- metrics and losses
+
+
+def test_metric_conventions_on_known_numbers():
+    ratio = np.array([0.5, 2.0, 1.0])
+    stats = evaluation.ModelStats(
+        prob={s: np.array([0.2, 0.4]) for s in evaluation.QA_SPLITS},
+        rouge={s: np.array([0.0, 1.0]) for s in evaluation.QA_SPLITS},
+        truth_ratio={s: ratio for s in evaluation.QA_SPLITS},
+        mia={"forget": {"loss": np.array([3.0, 4.0])}, "holdout": {"loss": np.array([1.0, 2.0])}},
+        generations={},
+    )
+    stats.mia["forget"]["mink"] = stats.mia["forget"]["loss"]
+    stats.mia["holdout"]["mink"] = stats.mia["holdout"]["loss"]
+    out = evaluation.metrics(stats, oracle=stats)
+    assert out["forget_truth_ratio"] == pytest.approx((0.5 + 0.5 + 1.0) / 3)  # mean min(R, 1/R)
+    assert out["retain_truth_ratio"] == pytest.approx((0.5 + 0.0 + 0.0) / 3)  # mean max(0, 1 − R)
+    assert out["fq"] == pytest.approx(3 / (1 / 0.7 + 1 / 0.5 + 1 / out["forget_truth_ratio"]))
+    assert out["mia_auc_loss"] == 1.0 and out["privleak"] == 0.0 and out["ks_forget_quality"] == 1.0
+    assert math.isnan(evaluation.metrics(stats, oracle=None)["privleak"])
+
+
+def test_npo_loss_falls_as_the_forget_nll_rises_above_the_reference():
+    ref = torch.tensor([1.0, 2.0])
+    at_ref = npo_loss(ref.clone(), ref, beta=0.1)
+    assert at_ref.item() == pytest.approx(2 / 0.1 * math.log(2))
+    nll = ref.clone().requires_grad_()
+    npo_loss(nll, ref, beta=0.1).backward()
+    assert (nll.grad < 0).all()  # descending the loss raises the NLL
+    assert npo_loss(ref + 5, ref, beta=0.1) < at_ref < npo_loss(ref - 5, ref, beta=0.1)
+
+
+def test_regulariser_adds_lambda_times_the_autograd_gradient_to_each_tensor():
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(6, 5)), torch.nn.Parameter(torch.randn(5))]
+    refs = [torch.nn.Parameter(p.detach() + 0.3 * torch.randn_like(p)) for p in params]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    reg = ParameterRegulariser(
+        kind="wasserstein",
+        weight=0.5,
+        pairs=list(zip(params, refs, strict=True)),
+        gather=lambda ps: contextlib.nullcontext(),
+        add_grad=lambda p, g: p.grad.add_(g),
+        n_projections=20,
+        seed=7,
+    )
+    value = reg.apply(step=3)
+    expected = 0.0
+    for i, (p, p0) in enumerate(zip(params, refs, strict=True)):
+        u = random_projections(as_rows(p).shape[1], 20, projection_seed(7, 3, i))
+        w = p.detach().clone().requires_grad_()
+        sw = sw_regulariser_autograd(w, p0.detach(), u)
+        sw.backward()
+        expected += sw.item()
+        torch.testing.assert_close(p.grad, 1 + 0.5 * w.grad)
+    assert value == pytest.approx(expected, rel=1e-5)
+
+
+# ---------------------------------------------------------------- unlearning
+
+
+def test_optout_forgets_the_target_and_keeps_the_neighbours(prepared, tmp_path):
+    exp, prep = prepared
+    refs = family.reference_models(prep)
+    original = family.evaluate(exp, prep, refs["original"])
+    oracle = family.evaluate(exp, prep, refs["retrained"])
+    assert original["forget_rouge"] >= 0.85 and original["forget_prob"] > 0.9
+    assert oracle["forget_rouge"] <= 0.5 and oracle["ks_forget_quality"] == 1.0
+
+    steps: list[tuple[int, dict]] = []
+    model = family.unlearn(exp, prep, lambda s, m: steps.append((s, dict(m))), tmp_path / "ckpt")
+    unlearned = family.evaluate(exp, prep, model)
+
+    assert [s for s, _ in steps] == list(range(30))
+    assert steps[0][1]["forget_loss"] == pytest.approx(
+        2 / 2.0 * math.log(2), rel=1e-5
+    )  # NPO at θ = θ₀
+    assert steps[0][1]["reg"] < steps[-1][1]["reg"]  # θ moved away from θ₀
+    assert unlearned["forget_rouge"] <= original["forget_rouge"] - 0.4
+    assert unlearned["forget_rouge"] <= oracle["forget_rouge"] + 0.15
+    assert unlearned["retain_rouge"] >= original["retain_rouge"] - 0.05
+    assert unlearned["world_rouge"] >= original["world_rouge"] - 0.05
+    assert set(unlearned) == set(SPEC.metrics)

@@ -1,0 +1,280 @@
+"""Vision family: metrics on hand-made cases, data splits and identity requests, models, caching, and
+a DLFD run with the shipped digits spec that forgets while keeping accuracy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from otu.errors import DataError, SpecError
+from otu.registry import family_spec
+from otu.spec import load_experiment, parse_experiment
+from otu.vision import family
+from otu.vision import prepare as prepare_mod
+from otu.vision.data import load_digits, make_splits
+from otu.vision.metrics import (
+    balanced_members,
+    forgetting_score,
+    mia_accuracy,
+    nomus,
+    topk_accuracy,
+)
+from otu.vision.models import build_model
+from otu.vision.spec import VisionData
+
+SPEC_PATH = Path(__file__).parents[1] / "sweeps" / "experiments" / "dlfd_digits.yaml"
+
+
+def experiment(data: dict | None = None, method: dict | None = None, **extra) -> dict:
+    return {
+        "name": "t",
+        "seed": 0,
+        "task": {"family": "vision", "data": data or {}, "model": {}},
+        "method": method or {"name": "dlfd"},
+        "eval": {},
+        **extra,
+    }
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_mia_separates_perfectly_separable_losses():
+    rng = np.random.default_rng(0)
+    members = rng.uniform(0.0, 0.1, 200)
+    nonmembers = rng.uniform(1.0, 2.0, 200)
+    assert mia_accuracy(members, nonmembers) == pytest.approx(1.0)
+    assert mia_accuracy(members + 1e-4, nonmembers, feature="log_loss") == pytest.approx(1.0)
+
+
+def test_mia_is_chance_on_identical_distributions():
+    rng = np.random.default_rng(1)
+    losses = rng.exponential(0.5, 4000)
+    assert mia_accuracy(losses[:2000], losses[2000:], test_size=0.3) == pytest.approx(0.5, abs=0.03)
+
+
+def test_forgetting_score_and_nomus_arithmetic():
+    assert forgetting_score(0.7) == pytest.approx(0.2)
+    assert forgetting_score(0.3) == pytest.approx(0.2)
+    assert nomus(0.9, 0.1) == pytest.approx(0.5 * (0.9 + 1 - 0.2))
+    assert nomus(1.0, 0.0) == 1.0 and nomus(0.0, 0.5) == 0.0
+
+
+def test_topk_accuracy_and_class_balance():
+    logits = torch.tensor([[3.0, 2.0, 1.0], [1.0, 3.0, 2.0], [1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
+    labels = torch.tensor([0, 2, 0, 1])
+    assert topk_accuracy(logits, labels, 1) == 0.25
+    assert topk_accuracy(logits, labels, 2) == 0.75
+    members = np.array([0, 0, 0, 1, 2])
+    nonmembers = np.array([0, 1, 1, 1, 1, 3])
+    keep_m, keep_n = balanced_members(members, nonmembers, seed=0)
+    assert sorted(members[keep_m]) == sorted(nonmembers[keep_n]) == [0, 1]
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_digits_splits_are_disjoint_complete_and_seeded():
+    images, labels = load_digits()
+    assert images.shape == (1797, 1, 8, 8) and images.dtype == torch.float32
+    assert images.min() >= 0.0 and images.max() <= 1.0 and labels.dtype == torch.int64
+    a = make_splits(VisionData(forget_size=50, test_fraction=0.3), seed=3)
+    parts = [set(a.forget.tolist()), set(a.retain.tolist()), set(a.test.tolist())]
+    assert len(parts[0]) == 50 and sum(map(len, parts)) == 1797
+    assert set.union(*parts) == set(range(1797)) and not (parts[0] & parts[1] | parts[0] & parts[2])
+    assert not parts[1] & parts[2]
+    assert np.bincount(a.labels[a.test].numpy()).min() >= 50  # stratified: every digit tested
+    b = make_splits(VisionData(forget_size=50, test_fraction=0.3), seed=3)
+    c = make_splits(VisionData(forget_size=50, test_fraction=0.3), seed=4)
+    assert torch.equal(a.forget, b.forget) and torch.equal(a.test, b.test)
+    assert not torch.equal(a.forget, c.forget)
+    frac = make_splits(VisionData(forget_fraction=0.1, test_fraction=0.5), seed=0)
+    assert len(frac.forget) == round(0.1 * (len(frac.forget) + len(frac.retain)))
+
+
+def _table(n_ids: int = 6, per_id: int = 5) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    n = n_ids * per_id
+    return {
+        "img": rng.integers(0, 256, (n, 3, 6, 6), dtype=np.uint8),
+        "y": np.tile(["cat", "dog"], n // 2),
+        "person": np.repeat([f"p{i}" for i in range(n_ids)], per_id),
+    }
+
+
+def _file_data(path: Path, **kw) -> dict:
+    return {
+        "source": "file",
+        "path": str(path),
+        "image_column": "img",
+        "label_column": "y",
+        "identity_column": "person",
+        **kw,
+    }
+
+
+@pytest.mark.parametrize("fmt", ["npz", "parquet"])
+def test_identity_forget_request_on_a_file(tmp_path, fmt):
+    table = _table()
+    path = tmp_path / f"faces.{fmt}"
+    if fmt == "npz":
+        np.savez(path, **table)
+    else:
+        cols = {
+            "img": [im.tolist() for im in table["img"]],
+            "y": table["y"],
+            "person": table["person"],
+        }
+        pq.write_table(pa.table(cols), path)
+    exp = parse_experiment(
+        experiment(_file_data(path, forget_identities=["p1", "p4"], test_fraction=0.3))
+    )
+    splits = make_splits(exp.task.data, exp.seed)
+    people = table["person"]
+    assert sorted(set(people[splits.forget.numpy()])) == ["p1", "p4"] and len(splits.forget) == 10
+    assert not {"p1", "p4"} & set(people[np.concatenate([splits.retain, splits.test])])
+    assert splits.images.shape == (30, 3, 6, 6) and float(splits.images.max()) <= 1.0
+    assert torch.allclose(splits.images[0], torch.from_numpy(table["img"][0] / 255.0).float())
+    assert splits.num_classes == 2 and set(splits.labels.tolist()) == {0, 1}
+
+
+def test_bad_data_fails_up_front_with_precise_messages(tmp_path):
+    path = tmp_path / "faces.npz"
+    np.savez(path, **_table())
+    cases = [
+        (_file_data(tmp_path / "missing.npz", forget_identities=["p1"]), "file not found"),
+        (
+            _file_data(tmp_path / "faces.csv", forget_identities=["p1"]),
+            "must end in .parquet or .npz",
+        ),
+        (_file_data(path, identity_column="who", forget_identities=["p1"]), "'who' not in"),
+        (
+            _file_data(path, forget_identities=["p1", "nobody"]),
+            "['nobody'] not found in column 'person'",
+        ),
+        (
+            _file_data(path, forget_identities=[f"p{i}" for i in range(6)]),
+            "leaves 30 forget and 0 retain",
+        ),
+        ({"forget_size": 5000}, "forget_size=5000"),
+    ]
+    for data, message in cases:
+        with pytest.raises(DataError) as err:
+            parse_experiment(experiment(data))
+        assert message in str(err.value) and str(err.value).startswith("task.data")
+    with pytest.raises(SpecError, match="give one forget request"):
+        parse_experiment(experiment({"forget_size": 10, "forget_fraction": 0.1}))
+    with pytest.raises(SpecError, match="forget_identities needs source 'file'"):
+        parse_experiment(experiment({"forget_identities": ["a"]}))
+    with pytest.raises(
+        SpecError, match="method.name: unknown method 'scrub'.*dlfd, finetune, neggrad, retrain"
+    ):
+        parse_experiment(experiment(method={"name": "scrub"}))
+
+
+# ---------------------------------------------------------------- models
+
+
+@pytest.mark.parametrize("arch", ["cnn", "resnet18"])
+def test_models_take_any_chw_input(arch):
+    model = build_model(arch, num_classes=5, in_channels=3, image_size=16, width=8).eval()
+    x = torch.rand(4, 3, 16, 16)
+    feats = model.features(x)
+    assert feats.ndim == 2 and model(x).shape == (4, 5)
+    assert torch.allclose(model.head(feats), model(x))
+    assert build_model(arch, 10)(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+
+
+# ---------------------------------------------------------------- prepare, cache, methods
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """The shipped experiment, prepared once into a fresh cache, and the original's metrics."""
+    torch.set_num_threads(1)
+    cache = tmp_path_factory.mktemp("cache")
+    exp = load_experiment(SPEC_PATH, [f"tracking.cache_dir={cache}"])
+    prepared = family.prepare(exp, cache)
+    return exp, prepared, cache, family.evaluate(exp, prepared, prepared.original)
+
+
+def test_second_prepare_loads_from_cache(digits, monkeypatch):
+    exp, prepared, cache, _ = digits
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("prepare retrained a cached model")
+
+    monkeypatch.setattr(prepare_mod, "train_classifier", no_training)
+    again = family.prepare(exp.with_overrides({"method.alpha": 0.2}), cache)  # method: same cache
+    assert again.cache_path == prepared.cache_path
+    for name in ("original", "retrained"):
+        a, b = getattr(prepared, name).state_dict(), getattr(again, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [p.name for p in cache.iterdir()] == [prepared.cache_path.name]
+    changed = exp.with_overrides({"task.model.epochs": 3})
+    assert prepare_mod.cache_key(changed) != prepare_mod.cache_key(exp)
+
+
+def test_cache_write_keeps_a_concurrent_winner(tmp_path):
+    final = tmp_path / "vision-abc"
+    final.mkdir()
+    (final / "original.pt").write_text("theirs")
+    prepare_mod._write_atomically(final, lambda tmp: (tmp / "original.pt").write_text("ours"))
+    assert (final / "original.pt").read_text() == "theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["vision-abc"]
+
+
+def test_dlfd_forgets_and_keeps_accuracy(digits, tmp_path):
+    exp, prepared, _, before = digits
+    steps: list[tuple[int, dict]] = []
+    model = family.unlearn(
+        exp, prepared, lambda s, m, model=None: steps.append((s, dict(m))), tmp_path
+    )
+    oracle = family.evaluate(exp, prepared, prepared.retrained)
+    after = family.evaluate(exp, prepared, model)
+    assert set(after) == set(family_spec("vision").metrics)
+    assert before["forgetting_score"] > 0.15 > oracle["forgetting_score"]  # memorised / not seen
+    assert after["forgetting_score"] < before["forgetting_score"] - 0.05
+    assert after["test_acc"] > before["test_acc"] - 0.02
+    assert len(steps) == 9 and {"loss_ce", "loss_ot", "lambda", "forgetting_score"} <= set(
+        steps[0][1]
+    )
+    assert steps[0][1]["lambda"] == 0.0 and steps[-1][1]["lambda"] == 1.0
+    assert (tmp_path / "unlearned.pt").is_file()
+    paths = family.plots(
+        exp, prepared, {"original": prepared.original, "unlearned": model}, tmp_path
+    )
+    assert [p.name for p in paths] == ["loss_hist_original.png", "loss_hist_unlearned.png"]
+    assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_dlfd_switches_to_plain_ce_below_threshold(digits, tmp_path):
+    exp, prepared, _, _ = digits
+    steps: list[dict] = []
+    high = exp.with_overrides({"method.threshold": 1.0, "method.check_every": 100})  # FS < 1 always
+    family.unlearn(high, prepared, lambda s, m, model=None: steps.append(dict(m)), tmp_path)
+    assert all(s["perturbed"] == 0.0 and "loss_ot" not in s for s in steps)
+
+
+def test_baselines(digits, tmp_path):
+    exp, prepared, _, before = digits
+    retrain = family.unlearn(
+        exp.with_overrides({"method": {"name": "retrain"}}), prepared, _noop, tmp_path
+    )
+    oracle = prepared.retrained.state_dict()
+    assert all(torch.equal(v, oracle[k]) for k, v in retrain.state_dict().items())
+    neg = exp.with_overrides({"method": {"name": "neggrad", "lr": 0.01, "epochs": 3}})
+    after = family.evaluate(neg, prepared, family.unlearn(neg, prepared, _noop, tmp_path))
+    assert after["mia_acc"] < before["mia_acc"]  # ascent on the forget loss raises it
+    fine = exp.with_overrides({"method": {"name": "finetune"}})
+    tuned = family.evaluate(fine, prepared, family.unlearn(fine, prepared, _noop, tmp_path))
+    assert tuned["test_acc"] > before["test_acc"] - 0.03
+
+
+def _noop(step, metrics, model=None) -> None:
+    pass
