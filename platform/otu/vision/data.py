@@ -1,0 +1,205 @@
+"""Image data and forget requests: scikit-learn digits or a Parquet/NPZ table with an identity column.
+
+``make_splits`` turns a :class:`VisionData` section and a seed into disjoint forget / retain / test
+index sets over one image tensor. Digits: a stratified test split, then ``forget_size`` (or
+``forget_fraction`` of the training part) random training samples. File: every sample of the named
+identities is forgotten; the test split is drawn from the other samples, the rest is retained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from otu.errors import DataError
+
+if TYPE_CHECKING:
+    from otu.vision.spec import VisionData
+
+FILE_SUFFIXES = (".parquet", ".npz")
+
+
+def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's bundled digits: images ``N×1×8×8`` float32 in [0, 1], labels int64."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    images = torch.tensor(bunch.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    return images, torch.tensor(bunch.target, dtype=torch.int64)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """All images and labels, and disjoint index sets into them."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    forget: torch.Tensor
+    retain: torch.Tensor
+    test: torch.Tensor
+    num_classes: int
+
+    def part(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images, labels)`` of ``forget``, ``retain``, ``test`` or ``train`` (forget ∪ retain)."""
+        idx = torch.cat([self.forget, self.retain]) if name == "train" else getattr(self, name)
+        return self.images[idx], self.labels[idx]
+
+
+def make_splits(data: VisionData, seed: int) -> Splits:
+    """Seeded forget / retain / test splits for the data section (see the module docstring)."""
+    if data.source == "digits":
+        images, labels = load_digits()
+        identities = None
+    else:
+        images, labels, identities = load_table(data)
+    forget, retain, test = split_indices(data, labels.numpy(), identities, seed)
+    return Splits(
+        images=images,
+        labels=labels,
+        forget=torch.as_tensor(forget, dtype=torch.int64),
+        retain=torch.as_tensor(retain, dtype=torch.int64),
+        test=torch.as_tensor(test, dtype=torch.int64),
+        num_classes=int(labels.max()) + 1,
+    )
+
+
+def split_indices(
+    data: VisionData, labels: np.ndarray, identities: np.ndarray | None, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted ``(forget, retain, test)`` indices; DataError if forget or retain would be empty."""
+    rng = np.random.default_rng(seed)
+    if data.forget_identities is not None:
+        assert identities is not None
+        is_forget = np.isin(identities, data.forget_identities)
+        forget = np.flatnonzero(is_forget)
+        test, retain = _split_test(np.flatnonzero(~is_forget), labels, data.test_fraction, rng)
+    else:
+        test, train = _split_test(np.arange(len(labels)), labels, data.test_fraction, rng)
+        n_forget = data.forget_size or max(1, round((data.forget_fraction or 0) * len(train)))
+        train = rng.permutation(train)
+        forget, retain = np.sort(train[:n_forget]), np.sort(train[n_forget:])
+    if len(retain) == 0 or len(forget) == 0:
+        request = (
+            f"forget_identities={data.forget_identities}"
+            if data.forget_identities is not None
+            else f"forget_size={data.forget_size}, forget_fraction={data.forget_fraction}"
+        )
+        raise DataError(
+            f"task.data: the forget request ({request}) leaves {len(forget)} forget and "
+            f"{len(retain)} retain samples of {len(labels)} (test_fraction={data.test_fraction}); "
+            "both must be non-empty"
+        )
+    return forget, retain, test
+
+
+def _split_test(
+    pool: np.ndarray, y: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(test, rest)`` of ``pool``: ``fraction`` of each label's samples go to test (at least one
+    per label with ≥ 2 samples)."""
+    test: list[np.ndarray] = []
+    for label in np.unique(y[pool]):
+        members = rng.permutation(pool[y[pool] == label])
+        n_test = max(1, round(fraction * len(members))) if len(members) > 1 else 0
+        test.append(members[:n_test])
+    test_idx = np.sort(np.concatenate(test)) if test else pool[:0]
+    return test_idx, np.setdiff1d(pool, test_idx)
+
+
+# ---------------------------------------------------------------- Parquet / NPZ tables
+
+
+def read_columns(path: Path, required: list[str], read: list[str]) -> dict[str, Any]:
+    """Check that ``required`` columns exist in a ``.parquet``/``.npz`` file; return the ``read``
+    ones (arrays for NPZ, Python lists for Parquet). Raises DataError naming the problem."""
+    if path.suffix not in FILE_SUFFIXES:
+        raise DataError(f"task.data.path: {str(path)!r} must end in {' or '.join(FILE_SUFFIXES)}")
+    if not path.is_file():
+        raise DataError(f"task.data.path: file not found: {path}")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as table:
+                available = list(table.files)
+                found = {c: table[c] for c in read if c in available}
+        else:
+            import pyarrow.parquet as pq
+
+            available = pq.read_schema(path).names
+            present = [c for c in read if c in available]
+            table = pq.read_table(path, columns=present)
+            found = {c: table.column(c).to_pylist() for c in present}
+    except (OSError, ValueError) as err:
+        raise DataError(f"task.data.path: cannot read {path}: {err}") from None
+    missing = [c for c in required if c not in available]
+    if missing:
+        raise DataError(
+            f"task.data: column(s) {', '.join(map(repr, missing))} not in {path}; "
+            f"available: {', '.join(available)}"
+        )
+    return found
+
+
+def load_table(data: VisionData) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Images (``N×C×H×W`` float32; integer pixels (0–255) are scaled by 1/255), labels re-indexed to
+    ``0..K-1`` (sorted), identities as an array. ``H×W`` images get one channel."""
+    path = Path(data.path or "")
+    columns = [data.image_column, data.label_column, data.identity_column]
+    cols = read_columns(path, columns, columns)
+    try:
+        raw = np.asarray(cols[data.image_column])
+    except ValueError:  # ragged nested lists from Parquet
+        raw = np.asarray([])
+    if raw.ndim == 3:
+        raw = raw[:, None]
+    if raw.ndim != 4 or not np.issubdtype(raw.dtype, np.number):
+        raise DataError(
+            f"task.data.image_column: {data.image_column!r} in {path} must hold equal-sized numeric "
+            f"H×W or C×H×W images (got shape {raw.shape}, dtype {raw.dtype})"
+        )
+    images = raw.astype(np.float32) / (255.0 if np.issubdtype(raw.dtype, np.integer) else 1.0)
+    labels, identities = _labels_identities(data, cols)
+    return torch.from_numpy(images), torch.as_tensor(labels), identities
+
+
+def check_request(data: VisionData, seed: int) -> None:
+    """Up-front data checks (no images read): a file source is readable with the three columns,
+    the named identities are present; for any source the forget and retain sets are non-empty."""
+    if data.source == "digits":
+        _, labels = load_digits()
+        split_indices(data, labels.numpy(), None, seed)
+        return
+    path = Path(data.path or "")
+    cols = read_columns(
+        path,
+        [data.image_column, data.label_column, data.identity_column],
+        [data.label_column, data.identity_column],
+    )
+    labels, identities = _labels_identities(data, cols)
+    if len(labels) == 0:
+        raise DataError(f"task.data.path: {path} has no rows")
+    if data.forget_identities is not None:
+        known = set(identities.tolist())
+        absent = [i for i in data.forget_identities if i not in known]
+        if absent:
+            sample = ", ".join(map(repr, sorted(known, key=str)[:10]))
+            raise DataError(
+                f"task.data.forget_identities: {absent} not found in column "
+                f"{data.identity_column!r} of {path}; present (first 10): {sample}"
+            )
+    split_indices(data, labels, identities, seed)
+
+
+def _labels_identities(data: VisionData, cols: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(cols[data.label_column])
+    identities = np.asarray(cols[data.identity_column])
+    if labels.ndim != 1 or identities.ndim != 1 or len(labels) != len(identities):
+        raise DataError(
+            f"task.data: {data.label_column!r} and {data.identity_column!r} must be 1-D columns of "
+            f"equal length (got shapes {labels.shape} and {identities.shape})"
+        )
+    _, codes = np.unique(labels, return_inverse=True)
+    return codes.astype(np.int64), identities
