@@ -208,9 +208,8 @@ def _local_ray_and_evaluator(exp):
         ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
     if exp.dynamics.every == 0:
         return None
-    prefix = f"run-{exp.hash}"
-    start_pool(prefix, exp.dynamics.pool_size, exp.dynamics.actor_cpus)
-    return CheckpointEvaluator.attach(exp, prefix)
+    actors = start_pool(f"run-{exp.hash}", exp.dynamics.pool_size, exp.dynamics.actor_cpus)
+    return CheckpointEvaluator(exp, actors)
 
 
 def print_metrics(metrics: dict[str, dict[str, float]], title: str) -> None:

@@ -67,8 +67,8 @@ def run_sweep(
         )
 
     pool = f"sweep-{sweep.hash}"
-    if base.dynamics.every > 0:
-        start_pool(pool, base.dynamics.pool_size, base.dynamics.actor_cpus)
+    # the driver holds the actors' handles for the whole sweep (an unreferenced actor is reclaimed)
+    evaluators = start_pool(pool, base.dynamics.pool_size, base.dynamics.actor_cpus) if base.dynamics.every else []
     trainable = tune.with_resources(
         tune.with_parameters(
             sweep_trial, base=base.to_dict(), sweep_dir=str(out_dir), seeds=sweep.search.seeds, pool=pool
@@ -101,6 +101,8 @@ def run_sweep(
         )
     tuner.fit()
     timings["trials_s"] = time.perf_counter() - start
+    for actor in evaluators:
+        ray.kill(actor)
 
     recorder = SweepRecorder(str(out_dir), tracking_uri, sweep.experiment.tracking.experiment)
     report_files = write_report(out_dir, sweep, timings)
