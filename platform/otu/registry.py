@@ -47,8 +47,16 @@ class FamilySpec:
     methods: Mapping[str, type[BaseModel]]
     metrics: tuple[str, ...]
     """Metric names ``evaluate`` returns (sweep objectives must be among them)."""
+    method_metrics: Mapping[str, tuple[str, ...]] | None = None
+    """Where methods of the family report different metrics: method name → its metric names."""
     validate: Callable[[Experiment], None] | None = None
     """Optional cross-field / data checks (files exist, columns present…); raise SpecError/DataError."""
+
+
+    def metrics_for(self, method: str) -> tuple[str, ...]:
+        if self.method_metrics and method in self.method_metrics:
+            return self.method_metrics[method]
+        return self.metrics
 
 
 class FamilyAPI(Protocol):

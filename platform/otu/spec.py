@@ -231,9 +231,10 @@ def parse_experiment(raw: Any) -> Experiment:
     except ValidationError as err:
         raise SpecError(_format(err, "")) from None
     select = exp.dynamics.select
-    if select is not None and select not in fam.metrics:
+    known = fam.metrics_for(name)
+    if select is not None and select not in known:
         raise SpecError(
-            f"dynamics.select: unknown metric {select!r} for family {family!r}; known: {', '.join(fam.metrics)}"
+            f"dynamics.select: unknown metric {select!r} for method {name!r}; known: {', '.join(known)}"
         )
     if fam.validate is not None:
         fam.validate(exp)
@@ -259,12 +260,12 @@ def parse_sweep(raw: Any, base_dir: Path | None = None) -> Sweep:
         raise SpecError(_format(err, "")) from None
 
     errors: list[str] = []
-    metrics = family_spec(exp.task.family).metrics
+    metrics = family_spec(exp.task.family).metrics_for(exp.method.name)  # type: ignore[attr-defined]
     for i, obj in enumerate(sweep.objectives):
         if obj.metric not in metrics:
             errors.append(
-                f"objectives.{i}.metric: unknown metric {obj.metric!r} for family "
-                f"{exp.task.family!r}; known: {', '.join(metrics)}"
+                f"objectives.{i}.metric: unknown metric {obj.metric!r} for method "
+                f"{exp.method.name!r}; known: {', '.join(metrics)}"
             )
     for key, param in sweep.space.items():
         for value in param.probe_values():

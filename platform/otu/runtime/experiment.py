@@ -42,9 +42,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def limit_threads(threads: int) -> None:
+    """Cap torch and the BLAS/OpenMP pools (numpy, scipy, scikit-learn) at ``threads``."""
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(threads)
+    threadpool_limits(threads)
+
+
 def prepare(exp: Experiment) -> object:
     """Prepare (or load from cache) the family's data and reference models for ``exp``."""
-    torch.set_num_threads(exp.compute.threads)
+    limit_threads(exp.compute.threads)
     seed_everything(exp.seed)
     return family_api(exp.task.family).prepare(exp, Path(exp.tracking.cache_dir))
 
@@ -171,7 +179,12 @@ def _reference_metrics(exp: Experiment, api, prepared, models: Mapping[str, obje
     """Metrics of the original/oracle models, cached next to the prepared models: they depend only
     on the task, the seed and the evaluation settings, so a sweep computes them once."""
     key = content_hash(
-        {"task": exp.task.model_dump(mode="json"), "seed": exp.seed, "eval": exp.eval.model_dump(mode="json")}
+        {
+            "task": exp.task.model_dump(mode="json"),
+            "seed": exp.seed,
+            "eval": exp.eval.model_dump(mode="json"),
+            "method": exp.method.name,  # type: ignore[attr-defined]  (some families' references differ per method)
+        }
     )
     path = Path(exp.tracking.cache_dir) / f"reference-metrics-{key}.json"
     if path.is_file():

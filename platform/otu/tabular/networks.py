@@ -1,0 +1,68 @@
+"""The digits classifiers of the tabular family, trained once and cached on disk.
+
+``original`` is trained on the whole training split (retain ∪ forget), ``retrained`` — the oracle
+of data-point unlearning — on the retain set only, with the same settings and seed. Both are
+cached under ``cache_dir/tabular-<hash>/`` where the hash covers the seed, ``task.data`` and
+``task.model``; each file is written to a temporary name and renamed, so parallel trials racing
+to fill the cache never read a partial file.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from otu.spec import content_hash
+from otu.tabular.spec import TabularData, TabularModel
+from otu.tabular.tables import DigitsSplits
+
+NUM_CLASSES = 10
+"""Digits."""
+
+
+def cache_entry(data: TabularData, model: TabularModel, seed: int, cache_dir: Path) -> Path:
+    key = content_hash(
+        {"seed": seed, "data": data.model_dump(mode="json"), "model": model.model_dump(mode="json")}
+    )
+    return cache_dir / f"tabular-{key}"
+
+
+def digits_network(
+    name: str, splits: DigitsSplits, model: TabularModel, seed: int, entry: Path
+) -> nn.Module:
+    """The ``original`` or ``retrained`` classifier (eval mode), from ``entry`` or trained now."""
+    from otu.vision.models import build_model
+    from otu.vision.train import train_classifier
+
+    net = build_model(model.arch, NUM_CLASSES)
+    path = entry / f"{name}.pt"
+    if path.is_file():
+        net.load_state_dict(torch.load(path, weights_only=True))
+        return net.eval()
+    rows = splits.train if name == "original" else splits.retain
+    train_classifier(
+        net,
+        splits.images[rows],
+        splits.labels[rows],
+        epochs=model.epochs,
+        lr=model.lr,
+        batch_size=model.batch_size,
+        weight_decay=model.weight_decay,
+        seed=seed,
+    )
+    entry.mkdir(parents=True, exist_ok=True)
+    tmp = entry / f".{name}.{uuid.uuid4().hex}.tmp"
+    torch.save(net.state_dict(), tmp)
+    os.replace(tmp, path)
+    return net.eval()
+
+
+@torch.no_grad()
+def embed(net: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Penultimate-layer features ``net.features(x)`` of ``images`` (eval mode, in batches)."""
+    net.eval()
+    return torch.cat([net.features(chunk) for chunk in images.split(batch_size)])
