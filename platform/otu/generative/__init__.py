@@ -1,0 +1,12 @@
+"""Generator class unlearning: UOT-Unlearn and baselines for one-step generators (plain PyTorch).
+
+* :mod:`otu.generative.spec` — spec sections and ``SPEC``.
+* :mod:`otu.generative.models` — the MLP generator, its checkpoint format, the potential network.
+* :mod:`otu.generative.pretrain` — Sinkhorn-divergence training of the original generator.
+* :mod:`otu.generative.prepare` — data, original generator and classifiers, cached by content hash.
+* :mod:`otu.generative.uot` — the UOT semi-dual: f-divergence conjugates and the two losses.
+* :mod:`otu.generative.methods` — ``uot_unlearn``, ``forget_cost`` (naive), ``finetune``.
+* :mod:`otu.generative.metrics` — PUL, u-FID, forget share, class histogram.
+* :mod:`otu.generative.plots` — sample grids and the class histogram.
+* :mod:`otu.generative.family` — the registry entry points.
+"""
