@@ -9,10 +9,6 @@ classes, methods or their knobs prepares once, and changing the generator keeps 
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from otu.cache import write_atomically
 from otu.errors import DataError
 from otu.generative.data import ClassData, load_class_data
 from otu.generative.metrics import Reference, make_reference
@@ -81,12 +78,12 @@ def prepare(exp: Experiment, cache_dir: Path) -> Prepared:
         name: Path(cache_dir) / f"generative-{name}-{key}" for name, key in cache_keys(exp).items()
     }
     if not paths["classifiers"].is_dir():
-        _write_atomically(
+        write_atomically(
             paths["classifiers"], lambda tmp: _train_classifiers(data, spec, exp.seed, tmp)
         )
     if "generator" in paths:
         if not paths["generator"].is_dir():
-            _write_atomically(
+            write_atomically(
                 paths["generator"],
                 lambda tmp: _train_generator(data, spec.generator, exp.seed, tmp),
             )
@@ -177,18 +174,3 @@ def _load_classifier(spec: ClassifierSpec, data: ClassData, file: Path) -> nn.Mo
     model = new_classifier(spec, data, 0)
     model.load_state_dict(torch.load(file, weights_only=True))
     return model.eval().requires_grad_(False)
-
-
-def _write_atomically(final: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(tmp_dir)`` and rename the directory to ``final``; if a concurrent writer got
-    there first, keep theirs."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
-        write(tmp)
-        os.rename(tmp, final)
-    except OSError:
-        if not final.is_dir():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

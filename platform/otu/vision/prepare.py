@@ -4,9 +4,6 @@ per (seed, task.data, task.model) and cached on disk under ``cache_dir/vision-<h
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from otu.cache import write_atomically
 from otu.spec import content_hash
 from otu.vision.data import Splits, make_splits
 from otu.vision.models import build_model
@@ -63,7 +61,7 @@ def prepare(exp: Experiment, cache_dir: Path) -> Prepared:
 
     path = Path(cache_dir) / f"vision-{cache_key(exp)}"
     if not path.is_dir():
-        _write_atomically(
+        write_atomically(
             path, lambda tmp: _train_references(splits, new_model, spec, exp.seed, tmp)
         )
     models = {}
@@ -99,21 +97,6 @@ def _train_references(
     for name, part in (("original", "train"), ("retrained", "retain")):
         model = _fit(new_model, splits, spec, part, seed)
         torch.save(model.state_dict(), out / MODEL_FILES[name])
-
-
-def _write_atomically(final: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(tmp_dir)`` and rename the directory to ``final``; if a concurrent writer got
-    there first, keep theirs."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
-        write(tmp)
-        os.rename(tmp, final)
-    except OSError:
-        if not final.is_dir():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _file_digest(path: Path) -> str:
