@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from otu.cache import write_atomically
 from otu.errors import DataError, SpecError
 from otu.registry import family_spec
 from otu.spec import load_experiment, parse_experiment
@@ -224,7 +225,7 @@ def test_cache_write_keeps_a_concurrent_winner(tmp_path):
     final = tmp_path / "vision-abc"
     final.mkdir()
     (final / "original.pt").write_text("theirs")
-    prepare_mod._write_atomically(final, lambda tmp: (tmp / "original.pt").write_text("ours"))
+    write_atomically(final, lambda tmp: (tmp / "original.pt").write_text("ours"))
     assert (final / "original.pt").read_text() == "theirs"
     assert [p.name for p in tmp_path.iterdir()] == ["vision-abc"]
 
