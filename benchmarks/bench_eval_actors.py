@@ -1,7 +1,7 @@
 """Evaluation actors vs one process: the same checkpoints evaluated by a pool of Ray actors and
 sequentially in this process (vision family, digits, the full metric suite incl. MIA CV).
 
-    python benchmarks/bench_eval_actors.py [--checkpoints 8] [--pool 2]
+    python benchmarks/bench_eval_actors.py [--checkpoints 8] [--pool 2] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -27,10 +27,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--checkpoints", type=int, default=8)
     parser.add_argument("--pool", type=int, default=2)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="spec overrides, e.g. task.model.arch=resnet18")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cache = tempfile.mkdtemp(prefix="otu-bench-")
-    exp = load_experiment(SPEC, [f"tracking.cache_dir={cache}", f"dynamics.pool_size={args.pool}"])
+    exp = load_experiment(
+        SPEC, [f"tracking.cache_dir={cache}", f"dynamics.pool_size={args.pool}", *args.overrides]
+    )
     api = family_api(exp.task.family)
     prepared = prepare(exp)
     original = api.reference_models(prepared)["original"]
@@ -50,8 +54,7 @@ def main() -> None:
     ray.init(
         num_cpus=args.pool, include_dashboard=False, configure_logging=False, log_to_driver=False
     )
-    start_pool("bench", args.pool, cpus=1)
-    evaluator = CheckpointEvaluator.attach(exp, "bench")
+    evaluator = CheckpointEvaluator(exp, start_pool("bench", args.pool, cpus=1))
     start = time.perf_counter()
     for i in range(args.pool):  # each actor prepares its data once (from the cache)
         evaluator.submit(-1 - i, checkpoints[0])
