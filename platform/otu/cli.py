@@ -170,15 +170,16 @@ def cmd_report(args: argparse.Namespace) -> None:
     from otu.report.compare import compare_sweeps
     from otu.report.summary import write_report
 
+    for run_dir in args.dirs:
+        if not ((run_dir / "sweep.yaml").is_file() or (run_dir / "metrics.json").is_file()):
+            raise SpecError(f"{run_dir}: neither a sweep (sweep.yaml) nor a run (metrics.json) directory")
     sweep_dirs = [d for d in args.dirs if (d / "sweep.yaml").is_file()]
     for run_dir in args.dirs:
         if run_dir in sweep_dirs:
             files = write_report(run_dir, parse_sweep(load_yaml(run_dir / "sweep.yaml")))
             console.print(f"{run_dir}: wrote {', '.join(str(f) for f in files)}")
-        elif (run_dir / "metrics.json").is_file():
-            print_metrics(json.loads((run_dir / "metrics.json").read_text()), title=str(run_dir))
         else:
-            raise SpecError(f"{run_dir}: neither a sweep (sweep.yaml) nor a run (metrics.json) directory")
+            print_metrics(json.loads((run_dir / "metrics.json").read_text()), title=str(run_dir))
     if len(sweep_dirs) > 1:
         out = args.out or RUNS_ROOT / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
         files = compare_sweeps(sweep_dirs, out)
