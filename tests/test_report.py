@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -39,3 +41,29 @@ def test_brute_force_agreement_on_random_points():
             np.all(signed[j] >= signed[i]) and np.any(signed[j] > signed[i]) for j in range(len(values))
         )
         assert mask[i] == (not dominated)
+
+
+def test_compare_sweeps_lists_each_front(tmp_path):
+    from otu.cli import main
+    from otu.spec import dump_yaml, load_sweep
+    from otu.tracking.results import TrialsTable
+
+    repo = Path(__file__).resolve().parents[1]
+    fronts = {}
+    for method, accs, fss in [("dlfd", [0.9, 0.8, 0.7], [0.2, 0.1, 0.15]), ("finetune", [0.95, 0.85], [0.3, 0.2])]:
+        sweep = load_sweep(repo / "sweeps/quickstart.yaml", [f"name=sweep-{method}"])
+        d = tmp_path / method
+        d.mkdir()
+        dump_yaml(sweep, d / "sweep.yaml")
+        for i, (acc, fs) in enumerate(zip(accs, fss, strict=True)):
+            TrialsTable(d / "trials.parquet").upsert(
+                {"trial_id": f"{method}-{i}", "status": "TERMINATED", "test_acc": acc, "forgetting_score": fs}
+            )
+        fronts[method] = d
+    out = tmp_path / "cmp"
+    assert main(["report", str(fronts["dlfd"]), str(fronts["finetune"]), "--out", str(out)]) == 0
+    text = (out / "compare.md").read_text()
+    assert "dlfd-0" in text and "dlfd-1" in text and "dlfd-2" not in text  # 0.7/0.15 is dominated by 0.8/0.1
+    assert "finetune-0" in text and "finetune-1" in text
+    assert (out / "compare.png").stat().st_size > 0
+    assert (fronts["dlfd"] / "summary.md").is_file()
