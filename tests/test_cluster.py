@@ -3,7 +3,6 @@ messages, DeepSpeed memory estimates and the scaling study."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -24,7 +23,6 @@ from mlflow.tracking import MlflowClient
 
 import otu.cli
 from otu.cluster import client as cluster_client
-from otu.cluster.commands import add_commands
 from otu.cluster.estimate import PRESETS, estimate, estimate_table, resolve_models
 from otu.cluster.scale import Size, parse_size, plan, summarise
 from otu.cluster.scale_report import scaling_markdown, zero3_vs_zero0
@@ -37,22 +35,8 @@ QUICKSTART = REPO / "sweeps" / "quickstart.yaml"
 GIB = 1024**3
 
 
-def _commands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
-    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-
-
 @pytest.fixture()
-def otu_main(monkeypatch):
-    """``otu.cli.main`` with the cluster commands (added here until the CLI wires them itself)."""
-    build = otu.cli.build_parser
-    if "submit" not in _commands(build()).choices:
-
-        def build_with_cluster() -> argparse.ArgumentParser:
-            parser = build()
-            add_commands(_commands(parser))
-            return parser
-
-        monkeypatch.setattr(otu.cli, "build_parser", build_with_cluster)
+def otu_main():
     return otu.cli.main
 
 
@@ -288,6 +272,44 @@ def test_runtime_env_file_matches_what_submit_sends():
     assert doc["py_modules"] == ["platform/otu"]
 
 
+@pytest.mark.parametrize("name", ["aws", "gcp", "onprem"])
+def test_launcher_configs_pass_rays_schema_with_token_auth_and_mlflow(name):
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load((REPO / "clusters" / f"{name}.yaml").read_text())
+    validate_config(prepare_config(raw))
+    head = " ".join(raw["head_start_ray_commands"])
+    assert "RAY_AUTH_MODE=token" in head and "RAY_AUTH_MODE=token" in " ".join(raw["worker_start_ray_commands"])
+    assert "mlflow server" in head and "MLFLOW_TRACKING_URI=" in head
+    assert raw["file_mounts"]["~/.ray/auth_token"] == "~/.ray/otu-cluster-token"
+
+
+def test_kuberay_manifests_run_an_otu_sweep_with_token_auth():
+    import shlex
+
+    import ray
+    import yaml
+
+    job = yaml.safe_load((REPO / "clusters" / "kuberay" / "rayjob.yaml").read_text())
+    cluster = yaml.safe_load((REPO / "clusters" / "kuberay" / "raycluster.yaml").read_text())
+    mlflow = list(yaml.safe_load_all((REPO / "clusters" / "kuberay" / "mlflow.yaml").read_text()))
+    assert (job["kind"], cluster["kind"]) == ("RayJob", "RayCluster")
+    assert job["spec"]["rayClusterSpec"]["rayVersion"] == cluster["spec"]["rayVersion"] == ray.__version__
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[:3] == ["python", "-m", "otu.cli"]
+    args = otu.cli.build_parser().parse_args(argv[3:])
+    assert args.command == "sweep" and (REPO / args.spec).is_file()
+    service = next(d for d in mlflow if d["kind"] == "Service")["metadata"]["name"]
+    for spec in (job["spec"]["rayClusterSpec"], cluster["spec"]):
+        head_env = {e["name"]: e for e in spec["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
+        assert head_env["RAY_AUTH_MODE"]["value"] == "token"
+        assert head_env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "otu-ray-auth"
+        assert head_env["MLFLOW_TRACKING_URI"]["value"] == f"http://{service}:5000"
+    submitter_env = {e["name"] for e in job["spec"]["submitterPodTemplate"]["spec"]["containers"][0]["env"]}
+    assert {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"} <= submitter_env
+
+
 # ---------------------------------------------------------------- estimates
 
 
@@ -396,16 +418,23 @@ def test_scale_cli_measures_one_combination(otu_main, tmp_path, capsys):
     assert "| spec |" in capsys.readouterr().out
 
 
+ZERO3_LIMITS = {  # DeepSpeed's ZeRO-3 gather/bucket limits at the scale of a 62M model (docs/scaling.md)
+    "max_live_parameters": 2_000_000, "prefetch_bucket_size": 2_000_000, "reduce_bucket_size": 2_000_000,
+    "max_reuse_distance": 0, "param_persistence_threshold": 10_000,
+}
+
+
 @pytest.mark.slow
 def test_zero3_uses_less_memory_per_worker_than_zero0_on_two_cpu_workers(tmp_path):
-    """The must-hold: 2 CPU workers, same ~17M-parameter model, ZeRO-3 peak RSS below ZeRO-0's."""
+    """The must-hold: 2 CPU workers, the same 62M-parameter model, ZeRO-3 per-worker peak below
+    ZeRO-0's (measured here: 1.672 vs 1.977 GiB). Needs the ZeRO-3 limits in the spec: with
+    DeepSpeed's defaults every rank keeps the whole gathered model (+275 MiB over ZeRO-0)."""
     from otu.cluster.scale import run_study
-
     raw = tiny_llm(tmp_path)
-    raw["task"]["model"]["tiny"] = {"layers": 4, "hidden": 512, "heads": 8, "intermediate": 1536, "vocab": 512}
-    exp = parse_experiment(raw)
-    items = plan(exp, [Size("17m", ())], [0, 3], [2], ["none"], steps=2)
-    df = run_study(items, tmp_path / "scale", timeout_s=600)
+    raw["task"]["model"]["tiny"] = {"layers": 8, "hidden": 768, "heads": 12, "intermediate": 2304, "vocab": 512}
+    raw["compute"] = {"zero3": ZERO3_LIMITS}
+    items = plan(parse_experiment(raw), [Size("62m", ())], [0, 3], [2], ["none"], steps=2)
+    df = run_study(items, tmp_path / "scale", timeout_s=1200)
     assert (df["status"] == "ok").all(), df["error"].tolist()
     cmp = zero3_vs_zero0(df)
-    assert len(cmp) == 1 and cmp["saved_mib"].iloc[0] > 50, cmp.to_dict("records")
+    assert len(cmp) == 1 and cmp["saved_mib"].iloc[0] > 100, cmp.to_dict("records")

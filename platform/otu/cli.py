@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", type=Path, required=True)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(handler=cmd_data_entities)
+
+    from otu.cluster.commands import add_commands
+
+    add_commands(sub)  # submit, jobs, scale
     return parser
 
 

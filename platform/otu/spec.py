@@ -52,6 +52,17 @@ class Tracking(Section):
     """Where prepared data and original/oracle models are cached by content hash."""
 
 
+class Zero3(Section):
+    """DeepSpeed ZeRO-3 knobs (``stage3_*``); the defaults are DeepSpeed's. Small models need lower
+    limits to be partitioned at all (below ~1e9 parameters everything stays gathered)."""
+
+    max_live_parameters: int = Field(1_000_000_000, ge=0)
+    prefetch_bucket_size: int = Field(50_000_000, ge=0)
+    reduce_bucket_size: int = Field(500_000_000, ge=1)
+    max_reuse_distance: int = Field(1_000_000_000, ge=0)
+    param_persistence_threshold: int = Field(100_000, ge=0)
+
+
 class Compute(Section):
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     threads: int = Field(1, ge=1, description="torch intra-op threads per process")
@@ -61,6 +72,7 @@ class Compute(Section):
     precision: Literal["fp32", "bf16"] = "fp32"
     grad_accum: int = Field(1, ge=1)
     grad_checkpointing: bool = False
+    zero3: Zero3 = Zero3()
 
 
 class Dynamics(Section):

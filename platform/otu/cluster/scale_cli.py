@@ -1,0 +1,111 @@
+"""``otu scale``: the measured scaling study of an LLM spec, or ``--estimate`` (no spec, no GPU)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from otu.cluster.scale_worker import DEFAULT_MMAP_THRESHOLD
+from otu.errors import SpecError
+
+console = Console(stderr=True)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers (got {text!r})") from None
+
+
+def _words(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def add_scale_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "scale", help="memory / throughput scaling of the unlearning loop over model size, ZeRO stage, "
+        "workers and offload; or --estimate DeepSpeed's model-state memory for given models",
+    )
+    p.add_argument("spec", type=Path, nargs="?", help="LLM experiment spec (not needed with --estimate)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--size", dest="sizes", action="append", default=[], metavar="LABEL:KEY=VALUE,...",
+                   help="a model size as spec overrides, e.g. "
+                   "m:task.model.tiny.hidden=512,task.model.tiny.layers=4 (repeatable; default: the spec's)")
+    p.add_argument("--zero", type=_ints, default=[0, 3], help="ZeRO stages, e.g. 0,1,2,3 (default 0,3)")
+    p.add_argument("--workers", type=_ints, default=[1, 2], help="worker counts (default 1,2)")
+    p.add_argument("--offload", type=_words, default=["none"], help="none,optimizer,params (default none)")
+    p.add_argument("--steps", type=int, default=3, help="optimizer steps per run; the first is warm-up")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds per combination")
+    p.add_argument("--mmap-threshold", type=int, default=DEFAULT_MMAP_THRESHOLD, metavar="BYTES",
+                   help="glibc MALLOC_MMAP_THRESHOLD_ in the workers, so freed tensors leave the RSS "
+                   f"(default {DEFAULT_MMAP_THRESHOLD}; 0: glibc's dynamic threshold)")
+    p.add_argument("--estimate", action="store_true",
+                   help="only DeepSpeed's model-state estimates for --models (no spec, no GPU needed)")
+    p.add_argument("--models", type=_words, default=None,
+                   help="presets (llama-3.2-1b … llama-3.1-70b), config.json paths or counts like 13B")
+    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--out", type=Path, help="output directory (default otu-runs/scale-<time>/)")
+    p.set_defaults(handler=cmd_scale)
+
+
+def cmd_scale(args: argparse.Namespace) -> None:
+    out_dir = args.out or Path("otu-runs") / f"scale-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.estimate:
+        _estimate(args, out_dir)
+    else:
+        _measure(args, out_dir)
+
+
+def _estimate(args: argparse.Namespace, out_dir: Path) -> None:
+    from otu.cluster.estimate import DEFAULT_MODELS, estimate_table, resolve_models
+    from otu.cluster.scale_report import estimates_frame, estimates_markdown, write_estimates
+
+    if args.spec is not None:
+        raise SpecError("--estimate takes no spec: give --models (presets, config.json paths or counts)")
+    if args.gpus_per_node < 1 or args.nodes < 1:
+        raise SpecError(f"--gpus-per-node/--nodes: must be >= 1 (got {args.gpus_per_node}, {args.nodes})")
+    models = resolve_models(args.models or list(DEFAULT_MODELS))
+    estimates = estimate_table(models, args.gpus_per_node, args.nodes)
+    files = write_estimates(estimates, out_dir)
+    print(estimates_markdown(estimates_frame(estimates)), end="")
+    console.print(f"wrote {', '.join(str(f) for f in files)}")
+
+
+def _measure(args: argparse.Namespace, out_dir: Path) -> None:
+    from otu.cluster.scale import SCALING_FILE, Size, StudyFailed, parse_size, plan, run_study
+    from otu.cluster.scale_report import write_scaling_report
+    from otu.spec import load_experiment
+
+    if args.spec is None:
+        raise SpecError("give an LLM experiment spec to measure, or --estimate")
+    if args.steps < 1:
+        raise SpecError(f"--steps: must be >= 1 (got {args.steps})")
+    if args.out is not None and args.out.exists() and any(args.out.iterdir()):
+        raise SpecError(f"--out: {args.out} exists and is not empty (choose another directory)")
+    exp = load_experiment(args.spec, args.overrides)
+    sizes = [parse_size(s) for s in args.sizes] or [Size("spec", ())]
+    items = plan(exp, sizes, args.zero, args.workers, args.offload, args.steps)
+    console.print(f"scaling study: {len(items)} combination(s) → {out_dir}")
+
+    def show(row: dict) -> None:
+        if row["status"] == "ok":
+            console.print(f"  {row['size']} ZeRO-{row['zero_stage']} ×{row['workers']} offload {row['offload']}: "
+                          f"peak {row['peak_rss_gib']:.3f} GiB/worker, step {row['step_time_s']:.2f} s, "
+                          f"SW {100 * row['sw_share']:.0f} %", highlight=False)
+        else:
+            console.print(f"  {row['size']} ZeRO-{row['zero_stage']} ×{row['workers']} offload "
+                          f"{row['offload']}: [red]{row['error']}[/]", highlight=False)
+
+    if args.mmap_threshold < 0:
+        raise SpecError(f"--mmap-threshold: must be >= 0 (got {args.mmap_threshold})")
+    df = run_study(items, out_dir, args.timeout, mmap_threshold=args.mmap_threshold, on_row=show)
+    files = write_scaling_report(df, out_dir)
+    print((out_dir / "scaling.md").read_text(), end="")
+    console.print(f"wrote {out_dir / SCALING_FILE}, {', '.join(str(f) for f in files)}")
+    if (df["status"] != "ok").all():
+        raise StudyFailed(f"every combination failed; first error: {df['error'].iloc[0]}")
