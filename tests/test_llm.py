@@ -125,6 +125,30 @@ def test_records_load_alike_from_jsonl_parquet_and_hf_directory(tmp_path):
     assert splits(tmp_path / "hf") == first
 
 
+def test_elude_layout_with_a_separate_retain_file(tmp_path):
+    files = write_entities(tmp_path / "set", seed=2, targets=2, neighbours=2, world=3)
+    rows = [json.loads(line) for line in files["records"].read_text().splitlines()]
+    forget_qa = [r | {"neighbour_of": None} for r in rows if not r["neighbour_of"]]
+    retain_qa = [
+        r | {"entity": r["neighbour_of"], "neighbour_of": None} for r in rows if r["neighbour_of"]
+    ]
+    pd.DataFrame(forget_qa).to_parquet(tmp_path / "forget.parquet")
+    pd.DataFrame(retain_qa).to_parquet(tmp_path / "retain.parquet")
+    target = forget_qa[0]["entity"]
+    data = LLMData(
+        records=str(tmp_path / "forget.parquet"),
+        retain_records=str(tmp_path / "retain.parquet"),
+        world=str(files["world"]),
+        target=target,
+    )
+    splits = load_splits(data, 0)
+    assert {r.entity for r in splits["forget"]} == {target}
+    assert [r.question for r in splits["retain"]] == [
+        r["question"] for r in retain_qa if r["entity"] == target
+    ]
+    assert {r.entity for r in splits["holdout"]} == {r["entity"] for r in forget_qa} - {target}
+
+
 # ---------------------------------------------------------------- errors before training
 
 
@@ -179,7 +203,9 @@ def test_records_missing_fields_are_named(records_spec, tmp_path):
         )
     )
     message = error_of(make(records=broken))
-    assert message.startswith("task.data.records: records lack required field(s) ['perturbed_answer']")
+    assert message.startswith(
+        "task.data.records: records lack required field(s) ['perturbed_answer']"
+    )
     rows[3]["perturbed_answer"] = []
     broken.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert "record 3: perturbed_answer must be a non-empty list" in error_of(make(records=broken))
@@ -258,12 +284,11 @@ def test_npo_loss_falls_as_the_forget_nll_rises_above_the_reference():
     assert npo_loss(ref + 5, ref, beta=0.1) < at_ref < npo_loss(ref - 5, ref, beta=0.1)
 
 
-def test_regulariser_adds_lambda_times_the_autograd_gradient_to_each_tensor():
+@pytest.mark.parametrize("resample", [True, False])
+def test_regulariser_adds_lambda_times_the_autograd_gradient_to_each_tensor(resample):
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(6, 5)), torch.nn.Parameter(torch.randn(5))]
     refs = [torch.nn.Parameter(p.detach() + 0.3 * torch.randn_like(p)) for p in params]
-    for p in params:
-        p.grad = torch.ones_like(p)
     reg = ParameterRegulariser(
         kind="wasserstein",
         weight=0.5,
@@ -271,18 +296,27 @@ def test_regulariser_adds_lambda_times_the_autograd_gradient_to_each_tensor():
         gather=lambda ps: contextlib.nullcontext(),
         add_grad=lambda p, g: p.grad.add_(g),
         n_projections=20,
+        resample=resample,
         seed=7,
     )
-    value = reg.apply(step=3)
-    expected = 0.0
-    for i, (p, p0) in enumerate(zip(params, refs, strict=True)):
-        u = random_projections(as_rows(p).shape[1], 20, projection_seed(7, 3, i))
-        w = p.detach().clone().requires_grad_()
-        sw = sw_regulariser_autograd(w, p0.detach(), u)
-        sw.backward()
-        expected += sw.item()
-        torch.testing.assert_close(p.grad, 1 + 0.5 * w.grad)
-    assert value == pytest.approx(expected, rel=1e-5)
+    for step in (
+        3,
+        4,
+    ):  # without resampling, step 4 reuses step 0's directions and cached sort(W₀U)
+        for p in params:
+            p.grad = torch.ones_like(p)
+        value = reg.apply(step=step)
+        expected = 0.0
+        for i, (p, p0) in enumerate(zip(params, refs, strict=True)):
+            u = random_projections(
+                as_rows(p).shape[1], 20, projection_seed(7, step if resample else 0, i)
+            )
+            w = p.detach().clone().requires_grad_()
+            sw = sw_regulariser_autograd(w, p0.detach(), u)
+            sw.backward()
+            expected += sw.item()
+            torch.testing.assert_close(p.grad, 1 + 0.5 * w.grad)
+        assert value == pytest.approx(expected, rel=1e-5)
 
 
 # ---------------------------------------------------------------- unlearning

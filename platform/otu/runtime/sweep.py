@@ -188,8 +188,10 @@ def scheduler(sweep: Sweep):
 
 
 def _trial_resources(sweep: Sweep, exp: Experiment) -> dict[str, float]:
-    if exp.compute.workers > 1:  # the trial only drives a Ray Train run whose workers hold the CPUs
-        return {"cpu": 0, "gpu": 0}
+    if exp.compute.workers > 1:
+        # the trial only drives a Ray Train run whose workers hold the CPUs; Tune refuses an empty
+        # request, so the trial asks for one byte of memory
+        return {"cpu": 0, "gpu": 0, "memory": 1}
     return {"cpu": sweep.resources.cpus, "gpu": sweep.resources.gpus}
 
 

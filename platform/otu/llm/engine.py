@@ -1,0 +1,274 @@
+"""Training engines for the unlearning loop: plain PyTorch (one process) or DeepSpeed (ZeRO 0–3).
+
+Both expose the same small surface to :mod:`otu.llm.loop`: ``model`` (call it for forward passes),
+``ref`` (frozen θ₀ = NPO reference, or None), ``backward(loss)``, ``boundary()`` (last micro-batch of
+an optimizer step), ``gather(params)`` / ``add_grad(param, g)`` (for the regulariser, between
+backward and step), ``step()``, ``all_mean(x)`` and ``save(dir)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from otu.llm.models import load_model, torch_dtype
+
+SHARD = "model-{:05d}-of-{:05d}.safetensors"
+INDEX = "model.safetensors.index.json"
+
+
+def lr_lambda(schedule: str, total_steps: int):
+    """Multiplier of the base lr after ``k`` optimizer steps (linear decay to 0, or constant)."""
+    if schedule == "constant":
+        return lambda k: 1.0
+    return lambda k: max(0.0, 1.0 - k / max(1, total_steps))
+
+
+class PlainEngine:
+    """One process, no DeepSpeed: AdamW, optional bf16 autocast, grad clipping."""
+
+    rank, world = 0, 1
+
+    def __init__(
+        self, exp, model_path: Path, device: torch.device, needs_ref: bool, total_steps: int
+    ):
+        method, compute = exp.method, exp.compute
+        self.device = device
+        self.grad_accum = compute.grad_accum
+        self.max_grad_norm = method.max_grad_norm
+        self.model = load_model(model_path, torch.float32, device).train()
+        if compute.grad_checkpointing:
+            _enable_checkpointing(self.model)
+        self.ref = (
+            _frozen(load_model(model_path, torch_dtype(compute.precision), device))
+            if needs_ref
+            else None
+        )
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=method.lr, weight_decay=method.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(method.lr_schedule, total_steps)
+        )
+        self.autocast = (
+            torch.autocast(device.type, dtype=torch.bfloat16)
+            if compute.precision == "bf16"
+            else contextlib.nullcontext()
+        )
+        self._micro = 0
+
+    def backward(self, loss: Tensor) -> None:
+        (loss / self.grad_accum).backward()
+
+    def boundary(self) -> bool:
+        return (self._micro + 1) % self.grad_accum == 0
+
+    def gather(self, params: Sequence[nn.Parameter]):
+        return contextlib.nullcontext()
+
+    def add_grad(self, param: nn.Parameter, grad: Tensor) -> None:
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+        param.grad.add_(grad.to(param.grad.dtype))
+
+    def step(self) -> None:
+        if self.boundary():
+            if self.max_grad_norm:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self._micro += 1
+
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def all_mean(self, values: dict[str, float]) -> dict[str, float]:
+        return values
+
+    def save(self, out_dir: Path, tokenizer) -> None:
+        save_sharded(self.model, out_dir, tokenizer, self.gather, rank=0, world=1)
+
+
+class DeepSpeedEngine:
+    """``deepspeed.initialize`` on an existing process group (Ray Train, torchrun, deepspeed)."""
+
+    def __init__(
+        self, exp, model_path: Path, device: torch.device, needs_ref: bool, total_steps: int
+    ):
+        import deepspeed
+        from transformers.integrations import HfDeepSpeedConfig
+
+        method, compute = exp.method, exp.compute
+        deepspeed.init_distributed(dist_backend=dist.get_backend())  # adopts the existing group
+        self.device = device
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.grad_accum = compute.grad_accum
+        config = ds_config(exp, self.world)
+        dtype = torch_dtype(compute.precision)
+        # must live while models load so that from_pretrained partitions them (ZeRO-3)
+        self._hf_ds = HfDeepSpeedConfig(config) if compute.zero_stage == 3 else None
+        place = None if compute.zero_stage == 3 else device  # zero.Init placed the partitions
+        model = load_model(model_path, dtype, place).train()
+        if compute.grad_checkpointing:
+            _enable_checkpointing(model)
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=method.lr, weight_decay=method.weight_decay
+        )
+        schedule = lr_lambda(method.lr_schedule, total_steps)
+        self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model,
+            optimizer=optimizer,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+            config=config,
+        )
+        self.ref = None
+        if needs_ref:
+            ref = _frozen(load_model(model_path, dtype, place))
+            if compute.zero_stage == 3:  # θ₀ partitioned like the model (no optimizer)
+                ref_config = {k: v for k, v in config.items() if k != "gradient_clipping"}
+                ref = deepspeed.initialize(model=ref, config=ref_config)[0]
+                ref.eval()
+            self.ref = ref
+        self.autocast = contextlib.nullcontext()
+
+    def backward(self, loss: Tensor) -> None:
+        self.model.backward(loss)
+
+    def boundary(self) -> bool:
+        return self.model.is_gradient_accumulation_boundary()
+
+    def gather(self, params: Sequence[nn.Parameter]):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(params), modifier_rank=None)
+
+    def add_grad(self, param: nn.Parameter, grad: Tensor) -> None:
+        from deepspeed.utils import (
+            safe_get_full_grad,
+            safe_get_local_grad,
+            safe_set_full_grad,
+            safe_set_local_grad,
+        )
+
+        if hasattr(param, "ds_id"):  # ZeRO-3: add this rank's slice to its gradient partition
+            local = safe_get_local_grad(param)
+            flat = grad.reshape(-1).to(local.dtype)
+            start = min(self.rank * local.numel(), flat.numel())
+            part = flat[start : start + local.numel()]
+            update = torch.zeros_like(local.reshape(-1))
+            update[: part.numel()] = part.to(update.device)
+            safe_set_local_grad(param, local + update.view_as(local))
+        elif getattr(param, "_hp_grad", None) is not None:  # bf16 optimizer keeps an fp32 buffer
+            current = param.get_full_hp_grad()
+            param.set_full_hp_grad(current + grad.to(current.dtype))
+        else:
+            current = safe_get_full_grad(param)
+            safe_set_full_grad(param, current + grad.to(current.dtype))
+
+    def step(self) -> None:
+        self.model.step()
+
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def all_mean(self, values: dict[str, float]) -> dict[str, float]:
+        keys = sorted(values)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+        dist.all_reduce(t)
+        return {k: float(v) / self.world for k, v in zip(keys, t.tolist(), strict=True)}
+
+    def save(self, out_dir: Path, tokenizer) -> None:
+        save_sharded(self.model.module, out_dir, tokenizer, self.gather, self.rank, self.world)
+
+
+def ds_config(exp, world: int) -> dict:
+    method, compute = exp.method, exp.compute
+    zero: dict = {"stage": compute.zero_stage}
+    if compute.zero_stage == 3:
+        z3 = compute.zero3
+        zero |= {
+            "stage3_max_live_parameters": z3.max_live_parameters,
+            "stage3_prefetch_bucket_size": z3.prefetch_bucket_size,
+            "reduce_bucket_size": z3.reduce_bucket_size,
+            "stage3_max_reuse_distance": z3.max_reuse_distance,
+            "stage3_param_persistence_threshold": z3.param_persistence_threshold,
+        }
+    if compute.offload in ("optimizer", "params"):
+        zero["offload_optimizer"] = {"device": "cpu"}
+    if compute.offload == "params":
+        zero["offload_param"] = {"device": "cpu"}
+    config: dict = {
+        "train_batch_size": method.batch_size,
+        "train_micro_batch_size_per_gpu": method.batch_size // (world * compute.grad_accum),
+        "gradient_accumulation_steps": compute.grad_accum,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": compute.precision == "bf16"},
+        "steps_per_print": 2**31 - 1,
+    }
+    if method.max_grad_norm:
+        config["gradient_clipping"] = method.max_grad_norm
+    return config
+
+
+def save_sharded(model: nn.Module, out_dir: Path, tokenizer, gather, rank: int, world: int) -> None:
+    """A HF checkpoint written by every rank: tensor i goes to rank ``i % world``'s safetensors shard.
+
+    Tensors are gathered one at a time (collective under ZeRO-3); rank 0 also writes the config,
+    the tokenizer and the shard index, so ``from_pretrained(out_dir)`` loads the whole model.
+    """
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    named = list(model.named_parameters())
+    mine: dict[str, Tensor] = {}
+    for i, (name, param) in enumerate(named):
+        with gather([param]):
+            if i % world == rank:
+                mine[name] = param.data.detach().cpu().clone().contiguous()
+    owners = [r for r in range(world) if any(i % world == r for i in range(len(named)))]
+    files = {r: SHARD.format(k + 1, len(owners)) for k, r in enumerate(owners)}
+    if mine:
+        save_file(mine, str(out_dir / files[rank]), metadata={"format": "pt"})
+    if rank == 0:
+        model.config.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+        sizes = 0
+        weight_map = {}
+        for i, (name, param) in enumerate(named):
+            weight_map[name] = files[i % world]
+            numel = param.ds_numel if hasattr(param, "ds_numel") else param.numel()
+            sizes += numel * param.element_size()
+        (out_dir / INDEX).write_text(
+            json.dumps({"metadata": {"total_size": sizes}, "weight_map": weight_map}, indent=2)
+        )
+    if world > 1:
+        dist.barrier()
+
+
+def _frozen(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _enable_checkpointing(model: nn.Module) -> None:
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+
+
+def total_optimizer_steps(steps: int, alternate: bool) -> int:
+    return steps * (2 if alternate else 1)
+
+
+def steps_for(method, forget_size: int) -> int:
+    return method.steps or method.epochs * math.ceil(forget_size / method.batch_size)

@@ -1,0 +1,122 @@
+r"""Per-sequence answer NLL and the unlearning objectives built on it.
+
+With :math:`\ell_\theta(x, y)` the mean token NLL of answer y given question x (per sequence), every
+term is a mean over sequences, so a global batch split across ranks (DeepSpeed averages gradients)
+gives the same loss and gradient as one process on the whole batch.
+
+* GA: :math:`-\ell_\theta(f)`;  GradDiff: GA + retain terms.
+* NPO (Zhang et al. 2024): :math:`-\frac{2}{\beta}\,\mathrm{mean}\log\sigma(\beta(\ell_\theta - \ell_{ref}))`
+  — the sign makes the loss fall as the forget NLL rises above the reference's; the per-sequence
+  mean NLL follows the OPT-OUT authors' code (the NPO paper uses the summed log-likelihood).
+* SimNPO (Fan et al. 2024): :math:`-\frac{2}{\beta}\,\mathrm{mean}\log\sigma(\beta\ell_\theta - \gamma)`.
+* IDK: :math:`\ell_\theta` of forget questions paired with "I don't know"-style answers.
+* retain terms: :math:`w_r\,\ell_\theta(\text{retain}) + w_w\,\ell_\theta(\text{world})`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from otu.llm.text import IGNORE, Batch
+
+
+def token_nll(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
+    """Per-token NLL (B×T−1, zero off the answer) and the answer mask."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    targets = batch.labels[:, 1:]
+    nll = F.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none"
+    )
+    return nll, targets != IGNORE
+
+
+def sequence_nll(model: nn.Module, batch: Batch) -> Tensor:
+    """Mean answer-token NLL of each sequence (B,)."""
+    nll, mask = token_nll(model, batch)
+    return nll.sum(1) / mask.sum(1).clamp(min=1)
+
+
+@dataclass
+class StepBatches:
+    """One rank's micro-batches for a step (``idk`` replaces forget answers for the IDK method)."""
+
+    forget: Batch
+    retain: Batch
+    world: Batch
+    idk: Batch | None = None
+
+
+class Objective:
+    """Forget term (+ optional retain term) of one method; ``needs_reference`` → an NPO reference."""
+
+    needs_reference = False
+
+    def __init__(self, method) -> None:
+        self.method = method
+
+    def forget_term(self, model: nn.Module, ref: nn.Module | None, b: StepBatches) -> Tensor:
+        raise NotImplementedError
+
+    def retain_term(self, model: nn.Module, b: StepBatches) -> Tensor | None:
+        weights = (
+            getattr(self.method, "retain_weight", 0.0),
+            getattr(self.method, "world_weight", 0.0),
+        )
+        total: Tensor | None = None
+        for weight, batch in zip(weights, (b.retain, b.world), strict=True):
+            if weight:
+                term = weight * sequence_nll(model, batch).mean()
+                total = term if total is None else total + term
+        return total
+
+
+class GradientAscent(Objective):
+    def forget_term(self, model, ref, b):
+        return -sequence_nll(model, b.forget).mean()
+
+
+class NPOObjective(Objective):
+    needs_reference = True
+
+    def forget_term(self, model, ref, b):
+        assert ref is not None
+        with torch.no_grad():
+            ref_nll = sequence_nll(ref, b.forget)
+        return npo_loss(sequence_nll(model, b.forget), ref_nll, self.method.beta)
+
+
+class SimNPOObjective(Objective):
+    def forget_term(self, model, ref, b):
+        nll = sequence_nll(model, b.forget)
+        beta, gamma = self.method.beta, self.method.gamma
+        return -(2.0 / beta) * F.logsigmoid(beta * nll - gamma).mean()
+
+
+class IDKObjective(Objective):
+    def forget_term(self, model, ref, b):
+        assert b.idk is not None
+        return sequence_nll(model, b.idk).mean()
+
+
+def npo_loss(nll: Tensor, ref_nll: Tensor, beta: float) -> Tensor:
+    """:math:`-\\frac{2}{\\beta}\\,\\mathrm{mean}\\log\\sigma(\\beta(\\ell_\\theta-\\ell_{ref}))`."""
+    return -(2.0 / beta) * F.logsigmoid(beta * (nll - ref_nll)).mean()
+
+
+OBJECTIVES: dict[str, type[Objective]] = {
+    "ga": GradientAscent,
+    "graddiff": GradientAscent,
+    "npo": NPOObjective,
+    "npo_rt": NPOObjective,
+    "simnpo": SimNPOObjective,
+    "idk": IDKObjective,
+    "optout": NPOObjective,
+}
+
+
+def objective_for(method) -> Objective:
+    return OBJECTIVES[method.name](method)

@@ -1,0 +1,47 @@
+"""Figures of the LLM family: per-split probability / ROUGE bars and forget truth-ratio histograms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from otu.llm.evaluation import QA_SPLITS, ModelStats
+
+
+def write_plots(stats: dict[str, ModelStats], out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
+    width = 0.8 / max(1, len(stats))
+    x = np.arange(len(QA_SPLITS))
+    for ax, metric in zip(axes, ("prob", "rouge"), strict=True):
+        for k, (name, s) in enumerate(stats.items()):
+            values = [getattr(s, metric)[split].mean() for split in QA_SPLITS]
+            ax.bar(x + k * width, values, width, label=name)
+        ax.set_xticks(x + width * (len(stats) - 1) / 2, QA_SPLITS)
+        ax.set_title("answer probability" if metric == "prob" else "ROUGE-L recall")
+        ax.set_ylim(0, 1.05)
+    axes[0].legend()
+    fig.tight_layout()
+    paths.append(out_dir / "splits.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, s in stats.items():
+        ax.hist(np.log(s.truth_ratio["forget"]), bins=20, alpha=0.5, label=name)
+    ax.set_xlabel("log truth ratio on forget (perturbed / paraphrased)")
+    ax.set_ylabel("items")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(out_dir / "forget_truth_ratio.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
