@@ -90,6 +90,8 @@ def run_sweep(
                 scheduler=scheduler(sweep),
                 num_samples=sweep.search.num_samples,
                 max_concurrent_trials=sweep.search.max_concurrent,
+                # a trial process keeps torch/otu imported for the next trial (seconds per trial)
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name=TUNE_NAME,
