@@ -133,7 +133,8 @@ def _train(
         logs["step_time_s"] = time.perf_counter() - start
         logs = engine.all_mean(logs)
         if engine.rank == 0:
-            report(step, logs)
+            # a plain single-process model can be snapshotted for checkpoint evaluation
+            report(step, logs, engine.model if isinstance(engine, PlainEngine) else None)
     engine.save(checkpoint_dir, prepared.tokenizer())
 
 
