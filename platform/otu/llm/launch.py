@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         dump_yaml(exp, out / "spec.yaml")
         (out / "steps.jsonl").unlink(missing_ok=True)
 
-    def report(step: int, metrics: Mapping[str, float]) -> None:
+    def report(step: int, metrics: Mapping[str, float], model: object = None) -> None:
         row = json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}})
         with (out / "steps.jsonl").open("a") as fh:
             fh.write(row + "\n")

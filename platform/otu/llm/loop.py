@@ -132,9 +132,10 @@ def _train(
         logs["tokens"] = float(sum(_tokens(b) for b in micro))
         logs["step_time_s"] = time.perf_counter() - start
         logs = engine.all_mean(logs)
-        if engine.rank == 0:
-            # a plain single-process model can be snapshotted for checkpoint evaluation
-            report(step, logs, engine.model if isinstance(engine, PlainEngine) else None)
+        if engine.rank == 0 and exp.dynamics.every and isinstance(engine, PlainEngine):
+            report(step, logs, engine.model)  # snapshotted for checkpoint evaluation
+        elif engine.rank == 0:
+            report(step, logs)
     engine.save(checkpoint_dir, prepared.tokenizer())
 
 

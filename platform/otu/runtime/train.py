@@ -95,7 +95,7 @@ def train_loop(config: Mapping[str, Any]) -> None:
     steps = config["steps"]
     last: dict[str, float] = {}
 
-    def report(step: int, metrics: Mapping[str, float]) -> None:
+    def report(step: int, metrics: Mapping[str, float], model: object = None) -> None:
         last.clear()
         last.update({k: float(v) for k, v in metrics.items()})
         steps.put((int(step), dict(last)))
