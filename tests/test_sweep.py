@@ -154,20 +154,20 @@ def test_seed_repeats_log_to_a_real_mlflow_server(tmp_path, ray_local, mlflow_se
 def test_checkpoint_dynamics_on_actors_with_asha(tmp_path, ray_local):
     out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'mlflow.db'}"
     code = main(["sweep", str(QUICKSTART), "--out", str(out), "--tracking-uri", uri,
-                 *small(tmp_path, "search.num_samples=2", "search.scheduler=asha",
-                        "objectives=[{metric: nomus, mode: max}]", "experiment.dynamics.every=2",
-                        "experiment.dynamics.select=nomus")])
+                 *small(tmp_path, "search.num_samples=2", "search.max_concurrent=1",
+                        "search.scheduler=asha", "objectives=[{metric: nomus, mode: max}]",
+                        "experiment.dynamics.every=2", "experiment.dynamics.select=nomus")])
     assert code == 0
     table = pd.read_parquet(out / "trials.parquet")
-    assert len(table) == 2
-    for trial_id in table["trial_id"]:
+    assert len(table) == 2 and table["nomus"].notna().all()
+    completed = [t for t in table["trial_id"] if (out / "trials" / t / "metrics.json").is_file()]
+    assert completed, "ASHA keeps the best trial running to the end"
+    for trial_id in completed:  # a trial ASHA stopped early keeps its last checkpoint's row only
         trial_dir = out / "trials" / trial_id
         rows = [json.loads(x) for x in (trial_dir / "dynamics.jsonl").read_text().splitlines()]
         assert len(rows) >= 2 and [r["step"] for r in rows] == sorted(r["step"] for r in rows)
         metrics = json.loads((trial_dir / "metrics.json").read_text())
-        best = max(r["nomus"] for r in rows)
-        assert metrics["unlearned"]["nomus"] == pytest.approx(best)
+        assert metrics["unlearned"]["nomus"] == pytest.approx(max(r["nomus"] for r in rows))
         assert "last" in metrics
-    client = MlflowClient(uri)
-    run = children(uri)[table["trial_id"].iloc[0]]
-    assert len(client.get_metric_history(run.info.run_id, "eval/nomus")) >= 2
+        run = children(uri)[trial_id]
+        assert len(MlflowClient(uri).get_metric_history(run.info.run_id, "eval/nomus")) >= 2
