@@ -9,8 +9,6 @@ each a normal HF checkpoint with its tokenizer.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from otu.cache import write_atomically
 from otu.llm import evaluation
 from otu.llm.data import Splits, load_splits, read_splits, write_splits
 from otu.llm.loop import rank_and_world, run_worker
@@ -93,7 +92,7 @@ def cache_key(exp: Experiment) -> str:
 def prepare(exp: Experiment, cache_dir: Path) -> Prepared:
     root = Path(cache_dir) / f"llm-{cache_key(exp)}"
     if not (root / DONE).is_file():
-        _build(exp, root)
+        write_atomically(root, lambda tmp: _build(exp, tmp, root))
     info = json.loads((root / DONE).read_text())
     return Prepared(
         root=root,
@@ -107,65 +106,55 @@ def prepare(exp: Experiment, cache_dir: Path) -> Prepared:
     )
 
 
-def _build(exp: Experiment, root: Path) -> None:
-    """Splits, tokenizer, target and oracle models into a temp dir, then one atomic rename."""
+def _build(exp: Experiment, tmp: Path, root: Path) -> None:
+    """Splits, tokenizer, target and oracle models into ``tmp`` (renamed to ``root`` when done)."""
     data, spec = exp.task.data, exp.task.model
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-    try:
-        splits = load_splits(data, exp.seed)
-        write_splits(splits, tmp / "splits.json")
-        device = resolve_device(exp.compute.device)
+    splits = load_splits(data, exp.seed)
+    write_splits(splits, tmp / "splits.json")
+    device = resolve_device(exp.compute.device)
+    if spec.tiny is not None:
+        everything = [r for split in splits.values() for r in split]
+        tokenizer = train_tokenizer(corpus(everything, data.prompt), spec.tiny.vocab)
+    else:
+        tokenizer = load_tokenizer(spec.path)
+    encoder = Encoder(tokenizer, data.prompt, data.max_length)
+    logs: dict[str, list[float]] = {}
+
+    def base() -> nn.Module:
         if spec.tiny is not None:
-            everything = [r for split in splits.values() for r in split]
-            tokenizer = train_tokenizer(corpus(everything, data.prompt), spec.tiny.vocab)
-        else:
-            tokenizer = load_tokenizer(spec.path)
-        encoder = Encoder(tokenizer, data.prompt, data.max_length)
-        logs: dict[str, list[float]] = {}
+            return build_tiny_model(spec.tiny, tokenizer, data.max_length, exp.seed)
+        return load_model(spec.path, torch.float32, device)
 
-        def base() -> nn.Module:
-            if spec.tiny is not None:
-                return build_tiny_model(spec.tiny, tokenizer, data.max_length, exp.seed)
-            return load_model(spec.path, torch.float32, device)
+    def fit(name: str, records) -> Path:
+        logs[name] = []
+        model = finetune(
+            base(),
+            encoder,
+            records,
+            epochs=spec.epochs,
+            lr=spec.lr,
+            batch_size=spec.batch_size,
+            weight_decay=spec.weight_decay,
+            seed=exp.seed,
+            device=device,
+            log=lambda _epoch, loss: logs[name].append(loss),
+        )
+        model.save_pretrained(tmp / name)
+        tokenizer.save_pretrained(tmp / name)
+        return root / name
 
-        def fit(name: str, records) -> Path:
-            logs[name] = []
-            model = finetune(
-                base(),
-                encoder,
-                records,
-                epochs=spec.epochs,
-                lr=spec.lr,
-                batch_size=spec.batch_size,
-                weight_decay=spec.weight_decay,
-                seed=exp.seed,
-                device=device,
-                log=lambda _epoch, loss: logs[name].append(loss),
-            )
-            model.save_pretrained(tmp / name)
-            tokenizer.save_pretrained(tmp / name)
-            return root / name
-
-        if spec.epochs > 0:
-            target = fit("target", splits["forget"] + splits["retain"] + splits["world"])
-            oracle: Path | None = fit("retain_only", splits["retain"] + splits["world"])
-        else:
-            target = Path(spec.path).resolve()
-            oracle = Path(spec.retain_path).resolve() if spec.retain_path else None
-        info = {
-            "target": str(target),
-            "oracle": str(oracle) if oracle else None,
-            "finetune_loss": logs,
-        }
-        (tmp / DONE).write_text(json.dumps(info, indent=2))
-        try:
-            tmp.rename(root)
-        except OSError:  # another process finished first: keep its entry
-            if not (root / DONE).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if spec.epochs > 0:
+        target = fit("target", splits["forget"] + splits["retain"] + splits["world"])
+        oracle: Path | None = fit("retain_only", splits["retain"] + splits["world"])
+    else:
+        target = Path(spec.path).resolve()
+        oracle = Path(spec.retain_path).resolve() if spec.retain_path else None
+    info = {
+        "target": str(target),
+        "oracle": str(oracle) if oracle else None,
+        "finetune_loss": logs,
+    }
+    (tmp / DONE).write_text(json.dumps(info, indent=2))
 
 
 def reference_models(prepared: Prepared) -> dict[str, nn.Module]:

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
+from otu.registry import Reporter
+from otu.spec import Experiment
 from otu.vision.spec import SGDMethod
+
+if TYPE_CHECKING:
+    from otu.vision.prepare import Prepared
 
 
 def sgd(model: nn.Module, spec: SGDMethod) -> torch.optim.SGD:
@@ -38,3 +45,25 @@ def cycle_batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[tor
         order = torch.randperm(n, generator=gen)
         for start in range(0, n - size + 1, size):
             yield order[start : start + size]
+
+
+def cross_entropy_pass(
+    exp: Experiment, prepared: Prepared, report: Reporter, part: str, sign: float, metric: str
+) -> nn.Module:
+    """``exp.method.epochs`` seeded passes of SGD on ``sign``·CE over one split part of a copy of the
+    original (sign +1: fine-tuning on ``retain``; −1: gradient ascent on ``forget``)."""
+    spec = exp.method
+    model = fresh_copy(prepared.original)
+    opt = sgd(model, spec)
+    x, y = prepared.splits.part(part)
+    gen = torch.Generator().manual_seed(exp.seed)
+    step = 0
+    for _ in range(spec.epochs):
+        for idx in batches(len(x), spec.batch_size, gen):
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            (sign * loss).backward()
+            opt.step()
+            report(step, {metric: loss.item()}, model)
+            step += 1
+    return model.eval()
