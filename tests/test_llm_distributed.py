@@ -176,6 +176,41 @@ def test_ray_train_zero3_first_steps_equal_single_process(ray_local, llm_cache, 
     assert 0.0 <= metrics["forget_rouge"] <= 1.0 and metrics["retain_prob"] > 0.5
 
 
+def test_multi_worker_checkpoints_are_evaluated_on_actors(ray_local, llm_cache, tmp_path):
+    """Checkpoint evaluation of a 2-worker ZeRO-3 run: every rank writes its part of a checkpoint per
+    step, Ray Train stores the merged checkpoint, the evaluation actors score it while training goes
+    on, and the curve matches the plain single-process run's (live-model snapshots) step by step, as
+    does a one-process ZeRO-3 run's (checkpoints saved beside its final one)."""
+    from otu.runtime.evaluation import CheckpointEvaluator, start_pool
+    from otu.runtime.experiment import read_steps, run_experiment
+
+    def run(name: str, compute: dict) -> list[dict]:
+        raw = tiny_spec(llm_cache, steps=3)
+        raw |= {"compute": compute, "dynamics": {"every": 1, "pool_size": 1}}
+        exp = parse_experiment(raw)
+        evaluator = CheckpointEvaluator(exp, start_pool(f"dyn-{name}", 1))
+        run_experiment(exp, tmp_path / name, evaluator=evaluator)
+        return read_steps(tmp_path / name, "dynamics")
+
+    single = run("single", {"workers": 1})
+    zero3 = run("zero3", {"workers": 1, "zero_stage": 3, "zero3": PARTITION_ALL})
+    distributed = run("distributed", {"workers": 2, "zero_stage": 3, "zero3": PARTITION_ALL})
+
+    assert [r["step"] for r in distributed] == [0, 1, 2] == [r["step"] for r in single]
+    stored = tmp_path / "distributed" / "ray-train"
+    assert sorted(p.name for p in stored.glob("*/checkpoint-*")) == ["checkpoint-0", "checkpoint-1"]
+    assert not list((tmp_path / "distributed").glob("checkpoint-*"))  # ranks' local copies are gone
+    assert sorted(p.name for p in (tmp_path / "zero3").glob("checkpoint-*")) == [
+        "checkpoint-0",
+        "checkpoint-1",
+    ]
+    for got_zero3, got, want in zip(zero3, distributed, single, strict=True):
+        for key in ("forget_prob", "retain_prob", "world_prob"):
+            assert got[key] == pytest.approx(want[key], rel=1e-3), (got["step"], key)
+            assert got_zero3[key] == pytest.approx(want[key], rel=1e-3), (got["step"], key)
+    assert distributed[-1]["forget_prob"] < distributed[0]["forget_prob"]
+
+
 @pytest.mark.slow
 def test_otu_run_optout_two_ray_workers_zero3_forgets(tmp_path):
     """The must-hold: forget ROUGE falls from ~1 to near the retain-only model's, retain ROUGE stays."""

@@ -30,9 +30,11 @@ FAMILIES: dict[str, str] = {
 class Reporter(Protocol):
     """``report(step, metrics, model=None)``: per-step metrics from inside an unlearning loop.
 
-    Pass the live ``model`` (or, for multi-worker runs, a checkpoint directory ``load_unlearned``
-    reads) so the platform can evaluate checkpoints (``dynamics.every``); it decides when to
-    snapshot, so passing it on every step costs nothing."""
+    Pass the live ``model`` so the platform can evaluate checkpoints (``dynamics.every``); it
+    decides when to snapshot, so passing it on every step costs nothing. A per-rank loop
+    (``unlearn_worker``) calls ``report`` on every rank with the same metrics and, on
+    ``dynamics.every`` steps, a checkpoint directory ``load_unlearned`` reads, which every rank
+    wrote its part of; the directory is the reporter's from then on (it may move or delete it)."""
 
     def __call__(self, step: int, metrics: Mapping[str, float], model: Any = None) -> None: ...
 

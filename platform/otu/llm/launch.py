@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         (out / "steps.jsonl").unlink(missing_ok=True)
 
     def report(step: int, metrics: Mapping[str, float], model: object = None) -> None:
+        if rank != 0:
+            return
         row = json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}})
         with (out / "steps.jsonl").open("a") as fh:
             fh.write(row + "\n")

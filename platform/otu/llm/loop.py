@@ -4,7 +4,11 @@ Single process (plain PyTorch, or DeepSpeed on a one-rank gloo group when ``zero
 ``deepspeed``/``torchrun`` (the process group comes from the environment), or as a Ray Train worker
 (Ray made the group). Every step draws one global batch of forget, retain and world items from seeded
 streams (identical on every rank); rank r takes micro-batch slices ``(m·world + r)`` for accumulation
-step m, so the global step equals the single-process one. Rank 0 reports the rank-averaged terms.
+step m, so the global step equals the single-process one. Every rank calls ``report`` with the
+rank-averaged terms (identical on all ranks; reporters write on rank 0). Every ``dynamics.every``
+steps (but the last: the final model is evaluated anyway) ``report`` also gets a checkpoint to
+evaluate: the live model in a plain process (the platform snapshots it), otherwise a HF checkpoint
+``<checkpoint_dir>-<step>`` that every rank wrote its part of (collective, like the final save).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from otu.llm.data import Record
 from otu.llm.engine import DeepSpeedEngine, PlainEngine, steps_for, total_optimizer_steps
@@ -104,6 +109,7 @@ def _train(
     )
     regulariser = _regulariser(exp, engine) if is_optout else None
     encoder = prepared.encoder()
+    tokenizer = prepared.tokenizer()
     streams = {
         name: Stream(len(prepared.splits[name]), exp.seed + k)
         for k, name in enumerate(("forget", "retain", "world"))
@@ -132,11 +138,19 @@ def _train(
         logs["tokens"] = float(sum(_tokens(b) for b in micro))
         logs["step_time_s"] = time.perf_counter() - start
         logs = engine.all_mean(logs)
-        if engine.rank == 0 and exp.dynamics.every and isinstance(engine, PlainEngine):
-            report(step, logs, engine.model)  # snapshotted for checkpoint evaluation
-        elif engine.rank == 0:
-            report(step, logs)
-    engine.save(checkpoint_dir, prepared.tokenizer())
+        due = exp.dynamics.every and step % exp.dynamics.every == 0 and step < steps - 1
+        checkpoint = _checkpoint(engine, step, checkpoint_dir, tokenizer) if due else None
+        report(step, logs) if checkpoint is None else report(step, logs, checkpoint)
+    engine.save(checkpoint_dir, tokenizer)
+
+
+def _checkpoint(engine, step: int, checkpoint_dir: Path, tokenizer) -> nn.Module | Path:
+    """The model to evaluate after ``step``: the live one in a plain process, else a saved checkpoint."""
+    if isinstance(engine, PlainEngine):
+        return engine.model
+    path = checkpoint_dir.with_name(f"{checkpoint_dir.name}-{step}")
+    engine.save(path, tokenizer)
+    return path
 
 
 def _regulariser(exp, engine) -> ParameterRegulariser:

@@ -4,15 +4,19 @@
 (``TorchTrainer``, Ray Train V2; gloo on CPU, nccl on GPU; the family's loop calls
 ``deepspeed.initialize`` itself on the group Ray made). Rank 0's per-step metrics travel through a
 ``ray.util.queue.Queue`` and are forwarded to the caller's ``report`` while training runs (so a Tune
-trial or ``otu run`` sees them live). Every rank writes its part of the checkpoint into a local
-directory and hands it to ``ray.train.report``; Ray Train merges the parts into one checkpoint, which
-is copied into ``checkpoint_dir`` and loaded with ``api.load_unlearned``. Ray must be initialised.
+trial or ``otu run`` sees them live), with the stored path of each checkpoint the loop wrote for
+evaluation (``dynamics.every``: ``<storage>/checkpoint-<step>``, which the evaluation actors read;
+on a multi-node cluster the storage must be shared). Every rank writes its part of each checkpoint
+into a local directory and hands it to ``ray.train.report``; Ray Train merges the parts into one
+checkpoint. The last one is copied into ``checkpoint_dir`` and loaded with ``api.load_unlearned``.
+Ray must be initialised.
 """
 
 from __future__ import annotations
 
 import os
 import queue as queue_lib
+import shutil
 import tempfile
 import threading
 from collections.abc import Mapping
@@ -85,34 +89,54 @@ def unlearn_distributed(
 
 
 def train_loop(config: Mapping[str, Any]) -> None:
-    """One Ray Train worker: the family's ``unlearn_worker`` into a local dir, then report it."""
+    """One Ray Train worker: the family's ``unlearn_worker`` into a local dir, then report it.
+
+    Checkpoints the loop hands to ``report`` for evaluation (``dynamics.every``) go to the run's
+    storage through ``ray.train.report`` (every rank its part, merged by Ray); rank 0 then queues
+    their stored path beside the step's metrics.
+    """
     import ray.train
+    from ray.train.collective import barrier
 
     if not config["use_gpu"]:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     exp = parse_experiment(config["experiment"])
     api = family_api(exp.task.family)
     steps = config["steps"]
+    context = ray.train.get_context()
+    rank, storage = context.get_world_rank(), Path(context.get_storage().experiment_fs_path)
     last: dict[str, float] = {}
 
     def report(step: int, metrics: Mapping[str, float], model: object = None) -> None:
         last.clear()
         last.update({k: float(v) for k, v in metrics.items()})
-        steps.put((int(step), dict(last)))
+        stored = None
+        if isinstance(model, Path):
+            checkpoint = ray.train.Checkpoint.from_directory(model)
+            ray.train.report(dict(last), checkpoint=checkpoint, checkpoint_dir_name=model.name)
+            barrier()  # every rank's part is in storage
+            shutil.rmtree(model, ignore_errors=True)
+            stored = str(storage / model.name)
+        if rank == 0:
+            steps.put((int(step), dict(last), stored))
 
     with tempfile.TemporaryDirectory(prefix="otu-rank-") as local:
-        api.unlearn_worker(exp, Path(config["cache_dir"]), report, Path(local))
-        ray.train.report(last, checkpoint=ray.train.Checkpoint.from_directory(local))
+        final = Path(local) / "checkpoint"
+        api.unlearn_worker(exp, Path(config["cache_dir"]), report, final)
+        ray.train.report(last, checkpoint=ray.train.Checkpoint.from_directory(final))
 
 
 def _forward(steps, report: Reporter, block: bool) -> None:
-    """Pass queued (step, metrics) to ``report``; wait up to POLL_S for the first when ``block``."""
+    """Pass queued (step, metrics, checkpoint path or None) to ``report``; wait up to POLL_S for the first when ``block``."""
     while True:
         try:
-            step, metrics = steps.get(block=block, timeout=POLL_S if block else None)
+            step, metrics, checkpoint = steps.get(block=block, timeout=POLL_S if block else None)
         except queue_lib.Empty:
             return
-        report(step, metrics)
+        if checkpoint is None:
+            report(step, metrics)
+        else:
+            report(step, metrics, Path(checkpoint))
         block = False
 
 
