@@ -67,3 +67,16 @@ def test_compare_sweeps_lists_each_front(tmp_path):
     assert "finetune-0" in text and "finetune-1" in text
     assert (out / "compare.png").stat().st_size > 0
     assert (fronts["dlfd"] / "summary.md").is_file()
+
+
+def test_trials_table_keeps_one_row_per_trial_and_mixed_knob_types(tmp_path):
+    from otu.tracking.results import TrialsTable
+
+    table = TrialsTable(tmp_path / "trials.parquet")
+    table.upsert({"trial_id": "a", "status": "ERROR", "config/method.x": 1.5, "error": "boom"})
+    table.upsert({"trial_id": "b", "status": "TERMINATED", "config/method.x": "auto", "test_acc": 0.9})
+    table.upsert({"trial_id": "a", "status": "TERMINATED", "config/method.x": 1.5, "test_acc": 0.8})
+    rows = table.read().set_index("trial_id")
+    assert sorted(rows.index) == ["a", "b"] and table.finished_ids() == {"a", "b"}
+    assert rows.loc["a", "config/method.x"] == "1.5" and rows.loc["b", "config/method.x"] == "auto"
+    assert rows.loc["a", "test_acc"] == 0.8

@@ -95,6 +95,16 @@ def test_overrides_apply_dotted_keys_with_yaml_values(tmp_path):
     assert "--set" in error_of(load_experiment, path, ["method.alpha"])
 
 
+def test_exponent_floats_are_numbers_in_files_and_overrides(tmp_path):
+    """PyYAML (YAML 1.1) reads ``1e-4`` as text; specs read it as the number everyone means."""
+    path = tmp_path / "s.yaml"
+    raw = sweep(space={"method.alpha": {"grid": ["GRID"]}})
+    path.write_text(yaml.safe_dump(raw, default_flow_style=True).replace("GRID", "1e-4, 2.5E-2"))
+    s = load_sweep(path, ["experiment.method.lr=1e-3"])
+    assert s.space["method.alpha"].grid == [1e-4, 0.025]
+    assert s.experiment.method.lr == 1e-3 and isinstance(s.experiment.method.lr, float)
+
+
 def test_missing_and_non_mapping_files(tmp_path):
     assert "not found" in error_of(load_experiment, tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"

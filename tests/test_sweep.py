@@ -171,3 +171,26 @@ def test_checkpoint_dynamics_on_actors_with_asha(tmp_path, ray_local):
         assert "last" in metrics
         run = children(uri)[trial_id]
         assert len(MlflowClient(uri).get_metric_history(run.info.run_id, "eval/nomus")) >= 2
+
+
+def test_a_failing_trial_is_retried_recorded_and_the_sweep_goes_on(tmp_path, ray_local):
+    """lr = 1e12 makes DLFD diverge on every attempt: the trial is retried max_failures times, then
+    recorded as ERROR with the reason; the other trial finishes and both are in MLflow."""
+    out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = main(["sweep", str(QUICKSTART), "--out", str(out), "--tracking-uri", uri,
+                 *small(tmp_path, "search.algorithm=grid", "search.num_samples=1", "search.max_failures=1",
+                        "space={method.lr: {grid: [0.0005, 1.0e12]}}", "experiment.eval.plots=false")])
+    assert code == 0
+    table = pd.read_parquet(out / "trials.parquet").set_index("config/method.lr")
+    assert sorted(table.index) == [0.0005, 1e12]
+    good, bad = table.loc[0.0005], table.loc[1e12]
+    assert good["status"] == "TERMINATED" and 0 < good["test_acc"] <= 1 and good["failures"] == 0
+    assert bad["status"] == "ERROR" and bad["failures"] == 2  # the first attempt and one retry
+    assert "diverged" in bad["error"] and "method.lr" in bad["error"]
+    assert pd.isna(bad["test_acc"])
+    summary = (out / "summary.md").read_text()
+    assert "## Failed trials" in summary and bad["trial_id"] in summary
+    runs = children(uri)
+    assert runs[bad["trial_id"]].info.status == "FAILED"
+    assert "diverged" in runs[bad["trial_id"]].data.tags["otu.error"]
+    assert runs[good["trial_id"]].info.status == "FINISHED"

@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from otu.errors import OtuError, SpecError
+from otu.errors import OtuError, RunFailed, SpecError
 from otu.spec import (
     apply_overrides,
     is_sweep,
@@ -40,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OtuError as err:
         console.print(f"[bold red]otu: error:[/] {err}", highlight=False, soft_wrap=True)
         return 2
+    except RunFailed as err:
+        console.print(f"[bold red]otu: run failed:[/] {err}", highlight=False, soft_wrap=True)
+        return 1
     except KeyboardInterrupt:
         console.print("[bold red]otu: interrupted[/]")
         return 130

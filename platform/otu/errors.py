@@ -11,3 +11,7 @@ class SpecError(OtuError):
 
 class DataError(OtuError):
     """Input data is missing, unreadable or inconsistent with the spec."""
+
+
+class RunFailed(Exception):
+    """A run stopped for a reason the user can act on (it diverged); its outputs so far are kept."""

@@ -306,12 +306,27 @@ def parse_sweep(raw: Any, base_dir: Path | None = None) -> Sweep:
     return sweep
 
 
+class SpecLoader(yaml.SafeLoader):
+    """YAML with YAML 1.2 floats: ``1e-5`` and ``1.0e12`` are numbers (YAML 1.1 reads them as text)."""
+
+
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+.0123456789"),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=SpecLoader)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"spec file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = parse_yaml(path.read_text())
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
@@ -361,7 +376,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise SpecError(f"--set: expected dotted.key=value (got {item!r})")
-        set_dotted(raw, key.strip(), yaml.safe_load(text))
+        set_dotted(raw, key.strip(), parse_yaml(text))
     return raw
 
 

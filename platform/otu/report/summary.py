@@ -61,7 +61,8 @@ def summary_markdown(sweep: Sweep, table: pd.DataFrame, front: pd.DataFrame, tim
     failed = table[table["status"] != "TERMINATED"] if not table.empty else table
     if not failed.empty:
         lines += ["", "## Failed trials", ""]
-        lines.append(_table(failed, ["trial_id", "status", "error"]))
+        cols = [c for c in ("trial_id", *knobs(table), "status", "failures", "error") if c in failed.columns]
+        lines.append(_table(failed, cols))
     return "\n".join(lines) + "\n"
 
 

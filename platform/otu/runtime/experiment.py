@@ -13,6 +13,7 @@ only through :mod:`otu.registry`, and writes the output contract:
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -23,6 +24,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from otu.errors import RunFailed
 from otu.registry import Reporter, family_api
 from otu.spec import Experiment, content_hash, dump_yaml
 
@@ -100,6 +102,7 @@ def run_experiment(
         models["unlearned"] = unlearn_distributed(exp, api, cache_dir, recorder, checkpoint_dir)
     else:
         models["unlearned"] = api.unlearn(exp, prepared, recorder, checkpoint_dir)
+    check_finite_weights(models["unlearned"])
     timings["unlearn_s"] = time.perf_counter() - start
 
     phase("evaluating the unlearned model")
@@ -127,6 +130,18 @@ def select_checkpoint(dynamics: list[dict[str, float]], metric: str, mode: str) 
     return max(dynamics, key=lambda row: (sign * row[metric], -row["step"]))
 
 
+def check_finite_weights(model: object) -> None:
+    """Raise :class:`RunFailed` if unlearning left NaN/inf in a torch model's weights."""
+    if not isinstance(model, torch.nn.Module):
+        return
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise RunFailed(
+            f"unlearning diverged: {len(bad)} weight tensors hold NaN/inf (first: {bad[0]}); "
+            "a smaller method.lr usually helps"
+        )
+
+
 class CheckpointSink(Protocol):
     def wants(self, step: int) -> bool: ...
     def submit(self, step: int, checkpoint: object) -> None: ...
@@ -152,6 +167,11 @@ class _StepRecorder:
         row = {"step": int(step), **_as_floats(metrics)}
         with self.steps_path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
+        for key, value in row.items():
+            if "loss" in key and not math.isfinite(value):
+                raise RunFailed(
+                    f"unlearning diverged at step {step}: {key} = {value}; a smaller method.lr usually helps"
+                )
         if self.report is not None:
             self.report(step, metrics)
         if self.evaluator is not None:

@@ -45,15 +45,16 @@ class SweepRecorder(Callback):
         self._record(trial, "TERMINATED", None)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        error = trial.get_error() or "unknown error"
-        self._record(trial, "ERROR", _last_line(str(error)))
+        self._record(trial, "ERROR", _last_line(_error_text(trial)))
 
     # ------------------------------------------------------------------ writing
 
     def _record(self, trial, status: str, error: str | None) -> None:
         metrics = {k: v for k, v in (trial.last_result or {}).items() if k not in RESULT_NOISE}
         metrics = {k: v for k, v in flatten(metrics).items() if k != "config" and not k.startswith("config.")}
-        row: dict[str, Any] = {"trial_id": trial.trial_id, "status": status, "error": error}
+        row: dict[str, Any] = {
+            "trial_id": trial.trial_id, "status": status, "error": error, "failures": trial.num_failures,
+        }
         row.update({f"config/{k}": v for k, v in trial.config.items()})
         row.update(metrics if status == "TERMINATED" else {})
         TrialsTable(Path(self.sweep_dir) / TRIALS_FILE).upsert(row)
@@ -104,6 +105,14 @@ class SweepRecorder(Callback):
             self._parent = parent
         assert self._parent is not None
         return self._tracker, self._parent
+
+
+def _error_text(trial) -> str:
+    """The trial's last traceback: Tune writes it beside the trial's local files (``error.txt``)."""
+    path = trial.error_file
+    if path and Path(path).is_file():
+        return Path(path).read_text()
+    return str(trial.get_error() or "unknown error")
 
 
 def _last_line(text: str) -> str:

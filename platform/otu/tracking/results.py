@@ -29,7 +29,7 @@ class TrialsTable:
         table = self.read()
         table = table[table["trial_id"] != row["trial_id"]]
         new = pd.DataFrame([dict(row)])
-        table = new if table.empty else pd.concat([table, new], ignore_index=True)
+        table = _one_type_per_column(new if table.empty else pd.concat([table, new], ignore_index=True))
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         table.to_parquet(tmp, index=False)
         os.replace(tmp, self.path)
@@ -37,3 +37,12 @@ class TrialsTable:
     def finished_ids(self) -> set[str]:
         table = self.read()
         return set(table.loc[table["status"] == "TERMINATED", "trial_id"])
+
+
+def _one_type_per_column(table: pd.DataFrame) -> pd.DataFrame:
+    """Parquet columns hold one type: a knob whose values mix types (``choice: [1, "a"]``) is kept as text."""
+    for col in table.select_dtypes(include="object").columns:
+        kinds = {type(v) for v in table[col] if v is not None and not pd.isna(v)}
+        if len(kinds) > 1:
+            table[col] = table[col].map(lambda v: v if v is None or pd.isna(v) else str(v))
+    return table

@@ -19,6 +19,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.nn import functional as F
 
+from otu.errors import RunFailed
 from otu.vision.train import predict_logits
 
 
@@ -62,6 +63,10 @@ def mia_accuracy(
     (``feature="loss"``) or log-loss (``"log_loss"``). Inputs should already be balanced (see
     :func:`balanced_members`)."""
     x = np.concatenate([member_losses, nonmember_losses]).astype(np.float64)[:, None]
+    if not np.isfinite(x).all():
+        raise RunFailed(
+            "the model's per-sample losses hold NaN/inf: it diverged; a smaller method.lr usually helps"
+        )
     if feature == "log_loss":
         x = np.log(np.maximum(x, np.finfo(np.float64).tiny))
     y = np.concatenate([np.ones(len(member_losses)), np.zeros(len(nonmember_losses))])
