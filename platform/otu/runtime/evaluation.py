@@ -33,18 +33,27 @@ class Evaluator:
 
         torch.set_num_threads(threads)
         self._prepared: dict[str, Any] = {}
+        self._experiments: dict[str, tuple[Experiment, Any, Any]] = {}
 
-    def evaluate(self, exp_dict: dict[str, Any], step: int, checkpoint: Any) -> tuple[int, dict[str, float]]:
-        from otu.runtime.experiment import prepare
-
-        exp = parse_experiment(exp_dict)
-        key = content_hash([exp_dict["task"], exp_dict["seed"], exp_dict["tracking"]["cache_dir"]])
-        if key not in self._prepared:
-            self._prepared[key] = prepare(exp)
-        prepared = self._prepared[key]
-        api = family_api(exp.task.family)
+    def evaluate(
+        self, exp_key: str, exp_dict: dict[str, Any], step: int, checkpoint: Any
+    ) -> tuple[int, dict[str, float]]:
+        exp, api, prepared = self._context(exp_key, exp_dict)
         model = api.load_unlearned(exp, prepared, checkpoint) if isinstance(checkpoint, Path) else checkpoint
         return step, {k: float(v) for k, v in api.evaluate(exp, prepared, model).items()}
+
+    def _context(self, exp_key: str, exp_dict: dict[str, Any]) -> tuple[Experiment, Any, Any]:
+        """The parsed experiment, its family and its prepared data, once per experiment (parsing
+        takes tens of ms, as long as evaluating a small model)."""
+        if exp_key not in self._experiments:
+            from otu.runtime.experiment import prepare
+
+            exp = parse_experiment(exp_dict)
+            data_key = content_hash([exp_dict["task"], exp_dict["seed"], exp_dict["tracking"]["cache_dir"]])
+            if data_key not in self._prepared:
+                self._prepared[data_key] = prepare(exp)
+            self._experiments[exp_key] = (exp, family_api(exp.task.family), self._prepared[data_key])
+        return self._experiments[exp_key]
 
 
 def pool_names(prefix: str, size: int) -> list[str]:
@@ -63,7 +72,7 @@ class CheckpointEvaluator:
     """The training side: ``submit`` a checkpoint every ``every`` steps, ``drain`` the results."""
 
     def __init__(self, exp: Experiment, actors: list[ray.actor.ActorHandle]):
-        self.exp_dict = exp.to_dict()
+        self.exp_key, self.exp_dict = exp.hash, exp.to_dict()
         self.every = exp.dynamics.every
         self.pool = ActorPool(actors)
 
@@ -77,7 +86,8 @@ class CheckpointEvaluator:
 
     def submit(self, step: int, checkpoint: Any) -> None:
         snapshot = checkpoint if isinstance(checkpoint, Path) else ray.put(checkpoint)
-        self.pool.submit(lambda actor, args: actor.evaluate.remote(*args), (self.exp_dict, step, snapshot))
+        args = (self.exp_key, self.exp_dict, step, snapshot)
+        self.pool.submit(lambda actor, a: actor.evaluate.remote(*a), args)
 
     def ready(self) -> list[tuple[int, dict[str, float]]]:
         """Results finished so far, without waiting."""
