@@ -1,10 +1,12 @@
 """Evaluation actors: a pool of Ray actors that evaluate checkpoints while unlearning goes on.
 
 Each actor prepares a family's evaluation data once per (task, seed) — from the on-disk cache the
-driver filled — and then evaluates any checkpoint sent to it: a model object (a snapshot taken by
-``ray.put`` at submission time) or a checkpoint directory the family can load
-(``load_unlearned``, for multi-worker runs). Submission never blocks the training loop; results
-are collected as they complete.
+driver filled — and then evaluates any checkpoint sent to it: a snapshot of a live model taken by
+``ray.put`` at submission time, or a checkpoint directory the family can load (``load_unlearned``,
+for DeepSpeed runs). A torch module is sent whole once per run; later snapshots are its state as
+numpy arrays, which ``ray.put`` copies in one pass and the actor reads from the object store without
+unpickling, then loads into its copy of the module. Submission never blocks the training loop;
+results are collected as they complete.
 
 In a sweep the driver starts one named pool for all trials (:func:`start_pool`); a trial or a
 single ``otu run`` attaches to it by name (:class:`CheckpointEvaluator`).
@@ -12,16 +14,21 @@ single ``otu run`` attaches to it by name (:class:`CheckpointEvaluator`).
 
 from __future__ import annotations
 
+import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
+import torch
 from ray.util import ActorPool
 
 from otu.registry import family_api
 from otu.spec import Experiment, content_hash, parse_experiment
 
 NAMESPACE = "otu"
+MODULES_KEPT = 4  # module copies an actor keeps (one per run it serves, most recent first)
 
 
 @ray.remote
@@ -29,18 +36,40 @@ class Evaluator:
     """Holds prepared data per (task, seed) and evaluates checkpoints with the family's metrics."""
 
     def __init__(self, threads: int = 1):
-        import torch
-
         torch.set_num_threads(threads)
         self._prepared: dict[str, Any] = {}
         self._experiments: dict[str, tuple[Experiment, Any, Any]] = {}
+        self._modules: OrderedDict[str, torch.nn.Module] = OrderedDict()
 
     def evaluate(
-        self, exp_key: str, exp_dict: dict[str, Any], step: int, checkpoint: Any
+        self,
+        exp_key: str,
+        exp_dict: dict[str, Any],
+        step: int,
+        checkpoint: Any,
+        module: list[ray.ObjectRef] | None = None,
     ) -> tuple[int, dict[str, float]]:
+        """Metrics of ``checkpoint``: a model, a checkpoint directory, or (with ``module``, the run's
+        module in a list so that Ray passes the reference) that module's state as numpy arrays."""
         exp, api, prepared = self._context(exp_key, exp_dict)
-        model = api.load_unlearned(exp, prepared, checkpoint) if isinstance(checkpoint, Path) else checkpoint
+        if isinstance(checkpoint, Path):
+            model = api.load_unlearned(exp, prepared, checkpoint)
+        elif module is not None:
+            model = self._module(exp_key, module[0])
+            with warnings.catch_warnings():  # read-only arrays: load_state_dict only copies from them
+                warnings.simplefilter("ignore", UserWarning)
+                model.load_state_dict({k: torch.from_numpy(v) for k, v in checkpoint.items()})
+        else:
+            model = checkpoint
         return step, {k: float(v) for k, v in api.evaluate(exp, prepared, model).items()}
+
+    def _module(self, exp_key: str, ref: ray.ObjectRef) -> torch.nn.Module:
+        if exp_key not in self._modules:
+            self._modules[exp_key] = ray.get(ref)
+            while len(self._modules) > MODULES_KEPT:
+                self._modules.popitem(last=False)
+        self._modules.move_to_end(exp_key)
+        return self._modules[exp_key]
 
     def _context(self, exp_key: str, exp_dict: dict[str, Any]) -> tuple[Experiment, Any, Any]:
         """The parsed experiment, its family and its prepared data, once per experiment (parsing
@@ -75,6 +104,7 @@ class CheckpointEvaluator:
         self.exp_key, self.exp_dict = exp.hash, exp.to_dict()
         self.every = exp.dynamics.every
         self.pool = ActorPool(actors)
+        self._module: list[ray.ObjectRef] | None = None
 
     @classmethod
     def attach(cls, exp: Experiment, prefix: str) -> CheckpointEvaluator:
@@ -85,8 +115,17 @@ class CheckpointEvaluator:
         return self.every > 0 and step % self.every == 0
 
     def submit(self, step: int, checkpoint: Any) -> None:
-        snapshot = checkpoint if isinstance(checkpoint, Path) else ray.put(checkpoint)
-        args = (self.exp_key, self.exp_dict, step, snapshot)
+        """Snapshot ``checkpoint`` now and queue it for the next free actor."""
+        module = None
+        if isinstance(checkpoint, Path):
+            snapshot: Any = checkpoint
+        elif (arrays := state_arrays(checkpoint)) is not None:
+            if self._module is None:
+                self._module = [ray.put(checkpoint)]
+            snapshot, module = ray.put(arrays), self._module
+        else:
+            snapshot = ray.put(checkpoint)
+        args = (self.exp_key, self.exp_dict, step, snapshot, module)
         self.pool.submit(lambda actor, a: actor.evaluate.remote(*a), args)
 
     def ready(self) -> list[tuple[int, dict[str, float]]]:
@@ -105,3 +144,13 @@ class CheckpointEvaluator:
         while self.pool.has_next():
             out.append(self.pool.get_next_unordered())
         return out
+
+
+def state_arrays(model: Any) -> dict[str, np.ndarray] | None:
+    """A CPU torch module's state as numpy views (no copy); None for anything else (bf16 included)."""
+    if not isinstance(model, torch.nn.Module):
+        return None
+    state = model.state_dict()
+    if any(t.device.type != "cpu" or t.dtype == torch.bfloat16 for t in state.values()):
+        return None
+    return {k: t.detach().numpy() for k, t in state.items()}
