@@ -5,7 +5,7 @@ driver filled — and then evaluates any checkpoint sent to it: a snapshot of a 
 ``ray.put`` at submission time, or a checkpoint directory the family can load (``load_unlearned``,
 for DeepSpeed runs). A torch module is sent whole once per run; later snapshots are its state as
 numpy arrays, which ``ray.put`` copies in one pass and the actor reads from the object store without
-unpickling, then loads into its copy of the module. Submission never blocks the training loop;
+unpickling, then loads into a fresh copy of the module. Submission never blocks the training loop;
 results are collected as they complete.
 
 In a sweep the driver starts one named pool for all trials (:func:`start_pool`); a trial or a
@@ -14,6 +14,7 @@ single ``otu run`` attaches to it by name (:class:`CheckpointEvaluator`).
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -55,7 +56,7 @@ class Evaluator:
         if isinstance(checkpoint, Path):
             model = api.load_unlearned(exp, prepared, checkpoint)
         elif module is not None:
-            model = self._module(exp_key, module[0])
+            model = copy.deepcopy(self._module(exp_key, module[0]))  # families memoise per model object
             with warnings.catch_warnings():  # read-only arrays: load_state_dict only copies from them
                 warnings.simplefilter("ignore", UserWarning)
                 model.load_state_dict({k: torch.from_numpy(v) for k, v in checkpoint.items()})
