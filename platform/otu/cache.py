@@ -1,10 +1,12 @@
-"""The on-disk cache of prepared data and reference models, shared by the families."""
+"""Atomic writes for the on-disk cache (prepared data, reference models) and result files: a reader
+sees the old entry or the new one, never part of one."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,3 +24,14 @@ def write_atomically(final: Path, write: Callable[[Path], None]) -> None:
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_file(final: Path, write: Callable[[Path], None]) -> None:
+    """Run ``write(tmp_file)`` beside ``final``, then rename the file over ``final``."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -11,13 +11,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from otu.cluster.estimate import Estimate  # noqa: E402
+from otu.cluster.estimate import Estimate
+from otu.figures import plt, save_figure
 
 MIB = 1024.0
 
@@ -112,10 +109,8 @@ def write_estimates(estimates: list[Estimate], out_dir: Path) -> list[Path]:
            title=f"{int(df['nodes'].iloc[0])}×{int(df['gpus_per_node'].iloc[0])} GPUs: model-state estimates")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
     plot = out_dir / "estimates.png"
-    fig.savefig(plot, dpi=120)
-    plt.close(fig)
+    save_figure(fig, plot)
     return [table, md, plot]
 
 
@@ -132,10 +127,7 @@ def _memory_plot(ok: pd.DataFrame, path: Path) -> Path:
            title=f"peak memory per worker ({workers} worker(s), no offload)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _throughput_plot(ok: pd.DataFrame, path: Path) -> Path:
@@ -151,10 +143,7 @@ def _throughput_plot(ok: pd.DataFrame, path: Path) -> Path:
     ax.set_xticks(sorted(data["workers"].unique()))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _count(n: float) -> str:

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.patches import Rectangle
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-from torch import nn  # noqa: E402
-
-from otu.generative.metrics import Reference  # noqa: E402
-from otu.generative.models import MLPGenerator  # noqa: E402
-from otu.vision.train import predict_logits  # noqa: E402
+from otu.figures import plt, save_figure
+from otu.generative.metrics import Reference
+from otu.generative.models import MLPGenerator
+from otu.vision.train import predict_logits
 
 
 def sample_grids(
@@ -48,10 +45,7 @@ def sample_grids(
             f"{name}: {int(forgotten.sum())}/{len(noise)} → class {ref.forget_class}", fontsize=9
         )
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=130)
 
 
 def class_histogram(shares: dict[str, list[float]], forget_class: int, path: Path) -> Path:
@@ -69,10 +63,7 @@ def class_histogram(shares: dict[str, list[float]], forget_class: int, path: Pat
     ax.set_xlabel("class predicted by the evaluator")
     ax.set_ylabel("share of generated samples")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=130)
 
 
 def _tile(images: torch.Tensor, size: int) -> np.ndarray:

@@ -15,6 +15,7 @@ gives the same loss and gradient as one process on the whole batch.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -50,7 +51,7 @@ class StepBatches:
     idk: Batch | None = None
 
 
-class Objective:
+class Objective(ABC):
     """Forget term (+ optional retain term) of one method; ``needs_reference`` → an NPO reference."""
 
     needs_reference = False
@@ -58,8 +59,9 @@ class Objective:
     def __init__(self, method) -> None:
         self.method = method
 
+    @abstractmethod
     def forget_term(self, model: nn.Module, ref: nn.Module | None, b: StepBatches) -> Tensor:
-        raise NotImplementedError
+        """The method's loss on the forget batch."""
 
     def retain_term(self, model: nn.Module, b: StepBatches) -> Tensor | None:
         weights = (

@@ -10,10 +10,7 @@ from otu.llm.evaluation import QA_SPLITS, ModelStats
 
 
 def write_plots(stats: dict[str, ModelStats], out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from otu.figures import plt, save_figure
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -29,10 +26,7 @@ def write_plots(stats: dict[str, ModelStats], out_dir: Path) -> list[Path]:
         ax.set_title("answer probability" if metric == "prob" else "ROUGE-L recall")
         ax.set_ylim(0, 1.05)
     axes[0].legend()
-    fig.tight_layout()
-    paths.append(out_dir / "splits.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, out_dir / "splits.png"))
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, s in stats.items():
@@ -40,8 +34,5 @@ def write_plots(stats: dict[str, ModelStats], out_dir: Path) -> list[Path]:
     ax.set_xlabel("log truth ratio on forget (perturbed / paraphrased)")
     ax.set_ylabel("items")
     ax.legend()
-    fig.tight_layout()
-    paths.append(out_dir / "forget_truth_ratio.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, out_dir / "forget_truth_ratio.png"))
     return paths

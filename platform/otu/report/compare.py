@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from otu.errors import SpecError  # noqa: E402
-from otu.report.pareto import finished, pareto_front  # noqa: E402
-from otu.report.summary import _table  # noqa: E402
-from otu.spec import Sweep, load_yaml, parse_sweep  # noqa: E402
-from otu.tracking.results import TRIALS_FILE, TrialsTable  # noqa: E402
+from otu.errors import SpecError
+from otu.figures import plt, save_figure
+from otu.report.pareto import finished, pareto_front
+from otu.report.summary import _table
+from otu.spec import Sweep, load_yaml, parse_sweep
+from otu.tracking.results import TRIALS_FILE, TrialsTable
 
 
 def compare_sweeps(sweep_dirs: list[Path], out_dir: Path) -> list[Path]:
@@ -51,10 +48,8 @@ def compare_sweeps(sweep_dirs: list[Path], out_dir: Path) -> list[Path]:
     ax.set_ylabel(f"{metrics[-1]} ({modes[-1]})")
     ax.legend(loc="best")
     ax.set_title("Pareto fronts")
-    fig.tight_layout()
     plot = out_dir / "compare.png"
-    fig.savefig(plot, dpi=120)
-    plt.close(fig)
+    save_figure(fig, plot)
 
     md = out_dir / "compare.md"
     cols = ["sweep", "method", "trial_id", *metrics]

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from otu.figures import plt, save_figure
 
 
 def plot_dynamics(rows: list[dict[str, float]], path: Path) -> Path:
@@ -23,8 +20,4 @@ def plot_dynamics(rows: list[dict[str, float]], path: Path) -> Path:
         ax.set_xlabel("step")
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from otu.report.pareto import finished, pareto_front  # noqa: E402
-from otu.spec import Sweep  # noqa: E402
-from otu.tracking.results import TRIALS_FILE, TrialsTable  # noqa: E402
+from otu.figures import plt, save_figure
+from otu.report.pareto import finished, pareto_front
+from otu.spec import Sweep
+from otu.tracking.results import TRIALS_FILE, TrialsTable
 
 
 def write_report(sweep_dir: Path, sweep: Sweep, timings: dict[str, float] | None = None) -> list[Path]:
@@ -97,9 +94,7 @@ def plot_front(
     ax.set_ylabel(f"{y_name} ({modes[-1]})")
     ax.set_title(title)
     ax.legend(loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _mean_std(table: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:

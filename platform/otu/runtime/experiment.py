@@ -24,6 +24,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from otu.cache import replace_file
 from otu.errors import RunFailed
 from otu.registry import Reporter, family_api
 from otu.spec import Experiment, content_hash, dump_yaml
@@ -212,10 +213,7 @@ def _reference_metrics(exp: Experiment, api, prepared, models: Mapping[str, obje
         if set(cached) == set(models):
             return cached
     metrics = {name: _as_floats(api.evaluate(exp, prepared, model)) for name, model in models.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{random.getrandbits(32):08x}.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2))
-    tmp.replace(path)
+    replace_file(path, lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
     return metrics
 
 

@@ -9,13 +9,12 @@ to fill the cache never read a partial file.
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from otu.cache import replace_file
 from otu.spec import content_hash
 from otu.tabular.spec import TabularData, TabularModel
 from otu.tabular.tables import DigitsSplits
@@ -54,10 +53,7 @@ def digits_network(
         weight_decay=model.weight_decay,
         seed=seed,
     )
-    entry.mkdir(parents=True, exist_ok=True)
-    tmp = entry / f".{name}.{uuid.uuid4().hex}.tmp"
-    torch.save(net.state_dict(), tmp)
-    os.replace(tmp, path)
+    replace_file(path, lambda tmp: torch.save(net.state_dict(), tmp))
     return net.eval()
 
 

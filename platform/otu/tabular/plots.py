@@ -6,10 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from otu.figures import plt, save_figure
 
 
 def frontier(points: Sequence[Mapping[str, float]], current_t: float, path: Path) -> Path:
@@ -29,10 +26,7 @@ def frontier(points: Sequence[Mapping[str, float]], current_t: float, path: Path
     ax.set_ylabel("utility AUC (predicting the target)")
     ax.set_title("W₂-barycenter frontier over t")
     ax.legend(loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def accuracies(metrics: Mapping[str, Mapping[str, float]], path: Path) -> Path:
@@ -47,7 +41,4 @@ def accuracies(metrics: Mapping[str, Mapping[str, float]], path: Path) -> Path:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy")
     ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

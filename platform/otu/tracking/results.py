@@ -6,12 +6,13 @@ so the table never holds duplicates.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from otu.cache import replace_file
 
 TRIALS_FILE = "trials.parquet"
 
@@ -30,9 +31,7 @@ class TrialsTable:
         table = table[table["trial_id"] != row["trial_id"]]
         new = pd.DataFrame([dict(row)])
         table = _one_type_per_column(new if table.empty else pd.concat([table, new], ignore_index=True))
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        table.to_parquet(tmp, index=False)
-        os.replace(tmp, self.path)
+        replace_file(self.path, lambda tmp: table.to_parquet(tmp, index=False))
 
     def finished_ids(self) -> set[str]:
         table = self.read()

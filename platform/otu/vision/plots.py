@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from torch import nn  # noqa: E402
-
-from otu.vision.metrics import MIAProbe, per_sample_losses  # noqa: E402
+from otu.figures import plt, save_figure
+from otu.vision.metrics import MIAProbe, per_sample_losses
 
 
 def loss_histogram(model: nn.Module, probe: MIAProbe, title: str, path: Path) -> Path:
@@ -26,7 +23,4 @@ def loss_histogram(model: nn.Module, probe: MIAProbe, title: str, path: Path) ->
     ax.set_ylabel("samples")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -39,6 +39,13 @@ class CostTerms:
     def total(self) -> Tensor:
         return self.transport + self.forget
 
+    def means(self) -> dict[str, float]:
+        """Batch means of the terms, as the methods report them."""
+        return {
+            "transport_cost": float(self.transport.mean().detach()),
+            "forget_cost": float(self.forget.mean().detach()),
+        }
+
 
 class UnlearningCost:
     """c(z, y) for a batch: ``cost(z, y)`` → :class:`CostTerms` (weights already applied)."""

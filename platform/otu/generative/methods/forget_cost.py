@@ -33,13 +33,5 @@ def run(exp: Experiment, prepared: Prepared, report: Reporter) -> MLPGenerator:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        report(
-            step,
-            {
-                "generator_loss": float(loss.detach()),
-                "transport_cost": float(terms.transport.mean().detach()),
-                "forget_cost": float(terms.forget.mean().detach()),
-            },
-            generator,
-        )
+        report(step, {"generator_loss": float(loss.detach()), **terms.means()}, generator)
     return generator

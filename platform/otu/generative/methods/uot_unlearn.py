@@ -67,8 +67,7 @@ def run(exp: Experiment, prepared: Prepared, report: Reporter) -> MLPGenerator:
                 "potential_loss": float(loss_v.detach()),
                 "r1_penalty": float(r1.detach()),
                 "generator_loss": float(loss_g.detach()),
-                "transport_cost": float(terms.transport.mean().detach()),
-                "forget_cost": float(terms.forget.mean().detach()),
+                **terms.means(),
             },
             generator,
         )
