@@ -54,7 +54,6 @@ def plots(
     if not ev.plots:
         return []
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     ref = prepared.reference
     shares = {
         name: [metrics[f"class_share_{c}"] for c in range(ref.num_classes)]

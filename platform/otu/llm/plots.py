@@ -12,7 +12,6 @@ from otu.llm.evaluation import QA_SPLITS, ModelStats
 def write_plots(stats: dict[str, ModelStats], out_dir: Path) -> list[Path]:
     from otu.figures import plt, save_figure
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)

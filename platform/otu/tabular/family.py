@@ -140,7 +140,6 @@ def evaluate(exp: Experiment, prepared: Prepared, model: Model) -> dict[str, flo
 
 
 def plots(exp: Experiment, prepared: Prepared, models: dict[str, Model], out_dir: Path) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
     unlearned = models["unlearned"]
     if isinstance(unlearned, Transported):
         ev = cast(TabularEval, exp.eval)

@@ -50,7 +50,6 @@ def plots(
     if not ev.plots:
         return []
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     probe = _probe(exp, prepared)
     return [
         loss_histogram(model, probe, f"{name}: forget vs unseen", out_dir / f"loss_hist_{name}.png")

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from otu.generative.models import MLPGenerator
+
+if TYPE_CHECKING:
+    from otu.generative.prepare import Prepared
 
 NOISE_SEED_OFFSET = 1
 """Training noise is drawn from a generator seeded with ``seed + 1`` (evaluation noise uses ``seed``)."""
@@ -61,6 +65,17 @@ class UnlearningCost:
         self.original, self.guide = original, guide
         self.forget_class = forget_class
         self.forget_weight, self.transport_weight = forget_weight, transport_weight
+
+    @classmethod
+    def of(cls, prepared: Prepared, method) -> UnlearningCost:
+        """The cost with ``method``'s weights on ``prepared``'s original generator and guide."""
+        return cls(
+            prepared.original,
+            prepared.guide,
+            prepared.data.forget_class,
+            method.forget_weight,
+            method.transport_weight,
+        )
 
     def __call__(self, z: Tensor, images: Tensor) -> CostTerms:
         with torch.no_grad():

@@ -17,13 +17,7 @@ from otu.spec import Experiment
 def run(exp: Experiment, prepared: Prepared, report: Reporter) -> MLPGenerator:
     m: ForgetCost = exp.method  # type: ignore[assignment]
     generator = trainable_copy(prepared.original)
-    cost = UnlearningCost(
-        prepared.original,
-        prepared.guide,
-        prepared.data.forget_class,
-        m.forget_weight,
-        m.transport_weight,
-    )
+    cost = UnlearningCost.of(prepared, m)
     noise = noise_stream(exp.seed)
     opt = torch.optim.Adam(generator.parameters(), lr=m.lr, betas=(m.beta1, m.beta2))
     for step in range(1, m.steps + 1):

@@ -24,13 +24,7 @@ def run(exp: Experiment, prepared: Prepared, report: Reporter) -> MLPGenerator:
         torch.manual_seed(exp.seed)
         potential = potential_network(prepared.data.image_shape, m.potential_hidden)
     psi = conjugate(m.divergence, m.tau)
-    cost = UnlearningCost(
-        prepared.original,
-        prepared.guide,
-        prepared.data.forget_class,
-        m.forget_weight,
-        m.transport_weight,
-    )
+    cost = UnlearningCost.of(prepared, m)
     target = prepared.data.retained
     noise = noise_stream(exp.seed)
     opt_g = torch.optim.Adam(generator.parameters(), lr=m.lr, betas=(m.beta1, m.beta2))
