@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from otu.errors import OtuError, RunFailed, SpecError
+from otu.paths import resolve_paths
 from otu.spec import (
     apply_overrides,
     is_sweep,
@@ -64,12 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run one experiment spec")
     p.add_argument("spec", type=Path)
     common(p)
+    p.add_argument("--address", help="Ray cluster to attach to, host:port or ray://host:10001 "
+                   "(default: $RAY_ADDRESS, else start an embedded local Ray when the run needs one)")
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("sweep", help="run a hyperparameter sweep with Ray Tune")
     p.add_argument("spec", type=Path, nargs="?", help="sweep spec (omit with --resume)")
     common(p)
-    p.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray)")
+    p.add_argument("--address", help="Ray cluster to attach to, host:port or ray://host:10001 "
+                   "(default: $RAY_ADDRESS, else start an embedded local Ray)")
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue the sweep in DIR")
     p.set_defaults(handler=cmd_sweep)
 
@@ -119,7 +123,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     status = "FAILED"
     try:
         with _guard_output(out_dir), console.status("starting") as spinner:
-            evaluator = _local_ray_and_evaluator(exp)
+            evaluator = _ray_and_evaluator(exp, args.address)
             result = run_experiment(exp, out_dir, report, phase=lambda s: spinner.update(s),
                                     evaluator=evaluator, on_checkpoint=on_checkpoint)
         for model, metrics in result.metrics.items():
@@ -144,8 +148,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
             raise SpecError(f"--resume: {resume_file} not found (not a sweep directory)")
         raw = load_yaml(resume_file)
         apply_overrides(raw, args.overrides)
-        sweep = parse_sweep(raw)
-        out_dir = args.resume
+        sweep = resolve_paths(parse_sweep(raw), Path.cwd())
+        out_dir = args.resume.absolute()
     else:
         if args.spec is None:
             raise SpecError("give a sweep spec, or --resume DIR")
@@ -204,16 +208,14 @@ def cmd_data_entities(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- helpers
 
 
-def _local_ray_and_evaluator(exp):
-    """Start an embedded Ray when the run needs it (evaluation actors, Ray Train workers)."""
+def _ray_and_evaluator(exp, address: str | None):
+    """Start (or attach) Ray when the run needs it (evaluation actors, Ray Train workers)."""
     if exp.dynamics.every == 0 and exp.compute.workers == 1:
         return None
-    import ray
-
     from otu.runtime.evaluation import CheckpointEvaluator, start_pool
+    from otu.runtime.ray_session import init_ray
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+    init_ray(address, log_to_driver=False)
     if exp.dynamics.every == 0:
         return None
     actors = start_pool(f"run-{exp.hash}", exp.dynamics.pool_size, exp.dynamics.actor_cpus)
@@ -232,11 +234,12 @@ def print_metrics(metrics: dict[str, dict[str, float]], title: str) -> None:
 
 
 def _fresh_out_dir(out: Path | None, name: str) -> Path:
+    """The (absolute) output directory: ``--out``, or a new ``otu-runs/<name>-<time>``."""
     if out is None:
-        return RUNS_ROOT / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        return (RUNS_ROOT / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}").absolute()
     if out.exists() and any(out.iterdir()):
         raise SpecError(f"--out: {out} exists and is not empty (choose another directory)")
-    return out
+    return out.absolute()
 
 
 class _guard_output:

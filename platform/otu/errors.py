@@ -15,3 +15,7 @@ class DataError(OtuError):
 
 class RunFailed(Exception):
     """A run stopped for a reason the user can act on (it diverged); its outputs so far are kept."""
+
+
+class ServiceError(OtuError):
+    """A service otu needs (a Ray cluster, an MLflow server) cannot be reached; names the address."""

@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from otu.errors import SpecError
+from otu.paths import LocalPath, resolve_paths
 from otu.registry import FAMILIES, family_spec, known_families
 
 
@@ -48,7 +49,7 @@ class Tracking(Section):
     """MLflow experiment name."""
     uri: str | None = None
     """MLflow tracking URI; the CLI's ``--tracking-uri`` and ``MLFLOW_TRACKING_URI`` take precedence."""
-    cache_dir: str = "otu-runs/cache"
+    cache_dir: LocalPath = "otu-runs/cache"
     """Where prepared data and original/oracle models are cached by content hash."""
 
 
@@ -339,21 +340,23 @@ def is_sweep(raw: Mapping[str, Any]) -> bool:
 
 
 def load_experiment(path: str | Path, overrides: Iterable[str] = ()) -> Experiment:
+    """The experiment in ``path`` with ``overrides``, its paths absolute against the current directory."""
     raw = load_yaml(path)
     if is_sweep(raw):
         raise SpecError(f"{path}: this is a sweep spec; use `otu sweep`")
     apply_overrides(raw, overrides)
-    return parse_experiment(raw)
+    return resolve_paths(parse_experiment(raw), Path.cwd())
 
 
 def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
+    """The sweep in ``path`` (experiment paths relative to the file); spec paths absolute as above."""
     path = Path(path)
     raw = load_yaml(path)
     if not is_sweep(raw):
         raise SpecError(f"{path}: not a sweep spec (no 'space'/'objectives'); use `otu run`")
     raw["experiment"] = _resolve_experiment_ref(raw.get("experiment"), path.parent)
     apply_overrides(raw, overrides)
-    return parse_sweep(raw, path.parent)
+    return resolve_paths(parse_sweep(raw, path.parent), Path.cwd())
 
 
 def _resolve_experiment_ref(ref: Any, base_dir: Path | None) -> Any:

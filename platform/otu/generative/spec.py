@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from otu.paths import LocalPath
 from otu.registry import FamilySpec
 from otu.spec import Experiment, Section
 
@@ -28,7 +29,7 @@ class GenerativeData(Section):
 class GeneratorSpec(Section):
     """The original generator: loaded from ``checkpoint`` or trained once (Sinkhorn divergence)."""
 
-    checkpoint: str | None = None
+    checkpoint: LocalPath | None = None
     """A generator saved with :func:`otu.generative.models.save_generator`; when given, it is the
     original and the architecture and training fields below are ignored."""
     latent_dim: int = Field(16, ge=1, description="dimension of the Gaussian noise z")

@@ -82,6 +82,7 @@ class Prepared:
 def cache_key(exp: Experiment) -> str:
     return content_hash(
         {
+            "layout": 2,  # models named relative to the entry (a cache directory can move)
             "seed": exp.seed,
             "data": exp.task.data.model_dump(mode="json"),
             "model": exp.task.model.model_dump(mode="json"),
@@ -97,8 +98,8 @@ def prepare(exp: Experiment, cache_dir: Path) -> Prepared:
     return Prepared(
         root=root,
         splits=read_splits(root / "splits.json"),
-        target_path=Path(info["target"]),
-        oracle_path=Path(info["oracle"]) if info["oracle"] else None,
+        target_path=root / info["target"],  # relative: a model of the entry; absolute: the spec's
+        oracle_path=root / info["oracle"] if info["oracle"] else None,
         prompt=exp.task.data.prompt,
         max_length=exp.task.data.max_length,
         device=resolve_device(exp.compute.device),
@@ -141,7 +142,7 @@ def _build(exp: Experiment, tmp: Path, root: Path) -> None:
         )
         model.save_pretrained(tmp / name)
         tokenizer.save_pretrained(tmp / name)
-        return root / name
+        return Path(name)
 
     if spec.epochs > 0:
         target = fit("target", splits["forget"] + splits["retain"] + splits["world"])

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from otu.paths import LocalPath, PathOrHubId
 from otu.registry import FamilySpec
 from otu.spec import Section
 
@@ -33,11 +34,11 @@ class LLMData(Section):
     """Generate a fictitious-entity set into the cache (seed ``synthetic_seed``, else the run's seed)."""
     synthetic_seed: int | None = None
     sizes: SyntheticSizes = SyntheticSizes()
-    records: str | None = None
+    records: LocalPath | None = None
     """ELUDe records: a JSONL/JSON file, a Parquet file or a local HF ``datasets`` directory."""
-    world: str | None = None
+    world: LocalPath | None = None
     """General-instruction QA in the same format (``entity`` optional)."""
-    retain_records: str | None = None
+    retain_records: LocalPath | None = None
     """ELUDe's layout: neighbour QA in a file of its own whose ``entity`` names the target."""
     target: str | None = None
     """The entity to forget; with ``synthetic`` it defaults to the first generated target."""
@@ -91,7 +92,7 @@ class TinyModel(Section):
 
 
 class LLMModel(Section):
-    path: str | None = None
+    path: PathOrHubId | None = None
     """A local HF causal-LM checkpoint (``from_pretrained``), with its tokenizer."""
     tiny: TinyModel | None = None
     epochs: int = Field(
@@ -100,7 +101,7 @@ class LLMModel(Section):
     lr: float = Field(3e-3, gt=0, description="fine-tuning learning rate")
     batch_size: int = Field(16, ge=1)
     weight_decay: float = Field(0.0, ge=0)
-    retain_path: str | None = None
+    retain_path: PathOrHubId | None = None
     """Retain-only oracle checkpoint when ``epochs`` is 0 (the base model already knows the entity)."""
 
     @model_validator(mode="after")

@@ -25,9 +25,11 @@ from typing import Any
 import numpy as np
 from ray import tune
 
+from otu.paths import resolve_paths
 from otu.report.summary import write_report
 from otu.runtime.evaluation import CheckpointEvaluator, start_pool
 from otu.runtime.experiment import prepare, run_experiment
+from otu.runtime.ray_session import init_ray
 from otu.runtime.recorder import SweepRecorder
 from otu.spec import Experiment, Param, Sweep, dump_yaml, parse_experiment
 from otu.tracking.results import TRIALS_FILE
@@ -47,31 +49,29 @@ def run_sweep(
 
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    base = _absolute_paths(sweep.experiment)
+    base = sweep.experiment
     if not resume:
         dump_yaml(sweep, out_dir / "sweep.yaml")
 
+    # trials keep the driver's working directory (a swept path resolves as in the driver)
+    init_ray(address, runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}})
     timings: dict[str, float] = {}
     start = time.perf_counter()
     for seed in _seeds(base, sweep.search.seeds):
         prepare(base.with_overrides({"seed": seed}))
     timings["prepare_s"] = time.perf_counter() - start
 
-    if not ray.is_initialized():
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            configure_logging=False,
-            # trials keep the driver's working directory, so relative data paths resolve alike
-            runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}},
-        )
-
     pool = f"sweep-{sweep.hash}"
     # the driver holds the actors' handles for the whole sweep (an unreferenced actor is reclaimed)
     evaluators = start_pool(pool, base.dynamics.pool_size, base.dynamics.actor_cpus) if base.dynamics.every else []
     trainable = tune.with_resources(
         tune.with_parameters(
-            sweep_trial, base=base.to_dict(), sweep_dir=str(out_dir), seeds=sweep.search.seeds, pool=pool
+            sweep_trial,
+            base=base.to_dict(),
+            sweep_dir=str(out_dir),
+            seeds=sweep.search.seeds,
+            pool=pool,
+            cwd=os.getcwd(),
         ),
         _trial_resources(sweep, base),
     )
@@ -113,13 +113,14 @@ def run_sweep(
 
 
 def sweep_trial(
-    config: dict[str, Any], *, base: dict[str, Any], sweep_dir: str, seeds: int, pool: str
+    config: dict[str, Any], *, base: dict[str, Any], sweep_dir: str, seeds: int, pool: str, cwd: str
 ) -> None:
     """One Tune trial: the base experiment with ``config``'s dotted keys set, over ``seeds`` seeds.
     Checkpoint metrics (``dynamics.every``) are reported to Tune as they arrive (ASHA stops on
-    them); the final report holds the unlearned model's metrics, averaged over seeds."""
+    them); the final report holds the unlearned model's metrics, averaged over seeds. Paths a
+    swept value names resolve against ``cwd``, the driver's working directory."""
     trial_id = tune.get_context().get_trial_id()
-    exp = parse_experiment(base).with_overrides(config)
+    exp = resolve_paths(parse_experiment(base).with_overrides(config), Path(cwd))
     trial_dir = Path(sweep_dir) / "trials" / trial_id
     per_seed = []
     for seed in _seeds(exp, seeds):
@@ -200,8 +201,3 @@ def _trial_resources(sweep: Sweep, exp: Experiment) -> dict[str, float]:
 def _seeds(exp: Experiment, count: int) -> list[int]:
     return [exp.seed + i for i in range(count)]
 
-
-def _absolute_paths(exp: Experiment) -> Experiment:
-    """Trials run in other working directories (and other nodes): pin relative paths to here."""
-    cache = os.path.abspath(exp.tracking.cache_dir)
-    return exp.with_overrides({"tracking.cache_dir": cache})

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Literal, cast
 from pydantic import Field, model_validator
 
 from otu.errors import SpecError
+from otu.paths import LocalPath
 from otu.registry import FamilySpec
 from otu.spec import Section
 
@@ -25,7 +26,7 @@ class TabularData(Section):
     images form the forget set of data-point unlearning."""
 
     source: Literal["file", "digits"] = "file"
-    path: str | None = None
+    path: LocalPath | None = None
     target: str | None = None
     sensitive: str | None = None
     columns: list[str] | None = None

@@ -15,6 +15,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 import otu
+from otu.paths import sqlite_uri
 
 DEFAULT_TRACKING_URI = "sqlite:///otu-runs/mlflow.db"
 MAX_PARAM_LEN = 6000
@@ -23,6 +24,7 @@ MAX_PARAM_LEN = 6000
 def resolve_tracking_uri(cli_value: str | None = None, spec_value: str | None = None) -> str:
     """CLI flag, then ``MLFLOW_TRACKING_URI``, then the spec's ``tracking.uri``, then the default."""
     uri = cli_value or os.environ.get("MLFLOW_TRACKING_URI") or spec_value or DEFAULT_TRACKING_URI
+    uri = sqlite_uri(uri, Path.cwd())  # absolute, so every process writes the same file
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return uri

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from otu.paths import LocalPath
 from otu.registry import FamilySpec
 from otu.spec import Experiment, Section
 
@@ -18,7 +19,7 @@ from otu.spec import Experiment, Section
 class VisionData(Section):
     source: Literal["digits", "file"] = "digits"
     """``digits``: scikit-learn's bundled 8×8 digits; ``file``: a Parquet/NPZ table (``path``)."""
-    path: str | None = None
+    path: LocalPath | None = None
     image_column: str = "image"
     """Per row an H×W or C×H×W numeric array (integer pixels 0–255 are scaled by 1/255)."""
     label_column: str = "label"
