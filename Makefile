@@ -14,8 +14,8 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-quickstart: install
-	$(VENV)/bin/otu sweep sweeps/quickstart.yaml
+quickstart: install  # extra otu flags: make quickstart ARGS="--set search.num_samples=2"
+	$(VENV)/bin/otu sweep sweeps/quickstart.yaml $(ARGS)
 
 test: install
 	$(VENV)/bin/ruff check platform tests benchmarks

@@ -184,9 +184,9 @@ def test_multi_worker_checkpoints_are_evaluated_on_actors(ray_local, llm_cache, 
     from otu.runtime.evaluation import CheckpointEvaluator, start_pool
     from otu.runtime.experiment import read_steps, run_experiment
 
-    def run(name: str, compute: dict) -> list[dict]:
+    def run(name: str, compute: dict, **dynamics) -> list[dict]:
         raw = tiny_spec(llm_cache, steps=3)
-        raw |= {"compute": compute, "dynamics": {"every": 1, "pool_size": 1}}
+        raw |= {"compute": compute, "dynamics": {"every": 1, "pool_size": 1, **dynamics}}
         exp = parse_experiment(raw)
         evaluator = CheckpointEvaluator(exp, start_pool(f"dyn-{name}", 1))
         run_experiment(exp, tmp_path / name, evaluator=evaluator)
@@ -194,16 +194,21 @@ def test_multi_worker_checkpoints_are_evaluated_on_actors(ray_local, llm_cache, 
 
     single = run("single", {"workers": 1})
     zero3 = run("zero3", {"workers": 1, "zero_stage": 3, "zero3": PARTITION_ALL})
-    distributed = run("distributed", {"workers": 2, "zero_stage": 3, "zero3": PARTITION_ALL})
+    # select the step-0 checkpoint (the most forget-set probability): it becomes the saved model
+    distributed = run("distributed", {"workers": 2, "zero_stage": 3, "zero3": PARTITION_ALL},
+                      select="forget_prob", mode="max")
 
     assert [r["step"] for r in distributed] == [0, 1, 2] == [r["step"] for r in single]
-    stored = tmp_path / "distributed" / "ray-train"
-    assert sorted(p.name for p in stored.glob("*/checkpoint-*")) == ["checkpoint-0", "checkpoint-1"]
+    # evaluated checkpoints are deleted (retention), the selected one is moved to DIR/checkpoint
+    assert not list((tmp_path / "distributed" / "ray-train").glob("*/checkpoint-*"))
     assert not list((tmp_path / "distributed").glob("checkpoint-*"))  # ranks' local copies are gone
-    assert sorted(p.name for p in (tmp_path / "zero3").glob("checkpoint-*")) == [
-        "checkpoint-0",
-        "checkpoint-1",
-    ]
+    assert not list((tmp_path / "zero3").glob("checkpoint-*"))
+    chosen = json.loads((tmp_path / "distributed" / "metrics.json").read_text())["unlearned"]
+    assert chosen["checkpoint_step"] == 0
+    exp = parse_experiment(tiny_spec(llm_cache, steps=3))
+    prepared = family.prepare(exp, llm_cache)
+    saved = family.evaluate(exp, prepared, family.load_unlearned(exp, prepared, tmp_path / "distributed" / "checkpoint"))
+    assert saved["forget_prob"] == pytest.approx(distributed[0]["forget_prob"], rel=1e-3)
     for got_zero3, got, want in zip(zero3, distributed, single, strict=True):
         for key in ("forget_prob", "retain_prob", "world_prob"):
             assert got[key] == pytest.approx(want[key], rel=1e-3), (got["step"], key)

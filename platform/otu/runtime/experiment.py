@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import torch
 from otu.cache import replace_file
 from otu.errors import RunFailed
 from otu.registry import Reporter, family_api
-from otu.spec import Experiment, content_hash, dump_yaml
+from otu.spec import Dynamics, Experiment, content_hash, dump_yaml
 
 Metrics = dict[str, dict[str, float]]
 
@@ -93,7 +94,7 @@ def run_experiment(
 
     phase(f"unlearning with {exp.method.name}")  # type: ignore[attr-defined]
     start = time.perf_counter()
-    recorder = _StepRecorder(out_dir, report, evaluator, on_checkpoint)
+    recorder = _StepRecorder(out_dir, report, evaluator, on_checkpoint, exp.dynamics)
     seed_everything(exp.seed)
     checkpoint_dir = out_dir / "checkpoint"
     if exp.compute.workers > 1 and hasattr(api, "unlearn_worker"):
@@ -115,6 +116,12 @@ def run_experiment(
         best = select_checkpoint(dynamics, exp.dynamics.select, exp.dynamics.mode)
         metrics["last"] = final
         metrics["unlearned"] = {**{k: v for k, v in best.items() if k != "step"}, "checkpoint_step": best["step"]}
+        selected = recorder.stored.pop(int(best["step"]), None)
+        if selected is not None:  # the saved model is the selected checkpoint, not the last one
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            shutil.move(selected, checkpoint_dir)
+            models["unlearned"] = api.load_unlearned(exp, prepared, checkpoint_dir)
+    recorder.discard_stored()
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plots = api.plots(exp, prepared, models, out_dir / "plots") if _wants_plots(exp) else []
     if len(dynamics) > 1:
@@ -152,16 +159,23 @@ class CheckpointSink(Protocol):
 
 class _StepRecorder:
     """The reporter handed to a family: appends to ``steps.jsonl``, forwards to ``report``, and sends
-    checkpoints to the evaluator; ``finish`` writes ``dynamics.jsonl`` (checkpoint metrics by step)."""
+    checkpoints to the evaluator; ``finish`` writes ``dynamics.jsonl`` (checkpoint metrics by step).
 
-    def __init__(self, out_dir: Path, report, evaluator: CheckpointSink | None, on_checkpoint) -> None:
+    Checkpoint directories (DeepSpeed / Ray Train runs) are kept only while the evaluator needs them,
+    and the best one by ``dynamics.select``: ``stored`` maps their steps to their paths."""
+
+    def __init__(
+        self, out_dir: Path, report, evaluator: CheckpointSink | None, on_checkpoint, dynamics: Dynamics
+    ) -> None:
         self.steps_path = out_dir / "steps.jsonl"
         self.dynamics_path = out_dir / "dynamics.jsonl"
         for path in (self.steps_path, self.dynamics_path):
             path.unlink(missing_ok=True)
         self.report, self.evaluator, self.on_checkpoint = report, evaluator, on_checkpoint
+        self.select, self.mode = dynamics.select, dynamics.mode
         self.last_step = 0
         self.checkpoints: list[dict[str, float]] = []
+        self.stored: dict[int, Path] = {}
 
     def __call__(self, step: int, metrics: Mapping[str, float], model: object = None) -> None:
         self.last_step = int(step)
@@ -175,8 +189,14 @@ class _StepRecorder:
                 )
         if self.report is not None:
             self.report(step, metrics)
+        wanted = self.evaluator is not None and model is not None and self.evaluator.wants(step)
+        if isinstance(model, Path):
+            if wanted:
+                self.stored[int(step)] = model
+            else:
+                shutil.rmtree(model, ignore_errors=True)
         if self.evaluator is not None:
-            if model is not None and self.evaluator.wants(step):
+            if wanted:
                 self.evaluator.submit(step, model)
             self._collect(self.evaluator.ready())
 
@@ -185,6 +205,22 @@ class _StepRecorder:
             self.checkpoints.append({"step": float(step), **metrics})
             if self.on_checkpoint is not None:
                 self.on_checkpoint(step, metrics)
+        self._prune()
+
+    def _prune(self) -> None:
+        """Delete evaluated checkpoint directories, except the best so far by ``select``."""
+        best = select_checkpoint(self.checkpoints, self.select, self.mode)["step"] if (
+            self.select is not None and self.checkpoints) else None
+        for row in self.checkpoints:
+            step = int(row["step"])
+            if step != best and step in self.stored:
+                shutil.rmtree(self.stored.pop(step), ignore_errors=True)
+
+    def discard_stored(self) -> None:
+        """Delete the checkpoint directories still kept (once the run's model is chosen)."""
+        for path in self.stored.values():
+            shutil.rmtree(path, ignore_errors=True)
+        self.stored.clear()
 
     def finish(self, final: dict[str, float]) -> list[dict[str, float]]:
         if self.evaluator is None:

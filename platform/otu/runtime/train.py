@@ -84,6 +84,7 @@ def unlearn_distributed(
     if result.checkpoint is None:
         raise RuntimeError(f"the Ray Train run {result.path} reported no checkpoint")
     result.checkpoint.to_directory(str(checkpoint_dir))
+    result.checkpoint.filesystem.delete_dir(result.checkpoint.path)  # the run keeps its one copy
     prepared = api.prepare(exp, Path(cache_dir))
     return api.load_unlearned(exp, prepared, checkpoint_dir)
 
