@@ -153,7 +153,8 @@ def test_submit_wait_runs_the_sweep_and_logs_trials_to_mlflow(ray_head, otu_main
     listing = capsys.readouterr().out
     assert job_id in listing and "SUCCEEDED" in listing and "sweep quickstart" in listing
     assert otu_main(["jobs", "status", job_id, "--address", ray_head["address"], "--token", ray_head["token"]]) == 0
-    assert f"{job_id}: SUCCEEDED" in capsys.readouterr().out
+    status = capsys.readouterr().out
+    assert f"{job_id}: SUCCEEDED" in status and f"results: {out}" in status
     assert otu_main(["jobs", "logs", job_id, "--address", ray_head["address"], "--token", ray_head["token"]]) == 0
     assert "Trial status" in capsys.readouterr().out
 
@@ -162,7 +163,8 @@ def test_bad_token_and_missing_token_fail_fast(ray_head, otu_main, tmp_path, mon
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token
-    base = ["submit", str(QUICKSTART), "--working-dir", str(REPO), "--address", ray_head["address"], "--no-install"]
+    base = ["submit", str(QUICKSTART), "--working-dir", str(REPO), "--address", ray_head["address"], "--no-install",
+            "--out", str(tmp_path / "sweep"), "--tracking-uri", "http://mlflow:5000"]
 
     start = time.perf_counter()
     assert otu_main([*base, "--token", "not-the-token"]) == 2
@@ -184,7 +186,7 @@ def test_stop_a_running_job(ray_head, otu_main, tmp_path, capsys):
     auth = ["--address", ray_head["address"], "--token", ray_head["token"]]
     code = otu_main([
         "submit", str(QUICKSTART), "--working-dir", str(REPO), *auth, "--no-install",
-        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(tmp_path / "sweep"),
         "--set", f"experiment.tracking.cache_dir={tmp_path / 'cache'}",
     ])
     assert code == 0
@@ -200,7 +202,8 @@ def test_unreachable_address_fails_fast(otu_main, capsys):
     port = free_port()  # nothing listens here
     start = time.perf_counter()
     assert otu_main(["submit", str(QUICKSTART), "--working-dir", str(REPO), "--no-install",
-                     "--address", f"http://127.0.0.1:{port}"]) == 2
+                     "--address", f"http://127.0.0.1:{port}", "--out", "/shared/q",
+                     "--tracking-uri", "http://mlflow:5000"]) == 2
     err = capsys.readouterr().err
     assert f"cannot connect to the Ray dashboard at http://127.0.0.1:{port}" in err
     assert "connection refused" in err
@@ -237,11 +240,11 @@ def test_missing_spec_and_bad_override_fail_before_contacting_the_cluster(otu_ma
 def test_submission_dry_run_describes_the_job(tmp_path):
     sub = build_submission(
         QUICKSTART, ["search.num_samples=2"], working_dir=REPO, tracking_uri="http://mlflow:5000",
-        env=["OMP_NUM_THREADS=1"],
+        env=["OMP_NUM_THREADS=1"], out="/shared/quickstart",
     )
     assert sub.kind == "sweep" and sub.name == "quickstart"
     assert sub.entrypoint == ("python -m otu.cli sweep sweeps/quickstart.yaml --set search.num_samples=2 "
-                              "--tracking-uri http://mlflow:5000")
+                              "--tracking-uri http://mlflow:5000 --out /shared/quickstart")
     env = sub.runtime_env
     assert env["working_dir"] == str(REPO) and ".venv" in env["excludes"]
     assert env["env_vars"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
@@ -250,15 +253,16 @@ def test_submission_dry_run_describes_the_job(tmp_path):
     assert "torch==2.13.0" in env["pip"]["packages"] and not any("pytest" in p for p in env["pip"]["packages"])
     assert sub.metadata["otu.kind"] == "sweep" and sub.metadata["otu.spec"] == "sweeps/quickstart.yaml"
 
-    bare = build_submission(QUICKSTART, working_dir=REPO, install=False)
+    durable = {"tracking_uri": "http://mlflow:5000", "out": "/shared/quickstart"}
+    bare = build_submission(QUICKSTART, working_dir=REPO, install=False, **durable)
     assert "pip" not in bare.runtime_env and "py_modules" not in bare.runtime_env
 
     with pytest.raises(SpecError, match="outside the working directory"):
-        build_submission(QUICKSTART, working_dir=tmp_path)
+        build_submission(QUICKSTART, working_dir=tmp_path, **durable)
     with pytest.raises(SpecError, match="--tracking-uri: 'sqlite:///mlflow.db' is a relative path"):
-        build_submission(QUICKSTART, working_dir=REPO, tracking_uri="sqlite:///mlflow.db")
+        build_submission(QUICKSTART, working_dir=REPO, tracking_uri="sqlite:///mlflow.db", out="/shared/q")
     with pytest.raises(SpecError, match="--env: expected NAME=VALUE"):
-        build_submission(QUICKSTART, working_dir=REPO, env=["oops"])
+        build_submission(QUICKSTART, working_dir=REPO, env=["oops"], **durable)
 
 
 def test_runtime_env_file_matches_what_submit_sends():
@@ -266,7 +270,7 @@ def test_runtime_env_file_matches_what_submit_sends():
     import yaml
 
     doc = yaml.safe_load((REPO / "clusters" / "runtime_env.yaml").read_text())
-    sub = build_submission(QUICKSTART, working_dir=REPO, tracking_uri="http://otu-mlflow:5000")
+    sub = build_submission(QUICKSTART, working_dir=REPO, tracking_uri="http://otu-mlflow:5000", out="/shared/q")
     assert doc["pip"]["packages"] == sub.runtime_env["pip"]["packages"]
     assert doc["excludes"] == sub.runtime_env["excludes"]
     assert doc["py_modules"] == ["platform/otu"]

@@ -28,6 +28,7 @@ from otu.spec import (
     parse_experiment,
     parse_sweep,
 )
+from otu.tracking.storage import check_uri, is_uri, staged
 
 console = Console(stderr=True)
 RUNS_ROOT = Path("otu-runs")
@@ -56,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser, out: bool = True) -> None:
         if out:
-            p.add_argument("--out", type=Path, help="output directory (default otu-runs/<name>-<time>/)")
+            p.add_argument("--out", help="output directory, or a storage URI (s3://…, gs://…, "
+                           "file:///…) written when the command ends (default otu-runs/<name>-<time>/)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a dotted spec key, e.g. --set method.alpha=0.02 (repeatable)")
         p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI "
@@ -104,12 +106,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from otu.runtime.experiment import run_experiment
-    from otu.tracking.mlflow_store import Tracker, flatten, resolve_tracking_uri
+    from otu.tracking.mlflow_store import resolve_tracking_uri
 
     exp = load_experiment(args.spec, args.overrides)
+    check_device_here(exp, "`otu run` prepares and evaluates models in this process")
     uri = resolve_tracking_uri(args.tracking_uri, exp.tracking.uri)
-    out_dir = _fresh_out_dir(args.out, exp.name)
+    location = _fresh_out_dir(args.out, exp.name)
+    with staged(location, exp.name) as out_dir:
+        _run(args, exp, uri, out_dir)
+    console.print(f"results: {location}  ·  MLflow at {uri}")
+
+
+def _run(args: argparse.Namespace, exp, uri: str, out_dir: Path) -> None:
+    from otu.runtime.experiment import run_experiment
+    from otu.tracking.mlflow_store import Tracker, flatten
+
     tracker = Tracker(uri, exp.tracking.experiment)
     run_id = tracker.start_run(exp.name, tags={"otu.kind": "run", "otu.spec_hash": exp.hash})
     tracker.log_params(run_id, flatten(exp.to_dict()))
@@ -135,7 +146,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     finally:
         tracker.end_run(run_id, status)
     print_metrics(result.metrics, title=f"{exp.name} ({exp.method.name})")  # type: ignore[attr-defined]
-    console.print(f"results: {out_dir}  ·  MLflow run {run_id} at {uri}")
+    console.print(f"MLflow run {run_id}")
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -149,20 +160,21 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         raw = load_yaml(resume_file)
         apply_overrides(raw, args.overrides)
         sweep = resolve_paths(parse_sweep(raw), Path.cwd())
-        out_dir = args.resume.absolute()
+        location = str(args.resume.absolute())
     else:
         if args.spec is None:
             raise SpecError("give a sweep spec, or --resume DIR")
         sweep = load_sweep(args.spec, args.overrides)
-        out_dir = _fresh_out_dir(args.out, sweep.name)
+        location = _fresh_out_dir(args.out, sweep.name)
     uri = resolve_tracking_uri(args.tracking_uri, sweep.experiment.tracking.uri)
     console.print(f"sweep [bold]{sweep.name}[/]: {sweep.search.num_samples} trials, "
-                  f"{sweep.search.algorithm} search → {out_dir}")
+                  f"{sweep.search.algorithm} search → {location}", highlight=False)
     start = time.perf_counter()
-    with _guard_output(out_dir, keep=bool(args.resume)):
-        trials = run_sweep(sweep, out_dir, uri, address=args.address, resume=bool(args.resume))
-    console.print(f"done in {time.perf_counter() - start:.0f} s: {trials}, {out_dir / 'summary.md'}, "
-                  f"MLflow at {uri}")
+    storage = f"{location.rstrip('/')}/ray" if is_uri(location) else None
+    with staged(location, sweep.name) as out_dir, _guard_output(out_dir, keep=bool(args.resume)):
+        run_sweep(sweep, out_dir, uri, address=args.address, resume=bool(args.resume), storage=storage)
+    console.print(f"done in {time.perf_counter() - start:.0f} s: {location} (trials.parquet, summary.md), "
+                  f"MLflow at {uri}", highlight=False)
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
@@ -192,7 +204,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         else:
             print_metrics(json.loads((run_dir / "metrics.json").read_text()), title=str(run_dir))
     if len(sweep_dirs) > 1:
-        out = args.out or RUNS_ROOT / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = Path(args.out) if args.out else RUNS_ROOT / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
         files = compare_sweeps(sweep_dirs, out)
         console.print(f"comparison: {', '.join(str(f) for f in files)}")
 
@@ -233,13 +245,29 @@ def print_metrics(metrics: dict[str, dict[str, float]], title: str) -> None:
     Console().print(table)
 
 
-def _fresh_out_dir(out: Path | None, name: str) -> Path:
-    """The (absolute) output directory: ``--out``, or a new ``otu-runs/<name>-<time>``."""
+def _fresh_out_dir(out: str | None, name: str) -> str:
+    """The output location: ``--out`` (a storage URI, or a directory made absolute), or a new
+    ``otu-runs/<name>-<time>``."""
     if out is None:
-        return (RUNS_ROOT / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}").absolute()
-    if out.exists() and any(out.iterdir()):
+        return str((RUNS_ROOT / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}").absolute())
+    if is_uri(out):
+        check_uri(out)
+        return out
+    path = Path(out)
+    if path.exists() and any(path.iterdir()):
         raise SpecError(f"--out: {out} exists and is not empty (choose another directory)")
-    return out.absolute()
+    return str(path.absolute())
+
+
+def check_device_here(exp, why: str) -> None:
+    """Reject ``compute.device: cuda`` where this process has no CUDA GPU, saying ``why`` it needs one."""
+    if exp.compute.device != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SpecError(f"compute.device: 'cuda' but this machine has no CUDA GPU, and {why} "
+                        "(run it on a GPU machine, or use device auto)")
 
 
 class _guard_output:

@@ -59,6 +59,19 @@ def resolve_paths(model: M, base: Path) -> M:
     return model.model_copy(update=updates) if updates else model
 
 
+def path_fields(model: BaseModel, prefix: str = "") -> dict[str, str]:
+    """Dotted key → value of every path field set in ``model`` (hub ids included)."""
+    found: dict[str, str] = {}
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        key = f"{prefix}{name}"
+        if _path_ref(info.annotation, info.metadata) is not None and isinstance(value, str):
+            found[key] = value
+        elif isinstance(value, BaseModel):
+            found.update(path_fields(value, f"{key}."))
+    return found
+
+
 def sqlite_uri(uri: str, base: Path) -> str:
     """A ``sqlite:///relative.db`` URI made absolute against ``base``; other URIs unchanged."""
     prefix = "sqlite:///"

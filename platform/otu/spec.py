@@ -103,12 +103,12 @@ class Experiment(Section):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
-    def with_overrides(self, overrides: Mapping[str, Any]) -> Experiment:
+    def with_overrides(self, overrides: Mapping[str, Any], check_files: bool = True) -> Experiment:
         """A new validated experiment with dotted keys set (``{"method.alpha": 0.1}``)."""
         raw = self.to_dict()
         for key, value in overrides.items():
             set_dotted(raw, key, value)
-        return parse_experiment(raw)
+        return parse_experiment(raw, check_files)
 
     @property
     def hash(self) -> str:
@@ -201,8 +201,11 @@ class Sweep(Section):
 # ---------------------------------------------------------------- parsing
 
 
-def parse_experiment(raw: Any) -> Experiment:
-    """Validate a raw mapping into an :class:`Experiment`, or raise one :class:`SpecError`."""
+def parse_experiment(raw: Any, check_files: bool = True) -> Experiment:
+    """Validate a raw mapping into an :class:`Experiment`, or raise one :class:`SpecError`.
+
+    ``check_files=False`` checks the schema only, not the files the spec names (``otu submit``
+    defers those to the job when they live on the cluster)."""
     if not isinstance(raw, Mapping):
         raise SpecError(f"an experiment spec must be a mapping (got {type(raw).__name__})")
     raw = dict(raw)
@@ -249,12 +252,12 @@ def parse_experiment(raw: Any) -> Experiment:
         raise SpecError(
             f"dynamics.select: unknown metric {select!r} for method {name!r}; known: {', '.join(known)}"
         )
-    if fam.validate is not None:
+    if check_files and fam.validate is not None:
         fam.validate(exp)
     return exp
 
 
-def parse_sweep(raw: Any, base_dir: Path | None = None) -> Sweep:
+def parse_sweep(raw: Any, base_dir: Path | None = None, check_files: bool = True) -> Sweep:
     """Validate a sweep mapping; ``experiment`` may be inline or a path relative to ``base_dir``."""
     if not isinstance(raw, Mapping):
         raise SpecError(f"a sweep spec must be a mapping (got {type(raw).__name__})")
@@ -265,7 +268,7 @@ def parse_sweep(raw: Any, base_dir: Path | None = None) -> Sweep:
         raise SpecError(f"overrides: a mapping of dotted experiment keys to values (got {overrides!r})")
     for key, value in overrides.items():
         set_dotted(experiment, key, value)
-    exp = parse_experiment(experiment)
+    exp = parse_experiment(experiment, check_files)
     raw["experiment"] = exp
     try:
         sweep = Sweep.model_validate(raw)
@@ -283,7 +286,7 @@ def parse_sweep(raw: Any, base_dir: Path | None = None) -> Sweep:
     for key, param in sweep.space.items():
         for value in param.probe_values():
             try:
-                exp.with_overrides({key: value})
+                exp.with_overrides({key: value}, check_files)
             except SpecError as err:
                 errors.append(f"space.{key}: value {value!r} is not valid here: {err}")
                 break
@@ -339,16 +342,16 @@ def is_sweep(raw: Mapping[str, Any]) -> bool:
     return "space" in raw or "objectives" in raw
 
 
-def load_experiment(path: str | Path, overrides: Iterable[str] = ()) -> Experiment:
+def load_experiment(path: str | Path, overrides: Iterable[str] = (), check_files: bool = True) -> Experiment:
     """The experiment in ``path`` with ``overrides``, its paths absolute against the current directory."""
     raw = load_yaml(path)
     if is_sweep(raw):
         raise SpecError(f"{path}: this is a sweep spec; use `otu sweep`")
     apply_overrides(raw, overrides)
-    return resolve_paths(parse_experiment(raw), Path.cwd())
+    return resolve_paths(parse_experiment(raw, check_files), Path.cwd())
 
 
-def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
+def load_sweep(path: str | Path, overrides: Iterable[str] = (), check_files: bool = True) -> Sweep:
     """The sweep in ``path`` (experiment paths relative to the file); spec paths absolute as above."""
     path = Path(path)
     raw = load_yaml(path)
@@ -356,7 +359,7 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
         raise SpecError(f"{path}: not a sweep spec (no 'space'/'objectives'); use `otu run`")
     raw["experiment"] = _resolve_experiment_ref(raw.get("experiment"), path.parent)
     apply_overrides(raw, overrides)
-    return resolve_paths(parse_sweep(raw, path.parent), Path.cwd())
+    return resolve_paths(parse_sweep(raw, path.parent, check_files), Path.cwd())
 
 
 def _resolve_experiment_ref(ref: Any, base_dir: Path | None) -> Any:

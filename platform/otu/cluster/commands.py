@@ -81,6 +81,10 @@ def cmd_submit(args: argparse.Namespace) -> None:
         args.spec, args.overrides, working_dir=args.working_dir, tracking_uri=args.tracking_uri,
         out=args.out, install=args.install, pip=args.pip, env=args.env, excludes=args.exclude,
     )
+    if submission.deferred:
+        listed = ", ".join(f"{k}={v}" for k, v in submission.deferred.items())
+        console.print(f"deferred to the job (files outside the working directory): checks of {listed}",
+                      highlight=False)
     if args.dry_run:
         print(submission.to_yaml(), end="")
         return
@@ -89,6 +93,8 @@ def cmd_submit(args: argparse.Namespace) -> None:
     print(job_id, flush=True)
     console.print(f"submitted {submission.kind} [bold]{submission.name}[/] as {job_id} to {conn.address} "
                   f"(Ray {conn.ray_version}); follow: otu jobs logs {job_id} -f", highlight=False)
+    console.print(f"results: {submission.metadata['otu.results']}  ·  MLflow: "
+                  f"{submission.metadata['otu.tracking']}", highlight=False, markup=False)
     if args.wait:
         _follow_to_end(client, conn, job_id)
 
@@ -117,11 +123,12 @@ def cmd_jobs_list(args: argparse.Namespace) -> None:
     if not views:
         console.print(f"no jobs on {conn.address}")
         return
-    rows = [("JOB", "STATUS", "OTU", "STARTED", "DURATION", "ENTRYPOINT")]
+    rows = [("JOB", "STATUS", "OTU", "STARTED", "DURATION", "RESULTS", "ENTRYPOINT")]
     for v in views:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v.start)) if v.start else "-"
         duration = f"{v.duration_s:.0f} s" if v.duration_s is not None else "-"
-        rows.append((v.job_id, v.status, v.what or "-", started, duration, _short(v.entrypoint, 60)))
+        rows.append((v.job_id, v.status, v.what or "-", started, duration, v.results or "-",
+                     _short(v.entrypoint, 60)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=False)) + "  " + r[-1])
@@ -134,7 +141,8 @@ def cmd_jobs_status(args: argparse.Namespace) -> None:
     client, conn = connect(args.address, args.token)
     v = jobs.status(client, conn, args.job_id)
     print(f"{v.job_id}: {v.status}")
-    for label, value in (("otu", v.what), ("entrypoint", v.entrypoint), ("message", v.message.strip())):
+    for label, value in (("otu", v.what), ("results", v.results), ("mlflow", v.tracking),
+                         ("entrypoint", v.entrypoint), ("message", v.message.strip())):
         if value:
             print(f"  {label}: {value}")
     if v.duration_s is not None:

@@ -37,6 +37,10 @@ class JobView:
     start: float | None
     end: float | None
     message: str
+    results: str = ""
+    """Where the job writes its run/sweep directory (``otu.results``)."""
+    tracking: str = ""
+    """The MLflow URI it logs to (``otu.tracking``)."""
 
     @property
     def duration_s(self) -> float | None:
@@ -128,4 +132,6 @@ def view(job: JobDetails) -> JobView:
         start=job.start_time / ms if job.start_time else None,
         end=job.end_time / ms if job.end_time else None,
         message=job.message or "",
+        results=(job.metadata or {}).get("otu.results", ""),
+        tracking=(job.metadata or {}).get("otu.tracking", ""),
     )

@@ -29,7 +29,9 @@ import yaml
 
 import otu
 from otu.errors import SpecError
-from otu.spec import is_sweep, load_experiment, load_sweep, load_yaml
+from otu.paths import path_fields, resolve_paths
+from otu.spec import Experiment, Sweep, is_sweep, load_experiment, load_sweep, load_yaml
+from otu.tracking.storage import check_uri, is_uri
 
 DEFAULT_EXCLUDES = (
     ".git", ".venv", "**/__pycache__", "*.pyc", "otu-runs", "mlruns", "mlartifacts", "*.egg-info",
@@ -46,6 +48,8 @@ class Submission:
     entrypoint: str
     runtime_env: dict[str, Any]
     metadata: dict[str, str] = field(default_factory=dict)
+    deferred: dict[str, str] = field(default_factory=dict)
+    """Spec paths outside the working directory: their file checks run in the job, before any work."""
 
     def to_yaml(self) -> str:
         """The submission as a reviewable document (``otu submit --dry-run``)."""
@@ -65,7 +69,12 @@ def build_submission(
     env: Sequence[str] = (),
     excludes: Sequence[str] = (),
 ) -> Submission:
-    """Validate ``spec`` (with ``overrides``) as the job will see it, and describe the job."""
+    """Validate ``spec`` (with ``overrides``) as the job will see it, and describe the job.
+
+    The job's results must outlive it: ``out`` is a shared absolute path or a storage URI, and the
+    MLflow URI (``tracking_uri``, or the spec's ``tracking.uri``) a server or a shared SQLite file.
+    Files the spec names outside the working directory exist only on the cluster: the schema is
+    checked here and their file checks are deferred to the job (``Submission.deferred``)."""
     work = working_dir.resolve()
     if not work.is_dir():
         raise SpecError(f"--working-dir: {working_dir} is not a directory")
@@ -78,12 +87,20 @@ def build_submission(
             ref = raw.get("experiment")
             if isinstance(ref, str):
                 _inside((spec_path.parent / ref).resolve(), work, "experiment")
-            parsed = load_sweep(spec_path, overrides)
-            name = parsed.name
-        else:
-            parsed = load_experiment(spec_path, overrides)
-            name = parsed.name
-    uri = check_tracking_uri(tracking_uri)
+        load = load_sweep if kind == "sweep" else load_experiment
+        schema_only = load(spec_path, overrides, check_files=False)
+        exp = schema_only.experiment if isinstance(schema_only, Sweep) else schema_only
+        deferred = _outside(exp, work, "experiment." if kind == "sweep" else "")
+        parsed = schema_only if deferred else load(spec_path, overrides)
+        name = parsed.name
+    uri = check_tracking_uri(tracking_uri or parse_env(env).get("MLFLOW_TRACKING_URI") or exp.tracking.uri)
+    if uri is None:
+        raise SpecError(
+            "--tracking-uri: the job would keep its MLflow runs in a SQLite file inside its temporary "
+            "working directory, deleted when the job ends; give --tracking-uri http://MLFLOW:5000 or "
+            "sqlite:////shared/path/mlflow.db (or set tracking.uri in the spec)"
+        )
+    out = check_out(out)
 
     args = ["python", "-m", "otu.cli", kind, rel_spec]
     for item in overrides:
@@ -105,8 +122,32 @@ def build_submission(
     if packages:
         runtime_env["pip"] = {"packages": packages, "pip_check": False}
     metadata = {"otu.kind": kind, "otu.name": name, "otu.spec": rel_spec, "otu.spec_hash": parsed.hash,
-                "otu.version": otu.__version__}
-    return Submission(kind, name, shlex.join(args), runtime_env, metadata)
+                "otu.version": otu.__version__, "otu.results": out, "otu.tracking": uri}
+    return Submission(kind, name, shlex.join(args), runtime_env, metadata, deferred)
+
+
+def check_out(out: str | None) -> str:
+    """The job's output location: a storage URI, or an absolute path (on a disk the nodes share)."""
+    if out and (is_uri(out) or os.path.isabs(out)):
+        if is_uri(out):
+            check_uri(out)
+        return out
+    got = f" ({out!r} is relative)" if out else ""
+    raise SpecError(
+        f"--out: the job runs in a temporary working directory that is deleted when it ends, so its "
+        f"trials.parquet and summary would be lost{got}; give --out as an absolute path on storage "
+        "the cluster's nodes share, or a URI such as s3://bucket/otu/NAME or gs://bucket/otu/NAME"
+    )
+
+
+def _outside(exp: Experiment, work: Path, prefix: str) -> dict[str, str]:
+    """Spec path fields that name a local path outside ``work`` (hub ids are not paths)."""
+    resolved = path_fields(resolve_paths(exp, work))
+    return {
+        f"{prefix}{key}": value
+        for key, value in resolved.items()
+        if os.path.isabs(value) and not Path(value).is_relative_to(work) and key != "tracking.cache_dir"
+    }
 
 
 def check_tracking_uri(uri: str | None) -> str | None:

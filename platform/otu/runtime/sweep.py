@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from ray import tune
 
+from otu.errors import SpecError
 from otu.paths import resolve_paths
 from otu.report.summary import write_report
 from otu.runtime.evaluation import CheckpointEvaluator, start_pool
@@ -43,8 +44,11 @@ def run_sweep(
     tracking_uri: str,
     address: str | None = None,
     resume: bool = False,
+    storage: str | None = None,
 ) -> Path:
-    """Run (or resume) ``sweep`` into ``out_dir``; return the path of ``trials.parquet``."""
+    """Run (or resume) ``sweep`` into ``out_dir``; return the path of ``trials.parquet``.
+
+    Tune keeps its state in ``storage`` (default ``out_dir/ray``; a URI for durable cluster runs)."""
     import ray
 
     out_dir = out_dir.resolve()
@@ -55,10 +59,15 @@ def run_sweep(
 
     # trials keep the driver's working directory (a swept path resolves as in the driver)
     init_ray(address, runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}})
+    prepare_here = check_gpus(sweep, ray.cluster_resources())
     timings: dict[str, float] = {}
     start = time.perf_counter()
     for seed in _seeds(base, sweep.search.seeds):
-        prepare(base.with_overrides({"seed": seed}))
+        seeded = base.with_overrides({"seed": seed})
+        if prepare_here:
+            prepare(seeded)
+        else:  # a CPU-only driver (a cluster's head): prepare on a GPU worker
+            ray.get(ray.remote(num_gpus=1)(_prepare_remote).remote(seeded.to_dict()))
     timings["prepare_s"] = time.perf_counter() - start
 
     pool = f"sweep-{sweep.hash}"
@@ -75,11 +84,11 @@ def run_sweep(
         ),
         _trial_resources(sweep, base),
     )
-    storage = out_dir / "ray"
+    storage = storage or str(out_dir / "ray")
     start = time.perf_counter()
-    if resume and tune.Tuner.can_restore(str(storage / TUNE_NAME)):
+    if resume and tune.Tuner.can_restore(f"{storage}/{TUNE_NAME}"):
         tuner = tune.Tuner.restore(
-            str(storage / TUNE_NAME), trainable, resume_unfinished=True, resume_errored=True
+            f"{storage}/{TUNE_NAME}", trainable, resume_unfinished=True, resume_errored=True
         )
     else:
         tuner = tune.Tuner(
@@ -95,7 +104,7 @@ def run_sweep(
             ),
             run_config=tune.RunConfig(
                 name=TUNE_NAME,
-                storage_path=str(storage),
+                storage_path=storage,
                 callbacks=[SweepRecorder(str(out_dir), tracking_uri, sweep.experiment.tracking.experiment)],
                 failure_config=tune.FailureConfig(max_failures=sweep.search.max_failures),
                 verbose=1,
@@ -196,6 +205,31 @@ def _trial_resources(sweep: Sweep, exp: Experiment) -> dict[str, float]:
         # request, so the trial asks for one byte of memory
         return {"cpu": 0, "gpu": 0, "memory": 1}
     return {"cpu": sweep.resources.cpus, "gpu": sweep.resources.gpus}
+
+
+def check_gpus(sweep: Sweep, resources: dict[str, float]) -> bool:
+    """Check a ``compute.device: cuda`` sweep against the cluster; True when the driver has CUDA
+    itself (it prepares the reference models here), False when a GPU worker must do it."""
+    exp = sweep.experiment
+    if exp.compute.device != "cuda":
+        return True
+    import torch
+
+    if resources.get("GPU", 0) < 1:
+        raise SpecError("compute.device: 'cuda' but the Ray cluster has no GPU")
+    if exp.compute.workers == 1 and sweep.resources.gpus == 0:
+        raise SpecError("resources.gpus: 0 with compute.device 'cuda'; give each trial a GPU (e.g. 1)")
+    here = torch.cuda.is_available()
+    if exp.compute.workers > 1 and not here:
+        raise SpecError(
+            "compute.workers: multi-worker cuda trials prepare and evaluate their models in the trial "
+            "process, which Ray may place on this CPU-only node; run the driver on a GPU node"
+        )
+    return here
+
+
+def _prepare_remote(exp_dict: dict[str, Any]) -> None:
+    prepare(parse_experiment(exp_dict))
 
 
 def _seeds(exp: Experiment, count: int) -> list[int]:

@@ -1,0 +1,194 @@
+"""Running outside the test harness: relative paths from any directory, storage URIs, a stale Ray
+head, an unreachable --address, and what `otu submit` refuses or defers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from otu.cli import main
+from otu.cluster.submit import build_submission
+from otu.errors import SpecError
+from otu.llm.spec import LLMModel
+from otu.paths import absolute, resolve_paths, sqlite_uri
+from otu.spec import load_experiment
+
+REPO = Path(__file__).resolve().parents[1]
+OTU = [sys.executable, "-m", "otu.cli"]
+TABULAR = REPO / "sweeps" / "experiments" / "barycenter_tabular.yaml"
+FAST_DLFD = ["task.model.epochs=2", "task.data.forget_size=30", "method.perturb_steps=1", "method.epochs=1"]
+
+
+def sets(items: list[str]) -> list[str]:
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def test_spec_paths_become_absolute_against_the_current_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    exp = load_experiment(TABULAR)
+    assert exp.task.data.path == str(REPO / "platform/otu/tabular/data/diabetes.csv")
+    assert exp.tracking.cache_dir == str(REPO / "otu-runs" / "cache")
+    # hub ids stay hub ids; things that look like paths become paths
+    model = LLMModel(path="meta-llama/Llama-3.1-8B-Instruct", epochs=0, retain_path="./oracle")
+    resolved = resolve_paths(model, tmp_path)
+    assert resolved.path == "meta-llama/Llama-3.1-8B-Instruct"
+    assert resolved.retain_path == str(tmp_path / "oracle")
+    assert absolute("~/x", tmp_path) == os.path.expanduser("~/x")
+    assert sqlite_uri("sqlite:///runs/mlflow.db", tmp_path) == f"sqlite:///{tmp_path}/runs/mlflow.db"
+    assert sqlite_uri("sqlite:////abs/mlflow.db", tmp_path) == "sqlite:////abs/mlflow.db"
+    assert sqlite_uri("http://host:5000", tmp_path) == "http://host:5000"
+
+
+def test_relative_paths_from_another_directory_with_a_sweep(tmp_path):
+    """A user's own directory: data file, spec, cache, --out and MLflow store all relative to it;
+    the Tune trials (other processes) find every one of them."""
+    work = tmp_path / "work"
+    (work / "data").mkdir(parents=True)
+    shutil.copy(REPO / "platform/otu/tabular/data/diabetes.csv", work / "data" / "table.csv")
+    exp = yaml.safe_load(TABULAR.read_text())
+    exp["task"]["data"]["path"] = "data/table.csv"
+    exp["tracking"] = {"cache_dir": "cache"}
+    (work / "exp.yaml").write_text(yaml.safe_dump(exp))
+    (work / "sweep.yaml").write_text(yaml.safe_dump({
+        "name": "rel", "experiment": "exp.yaml",
+        "space": {"method.t": {"grid": [0.5, 1.0]}},
+        "objectives": [{"metric": exp_metric(), "mode": "max"}],
+        "search": {"algorithm": "grid", "num_samples": 1, "max_concurrent": 2},
+    }))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "platform")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([*OTU, "sweep", "sweep.yaml", "--out", "out", "--tracking-uri", "sqlite:///ml.db"],
+                          cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = pd.read_parquet(work / "out" / "trials.parquet")
+    assert len(trials) == 2 and (trials["status"] == "TERMINATED").all()
+    assert (work / "cache").is_dir() and (work / "ml.db").is_file()
+    client = MlflowClient(f"sqlite:///{work / 'ml.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert sum("mlflow.parentRunId" in r.data.tags for r in runs) == 2
+
+
+def exp_metric() -> str:
+    from otu.registry import family_spec
+
+    return family_spec("tabular").metrics_for("barycenter")[0]
+
+
+def test_out_as_a_storage_uri_is_written_when_the_run_ends(tmp_path, capsys):
+    target = tmp_path / "bucket" / "run"
+    code = main(["run", str(REPO / "sweeps/experiments/dlfd_digits.yaml"), "--out", f"file://{target}",
+                 "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+                 *sets([*FAST_DLFD, f"tracking.cache_dir={tmp_path / 'cache'}"])])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    assert (target / "metrics.json").is_file() and (target / "spec.yaml").is_file()
+    assert main(["run", str(REPO / "sweeps/experiments/dlfd_digits.yaml"), "--out", "nosuch://x/y"]) == 2
+    assert "--out: cannot use 'nosuch://x/y' as storage" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _stale_default_head():
+    """`ray start --head` in Ray's default temp dir (so /tmp/ray/ray_current_cluster names it), then
+    killed by PID: what a crashed head leaves behind. The file's previous content is restored."""
+    current = Path("/tmp/ray/ray_current_cluster")
+    before = current.read_text() if current.is_file() else None
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    port = _free_port()
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
+         "--port", str(port), "--num-cpus", "1", "--include-dashboard", "false",
+         "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=120,
+        start_new_session=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    head = [p for p in psutil.process_iter(["cmdline"]) if f"--gcs_server_port={port}" in " ".join(p.info["cmdline"] or [])]
+    session = os.getsid(head[0].pid)
+    try:
+        for p in psutil.process_iter():
+            with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+                if os.getsid(p.pid) == session:
+                    p.send_signal(signal.SIGKILL)
+        time.sleep(1)
+        assert str(port) in current.read_text()  # the stale pointer is there
+        yield
+    finally:
+        if before is None:
+            current.unlink(missing_ok=True)
+        else:
+            current.write_text(before)
+
+
+def test_a_stale_ray_head_does_not_capture_run_or_sweep(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "platform")}
+    env.pop("RAY_ADDRESS", None)
+    keys = [*FAST_DLFD, f"tracking.cache_dir={tmp_path / 'cache'}"]
+    tracking = ["--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
+    with _stale_default_head():
+        run = subprocess.run(
+            [*OTU, "run", str(REPO / "sweeps/experiments/dlfd_digits.yaml"), "--out", str(tmp_path / "run"),
+             "--set", "dynamics.every=1", "--set", "dynamics.pool_size=1", *tracking, *sets(keys)],
+            env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert (tmp_path / "run" / "dynamics.jsonl").is_file()  # the evaluation actors ran on local Ray
+        sweep = subprocess.run(
+            [*OTU, "sweep", str(REPO / "sweeps/quickstart.yaml"), "--out", str(tmp_path / "sweep"),
+             "--set", "search.num_samples=1", *tracking, *sets([f"experiment.{k}" for k in keys])],
+            env=env, capture_output=True, text=True, timeout=300)
+        assert sweep.returncode == 0, sweep.stderr[-2000:]
+        assert (tmp_path / "sweep" / "trials.parquet").is_file()
+
+
+def test_an_unreachable_address_fails_in_seconds_naming_it(tmp_path, capsys, monkeypatch):
+    port = _free_port()
+    start = time.perf_counter()
+    assert main(["sweep", str(REPO / "sweeps/quickstart.yaml"), "--out", str(tmp_path / "s"),
+                 "--address", f"127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err
+    error = [line for line in err.splitlines() if line.startswith("otu: error:")]
+    assert len(error) == 1 and f"--address: cannot reach a Ray cluster at 127.0.0.1:{port}" in error[0]
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    assert main(["run", str(REPO / "sweeps/experiments/dlfd_digits.yaml"), "--out", str(tmp_path / "r"),
+                 "--set", "dynamics.every=1"]) == 2
+    assert "RAY_ADDRESS: cannot reach a Ray cluster" in capsys.readouterr().err
+    assert time.perf_counter() - start < 30
+    assert not (tmp_path / "s").exists() and not (tmp_path / "r").exists()
+
+
+def test_submit_refuses_results_that_die_with_the_job_and_defers_cluster_files():
+    quick = REPO / "sweeps" / "quickstart.yaml"
+    with pytest.raises(SpecError, match="--tracking-uri: the job would keep its MLflow runs"):
+        build_submission(quick, working_dir=REPO, out="/shared/q")
+    with pytest.raises(SpecError, match="--out: the job runs in a temporary working directory"):
+        build_submission(quick, working_dir=REPO, tracking_uri="http://mlflow:5000")
+    with pytest.raises(SpecError, match="'otu-runs/q' is relative"):
+        build_submission(quick, working_dir=REPO, tracking_uri="http://mlflow:5000", out="otu-runs/q")
+    sub = build_submission(quick, working_dir=REPO, tracking_uri="http://mlflow:5000", out="s3://b/q")
+    assert sub.metadata["otu.results"] == "s3://b/q" and sub.metadata["otu.tracking"] == "http://mlflow:5000"
+    assert not sub.deferred
+
+    # the 8B checkpoint lives on the cluster: the schema is checked here, its files in the job
+    llama = build_submission(REPO / "sweeps" / "optout_llama.yaml", working_dir=REPO,
+                             tracking_uri="http://mlflow:5000", out="/shared/llama")
+    assert llama.deferred == {"experiment.task.model.path": "/models/Llama-3.1-8B-Instruct"}
+    with pytest.raises(SpecError, match="method.beta"):  # schema errors still fail here
+        build_submission(REPO / "sweeps" / "optout_llama.yaml", ["experiment.method.beta=-1"],
+                         working_dir=REPO, tracking_uri="http://mlflow:5000", out="/shared/llama")
