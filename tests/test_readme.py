@@ -27,7 +27,8 @@ TRIMS = {
     # fewer unlearning steps (30 → 6); preparation and both launch paths run as written
     "otu run sweeps/experiments/optout_tiny.yaml": " --set method.steps=6",
     # no cluster here: the job is validated and described, not sent (test_cluster sends real jobs)
-    "otu submit sweeps/quickstart.yaml --address http://HEAD:8265 --wait": " --dry-run",
+    "otu submit sweeps/quickstart.yaml --address http://HEAD:8265 --out s3://BUCKET/otu/quickstart "
+    "--tracking-uri http://MLFLOW:5000 --wait": " --dry-run",
 }
 SKIP = {
     # the command running this very test (CI's .ci/run runs it; test_ci_runs_the_readme_test_command)
