@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import shutil
+import signal
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from otu.errors import OtuError, RunFailed, SpecError
 from otu.spec import (
@@ -33,24 +38,56 @@ RUNS_ROOT = Path("otu-runs")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one command. A mistake the user can fix is one line ``otu: error: ...`` (exit 2); a
+    failure during the work is one line ``otu: run failed: ...`` (exit 1, ``--debug`` adds the
+    traceback); SIGTERM ends the command like Ctrl-C, so open MLflow runs are closed."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = ["--debug"] * debug + [a for a in argv if a != "--debug"]
+    args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
     try:
         args.handler(args)
     except OtuError as err:
-        console.print(f"[bold red]otu: error:[/] {err}", highlight=False, soft_wrap=True)
+        _say("otu: error:", err, debug)
         return 2
     except RunFailed as err:
-        console.print(f"[bold red]otu: run failed:[/] {err}", highlight=False, soft_wrap=True)
+        _say("otu: run failed:", err, debug)
         return 1
     except KeyboardInterrupt:
-        console.print("[bold red]otu: interrupted[/]")
+        _say("otu: interrupted", "", debug)
         return 130
+    except Exception as err:  # noqa: BLE001 — the last line of defence: one line, not a traceback
+        _say("otu: run failed:", f"{type(err).__name__}: {err}" + ("" if debug else " (--debug shows the traceback)"),
+             debug)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _say(label: str, message: object, debug: bool) -> None:
+    """One line on stderr; the user's text is never read as rich markup."""
+    if debug and sys.exc_info()[0] is not None:
+        traceback.print_exc()
+    text = re.sub(r"\s*\n\s*", " ", str(message)).strip()
+    console.print(Text.assemble((label, "bold red"), " " * bool(text), text), highlight=False, soft_wrap=True)
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="otu", description="Optimal-transport machine unlearning.")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser, out: bool = True) -> None:
@@ -87,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = p.add_subparsers(dest="dataset", required=True)
     d = data_sub.add_parser("entities", help="synthetic fictitious-entity QA set (ELUDe format)")
     d.add_argument("--out", type=Path, required=True)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=_seed, default=0)
     d.set_defaults(handler=cmd_data_entities)
 
     from otu.cluster.commands import add_commands
@@ -101,11 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> None:
     from otu.runtime.experiment import run_experiment
+    from otu.runtime.resources import check_device
     from otu.tracking.mlflow_store import Tracker, flatten, resolve_tracking_uri
 
     exp = load_experiment(args.spec, args.overrides)
     uri = resolve_tracking_uri(args.tracking_uri, exp.tracking.uri)
     out_dir = _fresh_out_dir(args.out, exp.name)
+    _writable_dir(Path(exp.tracking.cache_dir), "tracking.cache_dir")
+    check_device(exp)
     tracker = Tracker(uri, exp.tracking.experiment)
     run_id = tracker.start_run(exp.name, tags={"otu.kind": "run", "otu.spec_hash": exp.hash})
     tracker.log_params(run_id, flatten(exp.to_dict()))
@@ -128,6 +168,13 @@ def cmd_run(args: argparse.Namespace) -> None:
         tracker.log_metrics(run_id, result.timings)
         tracker.log_artifacts(run_id, [out_dir / "metrics.json", out_dir / "spec.yaml", out_dir / "plots"])
         status = "FINISHED"
+    except OtuError:
+        tracker.client.delete_run(run_id)  # a user error found late: nothing of the run is kept
+        status = "FAILED"
+        raise
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
         tracker.end_run(run_id, status)
     print_metrics(result.metrics, title=f"{exp.name} ({exp.method.name})")  # type: ignore[attr-defined]
@@ -137,6 +184,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 def cmd_sweep(args: argparse.Namespace) -> None:
     from otu.runtime.sweep import run_sweep
     from otu.tracking.mlflow_store import resolve_tracking_uri
+    from otu.tracking.results import TRIALS_FILE, TrialsTable
 
     if args.resume:
         resume_file = args.resume / "sweep.yaml"
@@ -146,11 +194,13 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         apply_overrides(raw, args.overrides)
         sweep = parse_sweep(raw)
         out_dir = args.resume
+        TrialsTable(out_dir / TRIALS_FILE).read()  # unreadable state is an error before any work
     else:
         if args.spec is None:
             raise SpecError("give a sweep spec, or --resume DIR")
         sweep = load_sweep(args.spec, args.overrides)
         out_dir = _fresh_out_dir(args.out, sweep.name)
+    _writable_dir(Path(sweep.experiment.tracking.cache_dir), "experiment.tracking.cache_dir")
     uri = resolve_tracking_uri(args.tracking_uri, sweep.experiment.tracking.uri)
     console.print(f"sweep [bold]{sweep.name}[/]: {sweep.search.num_samples} trials, "
                   f"{sweep.search.algorithm} search → {out_dir}")
@@ -196,12 +246,24 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_data_entities(args: argparse.Namespace) -> None:
     from otu.llm.synthetic import write_entities
 
+    if args.out.exists() and not args.out.is_dir():
+        raise SpecError(f"--out: {args.out} is a file, not a directory")
+    _writable_dir(args.out, "--out")
     files = write_entities(args.out, seed=args.seed)
     for name, path in files.items():
         console.print(f"{name}: {path}")
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _seed(text: str) -> int:
+    from otu.spec import MAX_SEED
+
+    value = int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_SEED}")
+    return value
 
 
 def _local_ray_and_evaluator(exp):
@@ -211,9 +273,11 @@ def _local_ray_and_evaluator(exp):
     import ray
 
     from otu.runtime.evaluation import CheckpointEvaluator, start_pool
+    from otu.runtime.resources import check_fits
 
     if not ray.is_initialized():
         ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+    check_fits(exp, ray.cluster_resources())
     if exp.dynamics.every == 0:
         return None
     actors = start_pool(f"run-{exp.hash}", exp.dynamics.pool_size, exp.dynamics.actor_cpus)
@@ -233,10 +297,22 @@ def print_metrics(metrics: dict[str, dict[str, float]], title: str) -> None:
 
 def _fresh_out_dir(out: Path | None, name: str) -> Path:
     if out is None:
-        return RUNS_ROOT / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if out.exists() and any(out.iterdir()):
+        out = RUNS_ROOT / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    elif out.is_dir() and any(out.iterdir()):
         raise SpecError(f"--out: {out} exists and is not empty (choose another directory)")
-    return out
+    return _writable_dir(out, "--out")
+
+
+def _writable_dir(path: Path, what: str) -> Path:
+    """Check, creating nothing, that ``path`` is (or can be made) a writable directory."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise SpecError(f"{what}: {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise SpecError(f"{what}: {probe} is not writable")
+    return path
 
 
 class _guard_output:

@@ -29,6 +29,7 @@ from otu.report.summary import write_report
 from otu.runtime.evaluation import CheckpointEvaluator, start_pool
 from otu.runtime.experiment import prepare, run_experiment
 from otu.runtime.recorder import SweepRecorder
+from otu.runtime.resources import check_fits
 from otu.spec import Experiment, Param, Sweep, dump_yaml, parse_experiment
 from otu.tracking.results import TRIALS_FILE
 
@@ -65,6 +66,7 @@ def run_sweep(
             # trials keep the driver's working directory, so relative data paths resolve alike
             runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}},
         )
+    check_fits(sweep, ray.cluster_resources())
 
     pool = f"sweep-{sweep.hash}"
     # the driver holds the actors' handles for the whole sweep (an unreferenced actor is reclaimed)

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from otu.cache import replace_file
+from otu.errors import DataError
 
 TRIALS_FILE = "trials.parquet"
 
@@ -24,7 +26,13 @@ class TrialsTable:
     def read(self) -> pd.DataFrame:
         if not self.path.is_file():
             return pd.DataFrame(columns=["trial_id", "status"])
-        return pd.read_parquet(self.path)
+        try:
+            table = pd.read_parquet(self.path)
+        except (OSError, ValueError, pa.ArrowException) as err:
+            raise DataError(f"{self.path}: not a readable trials table ({_first_line(err)})") from None
+        if not {"trial_id", "status"} <= set(table.columns):
+            raise DataError(f"{self.path}: not a trials table (no trial_id/status columns)")
+        return table
 
     def upsert(self, row: Mapping[str, Any]) -> None:
         table = self.read()
@@ -36,6 +44,10 @@ class TrialsTable:
     def finished_ids(self) -> set[str]:
         table = self.read()
         return set(table.loc[table["status"] == "TERMINATED", "trial_id"])
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
 def _one_type_per_column(table: pd.DataFrame) -> pd.DataFrame:
