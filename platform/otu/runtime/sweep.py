@@ -11,13 +11,15 @@ Layout of a sweep directory::
     DIR/sweep.yaml        resolved sweep spec (what --resume reads)
     DIR/trials.parquet    one row per finished trial
     DIR/trials/<id>/      each trial's run outputs (metrics.json, spec.yaml, steps.jsonl, plots/)
-    DIR/ray/tune/         Ray Tune's experiment state (what --resume restores)
+    DIR/ray/tune/         Ray Tune's experiment state (logs only: --resume rebuilds the search from
+                          sweep.yaml + trials.parquet, see :mod:`otu.runtime.resume`)
     DIR/summary.md, DIR/pareto.png
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from otu.runtime.evaluation import CheckpointEvaluator, start_pool
 from otu.runtime.experiment import prepare, run_experiment
 from otu.runtime.recorder import SweepRecorder
 from otu.runtime.resources import check_fits
+from otu.runtime.resume import Plan, plan
 from otu.spec import Experiment, Param, Sweep, dump_yaml, parse_experiment
 from otu.tracking.results import TRIALS_FILE
 
@@ -78,19 +81,22 @@ def run_sweep(
         _trial_resources(sweep, base),
     )
     storage = out_dir / "ray"
+    work = plan(sweep, out_dir, resume)
+    if resume:  # never restored (pickles): the table says what is left
+        shutil.rmtree(storage / TUNE_NAME, ignore_errors=True)
+        SweepRecorder(str(out_dir), tracking_uri, sweep.experiment.tracking.experiment).backfill(work.finished)
     start = time.perf_counter()
-    if resume and tune.Tuner.can_restore(str(storage / TUNE_NAME)):
-        tuner = tune.Tuner.restore(
-            str(storage / TUNE_NAME), trainable, resume_unfinished=True, resume_errored=True
-        )
-    else:
+    if work.num_samples > 0:
+        searcher = search_algorithm(sweep, work)
+        space = {key: to_tune(param) for key, param in sweep.space.items()}
         tuner = tune.Tuner(
             trainable,
-            param_space={key: to_tune(param) for key, param in sweep.space.items()},
+            # Optuna holds the space itself (it was warm-started on it)
+            param_space={} if sweep.search.algorithm in ("optuna", "nsga2") else space,
             tune_config=tune.TuneConfig(
-                search_alg=search_algorithm(sweep),
+                search_alg=searcher,
                 scheduler=scheduler(sweep),
-                num_samples=sweep.search.num_samples,
+                num_samples=work.num_samples,
                 max_concurrent_trials=sweep.search.max_concurrent,
                 # a trial process keeps torch/otu imported for the next trial (seconds per trial)
                 reuse_actors=True,
@@ -103,7 +109,7 @@ def run_sweep(
                 verbose=1,
             ),
         )
-    tuner.fit()
+        tuner.fit()
     timings["trials_s"] = time.perf_counter() - start
     for actor in evaluators:
         ray.kill(actor)
@@ -162,23 +168,38 @@ def to_tune(param: Param) -> Any:
     return tune.randint(*value)
 
 
-def search_algorithm(sweep: Sweep):
-    """Ray Tune's variant generator for grid/random; Optuna (TPE or NSGA-II) otherwise."""
+def search_algorithm(sweep: Sweep, work: Plan | None = None):
+    """Ray Tune's variant generator for grid/random (for a resumed grid: the remaining points);
+    Optuna (TPE or NSGA-II) otherwise, warm-started with the finished trials."""
     algo = sweep.search.algorithm
+    if algo == "grid" and work is not None and work.grid_points is not None:
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        return BasicVariantGenerator(points_to_evaluate=work.grid_points)
     if algo in ("grid", "random"):
         return None
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    seed = sweep.experiment.seed
+    warm = work.warm if work is not None else []
+    seed = sweep.experiment.seed + len(warm)  # a resumed study does not replay the first suggestions
     sampler = (
         optuna.samplers.NSGAIISampler(seed=seed) if algo == "nsga2" else optuna.samplers.TPESampler(seed=seed)
     )
     metrics = [o.metric for o in sweep.objectives]
     modes = [o.mode for o in sweep.objectives]
+    space = OptunaSearch.convert_search_space({key: to_tune(param) for key, param in sweep.space.items()})
     if len(metrics) == 1:
-        return OptunaSearch(metric=metrics[0], mode=modes[0], sampler=sampler)
-    return OptunaSearch(metric=metrics, mode=modes, sampler=sampler)
+        searcher = OptunaSearch(space, metric=metrics[0], mode=modes[0], sampler=sampler)
+    else:
+        searcher = OptunaSearch(space, metric=metrics, mode=modes, sampler=sampler)
+    for config, values in warm:
+        try:
+            trial = optuna.trial.create_trial(params=config, distributions=space, values=values)
+        except ValueError:  # a value outside today's space (the spec was edited): not history
+            continue
+        searcher._ot_study.add_trial(trial)
+    return searcher
 
 
 def scheduler(sweep: Sweep):

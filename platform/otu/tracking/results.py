@@ -41,6 +41,14 @@ class TrialsTable:
         table = _one_type_per_column(new if table.empty else pd.concat([table, new], ignore_index=True))
         replace_file(self.path, lambda tmp: table.to_parquet(tmp, index=False))
 
+    def keep_finished(self) -> pd.DataFrame:
+        """Drop the rows of trials that did not finish (they will be run again); return the rest."""
+        table = self.read()
+        finished = table[table["status"] == "TERMINATED"]
+        if len(finished) < len(table):
+            replace_file(self.path, lambda tmp: finished.to_parquet(tmp, index=False))
+        return finished
+
     def finished_ids(self) -> set[str]:
         table = self.read()
         return set(table.loc[table["status"] == "TERMINATED", "trial_id"])
