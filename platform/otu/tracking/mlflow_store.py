@@ -25,6 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 import otu
+from otu.cache import pid_alive
 from otu.errors import OtuError
 
 DEFAULT_TRACKING_URI = "sqlite:///otu-runs/mlflow.db"
@@ -114,7 +115,7 @@ class Tracker:
         killed = []
         for run in self.client.search_runs([self.experiment_id], filter_string=query, max_results=1000):
             pid = run.data.tags.get(PID_TAG, "")
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 self.client.set_terminated(run.info.run_id, status="KILLED")
                 killed.append(run.info.run_id)
         return killed
@@ -190,16 +191,6 @@ def flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def owner_tags() -> dict[str, str]:
     return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _first_line(text: str) -> str:
