@@ -85,8 +85,15 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the house error format: one line, exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"otu: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="otu", description="Optimal-transport machine unlearning.")
+    parser = _Parser(prog="otu", description="Optimal-transport machine unlearning.")
     parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -156,7 +163,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     def on_checkpoint(step: int, metrics) -> None:
         tracker.log_metrics(run_id, {f"eval/{k}": v for k, v in metrics.items()}, step=step)
 
-    status = "FAILED"
+    status, discard = "FAILED", False
     try:
         with _guard_output(out_dir), console.status("starting") as spinner:
             evaluator = _local_ray_and_evaluator(exp)
@@ -169,14 +176,15 @@ def cmd_run(args: argparse.Namespace) -> None:
         tracker.log_artifacts(run_id, [out_dir / "metrics.json", out_dir / "spec.yaml", out_dir / "plots"])
         status = "FINISHED"
     except OtuError:
-        tracker.client.delete_run(run_id)  # a user error found late: nothing of the run is kept
-        status = "FAILED"
+        discard = True  # a user error found late (bad data): nothing of the run is kept
         raise
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
         tracker.end_run(run_id, status)
+        if discard:
+            tracker.client.delete_run(run_id)
     print_metrics(result.metrics, title=f"{exp.name} ({exp.method.name})")  # type: ignore[attr-defined]
     console.print(f"results: {out_dir}  ·  MLflow run {run_id} at {uri}")
 

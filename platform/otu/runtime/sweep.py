@@ -55,12 +55,6 @@ def run_sweep(
     if not resume:
         dump_yaml(sweep, out_dir / "sweep.yaml")
 
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    for seed in _seeds(base, sweep.search.seeds):
-        prepare(base.with_overrides({"seed": seed}))
-    timings["prepare_s"] = time.perf_counter() - start
-
     if not ray.is_initialized():
         ray.init(
             address=address,
@@ -70,6 +64,12 @@ def run_sweep(
             runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}},
         )
     check_fits(sweep, ray.cluster_resources())
+
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    for seed in _seeds(base, sweep.search.seeds):
+        prepare(base.with_overrides({"seed": seed}))
+    timings["prepare_s"] = time.perf_counter() - start
 
     pool = f"sweep-{sweep.hash}"
     # the driver holds the actors' handles for the whole sweep (an unreferenced actor is reclaimed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import math
 import os
 import socket
@@ -34,6 +35,8 @@ PROBE_TIMEOUT_S = 5
 HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 """Bounded waits on an MLflow server (MLflow's defaults retry for minutes); the user's values win."""
 HOST_TAG, PID_TAG = "otu.host", "otu.pid"
+for _noisy in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database tables..."
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
 
 
 class TrackingError(OtuError):
