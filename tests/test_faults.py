@@ -21,11 +21,12 @@ from otu.tracking.mlflow_store import Tracker, store_lock
 
 REPO = Path(__file__).resolve().parents[1]
 TABULAR = REPO / "sweeps/experiments/barycenter_tabular.yaml"
-FAST = ["eval.classifiers=[logistic]", "method.variant=gaussian"]
+FAST = ["eval.classifiers=[logistic]", "method.variant=gaussian",
+        f"task.data.path={REPO / 'platform/otu/tabular/data/diabetes.csv'}"]
 
 
 def otu(*args: str, **kw) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "platform"), "RAY_ADDRESS": ""}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "platform"), "RAY_ADDRESS": "local"}
     return subprocess.Popen([sys.executable, "-m", "otu.cli", *args], cwd=REPO, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
