@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 
 import otu
 from otu.cache import pid_alive
-from otu.errors import OtuError
+from otu.errors import OtuError, first_line
 
 DEFAULT_TRACKING_URI = "sqlite:///otu-runs/mlflow.db"
 MAX_PARAM_LEN = 6000
@@ -110,7 +110,7 @@ class Tracker:
                     )
                 self.mark_killed_runs()
         except MlflowException as err:
-            raise TrackingError(f"tracking URI {tracking_uri}: {_first_line(err.message)}") from None
+            raise TrackingError(f"tracking URI {tracking_uri}: {first_line(err.message)}") from None
 
     def mark_killed_runs(self) -> list[str]:
         """End as KILLED the RUNNING runs this host started whose process is gone; return their ids."""
@@ -194,11 +194,6 @@ def flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def owner_tags() -> dict[str, str]:
     return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
-
-
-def _first_line(text: str) -> str:
-    lines = [line for line in str(text).strip().splitlines() if line.strip()]
-    return lines[0][:300] if lines else "error"
 
 
 def default_tags() -> dict[str, str]:

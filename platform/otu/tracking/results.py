@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 
 from otu.cache import replace_file
-from otu.errors import DataError
+from otu.errors import DataError, first_line
 
 TRIALS_FILE = "trials.parquet"
 
@@ -29,7 +29,7 @@ class TrialsTable:
         try:
             table = pd.read_parquet(self.path)
         except (OSError, ValueError, pa.ArrowException) as err:
-            raise DataError(f"{self.path}: not a readable trials table ({_first_line(err)})") from None
+            raise DataError(f"{self.path}: not a readable trials table ({first_line(err)})") from None
         if not {"trial_id", "status"} <= set(table.columns):
             raise DataError(f"{self.path}: not a trials table (no trial_id/status columns)")
         return table
@@ -52,10 +52,6 @@ class TrialsTable:
     def finished_ids(self) -> set[str]:
         table = self.read()
         return set(table.loc[table["status"] == "TERMINATED", "trial_id"])
-
-
-def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
 def _one_type_per_column(table: pd.DataFrame) -> pd.DataFrame:
