@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install quickstart test test-slow lint
+.PHONY: install quickstart test test-slow test-faults lint
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,3 +23,7 @@ test: install
 
 test-slow: install
 	$(VENV)/bin/pytest -q -m slow
+
+# the slow fault tests CI runs too: concurrent first use of a store, killed runs, kill-and-resume
+test-faults: install
+	$(VENV)/bin/pytest -q -m slow tests/test_faults.py
