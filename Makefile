@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install quickstart test test-slow lint
+.PHONY: install quickstart test test-slow test-faults lint
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -17,9 +17,14 @@ install: $(VENV)/.installed
 quickstart: install  # extra otu flags: make quickstart ARGS="--set search.num_samples=2"
 	$(VENV)/bin/otu sweep sweeps/quickstart.yaml $(ARGS)
 
-test: install
+test: install  # the default suite, then the slow fault tests (CI runs this)
 	$(VENV)/bin/ruff check platform tests benchmarks
 	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -m slow tests/test_faults.py
 
 test-slow: install
 	$(VENV)/bin/pytest -q -m slow
+
+# the slow fault tests CI runs too: concurrent first use of a store, killed runs, kill-and-resume
+test-faults: install
+	$(VENV)/bin/pytest -q -m slow tests/test_faults.py

@@ -285,7 +285,8 @@ def test_launcher_configs_pass_rays_schema_with_token_auth_and_mlflow(name):
     validate_config(prepare_config(raw))
     head = " ".join(raw["head_start_ray_commands"])
     assert "RAY_AUTH_MODE=token" in head and "RAY_AUTH_MODE=token" in " ".join(raw["worker_start_ray_commands"])
-    assert "mlflow server" in head and "MLFLOW_TRACKING_URI=" in head
+    assert "mlflow server" in head and "MLFLOW_TRACKING_URI=http://127.0.0.1:5000" in head
+    assert "--host 127.0.0.1" in head and "0.0.0.0 --port" not in head  # no unauthenticated MLflow outside
     assert raw["file_mounts"]["~/.ray/auth_token"] == "~/.ray/otu-cluster-token"
 
 
@@ -305,6 +306,8 @@ def test_kuberay_manifests_run_an_otu_sweep_with_token_auth():
     args = otu.cli.build_parser().parse_args(argv[3:])
     assert args.command == "sweep" and (REPO / args.spec).is_file()
     service = next(d for d in mlflow if d["kind"] == "Service")["metadata"]["name"]
+    assert next(d for d in mlflow if d["kind"] == "Service")["spec"]["type"] == "ClusterIP"
+    assert any(d["kind"] == "NetworkPolicy" for d in mlflow)
     for spec in (job["spec"]["rayClusterSpec"], cluster["spec"]):
         head_env = {e["name"]: e for e in spec["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
         assert head_env["RAY_AUTH_MODE"]["value"] == "token"

@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import shutil
+import signal
 import sys
+import threading
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from otu.errors import OtuError, RunFailed, SpecError
 from otu.paths import resolve_paths
@@ -35,24 +42,61 @@ RUNS_ROOT = Path("otu-runs")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one command. A mistake the user can fix is one line ``otu: error: ...`` (exit 2); a
+    failure during the work is one line ``otu: run failed: ...`` (exit 1, ``--debug`` adds the
+    traceback); SIGTERM ends the command like Ctrl-C, so open MLflow runs are closed."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = ["--debug"] * debug + [a for a in argv if a != "--debug"]
+    args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate) if _main_thread() else None
     try:
         args.handler(args)
     except OtuError as err:
-        console.print(f"[bold red]otu: error:[/] {err}", highlight=False, soft_wrap=True)
+        _say("otu: error:", err, debug)
         return 2
     except RunFailed as err:
-        console.print(f"[bold red]otu: run failed:[/] {err}", highlight=False, soft_wrap=True)
+        _say("otu: run failed:", err, debug)
         return 1
     except KeyboardInterrupt:
-        console.print("[bold red]otu: interrupted[/]")
+        _say("otu: interrupted", "", debug)
         return 130
+    except Exception as err:  # noqa: BLE001 — the last line of defence: one line, not a traceback
+        _say("otu: run failed:", f"{type(err).__name__}: {err}" + ("" if debug else " (--debug shows the traceback)"),
+             debug)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 
+def _say(label: str, message: object, debug: bool) -> None:
+    """One line on stderr; the user's text is never read as rich markup."""
+    if debug and sys.exc_info()[0] is not None:
+        traceback.print_exc()
+    text = re.sub(r"\s*\n\s*", " ", str(message)).strip()
+    console.print(Text.assemble((label, "bold red"), " " * bool(text), text), highlight=False, soft_wrap=True)
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the house error format: one line, exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"otu: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="otu", description="Optimal-transport machine unlearning.")
+    parser = _Parser(prog="otu", description="Optimal-transport machine unlearning.")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser, out: bool = True) -> None:
@@ -93,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = p.add_subparsers(dest="dataset", required=True)
     d = data_sub.add_parser("entities", help="synthetic fictitious-entity QA set (ELUDe format)")
     d.add_argument("--out", type=Path, required=True)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=_seed, default=0)
     d.set_defaults(handler=cmd_data_entities)
 
     from otu.cluster.commands import add_commands
@@ -106,15 +150,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from otu.runtime.resources import check_device
     from otu.tracking.mlflow_store import resolve_tracking_uri
 
     exp = load_experiment(args.spec, args.overrides)
-    check_device_here(exp, "`otu run` prepares and evaluates models in this process")
+    check_device(exp)
     uri = resolve_tracking_uri(args.tracking_uri, exp.tracking.uri)
     location = _fresh_out_dir(args.out, exp.name)
+    _writable_dir(Path(exp.tracking.cache_dir), "tracking.cache_dir")
     with staged(location, exp.name) as out_dir:
         _run(args, exp, uri, out_dir)
-    console.print(f"results: {location}  ·  MLflow at {uri}")
+    console.print(f"results: {location}  ·  MLflow at {uri}", highlight=False, markup=False)
 
 
 def _run(args: argparse.Namespace, exp, uri: str, out_dir: Path) -> None:
@@ -131,7 +177,7 @@ def _run(args: argparse.Namespace, exp, uri: str, out_dir: Path) -> None:
     def on_checkpoint(step: int, metrics) -> None:
         tracker.log_metrics(run_id, {f"eval/{k}": v for k, v in metrics.items()}, step=step)
 
-    status = "FAILED"
+    status, discard = "FAILED", False
     try:
         with _guard_output(out_dir), console.status("starting") as spinner:
             evaluator = _ray_and_evaluator(exp, args.address)
@@ -143,8 +189,16 @@ def _run(args: argparse.Namespace, exp, uri: str, out_dir: Path) -> None:
         tracker.log_metrics(run_id, result.timings)
         tracker.log_artifacts(run_id, [out_dir / "metrics.json", out_dir / "spec.yaml", out_dir / "plots"])
         status = "FINISHED"
+    except OtuError:
+        discard = True  # a user error found late (bad data): nothing of the run is kept
+        raise
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
         tracker.end_run(run_id, status)
+        if discard:
+            tracker.client.delete_run(run_id)
     print_metrics(result.metrics, title=f"{exp.name} ({exp.method.name})")  # type: ignore[attr-defined]
     console.print(f"MLflow run {run_id}")
 
@@ -152,6 +206,7 @@ def _run(args: argparse.Namespace, exp, uri: str, out_dir: Path) -> None:
 def cmd_sweep(args: argparse.Namespace) -> None:
     from otu.runtime.sweep import run_sweep
     from otu.tracking.mlflow_store import resolve_tracking_uri
+    from otu.tracking.results import TRIALS_FILE, TrialsTable
 
     if args.resume:
         resume_file = args.resume / "sweep.yaml"
@@ -161,20 +216,22 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         apply_overrides(raw, args.overrides)
         sweep = resolve_paths(parse_sweep(raw), Path.cwd())
         location = str(args.resume.absolute())
+        TrialsTable(args.resume / TRIALS_FILE).read()  # unreadable state is an error before any work
     else:
         if args.spec is None:
             raise SpecError("give a sweep spec, or --resume DIR")
         sweep = load_sweep(args.spec, args.overrides)
         location = _fresh_out_dir(args.out, sweep.name)
+    _writable_dir(Path(sweep.experiment.tracking.cache_dir), "experiment.tracking.cache_dir")
     uri = resolve_tracking_uri(args.tracking_uri, sweep.experiment.tracking.uri)
     console.print(f"sweep [bold]{sweep.name}[/]: {sweep.search.num_samples} trials, "
-                  f"{sweep.search.algorithm} search → {location}", highlight=False)
+                  f"{sweep.search.algorithm} search → {escape(location)}", highlight=False)
     start = time.perf_counter()
     storage = f"{location.rstrip('/')}/ray" if is_uri(location) else None
     with staged(location, sweep.name) as out_dir, _guard_output(out_dir, keep=bool(args.resume)):
         run_sweep(sweep, out_dir, uri, address=args.address, resume=bool(args.resume), storage=storage)
     console.print(f"done in {time.perf_counter() - start:.0f} s: {location} (trials.parquet, summary.md), "
-                  f"MLflow at {uri}", highlight=False)
+                  f"MLflow at {uri}", highlight=False, markup=False)
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
@@ -212,6 +269,9 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_data_entities(args: argparse.Namespace) -> None:
     from otu.llm.synthetic import write_entities
 
+    if args.out.exists() and not args.out.is_dir():
+        raise SpecError(f"--out: {args.out} is a file, not a directory")
+    _writable_dir(args.out, "--out")
     files = write_entities(args.out, seed=args.seed)
     for name, path in files.items():
         console.print(f"{name}: {path}")
@@ -220,14 +280,27 @@ def cmd_data_entities(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- helpers
 
 
+def _seed(text: str) -> int:
+    from otu.spec import MAX_SEED
+
+    value = int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_SEED}")
+    return value
+
+
 def _ray_and_evaluator(exp, address: str | None):
     """Start (or attach) Ray when the run needs it (evaluation actors, Ray Train workers)."""
     if exp.dynamics.every == 0 and exp.compute.workers == 1:
         return None
+    import ray
+
     from otu.runtime.evaluation import CheckpointEvaluator, start_pool
     from otu.runtime.ray_session import init_ray
+    from otu.runtime.resources import check_fits
 
     init_ray(address, log_to_driver=False)
+    check_fits(exp, ray.cluster_resources())
     if exp.dynamics.every == 0:
         return None
     actors = start_pool(f"run-{exp.hash}", exp.dynamics.pool_size, exp.dynamics.actor_cpus)
@@ -254,20 +327,21 @@ def _fresh_out_dir(out: str | None, name: str) -> str:
         check_uri(out)
         return out
     path = Path(out)
-    if path.exists() and any(path.iterdir()):
+    if path.is_dir() and any(path.iterdir()):
         raise SpecError(f"--out: {out} exists and is not empty (choose another directory)")
-    return str(path.absolute())
+    return str(_writable_dir(path, "--out").absolute())
 
 
-def check_device_here(exp, why: str) -> None:
-    """Reject ``compute.device: cuda`` where this process has no CUDA GPU, saying ``why`` it needs one."""
-    if exp.compute.device != "cuda":
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        raise SpecError(f"compute.device: 'cuda' but this machine has no CUDA GPU, and {why} "
-                        "(run it on a GPU machine, or use device auto)")
+def _writable_dir(path: Path, what: str) -> Path:
+    """Check, creating nothing, that ``path`` is (or can be made) a writable directory."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise SpecError(f"{what}: {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise SpecError(f"{what}: {probe} is not writable")
+    return path
 
 
 class _guard_output:

@@ -13,6 +13,12 @@ class DataError(OtuError):
     """Input data is missing, unreadable or inconsistent with the spec."""
 
 
+def first_line(err: object) -> str:
+    """The first non-blank line of an error's text (libraries' messages run over many lines)."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[0].strip()[:300] if lines else type(err).__name__
+
+
 class RunFailed(Exception):
     """A run stopped for a reason the user can act on (it diverged); its outputs so far are kept."""
 

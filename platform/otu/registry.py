@@ -53,6 +53,8 @@ class FamilySpec:
     """Where methods of the family report different metrics: method name → its metric names."""
     validate: Callable[[Experiment], None] | None = None
     """Optional cross-field / data checks (files exist, columns present…); raise SpecError/DataError."""
+    devices: tuple[str, ...] = ("cpu", "cuda", "auto")
+    """``compute.device`` values the family honours (``auto`` on a CPU-only family means CPU)."""
 
 
     def metrics_for(self, method: str) -> tuple[str, ...]:

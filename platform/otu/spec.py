@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import re
+import reprlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -31,11 +32,24 @@ from otu.errors import SpecError
 from otu.paths import LocalPath, resolve_paths
 from otu.registry import FAMILIES, family_spec, known_families
 
+MAX_INT = 2**63 - 1
+"""Integers beyond int64 are what numpy and torch cannot take."""
+MAX_SEED = 2**32 - 1
+"""numpy's ``default_rng``/``RandomState`` and torch take seeds in 0..2³²−1."""
+
 
 class Section(BaseModel):
-    """Base for every spec section: unknown keys are errors, not silently ignored."""
+    """Base for every spec section: unknown keys are errors, not silently ignored; floats are finite
+    (``inf``/``nan`` rejected) and integers fit in int64."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _int64(cls, value: Any) -> Any:
+        if _is_int(value) and abs(value) > MAX_INT:
+            raise ValueError(f"integer out of range: |value| must be < 2**63 (got {_excerpt(value)})")
+        return value
 
 
 class Task(Section):
@@ -92,7 +106,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 class Experiment(Section):
     name: str = Field(pattern=NAME_PATTERN)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="random seed (numpy/torch take 0..2**32-1)")
     task: Task
     method: SerializeAsAny[BaseModel]
     eval: SerializeAsAny[BaseModel]
@@ -211,10 +225,10 @@ def parse_experiment(raw: Any, check_files: bool = True) -> Experiment:
     raw = dict(raw)
     task = raw.get("task")
     if not isinstance(task, Mapping):
-        raise SpecError(f"task: required mapping with family, data, model (got {task!r})")
+        raise SpecError(f"task: required mapping with family, data, model (got {_excerpt(task)})")
     family = task.get("family")
     if family not in FAMILIES:
-        raise SpecError(f"task.family: unknown family {family!r}; known: {', '.join(known_families())}")
+        raise SpecError(f"task.family: unknown family {_excerpt(family)}; known: {', '.join(known_families())}")
     fam = family_spec(family)
 
     errors: list[str] = []
@@ -233,7 +247,7 @@ def parse_experiment(raw: Any, check_files: bool = True) -> Experiment:
     name = method.get("name") if isinstance(method, Mapping) else None
     if name not in fam.methods:
         errors.append(
-            f"method.name: unknown method {name!r} for family {family!r}; "
+            f"method.name: unknown method {_excerpt(name)} for family {family!r}; "
             f"known: {', '.join(sorted(fam.methods))}"
         )
     else:
@@ -246,6 +260,11 @@ def parse_experiment(raw: Any, check_files: bool = True) -> Experiment:
         exp = Experiment.model_validate(raw)
     except ValidationError as err:
         raise SpecError(_format(err, "")) from None
+    if exp.compute.device not in fam.devices:
+        raise SpecError(
+            f"compute.device: {exp.compute.device!r} is not supported by the {family} family "
+            f"(use {' or '.join(fam.devices)})"
+        )
     select = exp.dynamics.select
     known = fam.metrics_for(name)
     if select is not None and select not in known:
@@ -265,7 +284,7 @@ def parse_sweep(raw: Any, base_dir: Path | None = None, check_files: bool = True
     experiment = copy.deepcopy(_resolve_experiment_ref(raw.get("experiment"), base_dir))
     overrides = raw.pop("overrides", None) or {}
     if not isinstance(overrides, Mapping) or not isinstance(experiment, dict):
-        raise SpecError(f"overrides: a mapping of dotted experiment keys to values (got {overrides!r})")
+        raise SpecError(f"overrides: a mapping of dotted experiment keys to values (got {_excerpt(overrides)})")
     for key, value in overrides.items():
         set_dotted(experiment, key, value)
     exp = parse_experiment(experiment, check_files)
@@ -286,10 +305,16 @@ def parse_sweep(raw: Any, base_dir: Path | None = None, check_files: bool = True
     for key, param in sweep.space.items():
         for value in param.probe_values():
             try:
-                exp.with_overrides({key: value}, check_files)
+                probed = exp.with_overrides({key: value}, check_files)
             except SpecError as err:
-                errors.append(f"space.{key}: value {value!r} is not valid here: {err}")
+                errors.append(f"space.{key}: value {_excerpt(value)} is not valid here: {err}")
                 break
+            if param.kind in ("uniform", "loguniform") and _is_int(get_dotted(probed.to_dict(), key)):
+                errors.append(f"space.{key}: an integer field cannot take a {param.kind} range; use randint or choice")
+                break
+    last_seed = exp.seed + sweep.search.seeds - 1
+    if last_seed > MAX_SEED:
+        errors.append(f"search.seeds: seeds {exp.seed}..{last_seed} pass {MAX_SEED} (the largest seed numpy and torch take)")
     algo = sweep.search.algorithm
     kinds = {key: p.kind for key, p in sweep.space.items()}
     if algo == "grid" and any(k not in ("grid", "choice") for k in kinds.values()):
@@ -311,7 +336,21 @@ def parse_sweep(raw: Any, base_dir: Path | None = None, check_files: bool = True
 
 
 class SpecLoader(yaml.SafeLoader):
-    """YAML with YAML 1.2 floats: ``1e-5`` and ``1.0e12`` are numbers (YAML 1.1 reads them as text)."""
+    """YAML with YAML 1.2 floats (``1e-5`` and ``1.0e12`` are numbers; YAML 1.1 reads them as text)
+    and no duplicate keys (YAML would silently keep the last value)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[str, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            line = key_node.start_mark.line + 1
+            if key_node.value in seen:
+                raise SpecError(
+                    f"duplicate key {_excerpt(key_node.value)} (lines {seen[key_node.value]} and {line})"
+                )
+            seen[key_node.value] = line
+        return super().construct_mapping(node, deep)
 
 
 SpecLoader.add_implicit_resolver(
@@ -321,18 +360,62 @@ SpecLoader.add_implicit_resolver(
 )
 
 
-def parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=SpecLoader)
+MAX_VALUES = 100_000
+"""Values a spec may expand to: YAML aliases can make a 2 KB file billions of values (an alias bomb)."""
+
+
+def parse_yaml(text: str, where: str = "spec") -> Any:
+    """Parse YAML text; any mistake is one :class:`SpecError` line naming ``where`` and the line."""
+    try:
+        value = yaml.load(text, Loader=SpecLoader)
+        if _expanded_size(value, {}) > MAX_VALUES:
+            raise SpecError(f"expands to more than {MAX_VALUES} values (YAML aliases?)")
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise SpecError(f"{where}: not valid YAML: {err.problem or err.context}{at}") from None
+    except yaml.YAMLError as err:
+        raise SpecError(f"{where}: not valid YAML: {_excerpt(str(err))}") from None
+    except SpecError as err:
+        raise SpecError(f"{where}: {err}") from None
+    except RecursionError:
+        raise SpecError(f"{where}: nested too deeply") from None
+    return value
+
+
+def _expanded_size(value: Any, memo: dict[int, int]) -> int:
+    """Number of values ``value`` holds once every alias is expanded (computed once per object)."""
+    if not isinstance(value, dict | list):
+        return 1
+    key = id(value)
+    if key in memo:
+        if memo[key] < 0:
+            raise SpecError("a YAML alias refers to itself")
+        return memo[key]
+    memo[key] = -1
+    items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+    total = 1
+    for item in items:
+        total += _expanded_size(item, memo)
+        if total > MAX_VALUES:
+            break
+    memo[key] = total
+    return total
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise SpecError(f"{path}: is a directory, not a spec file")
     if not path.is_file():
         raise SpecError(f"spec file not found: {path}")
     try:
-        raw = parse_yaml(path.read_text())
-    except yaml.YAMLError as err:
-        raise SpecError(f"{path}: not valid YAML: {err}") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise SpecError(f"{path}: cannot read: {err.strerror}") from None
+    raw = parse_yaml(text, str(path))
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: a spec must be a YAML mapping (got {type(raw).__name__})")
     return raw
@@ -381,14 +464,14 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise SpecError(f"--set: expected dotted.key=value (got {item!r})")
-        set_dotted(raw, key.strip(), parse_yaml(text))
+            raise SpecError(f"--set: expected dotted.key=value (got {_excerpt(item)})")
+        set_dotted(raw, key.strip(), parse_yaml(text, f"--set {key.strip()}"))
     return raw
 
 
 def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
-        raise SpecError(f"{key!r}: not a dotted key (e.g. method.alpha)")
+        raise SpecError(f"{_excerpt(key)}: not a dotted key (e.g. method.alpha)")
     node = raw
     parts = key.split(".")
     for depth, part in enumerate(parts[:-1]):
@@ -434,6 +517,20 @@ def _format(err: ValidationError, prefix: str) -> str:
     for e in err.errors(include_url=False):
         loc = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
         msg = e["msg"].removeprefix("Value error, ")
-        got = "" if e["type"] in ("missing", "value_error") else f" (got {e['input']!r})"
+        got = "" if e["type"] in ("missing", "value_error") else f" (got {_excerpt(e['input'])})"
         lines.append(f"{loc or '<root>'}: {msg}{got}")
     return "; ".join(lines)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 2, 60, 60, 40
+
+
+def _excerpt(value: Any, limit: int = 80) -> str:
+    """A short repr of a user's value: bounded work and length however large the value is."""
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

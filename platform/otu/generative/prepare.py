@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from otu.cache import write_atomically
+from otu.cache import cached_dir
 from otu.errors import DataError
 from otu.generative.data import ClassData, load_class_data
 from otu.generative.metrics import Reference, make_reference
@@ -77,16 +77,9 @@ def prepare(exp: Experiment, cache_dir: Path) -> Prepared:
     paths = {
         name: Path(cache_dir) / f"generative-{name}-{key}" for name, key in cache_keys(exp).items()
     }
-    if not paths["classifiers"].is_dir():
-        write_atomically(
-            paths["classifiers"], lambda tmp: _train_classifiers(data, spec, exp.seed, tmp)
-        )
+    cached_dir(paths["classifiers"], lambda tmp: _train_classifiers(data, spec, exp.seed, tmp))
     if "generator" in paths:
-        if not paths["generator"].is_dir():
-            write_atomically(
-                paths["generator"],
-                lambda tmp: _train_generator(data, spec.generator, exp.seed, tmp),
-            )
+        cached_dir(paths["generator"], lambda tmp: _train_generator(data, spec.generator, exp.seed, tmp))
         original = load_generator(paths["generator"] / GENERATOR_FILE)
     else:
         original = load_generator(spec.generator.checkpoint)  # type: ignore[arg-type]

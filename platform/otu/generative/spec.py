@@ -141,4 +141,5 @@ SPEC = FamilySpec(
     methods={"uot_unlearn": UOTUnlearn, "forget_cost": ForgetCost, "finetune": Finetune},
     metrics=METRICS,
     validate=validate,
+    devices=("cpu", "auto"),  # CPU-sized models: compute.device cuda is rejected, not ignored
 )

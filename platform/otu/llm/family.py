@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from otu.cache import write_atomically
+from otu.cache import cached_dir
 from otu.llm import evaluation
 from otu.llm.data import Splits, load_splits, read_splits, write_splits
 from otu.llm.loop import rank_and_world, run_worker
@@ -92,8 +92,7 @@ def cache_key(exp: Experiment) -> str:
 
 def prepare(exp: Experiment, cache_dir: Path) -> Prepared:
     root = Path(cache_dir) / f"llm-{cache_key(exp)}"
-    if not (root / DONE).is_file():
-        write_atomically(root, lambda tmp: _build(exp, tmp, root))
+    cached_dir(root, lambda tmp: _build(exp, tmp, root))
     info = json.loads((root / DONE).read_text())
     return Prepared(
         root=root,

@@ -25,7 +25,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from otu.cache import replace_file
+from otu.cache import verified_file, write_verified_file
 from otu.errors import RunFailed
 from otu.registry import Reporter, family_api
 from otu.spec import Dynamics, Experiment, content_hash, dump_yaml
@@ -244,12 +244,12 @@ def _reference_metrics(exp: Experiment, api, prepared, models: Mapping[str, obje
         }
     )
     path = Path(exp.tracking.cache_dir) / f"reference-metrics-{key}.json"
-    if path.is_file():
+    if verified_file(path):
         cached = json.loads(path.read_text())
         if set(cached) == set(models):
             return cached
     metrics = {name: _as_floats(api.evaluate(exp, prepared, model)) for name, model in models.items()}
-    replace_file(path, lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
+    write_verified_file(path, lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
     return metrics
 
 

@@ -83,6 +83,15 @@ class SweepRecorder(Callback):
             tracker.log_artifacts(run, files, subdir=sub)
         tracker.end_run(run, "FINISHED" if status == "TERMINATED" else "FAILED")
 
+    def backfill(self, finished) -> None:
+        """Log the finished rows (``trials.parquet``) that have no finished MLflow run: the driver
+        was killed between writing the row and logging the run."""
+        meta = {"trial_id", "status", "error", "failures"}
+        for _, row in finished.iterrows():
+            config = {k.removeprefix("config/"): v for k, v in row.items() if k.startswith("config/")}
+            metrics = {k: v for k, v in row.items() if k not in meta and not k.startswith("config/")}
+            self._log_child(str(row["trial_id"]), config, metrics, "TERMINATED", None)
+
     def finish(self, report_files: list[Path], timings: dict[str, float]) -> None:
         """Log the sweep's report to the parent run and close it."""
         tracker, parent = self._tracking()
@@ -96,7 +105,9 @@ class SweepRecorder(Callback):
             state_path = Path(self.sweep_dir) / STATE_FILE
             state = json.loads(state_path.read_text()) if state_path.is_file() else {}
             parent = state.get("parent_run_id") if state.get("tracking_uri") == self.tracking_uri else None
-            if parent is None:
+            if parent is not None:
+                self._tracker.claim(parent)  # a resumed sweep: this driver now owns the parent run
+            else:
                 sweep_yaml = Path(self.sweep_dir) / "sweep.yaml"
                 parent = self._tracker.start_run(Path(self.sweep_dir).name, tags={"otu.kind": "sweep"})
                 if sweep_yaml.is_file():

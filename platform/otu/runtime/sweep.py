@@ -11,13 +11,15 @@ Layout of a sweep directory::
     DIR/sweep.yaml        resolved sweep spec (what --resume reads)
     DIR/trials.parquet    one row per finished trial
     DIR/trials/<id>/      each trial's run outputs (metrics.json, spec.yaml, steps.jsonl, plots/)
-    DIR/ray/tune/         Ray Tune's experiment state (what --resume restores)
+    DIR/ray/tune/         Ray Tune's experiment state (logs only: --resume rebuilds the search from
+                          sweep.yaml + trials.parquet, see :mod:`otu.runtime.resume`)
     DIR/summary.md, DIR/pareto.png
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,8 @@ from otu.runtime.evaluation import CheckpointEvaluator, start_pool
 from otu.runtime.experiment import prepare, run_experiment
 from otu.runtime.ray_session import init_ray
 from otu.runtime.recorder import SweepRecorder
+from otu.runtime.resources import check_fits
+from otu.runtime.resume import Plan, plan
 from otu.spec import Experiment, Param, Sweep, dump_yaml, parse_experiment
 from otu.tracking.results import TRIALS_FILE
 
@@ -59,7 +63,8 @@ def run_sweep(
 
     # trials keep the driver's working directory (a swept path resolves as in the driver)
     init_ray(address, runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}})
-    prepare_here = check_gpus(sweep, ray.cluster_resources())
+    check_fits(sweep, ray.cluster_resources())
+    prepare_here = check_gpus(sweep)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     for seed in _seeds(base, sweep.search.seeds):
@@ -85,19 +90,22 @@ def run_sweep(
         _trial_resources(sweep, base),
     )
     storage = storage or str(out_dir / "ray")
+    work = plan(sweep, out_dir, resume)
+    if resume:  # never restored (pickles): the table says what is left
+        shutil.rmtree(out_dir / "ray" / TUNE_NAME, ignore_errors=True)
+        SweepRecorder(str(out_dir), tracking_uri, sweep.experiment.tracking.experiment).backfill(work.finished)
     start = time.perf_counter()
-    if resume and tune.Tuner.can_restore(f"{storage}/{TUNE_NAME}"):
-        tuner = tune.Tuner.restore(
-            f"{storage}/{TUNE_NAME}", trainable, resume_unfinished=True, resume_errored=True
-        )
-    else:
+    if work.num_samples > 0:
+        searcher = search_algorithm(sweep, work)
+        space = {key: to_tune(param) for key, param in sweep.space.items()}
         tuner = tune.Tuner(
             trainable,
-            param_space={key: to_tune(param) for key, param in sweep.space.items()},
+            # Optuna holds the space itself (it was warm-started on it)
+            param_space={} if sweep.search.algorithm in ("optuna", "nsga2") else space,
             tune_config=tune.TuneConfig(
-                search_alg=search_algorithm(sweep),
+                search_alg=searcher,
                 scheduler=scheduler(sweep),
-                num_samples=sweep.search.num_samples,
+                num_samples=work.num_samples,
                 max_concurrent_trials=sweep.search.max_concurrent,
                 # a trial process keeps torch/otu imported for the next trial (seconds per trial)
                 reuse_actors=True,
@@ -110,7 +118,7 @@ def run_sweep(
                 verbose=1,
             ),
         )
-    tuner.fit()
+        tuner.fit()
     timings["trials_s"] = time.perf_counter() - start
     for actor in evaluators:
         ray.kill(actor)
@@ -170,23 +178,38 @@ def to_tune(param: Param) -> Any:
     return tune.randint(*value)
 
 
-def search_algorithm(sweep: Sweep):
-    """Ray Tune's variant generator for grid/random; Optuna (TPE or NSGA-II) otherwise."""
+def search_algorithm(sweep: Sweep, work: Plan | None = None):
+    """Ray Tune's variant generator for grid/random (for a resumed grid: the remaining points);
+    Optuna (TPE or NSGA-II) otherwise, warm-started with the finished trials."""
     algo = sweep.search.algorithm
+    if algo == "grid" and work is not None and work.grid_points is not None:
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        return BasicVariantGenerator(points_to_evaluate=work.grid_points)
     if algo in ("grid", "random"):
         return None
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    seed = sweep.experiment.seed
+    warm = work.warm if work is not None else []
+    seed = sweep.experiment.seed + len(warm)  # a resumed study does not replay the first suggestions
     sampler = (
         optuna.samplers.NSGAIISampler(seed=seed) if algo == "nsga2" else optuna.samplers.TPESampler(seed=seed)
     )
     metrics = [o.metric for o in sweep.objectives]
     modes = [o.mode for o in sweep.objectives]
+    space = OptunaSearch.convert_search_space({key: to_tune(param) for key, param in sweep.space.items()})
     if len(metrics) == 1:
-        return OptunaSearch(metric=metrics[0], mode=modes[0], sampler=sampler)
-    return OptunaSearch(metric=metrics, mode=modes, sampler=sampler)
+        searcher = OptunaSearch(space, metric=metrics[0], mode=modes[0], sampler=sampler)
+    else:
+        searcher = OptunaSearch(space, metric=metrics, mode=modes, sampler=sampler)
+    for config, values in warm:
+        try:
+            trial = optuna.trial.create_trial(params=config, distributions=space, values=values)
+        except ValueError:  # a value outside today's space (the spec was edited): not history
+            continue
+        searcher._ot_study.add_trial(trial)
+    return searcher
 
 
 def scheduler(sweep: Sweep):
@@ -207,16 +230,15 @@ def _trial_resources(sweep: Sweep, exp: Experiment) -> dict[str, float]:
     return {"cpu": sweep.resources.cpus, "gpu": sweep.resources.gpus}
 
 
-def check_gpus(sweep: Sweep, resources: dict[str, float]) -> bool:
-    """Check a ``compute.device: cuda`` sweep against the cluster; True when the driver has CUDA
-    itself (it prepares the reference models here), False when a GPU worker must do it."""
+def check_gpus(sweep: Sweep) -> bool:
+    """Check a ``compute.device: cuda`` sweep's GPU placement (the cluster has GPUs: ``check_fits``);
+    True when the driver has CUDA itself (it prepares the reference models here), False when a GPU
+    worker must do it."""
     exp = sweep.experiment
     if exp.compute.device != "cuda":
         return True
     import torch
 
-    if resources.get("GPU", 0) < 1:
-        raise SpecError("compute.device: 'cuda' but the Ray cluster has no GPU")
     if exp.compute.workers == 1 and sweep.resources.gpus == 0:
         raise SpecError("resources.gpus: 0 with compute.device 'cuda'; give each trial a GPU (e.g. 1)")
     here = torch.cuda.is_available()

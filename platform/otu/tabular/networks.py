@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from otu.cache import replace_file
+from otu.cache import verified_file, write_verified_file
 from otu.spec import content_hash
 from otu.tabular.spec import TabularData, TabularModel
 from otu.tabular.tables import DigitsSplits
@@ -39,7 +39,7 @@ def digits_network(
 
     net = build_model(model.arch, NUM_CLASSES)
     path = entry / f"{name}.pt"
-    if path.is_file():
+    if verified_file(path):
         net.load_state_dict(torch.load(path, weights_only=True))
         return net.eval()
     rows = splits.train if name == "original" else splits.retain
@@ -53,7 +53,7 @@ def digits_network(
         weight_decay=model.weight_decay,
         seed=seed,
     )
-    replace_file(path, lambda tmp: torch.save(net.state_dict(), tmp))
+    write_verified_file(path, lambda tmp: torch.save(net.state_dict(), tmp))
     return net.eval()
 
 

@@ -173,4 +173,5 @@ SPEC = FamilySpec(
         "finetune": DATAPOINT_METRICS,
     },
     validate=validate,
+    devices=("cpu", "auto"),  # CPU-sized models: compute.device cuda is rejected, not ignored
 )

@@ -42,6 +42,10 @@ class FeatureTask:
     feature_names: tuple[str, ...]
 
 
+MAX_CELL = 1e150
+"""Largest numeric cell: standardising and covariances square the values."""
+
+
 def read_frame(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"task.data.path: file not found: {path}")
@@ -167,7 +171,15 @@ def _numeric(column: pd.Series, name: str) -> np.ndarray:
             f"task.data: column {name!r} must be numeric (it is not in task.data.categorical) but "
             f"row {row} (0-based) holds {column.iloc[row]!r}; fix it or list the column in categorical"
         )
-    return parsed.to_numpy(dtype=np.float64)
+    values = parsed.to_numpy(dtype=np.float64)
+    bad = ~(np.abs(values) <= MAX_CELL)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"task.data: column {name!r} row {row} (0-based) holds {values[row]!r}; numeric cells must be "
+            f"finite and within ±{MAX_CELL:g} (their squares must stay finite)"
+        )
+    return values
 
 
 # ---------------------------------------------------------------- digits

@@ -1,33 +1,98 @@
 """MLflow access for otu: tracking-URI resolution and the run layout (one run per ``otu run``; a
 parent run per sweep with one child run per trial). Only one process writes a SQLite store: the
-CLI process for ``otu run``, the Tune driver for sweeps."""
+CLI process for ``otu run``, the Tune driver for sweeps.
+
+Opening a store is safe from several processes at once: creating/migrating a SQLite file and
+creating the experiment happen under a file lock beside it. Each run is tagged with the host and
+pid that own it; opening a store marks RUNNING runs whose process is gone (killed) as KILLED."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
 import math
 import os
+import socket
 import subprocess
-from collections.abc import Iterable, Mapping
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 import otu
+from otu.cache import pid_alive
+from otu.errors import OtuError, first_line
 from otu.paths import sqlite_uri
 
 DEFAULT_TRACKING_URI = "sqlite:///otu-runs/mlflow.db"
 MAX_PARAM_LEN = 6000
+PROBE_TIMEOUT_S = 5
+HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+"""Bounded waits on an MLflow server (MLflow's defaults retry for minutes); the user's values win."""
+HOST_TAG, PID_TAG = "otu.host", "otu.pid"
+for _noisy in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database tables..."
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
+
+
+class TrackingError(OtuError):
+    """The tracking URI names no usable store (unknown scheme, unwritable path, unreachable server)."""
 
 
 def resolve_tracking_uri(cli_value: str | None = None, spec_value: str | None = None) -> str:
-    """CLI flag, then ``MLFLOW_TRACKING_URI``, then the spec's ``tracking.uri``, then the default."""
+    """CLI flag, then ``MLFLOW_TRACKING_URI``, then the spec's ``tracking.uri``, then the default;
+    checked before any work: a SQLite file's folder must be writable, a server must answer."""
     uri = cli_value or os.environ.get("MLFLOW_TRACKING_URI") or spec_value or DEFAULT_TRACKING_URI
     uri = sqlite_uri(uri, Path.cwd())  # absolute, so every process writes the same file
     if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TrackingError(f"tracking URI {uri}: cannot create {folder}: {err.strerror}") from None
+        if not os.access(folder, os.W_OK):
+            raise TrackingError(f"tracking URI {uri}: {folder} is not writable")
+    elif uri.startswith(("http://", "https://")):
+        for name, value in HTTP_ENV.items():
+            os.environ.setdefault(name, value)
+        _probe(uri)
     return uri
+
+
+def _probe(uri: str) -> None:
+    """Fail in seconds, naming the address, when no MLflow server answers at ``uri``."""
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S):
+            return
+    except urllib.error.HTTPError:
+        return  # a server answered (an auth proxy may refuse /health); MLflow reports the rest
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingError(
+            f"tracking URI {uri}: no MLflow server answered in {PROBE_TIMEOUT_S} s ({reason}); check the "
+            "address, that `mlflow server` runs there, and the SSH tunnel / port-forward to it"
+        ) from None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock beside a SQLite store (no-op for servers, which serialise themselves)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock_path = Path(uri.removeprefix("sqlite:///")).with_suffix(".lock")
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class Tracker:
@@ -35,17 +100,38 @@ class Tracker:
 
     def __init__(self, tracking_uri: str, experiment: str):
         self.uri = tracking_uri
-        self.client = MlflowClient(tracking_uri)
-        found = self.client.get_experiment_by_name(experiment)
-        if found is not None:
-            self.experiment_id = found.experiment_id
-        else:
-            self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=_artifact_location(tracking_uri, experiment)
-            )
+        try:
+            with store_lock(tracking_uri):
+                self.client = MlflowClient(tracking_uri)
+                found = self.client.get_experiment_by_name(experiment)
+                if found is not None:
+                    self.experiment_id = found.experiment_id
+                else:
+                    self.experiment_id = self.client.create_experiment(
+                        experiment, artifact_location=_artifact_location(tracking_uri, experiment)
+                    )
+                self.mark_killed_runs()
+        except MlflowException as err:
+            raise TrackingError(f"tracking URI {tracking_uri}: {first_line(err.message)}") from None
+
+    def mark_killed_runs(self) -> list[str]:
+        """End as KILLED the RUNNING runs this host started whose process is gone; return their ids."""
+        query = f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{socket.gethostname()}'"
+        killed = []
+        for run in self.client.search_runs([self.experiment_id], filter_string=query, max_results=1000):
+            pid = run.data.tags.get(PID_TAG, "")
+            if pid.isdigit() and not pid_alive(int(pid)):
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+                killed.append(run.info.run_id)
+        return killed
+
+    def claim(self, run_id: str) -> None:
+        """Make this process the owner of a RUNNING run (a resumed sweep's parent run)."""
+        self.set_tags(run_id, owner_tags())
+        self.client.update_run(run_id, status="RUNNING")
 
     def start_run(self, name: str, tags: Mapping[str, str] | None = None, parent: str | None = None) -> str:
-        all_tags = {**default_tags(), **(tags or {})}
+        all_tags = {**default_tags(), **owner_tags(), **(tags or {})}
         if parent:
             all_tags["mlflow.parentRunId"] = parent
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
@@ -106,6 +192,10 @@ def flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def owner_tags() -> dict[str, str]:
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
 
 
 def default_tags() -> dict[str, str]:

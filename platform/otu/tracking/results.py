@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from otu.cache import replace_file
+from otu.errors import DataError, first_line
 
 TRIALS_FILE = "trials.parquet"
 
@@ -24,7 +26,13 @@ class TrialsTable:
     def read(self) -> pd.DataFrame:
         if not self.path.is_file():
             return pd.DataFrame(columns=["trial_id", "status"])
-        return pd.read_parquet(self.path)
+        try:
+            table = pd.read_parquet(self.path)
+        except (OSError, ValueError, pa.ArrowException) as err:
+            raise DataError(f"{self.path}: not a readable trials table ({first_line(err)})") from None
+        if not {"trial_id", "status"} <= set(table.columns):
+            raise DataError(f"{self.path}: not a trials table (no trial_id/status columns)")
+        return table
 
     def upsert(self, row: Mapping[str, Any]) -> None:
         table = self.read()
@@ -32,6 +40,14 @@ class TrialsTable:
         new = pd.DataFrame([dict(row)])
         table = _one_type_per_column(new if table.empty else pd.concat([table, new], ignore_index=True))
         replace_file(self.path, lambda tmp: table.to_parquet(tmp, index=False))
+
+    def keep_finished(self) -> pd.DataFrame:
+        """Drop the rows of trials that did not finish (they will be run again); return the rest."""
+        table = self.read()
+        finished = table[table["status"] == "TERMINATED"]
+        if len(finished) < len(table):
+            replace_file(self.path, lambda tmp: finished.to_parquet(tmp, index=False))
+        return finished
 
     def finished_ids(self) -> set[str]:
         table = self.read()

@@ -161,6 +161,12 @@ def load_table(data: VisionData) -> tuple[torch.Tensor, torch.Tensor, np.ndarray
             f"H×W or C×H×W images (got shape {raw.shape}, dtype {raw.dtype})"
         )
     images = raw.astype(np.float32) / (255.0 if np.issubdtype(raw.dtype, np.integer) else 1.0)
+    finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)
+    if not finite.all():
+        raise DataError(
+            f"task.data.image_column: image {int(np.flatnonzero(~finite)[0])} (0-based row) in {path} "
+            "holds a non-finite (or beyond float32) pixel"
+        )
     labels, identities = _labels_identities(data, cols)
     return torch.from_numpy(images), torch.as_tensor(labels), identities
 

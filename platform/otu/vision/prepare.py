@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from otu.cache import write_atomically
+from otu.cache import cached_dir
 from otu.spec import content_hash
 from otu.vision.data import Splits, make_splits
 from otu.vision.models import build_model
@@ -60,10 +60,7 @@ def prepare(exp: Experiment, cache_dir: Path) -> Prepared:
             return build_model(spec.arch, splits.num_classes, channels, height, spec.width)
 
     path = Path(cache_dir) / f"vision-{cache_key(exp)}"
-    if not path.is_dir():
-        write_atomically(
-            path, lambda tmp: _train_references(splits, new_model, spec, exp.seed, tmp)
-        )
+    cached_dir(path, lambda tmp: _train_references(splits, new_model, spec, exp.seed, tmp))
     models = {}
     for name, file in MODEL_FILES.items():
         model = new_model()

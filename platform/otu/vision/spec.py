@@ -134,4 +134,5 @@ SPEC = FamilySpec(
     methods={"dlfd": DLFD, "retrain": Retrain, "finetune": Finetune, "neggrad": NegGrad},
     metrics=("test_acc", "top2_acc", "mia_acc", "forgetting_score", "nomus"),
     validate=validate,
+    devices=("cpu", "auto"),  # CPU-sized models: compute.device cuda is rejected, not ignored
 )

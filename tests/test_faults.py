@@ -1,0 +1,167 @@
+"""Faults: concurrent first use of a fresh MLflow store, killed runs never left RUNNING, and a sweep
+whose driver is SIGKILLed at several points resumes exactly once (no trial repeated or lost, never
+restoring Tune's pickles). Real processes, real Ray, real MLflow."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from otu.cli import main
+from otu.tracking.mlflow_store import Tracker, store_lock
+
+REPO = Path(__file__).resolve().parents[1]
+TABULAR = REPO / "sweeps/experiments/barycenter_tabular.yaml"
+FAST = ["eval.classifiers=[logistic]", "method.variant=gaussian",
+        f"task.data.path={REPO / 'platform/otu/tabular/data/diabetes.csv'}"]
+
+
+def otu(*args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "platform"), "RAY_ADDRESS": "local"}
+    return subprocess.Popen([sys.executable, "-m", "otu.cli", *args], cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def sets(items: list[str]) -> list[str]:
+    return [a for item in items for a in ("--set", item)]
+
+
+def runs(uri: str) -> list:
+    with store_lock(uri):  # the store may be being created by a run right now
+        client = MlflowClient(uri)
+        ids = [e.experiment_id for e in client.search_experiments()]
+        return client.search_runs(ids) if ids else []
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_four_concurrent_runs_on_a_fresh_store_all_finish(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
+    procs = [
+        otu("run", str(TABULAR), "--out", str(tmp_path / f"run{i}"), "--tracking-uri", uri,
+            *sets([*FAST, f"tracking.cache_dir={tmp_path / 'cache'}", f"method.t={i / 4}"]))
+        for i in range(4)
+    ]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(logs)[-4000:]
+    found = runs(uri)
+    assert len(found) == 4 and {r.info.status for r in found} == {"FINISHED"}
+
+
+@pytest.mark.slow
+def test_killed_runs_end_killed_never_running(tmp_path):
+    """SIGTERM: the run is closed as KILLED at exit; SIGKILL: the next open of the store marks it."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def start(i: int) -> subprocess.Popen:
+        # a sweep spec's experiment trained for a long time: it is RUNNING until killed
+        return otu("run", str(REPO / "sweeps/experiments/dlfd_digits.yaml"), "--out", str(tmp_path / f"o{i}"),
+                   "--tracking-uri", uri, *sets([f"tracking.cache_dir={tmp_path / 'cache'}",
+                                                 "task.model.epochs=1000"]))
+
+    for i, sig in enumerate((signal.SIGTERM, signal.SIGKILL)):
+        proc = start(i)
+        try:
+            wait_for(lambda: (tmp_path / "mlflow.db").exists() and
+                     any(r.info.status == "RUNNING" for r in runs(uri)), 120, "a RUNNING run")
+        finally:
+            os.killpg(proc.pid, sig)
+            proc.communicate(timeout=60)
+        if sig == signal.SIGKILL:
+            assert any(r.info.status == "RUNNING" for r in runs(uri))
+            Tracker(uri, "otu")  # the next start on this host
+        statuses = [r.info.status for r in runs(uri)]
+        assert statuses == ["KILLED"] * (i + 1), statuses
+
+
+# ---------------------------------------------------------------- kill and resume
+
+
+def sweep_args(tmp_path: Path, out: Path, uri: str, algorithm: str) -> list[str]:
+    space = ["search.num_samples=4"] if algorithm != "grid" else ["search.num_samples=1"]
+    spec = tmp_path / f"{algorithm}.yaml"
+    grid = "  method.t: {grid: [0.0, 0.25, 0.5, 0.75]}\n" if algorithm == "grid" else \
+        "  method.t: {uniform: [0.0, 1.0]}\n  method.cov_reg: {loguniform: [1.0e-6, 1.0e-2]}\n"
+    spec.write_text(f"name: kill-{algorithm}\nexperiment: {TABULAR}\nspace:\n{grid}"
+                    "objectives:\n  - {metric: utility_auc, mode: max}\n  - {metric: leakage_auc, mode: min}\n"
+                    f"search: {{algorithm: {algorithm}, max_concurrent: 1}}\n")
+    return ["sweep", str(spec), "--out", str(out), "--tracking-uri", uri,
+            *sets([f"experiment.{s}" for s in [*FAST, f"tracking.cache_dir={tmp_path / 'cache'}"]] + space)]
+
+
+def rows(out: Path) -> int:
+    path = out / "trials.parquet"
+    return len(pd.read_parquet(path)) if path.is_file() else 0
+
+
+KILL_POINTS = {
+    "before-the-first-trial-ends": lambda out: (out / "trials").is_dir() and rows(out) == 0,
+    "mid-way": lambda out: rows(out) >= 2,
+    "after-the-last": lambda out: rows(out) >= 4,
+}
+
+
+class Marker:
+    """A pickle that, when loaded, creates a file: planted as Tune's state, it must stay unloaded."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("algorithm", "point"), [
+    ("optuna", "before-the-first-trial-ends"), ("optuna", "mid-way"), ("random", "after-the-last"),
+    ("grid", "mid-way"),
+])
+def test_a_killed_sweep_resumes_exactly_once(tmp_path, ray_local, algorithm, point):
+    out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    driver = otu(*sweep_args(tmp_path, out, uri, algorithm))
+    try:
+        wait_for(lambda: KILL_POINTS[point](out) or driver.poll() is not None, 600, point)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        log = driver.communicate(timeout=60)[0]
+    assert driver.returncode in (-signal.SIGKILL, 0), log[-3000:]  # 0: it finished between two polls
+    before = pd.read_parquet(out / "trials.parquet") if rows(out) else pd.DataFrame(columns=["trial_id"])
+    planted = out / "ray" / "tune" / "tuner.pkl"
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    planted.write_bytes(pickle.dumps(Marker(tmp_path / "unpickled")))
+
+    assert main(["sweep", "--resume", str(out), "--tracking-uri", uri]) == 0
+    assert not (tmp_path / "unpickled").exists()
+    table = pd.read_parquet(out / "trials.parquet")
+    assert len(table) == 4 and table["trial_id"].is_unique
+    assert (table["status"] == "TERMINATED").all()
+    assert set(before["trial_id"]) <= set(table["trial_id"])
+    configs = table.filter(like="config/").round(12).astype(str).agg("|".join, axis=1)
+    assert configs.is_unique, table.filter(like="config/")
+    if algorithm == "grid":
+        assert sorted(table["config/method.t"]) == [0.0, 0.25, 0.5, 0.75]
+    assert sorted(p.name for p in (out / "trials").iterdir()) == sorted(table["trial_id"])
+    assert "4 trials (4 terminated)" in (out / "summary.md").read_text()
+    children = [r for r in runs(uri) if "otu.trial_id" in r.data.tags]
+    assert sorted(r.data.tags["otu.trial_id"] for r in children) == sorted(table["trial_id"])
+    assert {r.info.status for r in children} == {"FINISHED"}
+    parents = [r for r in runs(uri) if r.data.tags.get("otu.kind") == "sweep"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
