@@ -15,9 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from otu.errors import OtuError, RunFailed, SpecError
+from otu.registry import require_extra
 from otu.spec import (
     apply_overrides,
     is_sweep,
@@ -38,10 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.handler(args)
     except OtuError as err:
-        console.print(f"[bold red]otu: error:[/] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]otu: error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return 2
     except RunFailed as err:
-        console.print(f"[bold red]otu: run failed:[/] {err}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]otu: run failed:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         console.print("[bold red]otu: interrupted[/]")
@@ -51,18 +53,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="otu", description="Optimal-transport machine unlearning.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p: argparse.ArgumentParser, out: bool = True) -> None:
-        if out:
-            p.add_argument("--out", type=Path, help="output directory (default otu-runs/<name>-<time>/)")
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--out", type=Path, help="output directory (default otu-runs/<name>-<time>/)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a dotted spec key, e.g. --set method.alpha=0.02 (repeatable)")
         p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI "
                        "or sqlite:///otu-runs/mlflow.db)")
 
     p = sub.add_parser("run", help="run one experiment spec")
-    p.add_argument("spec", type=Path)
+    p.add_argument("spec", type=Path, help="experiment spec (YAML)")
     common(p)
     p.set_defaults(handler=cmd_run)
 
@@ -74,20 +76,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_sweep)
 
     p = sub.add_parser("validate", help="check an experiment or sweep spec without running it")
-    p.add_argument("spec", type=Path)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("spec", type=Path, help="experiment or sweep spec (YAML)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a dotted spec key before checking (repeatable)")
     p.set_defaults(handler=cmd_validate)
 
     p = sub.add_parser("report", help="summarise run or sweep directories")
-    p.add_argument("dirs", type=Path, nargs="+")
-    common(p)
+    p.add_argument("dirs", type=Path, nargs="+", help="run or sweep directories")
+    p.add_argument("--out", type=Path, help="where a comparison of several sweeps goes "
+                   "(default otu-runs/compare-<time>/)")
     p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser("data", help="write data sets")
     data_sub = p.add_subparsers(dest="dataset", required=True)
     d = data_sub.add_parser("entities", help="synthetic fictitious-entity QA set (ELUDe format)")
-    d.add_argument("--out", type=Path, required=True)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out", type=Path, required=True, help="directory for the JSON files")
+    d.add_argument("--seed", type=int, default=0, help="random seed of the generator (default 0)")
     d.set_defaults(handler=cmd_data_entities)
 
     from otu.cluster.commands import add_commands
@@ -104,6 +108,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from otu.tracking.mlflow_store import Tracker, flatten, resolve_tracking_uri
 
     exp = load_experiment(args.spec, args.overrides)
+    require_extra(exp.task.family)
     uri = resolve_tracking_uri(args.tracking_uri, exp.tracking.uri)
     out_dir = _fresh_out_dir(args.out, exp.name)
     tracker = Tracker(uri, exp.tracking.experiment)
@@ -151,6 +156,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
             raise SpecError("give a sweep spec, or --resume DIR")
         sweep = load_sweep(args.spec, args.overrides)
         out_dir = _fresh_out_dir(args.out, sweep.name)
+    require_extra(sweep.experiment.task.family)
     uri = resolve_tracking_uri(args.tracking_uri, sweep.experiment.tracking.uri)
     console.print(f"sweep [bold]{sweep.name}[/]: {sweep.search.num_samples} trials, "
                   f"{sweep.search.algorithm} search → {out_dir}")
@@ -202,6 +208,15 @@ def cmd_data_entities(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("otu")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _local_ray_and_evaluator(exp):

@@ -12,10 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import import_module
+from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
+
+from otu.errors import OtuError
 
 if TYPE_CHECKING:
     from otu.spec import Experiment
@@ -26,6 +29,12 @@ FAMILIES: dict[str, str] = {
     "tabular": "otu.tabular",
     "generative": "otu.generative",
 }
+
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "llm": ("transformers", "tokenizers", "datasets", "deepspeed", "rouge_score"),
+}
+"""Family → the modules of its pip extra (``otu[<family>]``); families not listed need none."""
+
 
 class Reporter(Protocol):
     """``report(step, metrics, model=None)``: per-step metrics from inside an unlearning loop.
@@ -88,5 +97,12 @@ def family_spec(name: str) -> FamilySpec:
     return import_module(f"{FAMILIES[name]}.spec").SPEC
 
 
+def require_extra(name: str) -> None:
+    """Raise a one-line :class:`OtuError` if the family's pip extra is not installed."""
+    if any(find_spec(module) is None for module in EXTRAS.get(name, ())):
+        raise OtuError(f"the {name} family needs the '{name}' extra: pip install 'otu[{name}]'")
+
+
 def family_api(name: str) -> FamilyAPI:
+    require_extra(name)
     return import_module(f"{FAMILIES[name]}.family")  # type: ignore[return-value]
