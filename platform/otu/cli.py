@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default otu-runs/compare-<time>/)")
     p.set_defaults(handler=cmd_report)
 
+    p = sub.add_parser("spec", help="every spec key of a family: type, default, bounds, description")
+    p.add_argument("family", help="llm, vision, tabular or generative")
+    p.add_argument("method", nargs="?", help="only this method's hyperparameters (default: all methods)")
+    p.set_defaults(handler=cmd_spec)
+
     p = sub.add_parser("data", help="write data sets")
     data_sub = p.add_subparsers(dest="dataset", required=True)
     d = data_sub.add_parser("entities", help="synthetic fictitious-entity QA set (ELUDe format)")
@@ -197,6 +202,27 @@ def cmd_report(args: argparse.Namespace) -> None:
         out = args.out or RUNS_ROOT / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
         files = compare_sweeps(sweep_dirs, out)
         console.print(f"comparison: {', '.join(str(f) for f in files)}")
+
+
+def cmd_spec(args: argparse.Namespace) -> None:
+    from otu.registry import FAMILIES, family_spec, known_families
+    from otu.spec_reference import common_blocks, family_blocks
+
+    if args.family not in FAMILIES:
+        raise SpecError(f"family: unknown family {args.family!r}; known: {', '.join(known_families())}")
+    methods = family_spec(args.family).methods
+    if args.method is not None and args.method not in methods:
+        raise SpecError(f"method: unknown method {args.method!r} for family {args.family!r}; "
+                        f"known: {', '.join(sorted(methods))}")
+    out = Console()
+    for block in [*common_blocks(), *family_blocks(args.family, args.method)]:
+        table = Table(title=block.title, title_justify="left", caption=block.about or None,
+                      caption_justify="left", expand=False)
+        for column in ("key", "type", "default", "bounds", "description"):
+            table.add_column(column, overflow="fold")
+        for key in block.keys:
+            table.add_row(key.key, key.type, key.default, key.bounds, key.description)
+        out.print(table, markup=False)
 
 
 def cmd_data_entities(args: argparse.Namespace) -> None:
