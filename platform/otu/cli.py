@@ -186,7 +186,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     from otu.report.compare import compare_sweeps
-    from otu.report.summary import write_report
+    from otu.report.summary import run_html, write_report
 
     for run_dir in args.dirs:
         if not ((run_dir / "sweep.yaml").is_file() or (run_dir / "metrics.json").is_file()):
@@ -198,6 +198,7 @@ def cmd_report(args: argparse.Namespace) -> None:
             console.print(f"{run_dir}: wrote {', '.join(str(f) for f in files)}")
         else:
             print_metrics(json.loads((run_dir / "metrics.json").read_text()), title=str(run_dir))
+            console.print(f"{run_dir}: wrote {run_html(run_dir)}")
     if len(sweep_dirs) > 1:
         out = args.out or RUNS_ROOT / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
         files = compare_sweeps(sweep_dirs, out)
