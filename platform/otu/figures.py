@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.text import Annotation  # noqa: E402
+from matplotlib.text import Annotation, Text  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
 __all__ = ["label_boxes", "place_labels", "plt", "save_figure"]
@@ -35,6 +35,8 @@ LABEL_GID = "otu-label"
 RINGS = (5, 11, 18, 27, 38, 52, 70)
 """Offsets (points) tried around each point; beyond the first ring a thin leader line is drawn."""
 DIRECTIONS = 12
+PAD = 1.5
+"""Pixels kept free around each label's box."""
 
 
 def place_labels(
@@ -52,32 +54,50 @@ def place_labels(
     for x, y, text in zip(xs, ys, texts, strict=True):
         label = _first_free(ax, x, y, text, fontsize, renderer, frame, boxes)
         if label is not None:
-            boxes.append(label.get_window_extent(renderer))
+            boxes.append(_text_box(label, renderer))
             placed.append(label)
     return placed
 
 
 def label_boxes(ax: Axes) -> list[Bbox]:
-    """The display boxes of the labels :func:`place_labels` put on ``ax`` (for checks)."""
+    """The display boxes of the labels :func:`place_labels` put on ``ax`` (for checks), as drawn."""
+    ax.figure.canvas.draw()
     renderer = ax.figure.canvas.get_renderer()  # type: ignore[attr-defined]
-    return [t.get_window_extent(renderer) for t in ax.texts if t.get_gid() == LABEL_GID]
+    return [_text_box(t, renderer) for t in ax.texts if t.get_gid() == LABEL_GID]
+
+
+def _text_box(label: Text, renderer) -> Bbox:
+    """The box of the text alone (an annotation's own extent includes its leader line), at the
+    position the annotation takes when drawn."""
+    if isinstance(label, Annotation):
+        label.update_positions(renderer)
+    return Text.get_window_extent(label, renderer)
 
 
 def _first_free(ax, x, y, text, fontsize, renderer, frame: Bbox, boxes: list[Bbox]) -> Annotation | None:
+    """Candidate boxes are computed from the text's measured size (no artist per try); only the
+    chosen spot becomes an annotation."""
+    probe = ax.text(0, 0, text, fontsize=fontsize)
+    extent = probe.get_window_extent(renderer)
+    probe.remove()
+    w, h = extent.width + 2 * PAD, extent.height + 2 * PAD
+    px, py = ax.transData.transform((x, y))
+    scale = ax.figure.dpi / 72
     for ring in RINGS:
         for k in range(DIRECTIONS):
             angle = 2 * math.pi * k / DIRECTIONS + math.pi / 4
             dx, dy = ring * math.cos(angle), ring * math.sin(angle)
-            label = ax.annotate(
-                text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
-                ha="left" if dx > 1 else "right" if dx < -1 else "center",
-                va="bottom" if dy > 1 else "top" if dy < -1 else "center",
-                arrowprops={"arrowstyle": "-", "color": "0.55", "lw": 0.5} if ring > RINGS[0] else None,
-                gid=LABEL_GID,
-            )
-            box = label.get_window_extent(renderer)
+            ha = "left" if dx > 1 else "right" if dx < -1 else "center"
+            va = "bottom" if dy > 1 else "top" if dy < -1 else "center"
+            ox, oy = px + dx * scale, py + dy * scale
+            x0 = {"left": ox - PAD, "right": ox - w + PAD, "center": ox - w / 2}[ha]
+            y0 = {"bottom": oy - PAD, "top": oy - h + PAD, "center": oy - h / 2}[va]
+            box = Bbox.from_bounds(x0, y0, w, h)
             inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
             if inside and not any(box.overlaps(other) for other in boxes):
-                return label
-            label.remove()
+                return ax.annotate(
+                    text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
+                    ha=ha, va=va, gid=LABEL_GID,
+                    arrowprops={"arrowstyle": "-", "color": "0.55", "lw": 0.5} if ring > RINGS[0] else None,
+                )
     return None
