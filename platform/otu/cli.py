@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run one experiment spec")
     p.add_argument("spec", type=Path, help="experiment spec (YAML)")
     common(p)
+    p.add_argument("--quiet", action="store_true", help="no progress display (for CI logs)")
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("sweep", help="run a hyperparameter sweep with Ray Tune")
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--address", help="Ray cluster address (default: start an embedded local Ray)")
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue the sweep in DIR")
+    p.add_argument("--quiet", action="store_true", help="no Tune status table and no per-trial lines")
     p.set_defaults(handler=cmd_sweep)
 
     p = sub.add_parser("validate", help="check an experiment or sweep spec without running it")
@@ -109,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from otu.progress import RunProgress
     from otu.runtime.experiment import run_experiment
     from otu.tracking.mlflow_store import Tracker, flatten, resolve_tracking_uri
 
@@ -128,10 +131,11 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     status = "FAILED"
     try:
-        with _guard_output(out_dir), console.status("starting") as spinner:
+        with _guard_output(out_dir), RunProgress(console, quiet=args.quiet) as progress:
+            progress.phase("starting")
             evaluator = _local_ray_and_evaluator(exp)
-            result = run_experiment(exp, out_dir, report, phase=lambda s: spinner.update(s),
-                                    evaluator=evaluator, on_checkpoint=on_checkpoint)
+            result = run_experiment(exp, out_dir, report, phase=progress.phase, evaluator=evaluator,
+                                    on_checkpoint=on_checkpoint, progress=progress.step)
         for model, metrics in result.metrics.items():
             prefix = "" if model == "unlearned" else f"{model}/"
             tracker.log_metrics(run_id, {f"{prefix}{k}": v for k, v in metrics.items()})
@@ -167,7 +171,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
                   f"{sweep.search.algorithm} search → {out_dir}")
     start = time.perf_counter()
     with _guard_output(out_dir, keep=bool(args.resume)):
-        trials = run_sweep(sweep, out_dir, uri, address=args.address, resume=bool(args.resume))
+        trials = run_sweep(sweep, out_dir, uri, address=args.address, resume=bool(args.resume),
+                           quiet=args.quiet)
     console.print(f"done in {time.perf_counter() - start:.0f} s: {trials}, {out_dir / 'summary.md'}, "
                   f"MLflow at {uri}")
 

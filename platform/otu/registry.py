@@ -36,6 +36,11 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 """Family → the modules of its pip extra (``otu[<family>]``); families not listed need none."""
 
 
+TOTAL_STEPS = "total_steps"
+"""Optional key of a loop's reported metrics: how many reports the loop will make in all, so the
+platform can show step/total and an ETA. The platform strips it from the recorded metrics."""
+
+
 class Reporter(Protocol):
     """``report(step, metrics, model=None)``: per-step metrics from inside an unlearning loop.
 
@@ -43,7 +48,8 @@ class Reporter(Protocol):
     decides when to snapshot, so passing it on every step costs nothing. A per-rank loop
     (``unlearn_worker``) calls ``report`` on every rank with the same metrics and, on
     ``dynamics.every`` steps, a checkpoint directory ``load_unlearned`` reads, which every rank
-    wrote its part of; the directory is the reporter's from then on (it may move or delete it)."""
+    wrote its part of; the directory is the reporter's from then on (it may move or delete it).
+    Include ``TOTAL_STEPS`` in the metrics (every call, or at least the first) to get a progress bar."""
 
     def __call__(self, step: int, metrics: Mapping[str, float], model: Any = None) -> None: ...
 

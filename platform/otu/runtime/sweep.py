@@ -29,6 +29,7 @@ from otu.report.summary import write_report
 from otu.runtime.evaluation import CheckpointEvaluator, start_pool
 from otu.runtime.experiment import prepare, run_experiment
 from otu.runtime.recorder import SweepRecorder
+from otu.runtime.trial_lines import TrialLines
 from otu.spec import Experiment, Param, Sweep, dump_yaml, parse_experiment
 from otu.tracking.results import TRIALS_FILE
 
@@ -41,8 +42,10 @@ def run_sweep(
     tracking_uri: str,
     address: str | None = None,
     resume: bool = False,
+    quiet: bool = False,
 ) -> Path:
-    """Run (or resume) ``sweep`` into ``out_dir``; return the path of ``trials.parquet``."""
+    """Run (or resume) ``sweep`` into ``out_dir``; return the path of ``trials.parquet``. Unless
+    ``quiet``, Tune's status table shows and a line is printed as each trial finishes."""
     import ray
 
     out_dir = out_dir.resolve()
@@ -96,9 +99,12 @@ def run_sweep(
             run_config=tune.RunConfig(
                 name=TUNE_NAME,
                 storage_path=str(storage),
-                callbacks=[SweepRecorder(str(out_dir), tracking_uri, sweep.experiment.tracking.experiment)],
+                callbacks=[
+                    SweepRecorder(str(out_dir), tracking_uri, sweep.experiment.tracking.experiment),
+                    *([] if quiet else [TrialLines([o.metric for o in sweep.objectives], trial_count(sweep))]),
+                ],
                 failure_config=tune.FailureConfig(max_failures=sweep.search.max_failures),
-                verbose=1,
+                verbose=0 if quiet else 1,
             ),
         )
     tuner.fit()
@@ -134,6 +140,12 @@ def sweep_trial(
         )
         per_seed.append(result.metrics["unlearned"])
     tune.report(aggregate(per_seed))
+
+
+def trial_count(sweep: Sweep) -> int:
+    """Trials the sweep runs: ``num_samples``, times the grid's size when it has grid keys."""
+    grid = [len(p.grid) for p in sweep.space.values() if p.grid is not None]
+    return sweep.search.num_samples * int(np.prod(grid)) if grid else sweep.search.num_samples
 
 
 def aggregate(per_seed: list[dict[str, float]]) -> dict[str, float]:

@@ -20,7 +20,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from otu.registry import Reporter
+from otu.registry import TOTAL_STEPS, Reporter
 from otu.spec import Experiment
 from otu.tabular import plots as figures
 from otu.tabular.barycenter import (
@@ -132,7 +132,7 @@ def _barycenter(method: Barycenter, task: FeatureTask, seed: int, report: Report
             seed=seed,
         )
     moved = transport(source, task.z_train, task.z_test, maps, method.t)
-    report(0, {"t": method.t, "transport_cost": transport_cost(moved, task.z_train)})
+    report(0, {"t": method.t, "transport_cost": transport_cost(moved, task.z_train), TOTAL_STEPS: 1})
     return moved
 
 
