@@ -21,7 +21,7 @@ from rich.text import Text
 
 
 class StepsColumn(ProgressColumn):
-    """``12/45 · loss=0.31 · 3.1 steps/s · ETA 0:00:10`` for the loop's bar; nothing for a phase."""
+    """``12/45 · loss=0.31 · 3.1 it/s · ETA 0:00:10`` for the loop's bar; nothing for a phase."""
 
     def render(self, task: Task) -> Text:
         if not task.fields.get("stepping"):
@@ -30,7 +30,7 @@ class StepsColumn(ProgressColumn):
         if task.fields.get("shown"):
             parts.append(task.fields["shown"])
         if task.speed:
-            parts.append(f"{task.speed:.2f} steps/s")
+            parts.append(f"{task.speed:.3g} it/s")
         if task.total and task.speed and not task.finished:
             parts.append(f"ETA {timedelta(seconds=round((task.total - task.completed) / task.speed))}")
         return Text(" · ".join(parts))
@@ -44,9 +44,9 @@ class RunProgress:
         self.progress = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
-            BarColumn(),
-            StepsColumn(),
+            BarColumn(bar_width=16),
             TimeElapsedColumn(),
+            StepsColumn(),
             console=console,
             disable=quiet,
         )
@@ -82,4 +82,4 @@ class RunProgress:
 def loss_text(metrics: Mapping[str, float]) -> str:
     """The losses of a step (or, without any, its first two numbers), compactly."""
     keys = [k for k in metrics if "loss" in k] or list(metrics)[:2]
-    return " ".join(f"{k}={metrics[k]:.4g}" for k in keys[:3])
+    return " ".join(f"{k}={metrics[k]:.4g}" for k in keys[:2])
