@@ -98,6 +98,7 @@ def _first_free(ax, x, y, text, fontsize, renderer, frame: Bbox, boxes: list[Bbo
                 return ax.annotate(
                     text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
                     ha=ha, va=va, gid=LABEL_GID,
+                    bbox={"boxstyle": "square,pad=0.05", "fc": "white", "ec": "none", "alpha": 0.75},
                     arrowprops={"arrowstyle": "-", "color": "0.55", "lw": 0.5} if ring > RINGS[0] else None,
                 )
     return None
