@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from otu.llm.evaluation import QA_SPLITS, ModelStats
 
@@ -32,13 +33,15 @@ def splits_figure(stats: dict[str, ModelStats]):
             ax.bar(x + k * width, means, width, yerr=errors, capsize=2, label=name, color=f"C{k}")
         ax.set_xticks(x + width * (len(stats) - 1) / 2, QA_SPLITS)
         ax.set_title("answer probability" if metric == "prob" else "ROUGE-L recall")
-        ax.set_ylim(0, 1.05)
-    axes[0].legend(fontsize=8)
+        ax.set_ylim(0, 1.22)  # headroom for the legend above the bars
+        ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    axes[0].legend(fontsize=8, loc="upper center", ncol=len(stats), frameon=False)
     values = np.concatenate([np.log(s.truth_ratio["forget"]) for s in stats.values()])
     bins = np.linspace(values.min(), values.max(), 20) if np.ptp(values) > 0 else 10
     for k, (name, s) in enumerate(stats.items()):
         axes[2].hist(np.log(s.truth_ratio["forget"]), bins=bins, alpha=0.5, label=name, color=f"C{k}")
     axes[2].set_xlabel("log truth ratio on forget (perturbed / paraphrased)")
     axes[2].set_ylabel("items")
+    axes[2].yaxis.set_major_locator(MaxNLocator(integer=True))
     axes[2].set_title("forget truth ratio")
     return fig
