@@ -51,7 +51,7 @@ def frontier_figure(
 def accuracies(metrics: Mapping[str, Mapping[str, float]], path: Path) -> Path:
     """Grouped bars of retain / forget / test accuracy per model, Î in the legend."""
     parts = ("retain_acc", "forget_acc", "test_acc")
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(7, 3.8))
     width = 0.8 / len(metrics)
     for i, (name, values) in enumerate(metrics.items()):
         xs = [j + i * width for j in range(len(parts))]
@@ -59,5 +59,5 @@ def accuracies(metrics: Mapping[str, Mapping[str, float]], path: Path) -> Path:
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(parts))], [p.removesuffix("_acc") for p in parts])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy")
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(metrics), frameon=False)
     return save_figure(fig, path)
