@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -77,7 +78,7 @@ def test_run_writes_metrics_spec_and_one_mlflow_run(tmp_path, tracking, cache):
     assert run.data.params["method.name"] == "dlfd"
 
 
-def test_two_trial_sweep_writes_parquet_report_and_mlflow(tmp_path, tracking, cache, ray_local):
+def test_two_trial_sweep_writes_parquet_report_and_mlflow(tmp_path, tracking, cache, ray_local, capsys):
     out = tmp_path / "sweep"
     overrides = [f"experiment.{s}" for s in [*SMALL, cache]] + ["search.num_samples=2"]
     code = main(["sweep", str(REPO / "sweeps/quickstart.yaml"), "--out", str(out),
@@ -90,6 +91,10 @@ def test_two_trial_sweep_writes_parquet_report_and_mlflow(tmp_path, tracking, ca
         assert col in table.columns and table[col].notna().all()
     summary = (out / "summary.md").read_text()
     assert "Pareto front" in summary and (out / "pareto.png").stat().st_size > 0
+    assert "Reference models" in summary and (out / "report.html").is_file()
+    err = capsys.readouterr().err
+    for trial_id in table["trial_id"]:  # one line per finished trial, with its objectives
+        assert re.search(rf"trial {trial_id} \([12]/2, .*test_acc=[0-9.]+ forgetting_score=[0-9.]+", err)
     for trial_id in table["trial_id"]:
         assert json.loads((out / "trials" / trial_id / "metrics.json").read_text())["unlearned"]
 
@@ -114,4 +119,5 @@ def test_report_regenerates_summary(tmp_path, tracking, cache):
     spec = REPO / "sweeps/experiments/dlfd_digits.yaml"
     assert main(["run", str(spec), "--out", str(out), "--tracking-uri", tracking, *sets([*SMALL, cache])]) == 0
     assert main(["report", str(out)]) == 0
+    assert 'src="data:image/png;base64,' in (out / "report.html").read_text()
     assert main(["report", str(tmp_path / "nothing")]) == 2

@@ -26,6 +26,7 @@ from rich.text import Text
 
 from otu.errors import OtuError, RunFailed, SpecError
 from otu.paths import resolve_paths
+from otu.registry import require_extra
 from otu.spec import (
     apply_overrides,
     is_sweep,
@@ -96,23 +97,24 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="otu", description="Optimal-transport machine unlearning.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p: argparse.ArgumentParser, out: bool = True) -> None:
-        if out:
-            p.add_argument("--out", help="output directory, or a storage URI (s3://…, gs://…, "
-                           "file:///…) written when the command ends (default otu-runs/<name>-<time>/)")
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--out", help="output directory, or a storage URI (s3://…, gs://…, "
+                       "file:///…) written when the command ends (default otu-runs/<name>-<time>/)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a dotted spec key, e.g. --set method.alpha=0.02 (repeatable)")
         p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI "
                        "or sqlite:///otu-runs/mlflow.db)")
 
     p = sub.add_parser("run", help="run one experiment spec")
-    p.add_argument("spec", type=Path)
+    p.add_argument("spec", type=Path, help="experiment spec (YAML)")
     common(p)
     p.add_argument("--address", help="Ray cluster to attach to, host:port or ray://host:10001 "
                    "(default: $RAY_ADDRESS, else start an embedded local Ray when the run needs one)")
+    p.add_argument("--quiet", action="store_true", help="no progress display (for CI logs)")
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("sweep", help="run a hyperparameter sweep with Ray Tune")
@@ -121,23 +123,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster to attach to, host:port or ray://host:10001 "
                    "(default: $RAY_ADDRESS, else start an embedded local Ray)")
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue the sweep in DIR")
+    p.add_argument("--quiet", action="store_true", help="no Tune status table and no per-trial lines")
     p.set_defaults(handler=cmd_sweep)
 
     p = sub.add_parser("validate", help="check an experiment or sweep spec without running it")
-    p.add_argument("spec", type=Path)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("spec", type=Path, help="experiment or sweep spec (YAML)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a dotted spec key before checking (repeatable)")
     p.set_defaults(handler=cmd_validate)
 
     p = sub.add_parser("report", help="summarise run or sweep directories")
-    p.add_argument("dirs", type=Path, nargs="+")
-    common(p)
+    p.add_argument("dirs", type=Path, nargs="+", help="run or sweep directories")
+    p.add_argument("--out", type=Path, help="where a comparison of several sweeps goes "
+                   "(default otu-runs/compare-<time>/)")
     p.set_defaults(handler=cmd_report)
+
+    p = sub.add_parser("spec", help="every spec key of a family: type, default, bounds, description")
+    p.add_argument("family", help="llm, vision, tabular or generative")
+    p.add_argument("method", nargs="?", help="only this method's hyperparameters (default: all methods)")
+    p.set_defaults(handler=cmd_spec)
 
     p = sub.add_parser("data", help="write data sets")
     data_sub = p.add_subparsers(dest="dataset", required=True)
     d = data_sub.add_parser("entities", help="synthetic fictitious-entity QA set (ELUDe format)")
-    d.add_argument("--out", type=Path, required=True)
-    d.add_argument("--seed", type=_seed, default=0)
+    d.add_argument("--out", type=Path, required=True, help="directory for the JSON files")
+    d.add_argument("--seed", type=_seed, default=0, help="random seed of the generator (default 0)")
     d.set_defaults(handler=cmd_data_entities)
 
     from otu.cluster.commands import add_commands
@@ -154,6 +164,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from otu.tracking.mlflow_store import resolve_tracking_uri
 
     exp = load_experiment(args.spec, args.overrides)
+    require_extra(exp.task.family)
     check_device(exp)
     uri = resolve_tracking_uri(args.tracking_uri, exp.tracking.uri)
     location = _fresh_out_dir(args.out, exp.name)
@@ -164,6 +175,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace, exp, uri: str, out_dir: Path) -> None:
+    from otu.progress import RunProgress
     from otu.runtime.experiment import run_experiment
     from otu.tracking.mlflow_store import Tracker, flatten
 
@@ -179,10 +191,11 @@ def _run(args: argparse.Namespace, exp, uri: str, out_dir: Path) -> None:
 
     status, discard = "FAILED", False
     try:
-        with _guard_output(out_dir), console.status("starting") as spinner:
+        with _guard_output(out_dir), RunProgress(console, quiet=args.quiet) as progress:
+            progress.phase("starting")
             evaluator = _ray_and_evaluator(exp, args.address)
-            result = run_experiment(exp, out_dir, report, phase=lambda s: spinner.update(s),
-                                    evaluator=evaluator, on_checkpoint=on_checkpoint)
+            result = run_experiment(exp, out_dir, report, phase=progress.phase, evaluator=evaluator,
+                                    on_checkpoint=on_checkpoint, progress=progress.step)
         for model, metrics in result.metrics.items():
             prefix = "" if model == "unlearned" else f"{model}/"
             tracker.log_metrics(run_id, {f"{prefix}{k}": v for k, v in metrics.items()})
@@ -222,6 +235,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
             raise SpecError("give a sweep spec, or --resume DIR")
         sweep = load_sweep(args.spec, args.overrides)
         location = _fresh_out_dir(args.out, sweep.name)
+    require_extra(sweep.experiment.task.family)
     _writable_dir(Path(sweep.experiment.tracking.cache_dir), "experiment.tracking.cache_dir")
     uri = resolve_tracking_uri(args.tracking_uri, sweep.experiment.tracking.uri)
     console.print(f"sweep [bold]{sweep.name}[/]: {sweep.search.num_samples} trials, "
@@ -229,7 +243,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     storage = f"{location.rstrip('/')}/ray" if is_uri(location) else None
     with staged(location, sweep.name) as out_dir, _guard_output(out_dir, keep=bool(args.resume)):
-        run_sweep(sweep, out_dir, uri, address=args.address, resume=bool(args.resume), storage=storage)
+        run_sweep(sweep, out_dir, uri, address=args.address, resume=bool(args.resume), storage=storage,
+                  quiet=args.quiet)
     console.print(f"done in {time.perf_counter() - start:.0f} s: {location} (trials.parquet, summary.md), "
                   f"MLflow at {uri}", highlight=False, markup=False)
 
@@ -248,7 +263,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     from otu.report.compare import compare_sweeps
-    from otu.report.summary import write_report
+    from otu.report.summary import run_html, write_report
 
     for run_dir in args.dirs:
         if not ((run_dir / "sweep.yaml").is_file() or (run_dir / "metrics.json").is_file()):
@@ -260,10 +275,32 @@ def cmd_report(args: argparse.Namespace) -> None:
             console.print(f"{run_dir}: wrote {', '.join(str(f) for f in files)}")
         else:
             print_metrics(json.loads((run_dir / "metrics.json").read_text()), title=str(run_dir))
+            console.print(f"{run_dir}: wrote {run_html(run_dir)}")
     if len(sweep_dirs) > 1:
         out = Path(args.out) if args.out else RUNS_ROOT / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
         files = compare_sweeps(sweep_dirs, out)
         console.print(f"comparison: {', '.join(str(f) for f in files)}")
+
+
+def cmd_spec(args: argparse.Namespace) -> None:
+    from otu.registry import FAMILIES, family_spec, known_families
+    from otu.spec_reference import common_blocks, family_blocks
+
+    if args.family not in FAMILIES:
+        raise SpecError(f"family: unknown family {args.family!r}; known: {', '.join(known_families())}")
+    methods = family_spec(args.family).methods
+    if args.method is not None and args.method not in methods:
+        raise SpecError(f"method: unknown method {args.method!r} for family {args.family!r}; "
+                        f"known: {', '.join(sorted(methods))}")
+    out = Console()
+    for block in [*common_blocks(), *family_blocks(args.family, args.method)]:
+        table = Table(title=block.title, title_justify="left", caption=block.about or None,
+                      caption_justify="left", expand=False)
+        for column in ("key", "type", "default", "bounds", "description"):
+            table.add_column(column, overflow="fold")
+        for key in block.keys:
+            table.add_row(key.key, key.type, key.default, key.bounds, key.description)
+        out.print(table, markup=False)
 
 
 def cmd_data_entities(args: argparse.Namespace) -> None:
@@ -287,6 +324,15 @@ def _seed(text: str) -> int:
     if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"must be in 0..{MAX_SEED}")
     return value
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("otu")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _ray_and_evaluator(exp, address: str | None):

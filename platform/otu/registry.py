@@ -12,10 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import import_module
+from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
+
+from otu.errors import OtuError
 
 if TYPE_CHECKING:
     from otu.spec import Experiment
@@ -27,6 +30,17 @@ FAMILIES: dict[str, str] = {
     "generative": "otu.generative",
 }
 
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "llm": ("transformers", "tokenizers", "datasets", "deepspeed", "rouge_score"),
+}
+"""Family → the modules of its pip extra (``otu[<family>]``); families not listed need none."""
+
+
+TOTAL_STEPS = "total_steps"
+"""Optional key of a loop's reported metrics: how many reports the loop will make in all, so the
+platform can show step/total and an ETA. The platform strips it from the recorded metrics."""
+
+
 class Reporter(Protocol):
     """``report(step, metrics, model=None)``: per-step metrics from inside an unlearning loop.
 
@@ -34,7 +48,8 @@ class Reporter(Protocol):
     decides when to snapshot, so passing it on every step costs nothing. A per-rank loop
     (``unlearn_worker``) calls ``report`` on every rank with the same metrics and, on
     ``dynamics.every`` steps, a checkpoint directory ``load_unlearned`` reads, which every rank
-    wrote its part of; the directory is the reporter's from then on (it may move or delete it)."""
+    wrote its part of; the directory is the reporter's from then on (it may move or delete it).
+    Include ``TOTAL_STEPS`` in the metrics (every call, or at least the first) to get a progress bar."""
 
     def __call__(self, step: int, metrics: Mapping[str, float], model: Any = None) -> None: ...
 
@@ -90,5 +105,12 @@ def family_spec(name: str) -> FamilySpec:
     return import_module(f"{FAMILIES[name]}.spec").SPEC
 
 
+def require_extra(name: str) -> None:
+    """Raise a one-line :class:`OtuError` if the family's pip extra is not installed."""
+    if any(find_spec(module) is None for module in EXTRAS.get(name, ())):
+        raise OtuError(f"the {name} family needs the '{name}' extra: pip install 'otu[{name}]'")
+
+
 def family_api(name: str) -> FamilyAPI:
+    require_extra(name)
     return import_module(f"{FAMILIES[name]}.family")  # type: ignore[return-value]

@@ -40,9 +40,11 @@ MAX_SEED = 2**32 - 1
 
 class Section(BaseModel):
     """Base for every spec section: unknown keys are errors, not silently ignored; floats are finite
-    (``inf``/``nan`` rejected) and integers fit in int64."""
+    (``inf``/``nan`` rejected) and integers fit in int64. A field's documentation is its
+    ``Field(description=...)`` (an attribute docstring below a field becomes that description too);
+    ``otu spec`` and docs/spec-reference.md print it."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, use_attribute_docstrings=True)
 
     @field_validator("*", mode="after")
     @classmethod
@@ -59,34 +61,39 @@ class Task(Section):
 
 
 class Tracking(Section):
-    experiment: str = "otu"
-    """MLflow experiment name."""
-    uri: str | None = None
-    """MLflow tracking URI; the CLI's ``--tracking-uri`` and ``MLFLOW_TRACKING_URI`` take precedence."""
-    cache_dir: LocalPath = "otu-runs/cache"
-    """Where prepared data and original/oracle models are cached by content hash."""
+    """Where results go: MLflow and the cache of prepared data and reference models."""
+
+    experiment: str = Field("otu", description="MLflow experiment name")
+    uri: str | None = Field(None, description="MLflow tracking URI; the CLI's --tracking-uri and "
+                            "MLFLOW_TRACKING_URI take precedence")
+    cache_dir: LocalPath = Field("otu-runs/cache", description="where prepared data and original/oracle "
+                                 "models are cached by content hash")
 
 
 class Zero3(Section):
     """DeepSpeed ZeRO-3 knobs (``stage3_*``); the defaults are DeepSpeed's. Small models need lower
     limits to be partitioned at all (below ~1e9 parameters everything stays gathered)."""
 
-    max_live_parameters: int = Field(1_000_000_000, ge=0)
-    prefetch_bucket_size: int = Field(50_000_000, ge=0)
-    reduce_bucket_size: int = Field(500_000_000, ge=1)
-    max_reuse_distance: int = Field(1_000_000_000, ge=0)
-    param_persistence_threshold: int = Field(100_000, ge=0)
+    max_live_parameters: int = Field(1_000_000_000, ge=0, description="parameters kept gathered per rank")
+    prefetch_bucket_size: int = Field(50_000_000, ge=0, description="parameters fetched ahead of use")
+    reduce_bucket_size: int = Field(500_000_000, ge=1, description="elements per gradient reduction")
+    max_reuse_distance: int = Field(1_000_000_000, ge=0, description="keep a parameter gathered if "
+                                    "it is used again within this many parameters")
+    param_persistence_threshold: int = Field(100_000, ge=0, description="tensors smaller than this "
+                                             "stay whole on every rank")
 
 
 class Compute(Section):
-    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    """Devices, processes and the DeepSpeed engine of the unlearning loop."""
+
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="auto: cuda when available")
     threads: int = Field(1, ge=1, description="torch intra-op threads per process")
     workers: int = Field(1, ge=1, description="data-parallel workers (Ray Train / DeepSpeed ranks)")
-    zero_stage: int = Field(0, ge=0, le=3)
-    offload: Literal["none", "optimizer", "params"] = "none"
-    precision: Literal["fp32", "bf16"] = "fp32"
-    grad_accum: int = Field(1, ge=1)
-    grad_checkpointing: bool = False
+    zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage")
+    offload: Literal["none", "optimizer", "params"] = Field("none", description="ZeRO offload to CPU")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="training precision")
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
+    grad_checkpointing: bool = Field(False, description="recompute activations in backward")
     zero3: Zero3 = Zero3()
 
 
@@ -94,9 +101,9 @@ class Dynamics(Section):
     """Checkpoint evaluation during unlearning, on a pool of evaluation actors."""
 
     every: int = Field(0, ge=0, description="evaluate a checkpoint every this many steps (0: off)")
-    select: str | None = None
-    """Metric by which to select the best checkpoint (its metrics become ``unlearned``)."""
-    mode: Literal["max", "min"] = "max"
+    select: str | None = Field(None, description="metric by which to select the best checkpoint "
+                               "(its metrics become `unlearned`)")
+    mode: Literal["max", "min"] = Field("max", description="whether select maximises or minimises")
     pool_size: int = Field(2, ge=1, description="evaluation actors")
     actor_cpus: float = Field(0.0, ge=0, description="CPUs reserved per actor (0: share the trials')")
 
@@ -105,8 +112,9 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class Experiment(Section):
-    name: str = Field(pattern=NAME_PATTERN)
-    seed: int = Field(0, ge=0, le=MAX_SEED, description="random seed (numpy/torch take 0..2**32-1)")
+    name: str = Field(pattern=NAME_PATTERN, description="names the run directory and MLflow run")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of data splits, models and the unlearning "
+                      "loop (numpy/torch take 0..2**32-1)")
     task: Task
     method: SerializeAsAny[BaseModel]
     eval: SerializeAsAny[BaseModel]
@@ -135,12 +143,11 @@ class Experiment(Section):
 class Param(Section):
     """One search dimension; exactly one of the fields is set."""
 
-    choice: list[Any] | None = None
-    grid: list[Any] | None = None
-    uniform: tuple[float, float] | None = None
-    loguniform: tuple[float, float] | None = None
-    randint: tuple[int, int] | None = None
-    """Integers in [low, high)."""
+    choice: list[Any] | None = Field(None, description="values sampled uniformly")
+    grid: list[Any] | None = Field(None, description="every value, each in its own trial(s)")
+    uniform: tuple[float, float] | None = Field(None, description="floats uniform in [low, high]")
+    loguniform: tuple[float, float] | None = Field(None, description="floats log-uniform in [low, high]")
+    randint: tuple[int, int] | None = Field(None, description="integers in [low, high)")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Param:
@@ -173,30 +180,38 @@ PARAM_KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
 
 
 class Objective(Section):
-    metric: str
-    mode: Literal["max", "min"]
+    metric: str = Field(description="a metric the experiment's method reports")
+    mode: Literal["max", "min"] = Field(description="maximise or minimise it")
 
 
 class Search(Section):
-    algorithm: Literal["random", "grid", "optuna", "nsga2"] = "random"
+    """How trials are drawn and run."""
+
+    algorithm: Literal["random", "grid", "optuna", "nsga2"] = Field("random", description="search algorithm")
     num_samples: int = Field(8, ge=1, description="trials (for grid: repeats of the whole grid)")
-    max_concurrent: int = Field(2, ge=1)
+    max_concurrent: int = Field(2, ge=1, description="trials running at once")
     seeds: int = Field(1, ge=1, description="seed repeats per configuration")
     max_failures: int = Field(1, ge=0, description="retries of a failing trial")
-    scheduler: Literal["none", "asha"] = "none"
-    """ASHA early stopping on checkpoint metrics (single objective; needs experiment.dynamics.every)."""
+    scheduler: Literal["none", "asha"] = Field("none", description="ASHA early stopping on checkpoint "
+                                               "metrics (single objective; needs experiment.dynamics.every)")
 
 
 class Resources(Section):
+    """What each trial reserves from Ray."""
+
     cpus: float = Field(1, gt=0, description="CPUs per trial")
     gpus: float = Field(0, ge=0, description="GPUs per trial")
 
 
 class Sweep(Section):
-    name: str = Field(pattern=NAME_PATTERN)
+    """A search over an experiment's dotted keys (``experiment``: a path or an inline spec)."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="names the sweep directory and MLflow parent run")
     experiment: Experiment
-    space: dict[str, Param]
-    objectives: list[Objective] = Field(min_length=1)
+    space: dict[str, Param] = Field(description="dotted key → one of choice, grid, uniform, "
+                                    "loguniform, randint")
+    objectives: list[Objective] = Field(min_length=1, description="list of {metric, mode: max|min}; "
+                                        "two or more give a Pareto front")
     search: Search = Search()
     resources: Resources = Resources()
 

@@ -58,7 +58,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         ("stop", cmd_jobs_stop, "stop a job"),
     ):
         j = jobs_sub.add_parser(name, help=text)
-        j.add_argument("job_id")
+        j.add_argument("job_id", help="the job's submission id (see `otu jobs list`)")
         cluster_args(j)
         if name == "logs":
             j.add_argument("--follow", "-f", action="store_true", help="stream until the job ends")

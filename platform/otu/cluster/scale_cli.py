@@ -31,7 +31,8 @@ def add_scale_command(sub: argparse._SubParsersAction) -> None:
         "workers and offload; or --estimate DeepSpeed's model-state memory for given models",
     )
     p.add_argument("spec", type=Path, nargs="?", help="LLM experiment spec (not needed with --estimate)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a dotted spec key (repeatable)")
     p.add_argument("--size", dest="sizes", action="append", default=[], metavar="LABEL:KEY=VALUE,...",
                    help="a model size as spec overrides, e.g. "
                    "m:task.model.tiny.hidden=512,task.model.tiny.layers=4 (repeatable; default: the spec's)")
@@ -47,8 +48,8 @@ def add_scale_command(sub: argparse._SubParsersAction) -> None:
                    help="only DeepSpeed's model-state estimates for --models (no spec, no GPU needed)")
     p.add_argument("--models", type=_words, default=None,
                    help="presets (llama-3.2-1b … llama-3.1-70b), config.json paths or counts like 13B")
-    p.add_argument("--gpus-per-node", type=int, default=8)
-    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node for --estimate (default 8)")
+    p.add_argument("--nodes", type=int, default=1, help="nodes for --estimate (default 1)")
     p.add_argument("--out", type=Path, help="output directory (default otu-runs/scale-<time>/)")
     p.set_defaults(handler=cmd_scale)
 

@@ -29,7 +29,7 @@ from otu.llm.losses import Objective, StepBatches, objective_for
 from otu.llm.models import resolve_device
 from otu.llm.regulariser import ParameterRegulariser
 from otu.llm.text import Encoder
-from otu.registry import Reporter
+from otu.registry import TOTAL_STEPS, Reporter
 
 
 class Stream:
@@ -137,7 +137,7 @@ def _train(
         logs["lr"] = engine.lr()
         logs["tokens"] = float(sum(_tokens(b) for b in micro))
         logs["step_time_s"] = time.perf_counter() - start
-        logs = engine.all_mean(logs)
+        logs = engine.all_mean(logs) | {TOTAL_STEPS: steps}
         due = exp.dynamics.every and step % exp.dynamics.every == 0 and step < steps - 1
         checkpoint = _checkpoint(engine, step, checkpoint_dir, tokenizer) if due else None
         report(step, logs) if checkpoint is None else report(step, logs, checkpoint)

@@ -1,37 +1,47 @@
-"""Figures of the LLM family: per-split probability / ROUGE bars and forget truth-ratio histograms."""
+"""The LLM family's panel figure: answer probability and ROUGE-L recall on forget / retain / world
+for each model (original, retrained oracle, unlearned), and the forget truth-ratio histograms."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from otu.llm.evaluation import QA_SPLITS, ModelStats
 
 
 def write_plots(stats: dict[str, ModelStats], out_dir: Path) -> list[Path]:
-    from otu.figures import plt, save_figure
+    """``splits.png``: see :func:`splits_figure`."""
+    from otu.figures import save_figure
 
-    paths = []
+    return [save_figure(splits_figure(stats), out_dir / "splits.png")]
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
+
+def splits_figure(stats: dict[str, ModelStats]):
+    """Three panels; bars carry the per-split mean with its standard error."""
+    from otu.figures import plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), gridspec_kw={"width_ratios": [1, 1, 0.9]})
     width = 0.8 / max(1, len(stats))
     x = np.arange(len(QA_SPLITS))
-    for ax, metric in zip(axes, ("prob", "rouge"), strict=True):
+    for ax, metric in zip(axes[:2], ("prob", "rouge"), strict=True):
         for k, (name, s) in enumerate(stats.items()):
-            values = [getattr(s, metric)[split].mean() for split in QA_SPLITS]
-            ax.bar(x + k * width, values, width, label=name)
+            items = [getattr(s, metric)[split] for split in QA_SPLITS]
+            means = [v.mean() for v in items]
+            errors = [v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0 for v in items]
+            ax.bar(x + k * width, means, width, yerr=errors, capsize=2, label=name, color=f"C{k}")
         ax.set_xticks(x + width * (len(stats) - 1) / 2, QA_SPLITS)
         ax.set_title("answer probability" if metric == "prob" else "ROUGE-L recall")
-        ax.set_ylim(0, 1.05)
-    axes[0].legend()
-    paths.append(save_figure(fig, out_dir / "splits.png"))
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for name, s in stats.items():
-        ax.hist(np.log(s.truth_ratio["forget"]), bins=20, alpha=0.5, label=name)
-    ax.set_xlabel("log truth ratio on forget (perturbed / paraphrased)")
-    ax.set_ylabel("items")
-    ax.legend()
-    paths.append(save_figure(fig, out_dir / "forget_truth_ratio.png"))
-    return paths
+        ax.set_ylim(0, 1.22)  # headroom for the legend above the bars
+        ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    axes[0].legend(fontsize=8, loc="upper center", ncol=len(stats), frameon=False)
+    values = np.concatenate([np.log(s.truth_ratio["forget"]) for s in stats.values()])
+    bins = np.linspace(values.min(), values.max(), 20) if np.ptp(values) > 0 else 10
+    for k, (name, s) in enumerate(stats.items()):
+        axes[2].hist(np.log(s.truth_ratio["forget"]), bins=bins, alpha=0.5, label=name, color=f"C{k}")
+    axes[2].set_xlabel("log truth ratio on forget (perturbed / paraphrased)")
+    axes[2].set_ylabel("items")
+    axes[2].yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[2].set_title("forget truth ratio")
+    return fig

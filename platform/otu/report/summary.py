@@ -1,15 +1,25 @@
-"""A sweep's human-readable report: ``summary.md`` (best trials, Pareto front) and ``pareto.png``."""
+"""A sweep's human-readable report: ``summary.md`` (best trials, Pareto front, reference models),
+``pareto.png`` and ``report.html`` (the same in one static page, figures inlined); a run's
+``report.html`` (metrics and its figures)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from otu.figures import plt, save_figure
+from otu.report.front_plot import Reference, fmt, plot_front
+from otu.report.html import Page
 from otu.report.pareto import finished, pareto_front
 from otu.spec import Sweep
 from otu.tracking.results import TRIALS_FILE, TrialsTable
+
+REFERENCE_MODELS = ("original", "retrained")
+HTML_FRONT_TRIALS = 6
+"""Front trials whose figures the sweep page shows."""
 
 
 def write_report(sweep_dir: Path, sweep: Sweep, timings: dict[str, float] | None = None) -> list[Path]:
@@ -17,18 +27,57 @@ def write_report(sweep_dir: Path, sweep: Sweep, timings: dict[str, float] | None
     metrics = [o.metric for o in sweep.objectives]
     modes = [o.mode for o in sweep.objectives]
     front = pareto_front(table, metrics, modes)
+    references = reference_metrics(sweep_dir)
     summary = sweep_dir / "summary.md"
-    summary.write_text(summary_markdown(sweep, table, front, timings or {}))
-    plot = sweep_dir / "pareto.png"
-    plot_front(table, front, metrics, modes, knobs(table), plot, title=sweep.name)
-    return [summary, plot]
+    summary.write_text(summary_markdown(sweep, table, front, timings or {}, references))
+    plot = plot_front(table, front, metrics, modes, knobs(table), sweep_dir / "pareto.png",
+                      title=sweep.name, references=references)
+    page = sweep_html(sweep_dir, sweep, table, front, references, plot)
+    return [summary, plot, page]
+
+
+def reference_metrics(sweep_dir: Path) -> dict[str, Reference]:
+    """Mean and std over seeds of the original model's and the oracle's metrics, read from the
+    trials' ``metrics.json`` (every trial of one seed holds the same reference values)."""
+    per_model: dict[str, dict[str, dict[str, float]]] = {}
+    for path in sorted((sweep_dir / "trials").glob("*/metrics.json")) + sorted(
+        (sweep_dir / "trials").glob("*/seed-*/metrics.json")
+    ):
+        run = json.loads(path.read_text())
+        seed = path.parent.name if path.parent.name.startswith("seed-") else "seed"
+        for name in REFERENCE_MODELS:
+            if name in run:
+                per_model.setdefault(name, {})[seed] = run[name]
+    out: dict[str, Reference] = {}
+    for name, by_seed in per_model.items():
+        runs = list(by_seed.values())
+        out[name] = {
+            m: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0)
+            for m in runs[0]
+            for v in [[r[m] for r in runs if m in r]]
+        }
+    return out
+
+
+def references_frame(references: Mapping[str, Reference], metrics: list[str]) -> pd.DataFrame:
+    rows = []
+    for name, ref in references.items():
+        cells = {m: fmt(ref[m][0]) + (f" ± {ref[m][1]:.2g}" if ref[m][1] else "") for m in metrics if m in ref}
+        rows.append({"model": name, **cells})
+    return pd.DataFrame(rows, columns=["model", *metrics])
 
 
 def knobs(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if c.startswith("config/")]
 
 
-def summary_markdown(sweep: Sweep, table: pd.DataFrame, front: pd.DataFrame, timings: dict[str, float]) -> str:
+def summary_markdown(
+    sweep: Sweep,
+    table: pd.DataFrame,
+    front: pd.DataFrame,
+    timings: dict[str, float],
+    references: Mapping[str, Reference] | None = None,
+) -> str:
     metrics = [o.metric for o in sweep.objectives]
     done = finished(table, metrics)
     cols = ["trial_id", *knobs(table), *metrics]
@@ -49,6 +98,9 @@ def summary_markdown(sweep: Sweep, table: pd.DataFrame, front: pd.DataFrame, tim
     lines += [f"- `{o.metric}` ({o.mode})" for o in sweep.objectives]
     lines += ["", "## Pareto front", ""]
     lines.append(_table(_mean_std(front.sort_values(metrics[0]), metrics), cols) if not front.empty else "_no finished trials_")
+    if references:
+        lines += ["", "## Reference models", ""]
+        lines.append(_table(references_frame(references, metrics), ["model", *metrics]))
     lines += ["", "## Best trial per objective", ""]
     for obj in sweep.objectives:
         if done.empty:
@@ -61,40 +113,6 @@ def summary_markdown(sweep: Sweep, table: pd.DataFrame, front: pd.DataFrame, tim
         cols = [c for c in ("trial_id", *knobs(table), "status", "failures", "error") if c in failed.columns]
         lines.append(_table(failed, cols))
     return "\n".join(lines) + "\n"
-
-
-def plot_front(
-    table: pd.DataFrame,
-    front: pd.DataFrame,
-    metrics: list[str],
-    modes: list[str],
-    knob_cols: list[str],
-    path: Path,
-    title: str = "",
-) -> None:
-    """Scatter of the first two objectives (or objective vs trial for one), front highlighted,
-    each point labelled with its knobs."""
-    done = finished(table, metrics)
-    x_name, y_name = (metrics[0], metrics[1]) if len(metrics) > 1 else ("trial", metrics[0])
-    fig, ax = plt.subplots(figsize=(7, 5))
-
-    def xy(df: pd.DataFrame):
-        x = df[x_name] if x_name != "trial" else pd.Series(range(len(df)), index=df.index)
-        return x, df[y_name]
-
-    if not done.empty:
-        ax.scatter(*xy(done), color="0.6", label="trials")
-        fx, fy = xy(front)
-        order = fx.argsort()
-        ax.plot(fx.iloc[order], fy.iloc[order], "o-", color="C3", label="Pareto front")
-        for (_, row), x, y in zip(done.iterrows(), *xy(done), strict=True):
-            label = ", ".join(f"{c.removeprefix('config/').split('.')[-1]}={_fmt(row[c])}" for c in knob_cols)
-            ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel(f"{x_name} ({modes[0]})" if x_name != "trial" else "trial")
-    ax.set_ylabel(f"{y_name} ({modes[-1]})")
-    ax.set_title(title)
-    ax.legend(loc="best")
-    save_figure(fig, path)
 
 
 def _mean_std(table: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
@@ -110,11 +128,59 @@ def _table(df: pd.DataFrame, cols: list[str]) -> str:
     cols = [c for c in cols if c in df.columns]
     head = "| " + " | ".join(cols) + " |"
     sep = "|" + "|".join("---" for _ in cols) + "|"
-    rows = ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for _, r in df.iterrows()]
+    rows = ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for _, r in df.iterrows()]
     return "\n".join([head, sep, *rows])
 
 
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+
+
+def sweep_html(
+    sweep_dir: Path,
+    sweep: Sweep,
+    table: pd.DataFrame,
+    front: pd.DataFrame,
+    references: Mapping[str, Reference],
+    plot: Path,
+) -> Path:
+    """``report.html``: the summary's tables, the Pareto plot and the first front trials' figures."""
+    metrics = [o.metric for o in sweep.objectives]
+    cols = ["trial_id", *knobs(table), *metrics]
+    page = Page(f"Sweep {sweep.name}")
+    page.paragraph(
+        f"Method {sweep.experiment.method.name} on family {sweep.experiment.task.family}; "  # type: ignore[attr-defined]
+        f"search {sweep.search.algorithm}, {len(table)} trials, {sweep.search.seeds} seed(s) per configuration. "
+        "Objectives: " + ", ".join(f"{o.metric} ({o.mode})" for o in sweep.objectives) + "."
+    )
+    page.image(plot, "Pareto plot: grey trials, red front (numbered as in the table), reference models")
+    page.heading("Pareto front").table(_shown(_mean_std(front.sort_values(metrics[0]), metrics), cols))
+    if references:
+        page.heading("Reference models").table(references_frame(references, metrics))
+    failed = table[table["status"] != "TERMINATED"] if not table.empty else table
+    if not failed.empty:
+        fail_cols = ["trial_id", *knobs(table), "status", "failures", "error"]
+        page.heading("Failed trials").table(_shown(failed, fail_cols))
+    for trial_id in list(front.sort_values(metrics[0])["trial_id"])[:HTML_FRONT_TRIALS]:
+        figures = sorted((sweep_dir / "trials" / str(trial_id)).glob("**/plots/*.png"))
+        if figures:
+            page.heading(f"Trial {trial_id}", level=3)
+            for figure in figures:
+                page.image(figure, str(figure.relative_to(sweep_dir)))
+    return page.write(sweep_dir / "report.html")
+
+
+def run_html(run_dir: Path) -> Path:
+    """``report.html`` of one run: its metrics per model and its figures."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    names = list(dict.fromkeys(k for m in metrics.values() for k in m))
+    frame = pd.DataFrame([{"metric": n, **{model: m.get(n) for model, m in metrics.items()}} for n in names])
+    page = Page(f"Run {run_dir.name}").heading("Metrics").table(frame)
+    figures = sorted((run_dir / "plots").glob("*.png"))
+    if figures:
+        page.heading("Figures")
+        for figure in figures:
+            page.image(figure, figure.name)
+    return page.write(run_dir / "report.html")
+
+
+def _shown(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    return df[[c for c in cols if c in df.columns]]

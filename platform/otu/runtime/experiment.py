@@ -27,7 +27,7 @@ import torch
 
 from otu.cache import verified_file, write_verified_file
 from otu.errors import RunFailed
-from otu.registry import Reporter, family_api
+from otu.registry import TOTAL_STEPS, Reporter, family_api
 from otu.spec import Dynamics, Experiment, content_hash, dump_yaml
 
 Metrics = dict[str, dict[str, float]]
@@ -68,12 +68,15 @@ def run_experiment(
     phase: Callable[[str], None] | None = None,
     evaluator: CheckpointSink | None = None,
     on_checkpoint: Callable[[int, dict[str, float]], None] | None = None,
+    progress: Callable[[Mapping[str, float], int | None], None] | None = None,
 ) -> RunResult:
     """Run ``exp`` and write its outputs into ``out_dir``.
 
     ``phase(name)`` announces progress; ``evaluator`` (see :mod:`otu.runtime.evaluation`) receives
     a checkpoint every ``exp.dynamics.every`` steps and ``on_checkpoint(step, metrics)`` is called as
-    each checkpoint's metrics arrive (a Tune trial forwards them to its scheduler).
+    each checkpoint's metrics arrive (a Tune trial forwards them to its scheduler);
+    ``progress(metrics, total)`` is called once per step the loop reports (``total``: the step count
+    the loop announced, or None).
     """
     phase = phase or (lambda _name: None)
     api = family_api(exp.task.family)
@@ -94,7 +97,7 @@ def run_experiment(
 
     phase(f"unlearning with {exp.method.name}")  # type: ignore[attr-defined]
     start = time.perf_counter()
-    recorder = _StepRecorder(out_dir, report, evaluator, on_checkpoint, exp.dynamics)
+    recorder = _StepRecorder(out_dir, report, evaluator, on_checkpoint, exp.dynamics, progress)
     seed_everything(exp.seed)
     checkpoint_dir = out_dir / "checkpoint"
     if exp.compute.workers > 1 and hasattr(api, "unlearn_worker"):
@@ -165,7 +168,8 @@ class _StepRecorder:
     and the best one by ``dynamics.select``: ``stored`` maps their steps to their paths."""
 
     def __init__(
-        self, out_dir: Path, report, evaluator: CheckpointSink | None, on_checkpoint, dynamics: Dynamics
+        self, out_dir: Path, report, evaluator: CheckpointSink | None, on_checkpoint, dynamics: Dynamics,
+        progress,
     ) -> None:
         self.steps_path = out_dir / "steps.jsonl"
         self.dynamics_path = out_dir / "dynamics.jsonl"
@@ -173,12 +177,15 @@ class _StepRecorder:
             path.unlink(missing_ok=True)
         self.report, self.evaluator, self.on_checkpoint = report, evaluator, on_checkpoint
         self.select, self.mode = dynamics.select, dynamics.mode
+        self.progress = progress
         self.last_step = 0
         self.checkpoints: list[dict[str, float]] = []
         self.stored: dict[int, Path] = {}
 
     def __call__(self, step: int, metrics: Mapping[str, float], model: object = None) -> None:
         self.last_step = int(step)
+        total = metrics.get(TOTAL_STEPS)
+        metrics = {k: v for k, v in metrics.items() if k != TOTAL_STEPS}
         row = {"step": int(step), **_as_floats(metrics)}
         with self.steps_path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
@@ -189,6 +196,8 @@ class _StepRecorder:
                 )
         if self.report is not None:
             self.report(step, metrics)
+        if self.progress is not None:
+            self.progress(metrics, None if total is None else int(total))
         wanted = self.evaluator is not None and model is not None and self.evaluator.wants(step)
         if isinstance(model, Path):
             if wanted:

@@ -36,6 +36,7 @@ from otu.runtime.ray_session import init_ray
 from otu.runtime.recorder import SweepRecorder
 from otu.runtime.resources import check_fits
 from otu.runtime.resume import Plan, plan
+from otu.runtime.trial_lines import TrialLines
 from otu.spec import Experiment, Param, Sweep, dump_yaml, parse_experiment
 from otu.tracking.results import TRIALS_FILE
 
@@ -49,10 +50,12 @@ def run_sweep(
     address: str | None = None,
     resume: bool = False,
     storage: str | None = None,
+    quiet: bool = False,
 ) -> Path:
     """Run (or resume) ``sweep`` into ``out_dir``; return the path of ``trials.parquet``.
 
-    Tune keeps its state in ``storage`` (default ``out_dir/ray``; a URI for durable cluster runs)."""
+    Tune keeps its state in ``storage`` (default ``out_dir/ray``; a URI for durable cluster runs).
+    Unless ``quiet``, Tune's status table shows and a line is printed as each trial finishes."""
     import ray
 
     out_dir = out_dir.resolve()
@@ -113,9 +116,12 @@ def run_sweep(
             run_config=tune.RunConfig(
                 name=TUNE_NAME,
                 storage_path=storage,
-                callbacks=[SweepRecorder(str(out_dir), tracking_uri, sweep.experiment.tracking.experiment)],
+                callbacks=[
+                    SweepRecorder(str(out_dir), tracking_uri, sweep.experiment.tracking.experiment),
+                    *([] if quiet else [TrialLines([o.metric for o in sweep.objectives], trial_count(sweep))]),
+                ],
                 failure_config=tune.FailureConfig(max_failures=sweep.search.max_failures),
-                verbose=1,
+                verbose=0 if quiet else 1,
             ),
         )
         tuner.fit()
@@ -152,6 +158,12 @@ def sweep_trial(
         )
         per_seed.append(result.metrics["unlearned"])
     tune.report(aggregate(per_seed))
+
+
+def trial_count(sweep: Sweep) -> int:
+    """Trials the sweep runs: ``num_samples``, times the grid's size when it has grid keys."""
+    grid = [len(p.grid) for p in sweep.space.values() if p.grid is not None]
+    return sweep.search.num_samples * int(np.prod(grid)) if grid else sweep.search.num_samples
 
 
 def aggregate(per_seed: list[dict[str, float]]) -> dict[str, float]:

@@ -20,7 +20,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from otu.registry import Reporter
+from otu.registry import TOTAL_STEPS, Reporter
 from otu.spec import Experiment
 from otu.tabular import plots as figures
 from otu.tabular.barycenter import (
@@ -110,6 +110,10 @@ def unlearn(exp: Experiment, prepared: Prepared, report: Reporter, checkpoint_di
     return model
 
 
+def _silent(step: int, metrics, model=None) -> None:
+    """A reporter that drops what it is given (the frontier's extra variant is no run)."""
+
+
 def _barycenter(method: Barycenter, task: FeatureTask, seed: int, report: Reporter) -> Transported:
     """Fit the group maps on the training split (features, or E[Y|X] log-odds) and transport."""
     source = task.features if method.apply_to == "features" else prediction_scores(task, method.score_c)
@@ -128,7 +132,7 @@ def _barycenter(method: Barycenter, task: FeatureTask, seed: int, report: Report
             seed=seed,
         )
     moved = transport(source, task.z_train, task.z_test, maps, method.t)
-    report(0, {"t": method.t, "transport_cost": transport_cost(moved, task.z_train)})
+    report(0, {"t": method.t, "transport_cost": transport_cost(moved, task.z_train), TOTAL_STEPS: 1})
     return moved
 
 
@@ -140,14 +144,24 @@ def evaluate(exp: Experiment, prepared: Prepared, model: Model) -> dict[str, flo
 
 
 def plots(exp: Experiment, prepared: Prepared, models: dict[str, Model], out_dir: Path) -> list[Path]:
+    """``frontier.png`` (barycenter: both variants' frontiers over t) or ``accuracies.png``."""
     unlearned = models["unlearned"]
     if isinstance(unlearned, Transported):
         ev = cast(TabularEval, exp.eval)
         task = cast(FeatureTask, prepared)
-        points = [
-            {"t": float(t), **feature_metrics(task, unlearned.at(float(t)), ev, exp.seed)}
-            for t in np.linspace(0.0, 1.0, ev.frontier_points)
-        ]
-        return [figures.frontier(points, unlearned.t, out_dir / "frontier.png")]
+        method = cast(Barycenter, exp.method)
+        other = "empirical" if method.variant == "gaussian" else "gaussian"
+        moved = {
+            method.variant: unlearned,
+            other: _barycenter(method.model_copy(update={"variant": other}), task, exp.seed, _silent),
+        }
+        curves = {
+            variant: [
+                {"t": float(t), **feature_metrics(task, transported.at(float(t)), ev, exp.seed)}
+                for t in np.linspace(0.0, 1.0, ev.frontier_points)
+            ]
+            for variant, transported in moved.items()
+        }
+        return [figures.frontier(curves, method.variant, unlearned.t, out_dir / "frontier.png")]
     metrics = {name: evaluate(exp, prepared, model) for name, model in models.items()}
     return [figures.accuracies(metrics, out_dir / "accuracies.png")]

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from otu.registry import Reporter
+from otu.registry import TOTAL_STEPS, Reporter
 from otu.tabular.mi import plugin_mi
 
 
@@ -77,5 +77,5 @@ def unlearn_marginal(
             sums += torch.stack([ce.detach(), mi.detach(), loss.detach()])
             steps += 1
         ce_mean, mi_mean, loss_mean = (sums / max(steps, 1)).tolist()
-        report(epoch, {"ce": ce_mean, "mi": mi_mean, "loss": loss_mean})
+        report(epoch, {"ce": ce_mean, "mi": mi_mean, "loss": loss_mean, TOTAL_STEPS: epochs})
     return model.eval()

@@ -11,7 +11,7 @@ from otu.registry import Reporter
 from otu.spec import Experiment
 from otu.vision.methods import method
 from otu.vision.metrics import MIAProbe, classifier_metrics
-from otu.vision.plots import loss_histogram
+from otu.vision.plots import loss_histograms
 from otu.vision.prepare import Prepared
 from otu.vision.prepare import prepare as prepare_cached
 from otu.vision.spec import VisionEval
@@ -45,16 +45,13 @@ def evaluate(exp: Experiment, prepared: Prepared, model: nn.Module) -> dict[str,
 def plots(
     exp: Experiment, prepared: Prepared, models: dict[str, nn.Module], out_dir: Path
 ) -> list[Path]:
-    """``loss_hist_<model>.png`` per model (nothing when ``eval.plots`` is false)."""
+    """``loss_histograms.png``: a panel per model (nothing when ``eval.plots`` is false)."""
     ev: VisionEval = exp.eval  # type: ignore[assignment]
     if not ev.plots:
         return []
     out_dir = Path(out_dir)
     probe = _probe(exp, prepared)
-    return [
-        loss_histogram(model, probe, f"{name}: forget vs unseen", out_dir / f"loss_hist_{name}.png")
-        for name, model in models.items()
-    ]
+    return [loss_histograms(models, probe, out_dir / "loss_histograms.png")]
 
 
 def _probe(exp: Experiment, prepared: Prepared) -> MIAProbe:

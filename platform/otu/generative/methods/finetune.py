@@ -8,7 +8,7 @@ from otu.generative.models import MLPGenerator
 from otu.generative.prepare import Prepared
 from otu.generative.pretrain import fit_sinkhorn
 from otu.generative.spec import Finetune
-from otu.registry import Reporter
+from otu.registry import TOTAL_STEPS, Reporter
 from otu.spec import Experiment
 
 
@@ -25,5 +25,7 @@ def run(exp: Experiment, prepared: Prepared, report: Reporter) -> MLPGenerator:
         scaling=m.scaling,
         betas=(m.beta1, m.beta2),
         noise=noise_stream(exp.seed),
-        on_step=lambda step, loss: report(step, {"sinkhorn_divergence": loss}, generator),
+        on_step=lambda step, loss: report(
+            step, {"sinkhorn_divergence": loss, TOTAL_STEPS: m.steps}, generator
+        ),
     )

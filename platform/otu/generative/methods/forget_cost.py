@@ -10,7 +10,7 @@ from otu.generative.methods.common import UnlearningCost, noise_stream, trainabl
 from otu.generative.models import MLPGenerator
 from otu.generative.prepare import Prepared
 from otu.generative.spec import ForgetCost
-from otu.registry import Reporter
+from otu.registry import TOTAL_STEPS, Reporter
 from otu.spec import Experiment
 
 
@@ -27,5 +27,5 @@ def run(exp: Experiment, prepared: Prepared, report: Reporter) -> MLPGenerator:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        report(step, {"generator_loss": float(loss.detach()), **terms.means()}, generator)
+        report(step, {"generator_loss": float(loss.detach()), **terms.means(), TOTAL_STEPS: m.steps}, generator)
     return generator

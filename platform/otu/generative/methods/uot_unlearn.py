@@ -13,7 +13,7 @@ from otu.generative.models import MLPGenerator, potential_network
 from otu.generative.prepare import Prepared
 from otu.generative.spec import UOTUnlearn
 from otu.generative.uot import conjugate, generator_loss, potential_loss, r1_penalty
-from otu.registry import Reporter
+from otu.registry import TOTAL_STEPS, Reporter
 from otu.spec import Experiment
 
 
@@ -62,6 +62,7 @@ def run(exp: Experiment, prepared: Prepared, report: Reporter) -> MLPGenerator:
                 "r1_penalty": float(r1.detach()),
                 "generator_loss": float(loss_g.detach()),
                 **terms.means(),
+                TOTAL_STEPS: m.steps,
             },
             generator,
         )

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from otu.registry import Reporter
+from otu.registry import TOTAL_STEPS, Reporter
 from otu.spec import Experiment
 from otu.vision.spec import SGDMethod
 
@@ -57,13 +57,15 @@ def cross_entropy_pass(
     opt = sgd(model, spec)
     x, y = prepared.splits.part(part)
     gen = torch.Generator().manual_seed(exp.seed)
+    passes = [batches(len(x), spec.batch_size, gen) for _ in range(spec.epochs)]  # gen draws nothing else
+    total = sum(map(len, passes))
     step = 0
-    for _ in range(spec.epochs):
-        for idx in batches(len(x), spec.batch_size, gen):
+    for order in passes:
+        for idx in order:
             loss = F.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             (sign * loss).backward()
             opt.step()
-            report(step, {metric: loss.item()}, model)
+            report(step, {metric: loss.item(), TOTAL_STEPS: total}, model)
             step += 1
     return model.eval()

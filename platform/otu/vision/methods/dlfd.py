@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from otu.ot import sinkhorn_loss
-from otu.registry import Reporter
+from otu.registry import TOTAL_STEPS, Reporter
 from otu.spec import Experiment
 from otu.vision.methods.common import batches, cycle_batches, fresh_copy, sgd
 from otu.vision.metrics import MIAProbe, forgetting_score
@@ -64,7 +64,7 @@ def run(exp: Experiment, prepared: Prepared, report: Reporter) -> nn.Module:
         for idx in order:
             lam = spec.lambda_start + (spec.lambda_end - spec.lambda_start) * step / last
             perturbing = fs >= spec.threshold
-            metrics = {"lambda": lam, "forgetting_score": fs, "perturbed": float(perturbing)}
+            metrics = {"lambda": lam, "forgetting_score": fs, "perturbed": float(perturbing), TOTAL_STEPS: last + 1}
             inputs = x[idx]
             if perturbing:
                 xf_batch = xf[next(forget_batches)]

@@ -1,0 +1,61 @@
+"""What a user sees while otu works: the run's phases and the loop's step bar, per-trial lines."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from otu.progress import RunProgress
+from otu.runtime.experiment import run_experiment
+from otu.runtime.trial_lines import TrialLines
+from otu.spec import load_experiment
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def recording_console() -> tuple[Console, io.StringIO]:
+    out = io.StringIO()
+    return Console(file=out, width=160, force_terminal=False, color_system=None), out
+
+
+def test_run_progress_shows_phases_steps_of_total_and_losses():
+    console, out = recording_console()
+    with RunProgress(console) as progress:
+        progress.phase("preparing data")
+        progress.phase("unlearning with dlfd")
+        for step in range(5):
+            progress.step({"loss_ce": 1.0 / (step + 1), "lambda": 0.5}, 5)
+        progress.phase("evaluating")
+    text = out.getvalue()
+    assert "preparing data" in text and "evaluating" in text
+    assert "5/5" in text and "loss_ce=0.2" in text and "lambda" not in text
+
+
+def test_quiet_shows_nothing():
+    console, out = recording_console()
+    with RunProgress(console, quiet=True) as progress:
+        progress.phase("unlearning")
+        progress.step({"loss": 1.0}, 3)
+    assert out.getvalue() == ""
+
+
+def test_loop_announces_its_total_and_the_record_stays_clean(tmp_path):
+    exp = load_experiment(REPO / "sweeps/experiments/marginal_digits.yaml", [
+        "method.epochs=2", "task.model.epochs=1", f"tracking.cache_dir={tmp_path / 'cache'}",
+    ])
+    seen: list[tuple[dict, int | None]] = []
+    run_experiment(exp, tmp_path / "run", progress=lambda m, total: seen.append((dict(m), total)))
+    assert [total for _, total in seen] == [2, 2] and all("total_steps" not in m for m, _ in seen)
+    rows = [json.loads(line) for line in (tmp_path / "run/steps.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all("total_steps" not in row for row in rows)
+
+
+def test_trial_lines_name_knobs_objectives_and_the_last_error_line():
+    lines = TrialLines(["test_acc", "forgetting_score"], total=4)
+    ok = lines.line("a1", {"method.alpha": 0.125}, {"test_acc": 0.91234, "forgetting_score": 0.05, "x": 1})
+    assert "(1/4" in ok and "alpha=0.125" in ok and "test_acc=0.9123" in ok and "forgetting_score=0.05" in ok
+    bad = lines.line("b2", {"method.alpha": 0.5}, {}, error="Traceback\n  File x\nValueError: [boom]")
+    assert "(2/4" in bad and "ValueError: \\[boom]" in bad and "Traceback" not in bad
