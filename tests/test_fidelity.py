@@ -1,0 +1,156 @@
+"""Metric and method fidelity: each value checked against a hand-computed case from the definition
+the paper / the field's harness uses (MUSE, TOFU, open-unlearning, the authors' code)."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from otu.llm import evaluation
+from otu.llm.losses import NPOObjective, SimNPOObjective, StepBatches, reduced_nll
+from otu.llm.metrics import _lowest_mean, normalised_probability, privleak, token_log_probs
+from otu.llm.spec import LLMEval, OptOut, SimNPO
+from otu.llm.text import IGNORE, Batch
+
+# ---------------------------------------------------------------- LLM metrics
+
+
+def _stats(forget: list[float], holdout: list[float]) -> evaluation.ModelStats:
+    ones = {s: np.array([0.5, 0.5]) for s in evaluation.QA_SPLITS}
+    scores = {"forget": np.array(forget), "holdout": np.array(holdout)}
+    return evaluation.ModelStats(
+        prob=ones,
+        rouge=ones,
+        truth_ratio=ones,
+        mia={k: {"mink": v, "loss": v} for k, v in scores.items()},
+        generations={},
+    )
+
+
+def test_privleak_follows_muse_an_unlearned_nothing_model_scores_minus_100():
+    # MUSE: AUC with forget as the less member-like class = 1 − conventional AUC.
+    # target: every forget score above every holdout score → conventional AUC 1, MUSE AUC 0;
+    # oracle: forget 1, 3 vs holdout 2, 4 → pairs (f > h): (3 > 2) → 1 of 4 → AUC 0.25, MUSE 0.75.
+    target, oracle = _stats([5.0, 6.0], [1.0, 2.0]), _stats([1.0, 3.0], [2.0, 4.0])
+    out = evaluation.metrics(target, oracle)
+    assert out["mia_auc_mink"] == 1.0
+    assert out["privleak"] == pytest.approx((0.0 - 0.75) / 0.75 * 100)  # −100
+    assert privleak(0.5, 0.5) == 0.0
+    assert privleak(0.25, 0.5) == pytest.approx((0.75 - 0.5) / 0.5 * 100)  # over-unlearned: +50
+
+
+def test_world_probability_is_normalised_over_the_false_answers():
+    # p = e^{-ln 2} = 1/2, false answers 1/4 and 1/8 → (1/2)/(1/2 + 3/8) = 4/7
+    got = normalised_probability(
+        np.array([math.log(2), math.log(2)]),
+        [np.array([math.log(4), math.log(8)]), np.array([math.log(2)])],
+    )
+    assert got == pytest.approx([4 / 7, 0.5])
+
+
+def test_generation_lengths_default_to_the_authors_per_split():
+    ev = LLMEval()
+    assert (ev.max_new_tokens, ev.world_max_new_tokens) == (128, 512)
+
+
+def test_min_k_counts_int_k_n_tokens_at_least_one():
+    values = torch.tensor([3.0, 1.0, 2.0])
+    assert _lowest_mean(values, 0.4) == 1.0  # int(1.2) = 1 (ceil would take 2 → 1.5)
+    assert _lowest_mean(values, 0.1) == 1.0  # int(0.3) = 0 → at least one
+    assert _lowest_mean(torch.tensor([4.0, 1.0, 3.0, 2.0, 5.0]), 0.4) == 1.5  # int(2.0) = 2
+
+
+def test_min_k_plus_plus_clamps_the_variance_at_1e_minus_6():
+    # vocab of 2, logits (0, 20): p0 = 1/(1 + e^20), variance ≈ 400·p0 ≈ 8e-7 < 1e-6 → σ = 1e-3
+    logp0 = -math.log1p(math.exp(20.0))
+    logp1 = -math.log1p(math.exp(-20.0))
+    p0, p1 = math.exp(logp0), math.exp(logp1)
+    mu = p0 * logp0 + p1 * logp1
+    assert p0 * logp0**2 + p1 * logp1**2 - mu**2 < 1e-6
+    logp, z = token_log_probs(
+        torch.tensor([[[0.0, 20.0]]], dtype=torch.float64), torch.tensor([[1]])
+    )
+    assert logp.item() == pytest.approx(logp1)
+    assert z.item() == pytest.approx((logp1 - mu) / 1e-3, rel=1e-6)
+
+
+# ---------------------------------------------------------------- NPO / SimNPO
+
+
+class FixedLogits(nn.Module):
+    """A causal LM whose next-token logits are a fixed tensor (B×T×V), independent of the input."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(logits)
+
+    def forward(self, input_ids, attention_mask):
+        return SimpleNamespace(logits=self.logits)
+
+
+def _two_answers() -> Batch:
+    """Sequence A: one answer token (position 2); B: three (positions 1–3). All targets are token 0."""
+    ids = torch.zeros(2, 4, dtype=torch.long)
+    labels = torch.tensor([[IGNORE, IGNORE, 0, IGNORE], [IGNORE, 0, 0, 0]])
+    return Batch(ids, torch.ones_like(ids), labels)
+
+
+def _model(logit: float) -> FixedLogits:
+    """Logits (0, logit) at every position → NLL of token 0 = log(1 + e^logit)."""
+    logits = torch.zeros(2, 4, 2)
+    logits[..., 1] = logit
+    return FixedLogits(logits)
+
+
+NPO_CASES = {
+    # model NLL per token a = log 4 (l = log 3), reference r = log 2 (l = 0); A has 1 token, B 3
+    "sequence_sum": [math.log(4) - math.log(2), 3 * (math.log(4) - math.log(2))],
+    "sequence_mean": [math.log(4) - math.log(2)] * 2,
+    "batch_mean": [math.log(4) - math.log(2)],
+}
+
+
+@pytest.mark.parametrize("reduction", list(NPO_CASES))
+def test_npo_reduction_matches_its_definition(reduction):
+    beta = 0.5
+    method = SimpleNamespace(beta=beta, reduction=reduction)
+    batch = _two_answers()
+    got = NPOObjective(method).forget_term(
+        _model(math.log(3)), _model(0.0), StepBatches(batch, batch, batch)
+    )
+    diffs = NPO_CASES[reduction]
+    want = -2 / beta * np.mean([-math.log1p(math.exp(-beta * d)) for d in diffs])
+    assert got.item() == pytest.approx(want, rel=1e-6)
+
+
+def test_npo_reduction_of_sums_and_batch_means_by_hand():
+    batch, model = _two_answers(), _model(math.log(3))
+    assert reduced_nll(model, batch, "sequence_sum").tolist() == pytest.approx(
+        [math.log(4), 3 * math.log(4)]
+    )
+    # batch token mean: (log 4 + 3 log 4) / 4 tokens
+    assert reduced_nll(model, batch, "batch_mean").tolist() == pytest.approx([math.log(4)])
+
+
+def test_optout_defaults_to_the_authors_batch_mean_and_npo_to_the_paper_sum():
+    assert OptOut(name="optout").reduction == "batch_mean"
+    from otu.llm.spec import NPO
+
+    assert NPO(name="npo").reduction == "sequence_sum"
+
+
+def test_simnpo_follows_the_official_form_and_coefficient():
+    method = SimNPO(name="simnpo", gamma=0.5)
+    assert (method.beta, method.npo_coeff) == (2.5, 0.1375)
+    batch = _two_answers()
+    got = SimNPOObjective(method).forget_term(
+        _model(math.log(3)), None, StepBatches(batch, batch, batch)
+    )
+    # per-token mean NLL ℓ̄ = log 4 for both; −c·(2/β)·log σ(β(ℓ̄ − γ))
+    t = 2.5 * (math.log(4) - 0.5)
+    assert got.item() == pytest.approx(0.1375 * -(2 / 2.5) * -math.log1p(math.exp(-t)), rel=1e-6)
