@@ -154,3 +154,87 @@ def test_simnpo_follows_the_official_form_and_coefficient():
     # per-token mean NLL ℓ̄ = log 4 for both; −c·(2/β)·log σ(β(ℓ̄ − γ))
     t = 2.5 * (math.log(4) - 0.5)
     assert got.item() == pytest.approx(0.1375 * -(2 / 2.5) * -math.log1p(math.exp(-t)), rel=1e-6)
+
+
+# ---------------------------------------------------------------- DLFD and its data
+
+
+def test_val_split_is_disjoint_and_unseen_identities_are_whole():
+    from otu.vision.data import make_splits, split_indices
+    from otu.vision.spec import VisionData
+
+    digits = make_splits(VisionData(forget_size=50, test_fraction=0.5, val_fraction=0.2), seed=0)
+    parts = [set(getattr(digits, p).tolist()) for p in ("forget", "retain", "val", "test")]
+    assert sum(map(len, parts)) == 1797 == len(set.union(*parts))
+    # per label: round(0.5·n) test, then round(0.2/0.5 · rest) val (digit 0 has 178 images)
+    zeros = (digits.labels == 0).numpy()
+    assert zeros[digits.test.numpy()].sum() == 89 and zeros[digits.val.numpy()].sum() == 36
+
+    identities = np.repeat([f"p{i}" for i in range(10)], 4)  # 10 people × 4 images
+    labels = np.tile([0, 1], 20)
+    data = VisionData(
+        source="file", path="x.npz", forget_identities=["p0"], test_fraction=0.25, val_fraction=0.1
+    )
+    forget, retain, val, test = split_indices(data, labels, identities, seed=1)
+    people = {
+        k: set(identities[v]) for k, v in zip("frvt", (forget, retain, val, test), strict=True)
+    }
+    assert people["f"] == {"p0"}
+    # 36 non-forget images: test takes whole people until ≥ round(0.25·36) = 9 → 3 people (12);
+    # val until ≥ round(0.1·36) = 4 → 1 person
+    assert len(people["t"]) == 3 and len(people["v"]) == 1 and len(test) == 12 and len(val) == 4
+    assert not (people["t"] | people["v"]) & (people["r"] | people["f"])
+    assert not people["t"] & people["v"]
+
+
+def test_dlfd_default_sinkhorn_gradient_signs_agree_with_a_converged_solve():
+    import ot
+
+    from otu.ot import sinkhorn_loss
+    from otu.vision.spec import DLFD
+
+    spec = DLFD(name="dlfd")
+    gen = torch.Generator().manual_seed(0)
+    x = 3 * torch.randn(32, 10, generator=gen, dtype=torch.float64)
+    y = 3 * torch.randn(32, 10, generator=gen, dtype=torch.float64) + 1
+
+    def cosine(a):
+        return (
+            1 - torch.nn.functional.normalize(a, dim=1) @ torch.nn.functional.normalize(y, dim=1).T
+        )
+
+    # converged plan (POT, log domain); envelope theorem: ∇_x OT = ∇_x Σ π_ij C(x_i, y_j)
+    w = torch.full((32,), 1 / 32, dtype=torch.float64)
+    plan = ot.sinkhorn(
+        w, w, cosine(x), reg=spec.ot_eps, method="sinkhorn_log", numItermax=20000, stopThr=1e-6
+    )
+    xr = x.clone().requires_grad_()
+    (want,) = torch.autograd.grad((plan * cosine(xr)).sum(), xr)
+    xs = x.clone().requires_grad_()
+    loss = sinkhorn_loss(xs, y, blur=spec.ot_eps**0.5, cost="cosine", p=2, scaling=spec.ot_scaling)
+    (got,) = torch.autograd.grad(loss, xs)
+    assert (got.sign() == want.sign()).double().mean() >= 0.99
+
+
+def test_dlfd_best_val_keeps_the_most_accurate_checkpoint_under_the_bound():
+    from otu.vision.methods.dlfd import Selector
+    from otu.vision.spec import DLFD
+
+    images = torch.eye(2)
+    val = (images, torch.tensor([0, 1]))  # a linear model on one-hot inputs: logits = W^T
+    model = nn.Linear(2, 2, bias=False)
+    selector = Selector(DLFD(name="dlfd", select="best_val", select_max_fs=0.1), val)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))  # val accuracy 1
+    selector.offer(model, fs=0.3)  # above the bound: not a candidate
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 1.0], [0.0, 0.0]]))  # predicts 0 for both: 0.5
+    selector.offer(model, fs=0.05)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))  # both wrong: 0
+    selector.offer(model, fs=0.0)
+    chosen = selector.chosen(model)
+    assert torch.equal(chosen.weight, torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+    last = Selector(DLFD(name="dlfd"), val)  # select: last
+    last.offer(model, fs=0.0)
+    assert last.best is None and last.chosen(model) is model
