@@ -238,3 +238,37 @@ def test_dlfd_best_val_keeps_the_most_accurate_checkpoint_under_the_bound():
     last = Selector(DLFD(name="dlfd"), val)  # select: last
     last.offer(model, fs=0.0)
     assert last.best is None and last.chosen(model) is model
+
+
+# ---------------------------------------------------------------- UOT-Unlearn
+
+
+def test_kl_conjugate_is_tau_weighted_and_finite_for_small_tau():
+    from otu.generative.uot import conjugate, potential_loss
+
+    assert conjugate("kl", 2.0)(torch.tensor(1.0)).item() == pytest.approx(2 * math.expm1(0.5))
+    # τ weights the divergence; UOTM (Ψ* = f*, cost τ_U·c, potential ṽ) is the same at τ_U = 1/τ,
+    # ṽ = v/τ, and otu's loss is τ times UOTM's: τ·[mean f*(ṽ(G) − τ_U c) + mean f*(−ṽ(y))]
+    tau, v_fake, cost, v_real = (
+        0.5,
+        torch.tensor([0.2, -0.1]),
+        torch.tensor([0.3, 0.4]),
+        torch.tensor([0.1]),
+    )
+    uotm = np.mean([math.expm1(v / tau - c / tau) for v, c in ((0.2, 0.3), (-0.1, 0.4))])
+    uotm += math.expm1(-0.1 / tau)
+    got = potential_loss(conjugate("kl", tau), v_fake, cost, v_real)
+    assert got.item() == pytest.approx(tau * uotm, rel=1e-6)
+    # τ = 1e-3, t = 0.5: t/τ = 500 would overflow exp; above 30 the tangent continues it
+    t = torch.tensor(0.5, requires_grad=True)
+    value = conjugate("kl", 1e-3)(t)
+    value.backward()
+    assert math.isfinite(value.item()) and t.grad.item() == pytest.approx(math.exp(30.0), rel=1e-5)
+    assert value.item() == pytest.approx(1e-3 * (math.expm1(30.0) + math.exp(30.0) * 470), rel=1e-5)
+
+
+def test_pul_is_undefined_not_a_division_by_zero_when_the_original_makes_no_such_sample():
+    from otu.generative.metrics import pul
+
+    assert pul(10, 4) == pytest.approx(0.6)
+    assert math.isnan(pul(0, 0))
