@@ -95,8 +95,9 @@ class TabularEval(Section):
 class Barycenter(Section):
     """Map each group's features to the W₂ barycenter of the group conditionals P(X | Z=z) and
     interpolate: x_t = (1−t)·x + t·T_z(x) (McCann). ``gaussian``: Bures–Wasserstein barycenter
-    and affine maps; ``empirical``: free-support barycenter and OT maps (exact, or entropic when
-    ``entropic_reg`` > 0). ``apply_to: prediction`` unlearns the estimate of E[Y | X] (its
+    and affine maps; ``empirical``: for two groups the OT map between them and McCann's
+    interpolation at the group weights (every point keeps its own image), for more a free-support
+    barycenter and OT maps onto it (exact, or entropic when ``entropic_reg`` > 0). ``apply_to: prediction`` unlearns the estimate of E[Y | X] (its
     log-odds) instead of the features — the authors' conditional version."""
 
     name: Literal["barycenter"]
@@ -104,7 +105,7 @@ class Barycenter(Section):
     variant: Literal["gaussian", "empirical"] = "gaussian"
     apply_to: Literal["features", "prediction"] = "features"
     cov_reg: float = Field(1e-6, ge=0, description="ridge added to each group covariance (gaussian)")
-    support_size: int = Field(100, ge=1, description="barycenter support points (empirical)")
+    support_size: int = Field(100, ge=1, description="barycenter support points (empirical, > 2 groups)")
     entropic_reg: float = Field(0.0, ge=0, description="Sinkhorn ε of the maps; 0: exact OT (empirical)")
     bures_max_iter: int = Field(1000, ge=1, description="Bures fixed-point iterations (gaussian; POT's)")
     support_max_iter: int = Field(100, ge=1, description="free-support iterations (empirical; POT's)")
