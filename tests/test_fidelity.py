@@ -348,3 +348,22 @@ def test_empirical_removes_the_group_where_gaussian_cannot_and_keeps_utility(tmp
     # readable; the pairwise McCann map removes it and keeps most of the utility
     assert gaussian["leakage_auc"] > 0.9
     assert abs(empirical["leakage_auc"] - 0.5) < 0.08 and empirical["utility_auc"] > 0.8
+
+
+def test_authors_budget_stops_after_two_of_three_scheduled_epochs():
+    from pathlib import Path
+
+    import yaml
+
+    from otu.llm.engine import steps_for
+    from otu.llm.loop import steps_run
+
+    method = OptOut(name="optout", epochs=3, batch_size=4, stop_after_epochs=2)
+    # 10 forget items, batch 4 → 3 steps an epoch; the schedule spans 9, training stops after 6
+    assert steps_for(method, 10) == 9 and steps_run(method, 10, 9) == 6
+    assert steps_run(OptOut(name="optout", epochs=3, batch_size=4), 10, 9) == 9
+    raw = yaml.safe_load(
+        (Path(__file__).parents[1] / "sweeps/experiments/optout_llama.yaml").read_text()
+    )
+    llama = OptOut(**raw["method"])  # the checkpoint and data paths exist on the cluster only
+    assert (llama.batch_size, llama.epochs, llama.stop_after_epochs) == (8, 3, 2)

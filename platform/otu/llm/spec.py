@@ -136,6 +136,13 @@ class _Method(Section):
     lr: float = Field(1e-5, gt=0)
     epochs: int = Field(3, ge=1, description="passes over the forget set")
     steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs when set")
+    stop_after_epochs: float | None = Field(
+        None,
+        gt=0,
+        description="stop after this many forget-set epochs while the learning-rate schedule spans "
+        "all of them (the OPT-OUT authors stop composite methods after ~2 of 3, single-term ones "
+        "after 1); None: run the whole schedule",
+    )
     batch_size: int = Field(8, ge=1, description="global batch (all workers × grad_accum)")
     weight_decay: float = Field(0.01, ge=0)
     max_grad_norm: float = Field(1.0, ge=0, description="0 disables clipping")
