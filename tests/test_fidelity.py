@@ -367,3 +367,27 @@ def test_authors_budget_stops_after_two_of_three_scheduled_epochs():
     )
     llama = OptOut(**raw["method"])  # the checkpoint and data paths exist on the cluster only
     assert (llama.batch_size, llama.epochs, llama.stop_after_epochs) == (8, 3, 2)
+
+
+def test_conditional_version_estimates_e_y_given_x_and_z():
+    from otu.tabular.representations import prediction_scores
+    from otu.tabular.tables import Features, FeatureTask
+
+    # Y = Z, X carries nothing (all zeros), 3 rows of group 0 and 1 of group 1
+    z = np.array([0, 0, 0, 1])
+    task = FeatureTask(
+        features=Features(np.zeros((4, 1)), np.zeros((4, 1))),
+        y_train=z,
+        y_test=z,
+        z_train=z,
+        z_test=z,
+        classes=("0", "1"),
+        groups=("a", "b"),
+        feature_names=("x",),
+    )
+    # E[Y | X]: the intercept-only MLE, log-odds log(1/3) on every row
+    without = prediction_scores(task, 1.0, with_group=False)
+    assert without.train[:, 0] == pytest.approx([math.log(1 / 3)] * 4, abs=1e-3)  # lbfgs tol
+    # E[Y | X, Z] separates the groups: below log(1/3) for Z = 0, above it for Z = 1 (L2-shrunk)
+    with_z = prediction_scores(task, 1.0).test[:, 0]
+    assert (with_z[:3] < math.log(1 / 3) - 0.2).all() and with_z[3] > math.log(1 / 3) + 0.2
