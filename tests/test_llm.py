@@ -59,7 +59,7 @@ def tiny_spec(cache_dir: Path, **method) -> dict:
             "reg_weight": 10.0,
             **method,
         },
-        "eval": {"max_new_tokens": 16, "plots": False},
+        "eval": {"max_new_tokens": 16, "world_max_new_tokens": 16, "plots": False},
         "tracking": {"cache_dir": str(cache_dir)},
     }
 

@@ -139,8 +139,9 @@ def test_zero3_two_workers_sw_value_and_gradient_equal_single_process(tmp_path):
 def test_ray_train_zero3_first_steps_equal_single_process(ray_local, llm_cache, tmp_path):
     from otu.runtime.train import unlearn_distributed
 
-    single = parse_experiment(tiny_spec(llm_cache, steps=3))
-    raw = tiny_spec(llm_cache, steps=3)
+    # per-sequence means are split-invariant; OPT-OUT's default batch_mean is per micro-batch
+    single = parse_experiment(tiny_spec(llm_cache, steps=3, reduction="sequence_mean"))
+    raw = tiny_spec(llm_cache, steps=3, reduction="sequence_mean")
     raw["compute"] = {"workers": 2, "zero_stage": 3, "zero3": PARTITION_ALL}
     distributed = parse_experiment(raw)
     prepared = family.prepare(single, llm_cache)
@@ -185,7 +186,7 @@ def test_multi_worker_checkpoints_are_evaluated_on_actors(ray_local, llm_cache, 
     from otu.runtime.experiment import read_steps, run_experiment
 
     def run(name: str, compute: dict, **dynamics) -> list[dict]:
-        raw = tiny_spec(llm_cache, steps=3)
+        raw = tiny_spec(llm_cache, steps=3, reduction="sequence_mean")
         raw |= {"compute": compute, "dynamics": {"every": 1, "pool_size": 1, **dynamics}}
         exp = parse_experiment(raw)
         evaluator = CheckpointEvaluator(exp, start_pool(f"dyn-{name}", 1))
@@ -205,7 +206,7 @@ def test_multi_worker_checkpoints_are_evaluated_on_actors(ray_local, llm_cache, 
     assert not list((tmp_path / "zero3").glob("checkpoint-*"))
     chosen = json.loads((tmp_path / "distributed" / "metrics.json").read_text())["unlearned"]
     assert chosen["checkpoint_step"] == 0
-    exp = parse_experiment(tiny_spec(llm_cache, steps=3))
+    exp = parse_experiment(tiny_spec(llm_cache, steps=3, reduction="sequence_mean"))
     prepared = family.prepare(exp, llm_cache)
     saved = family.evaluate(exp, prepared, family.load_unlearned(exp, prepared, tmp_path / "distributed" / "checkpoint"))
     assert saved["forget_prob"] == pytest.approx(distributed[0]["forget_prob"], rel=1e-3)
@@ -249,7 +250,7 @@ def test_deepspeed_only_launch_under_torchrun(llm_cache, tmp_path):
     import sys
 
     spec = tmp_path / "spec.yaml"
-    raw = tiny_spec(llm_cache, steps=3)
+    raw = tiny_spec(llm_cache, steps=3, reduction="sequence_mean")
     raw["compute"] = {"workers": 2, "zero_stage": 3, "zero3": PARTITION_ALL}
     spec.write_text(yaml.safe_dump(raw))
     torchrun = Path(sys.executable).parent / "torchrun"

@@ -2,6 +2,7 @@ r"""Metrics of a generator, read by the evaluator classifier on samples of one f
 
 * ``forget_share`` = N_k / N: share of samples classified as the forgotten class k;
 * ``pul`` (percentage of unlearning) = (N_k(original) − N_k(G)) / N_k(original), on the same noise;
+  NaN (undefined) when the original makes no sample of class k;
 * ``ufid`` = Fréchet distance between Gaussians fitted to the evaluator's penultimate features of
   generated samples and of the real retained-class images,
   ‖m₁ − m₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁^{1/2} Σ₂ Σ₁^{1/2})^{1/2}) — the squared Bures–Wasserstein
@@ -87,6 +88,11 @@ def make_reference(
     )
 
 
+def pul(before: int, after: int) -> float:
+    """(N_before − N_after)/N_before; NaN when N_before = 0 (nothing to unlearn: undefined)."""
+    return (before - after) / before if before else float("nan")
+
+
 def generator_metrics(
     generator: MLPGenerator, evaluator: nn.Module, ref: Reference
 ) -> dict[str, float]:
@@ -97,7 +103,7 @@ def generator_metrics(
     forget_after = int((predicted == ref.forget_class).sum())
     fid = frechet_distance(*gaussian_stats(feats), ref.real_mean, ref.real_cov)
     return {
-        "pul": (ref.forget_before - forget_after) / ref.forget_before,
+        "pul": pul(ref.forget_before, forget_after),
         "ufid": fid,
         "forget_share": forget_after / len(predicted),
         "mean_confidence": float(probs.max(1).values.mean()),

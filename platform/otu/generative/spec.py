@@ -95,7 +95,12 @@ class UOTUnlearn(ForgetCost):
     c(z, y) = α·mean((y − G₀(z))²) + λ·p_guide(forget | y) and τ-weighted f-divergence marginals."""
 
     name: Literal["uot_unlearn"]  # type: ignore[assignment]
-    tau: float = Field(1.0, gt=0, description="τ: weight of the f-divergence marginal relaxation")
+    tau: float = Field(
+        1.0,
+        gt=0,
+        description="τ: weight of the f-divergence marginal relaxation, Ψ* = τ·f*(·/τ); UOTM's code "
+        "weights the cost by its τ_U instead — the same plan at τ = 1/τ_U",
+    )
     divergence: Literal["kl", "chi2"] = "kl"
     lr_potential: float = Field(1e-4, gt=0)
     potential_hidden: int = Field(256, ge=1, description="units of the potential MLP's 2 layers")

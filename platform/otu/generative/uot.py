@@ -15,11 +15,17 @@ G parametrises the inner arg-min, :math:`G(z) \approx \arg\min_y c(z, y) - v(y)`
 
 minimised alternately (the R1 term regularises the potential, as in the UOTM code). Conjugates:
 
-* KL, f(s) = s log s − s + 1:  Ψ*(t) = τ (e^{t/τ} − 1);
+* KL, f(s) = s log s − s + 1:  Ψ*(t) = τ (e^{t/τ} − 1), continued linearly (C¹, still convex and
+  increasing) above t/τ = 30 so a small τ cannot overflow;
 * χ², f(s) = (s − 1)²:         Ψ*(t) = τ (u + u²/4), u = max(t/τ, −2)   (= −τ for t ≤ −2τ).
 
 As τ → ∞ both tend to Ψ*(t) = t, the balanced (hard-marginal) semi-dual; a small τ lets mass be
 created or destroyed cheaply, so G may leave parts of ν uncovered rather than pay a high cost.
+
+One meaning of τ: here τ weights the divergences. UOTM's code weights the *cost* instead,
+:math:`\inf \int \tau_U c\,d\pi + D_f(\pi_0\|\mu) + D_f(\pi_1\|\nu)` with Ψ* = f*; dividing the
+objective above by τ shows the two have the same plan when :math:`\tau = 1/\tau_U` (the value is
+τ times UOTM's). UOTM's CIFAR-10 τ_U = 1e-3 is τ = 1000 here, for the same cost scale.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from torch.nn import functional as F
 
 Conjugate = Callable[[Tensor], Tensor]
 DIVERGENCES = ("kl", "chi2")
+KL_LINEAR_FROM = 30.0
+"""t/τ above which the KL conjugate continues along its tangent (e^30 ≈ 1e13 is finite in fp32)."""
 
 
 def conjugate(divergence: str, tau: float) -> Conjugate:
@@ -39,7 +47,13 @@ def conjugate(divergence: str, tau: float) -> Conjugate:
     if tau <= 0:
         raise ValueError(f"tau must be > 0, got {tau}")
     if divergence == "kl":
-        return lambda t: tau * torch.expm1(t / tau)
+
+        def kl(t: Tensor) -> Tensor:
+            u = t / tau
+            capped = u.clamp(max=KL_LINEAR_FROM)
+            return tau * (torch.expm1(capped) + torch.exp(capped) * (u - capped))
+
+        return kl
     if divergence == "chi2":
 
         def chi2(t: Tensor) -> Tensor:

@@ -14,9 +14,11 @@ from otu.llm.metrics import (
     harmonic_mean,
     mia_auc,
     mia_scores,
+    normalised_probability,
+    option_scores,
+    privleak,
     rouge_recall,
     score_answers,
-    truth_ratios,
 )
 from otu.llm.text import Encoder
 
@@ -40,7 +42,10 @@ def cap(splits: Splits, max_items: int | None) -> Splits:
 
 
 def model_stats(model: nn.Module, encoder: Encoder, splits: Splits, eval_spec) -> ModelStats:
+    """Per-item numbers; world probability is normalised over the perturbed answers (TOFU)."""
     bs, k = eval_spec.batch_size, eval_spec.mink_fraction
+    lengths = {"forget": eval_spec.max_new_tokens, "retain": eval_spec.max_new_tokens}
+    lengths["world"] = eval_spec.world_max_new_tokens
     prob, rouge, ratio, mia, gens = {}, {}, {}, {}, {}
     for name in (*QA_SPLITS, "holdout"):
         records: list[Record] = splits[name]
@@ -50,10 +55,15 @@ def model_stats(model: nn.Module, encoder: Encoder, splits: Splits, eval_spec) -
             mia[name] = mia_scores(scores, answers)
         if name == "holdout":
             continue
-        prob[name] = np.exp(-scores.nll)
-        gens[name] = generate(model, encoder, questions, bs, eval_spec.max_new_tokens)
+        options = option_scores(model, encoder, records, bs)
+        prob[name] = (
+            normalised_probability(scores.nll, options.perturbed)
+            if name == "world"
+            else np.exp(-scores.nll)
+        )
+        gens[name] = generate(model, encoder, questions, bs, lengths[name])
         rouge[name] = rouge_recall(gens[name], answers)
-        ratio[name] = truth_ratios(model, encoder, records, bs)
+        ratio[name] = options.truth_ratios()
     return ModelStats(prob, rouge, ratio, mia, gens)
 
 
@@ -85,5 +95,5 @@ def metrics(stats: ModelStats, oracle: ModelStats | None) -> dict[str, float]:
             ks_2samp(stats.truth_ratio["forget"], oracle.truth_ratio["forget"]).pvalue
         )
         base = mia_auc(oracle.mia["forget"]["mink"], oracle.mia["holdout"]["mink"])
-        out["privleak"] = (aucs["mink"] - base) / base * 100.0
+        out["privleak"] = privleak(aucs["mink"], base)
     return out

@@ -13,6 +13,7 @@ evaluate: the live model in a plain process (the platform snapshots it), otherwi
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -98,14 +99,15 @@ def _train(
     objective = objective_for(method)
     is_optout = method.name == "optout"
     alternate = is_optout and method.alternate
-    steps = steps_for(method, len(prepared.splits["forget"]))
+    scheduled = steps_for(method, len(prepared.splits["forget"]))
+    steps = steps_run(method, len(prepared.splits["forget"]), scheduled)
     engine_cls = DeepSpeedEngine if use_ds else PlainEngine
     engine = engine_cls(
         exp,
         prepared.target_path,
         device,
         needs_ref=objective.needs_reference or is_optout,
-        total_steps=total_optimizer_steps(steps, alternate),
+        total_steps=total_optimizer_steps(scheduled, alternate),
     )
     regulariser = _regulariser(exp, engine) if is_optout else None
     encoder = prepared.encoder()
@@ -142,6 +144,15 @@ def _train(
         checkpoint = _checkpoint(engine, step, checkpoint_dir, tokenizer) if due else None
         report(step, logs) if checkpoint is None else report(step, logs, checkpoint)
     engine.save(checkpoint_dir, tokenizer)
+
+
+def steps_run(method, forget_size: int, scheduled: int) -> int:
+    """Steps actually taken: the schedule's, or the first ``stop_after_epochs`` epochs of it (the
+    learning-rate schedule still spans all ``scheduled`` steps)."""
+    if method.stop_after_epochs is None:
+        return scheduled
+    per_epoch = math.ceil(forget_size / method.batch_size)
+    return min(scheduled, max(1, math.ceil(method.stop_after_epochs * per_epoch)))
 
 
 def _checkpoint(engine, step: int, checkpoint_dir: Path, tokenizer) -> nn.Module | Path:

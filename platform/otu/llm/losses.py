@@ -1,14 +1,18 @@
 r"""Per-sequence answer NLL and the unlearning objectives built on it.
 
 With :math:`\ell_\theta(x, y)` the mean token NLL of answer y given question x (per sequence), every
-term is a mean over sequences, so a global batch split across ranks (DeepSpeed averages gradients)
-gives the same loss and gradient as one process on the whole batch.
+term except NPO's ``batch_mean`` is a mean over sequences, so a global batch split across ranks
+(DeepSpeed averages gradients) gives the same loss and gradient as one process on the whole batch;
+``batch_mean`` is per micro-batch, as in the OPT-OUT authors' code.
 
 * GA: :math:`-\ell_\theta(f)`;  GradDiff: GA + retain terms.
 * NPO (Zhang et al. 2024): :math:`-\frac{2}{\beta}\,\mathrm{mean}\log\sigma(\beta(\ell_\theta - \ell_{ref}))`
-  — the sign makes the loss fall as the forget NLL rises above the reference's; the per-sequence
-  mean NLL follows the OPT-OUT authors' code (the NPO paper uses the summed log-likelihood).
-* SimNPO (Fan et al. 2024): :math:`-\frac{2}{\beta}\,\mathrm{mean}\log\sigma(\beta\ell_\theta - \gamma)`.
+  — the sign makes the loss fall as the forget NLL rises above the reference's. What ℓ is, is the
+  method's ``reduction``: ``sequence_sum`` (summed answer log-likelihood per sequence, the NPO
+  paper and open-unlearning), ``sequence_mean`` (per-token mean per sequence), ``batch_mean`` (one
+  token mean over the micro-batch, log σ taken once — the OPT-OUT authors' code).
+* SimNPO (Fan et al. 2024, official code): :math:`-c\,\frac{2}{\beta}\,\mathrm{mean}\log\sigma(\beta(\bar\ell_\theta - \gamma))`
+  with :math:`\bar\ell` the per-token mean NLL and c the forget coefficient (``npo_coeff``).
 * IDK: :math:`\ell_\theta` of forget questions paired with "I don't know"-style answers.
 * retain terms: :math:`w_r\,\ell_\theta(\text{retain}) + w_w\,\ell_\theta(\text{world})`.
 """
@@ -37,7 +41,16 @@ def token_nll(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
 
 def sequence_nll(model: nn.Module, batch: Batch) -> Tensor:
     """Mean answer-token NLL of each sequence (B,)."""
+    return reduced_nll(model, batch, "sequence_mean")
+
+
+def reduced_nll(model: nn.Module, batch: Batch, reduction: str) -> Tensor:
+    """Answer NLL per sequence (B,) — token mean or sum — or the batch's token mean (1,)."""
     nll, mask = token_nll(model, batch)
+    if reduction == "sequence_sum":
+        return nll.sum(1)
+    if reduction == "batch_mean":
+        return (nll.sum() / mask.sum().clamp(min=1)).reshape(1)
     return nll.sum(1) / mask.sum(1).clamp(min=1)
 
 
@@ -86,16 +99,16 @@ class NPOObjective(Objective):
 
     def forget_term(self, model, ref, b):
         assert ref is not None
+        reduction = self.method.reduction
         with torch.no_grad():
-            ref_nll = sequence_nll(ref, b.forget)
-        return npo_loss(sequence_nll(model, b.forget), ref_nll, self.method.beta)
+            ref_nll = reduced_nll(ref, b.forget, reduction)
+        return npo_loss(reduced_nll(model, b.forget, reduction), ref_nll, self.method.beta)
 
 
 class SimNPOObjective(Objective):
     def forget_term(self, model, ref, b):
-        nll = sequence_nll(model, b.forget)
-        beta, gamma = self.method.beta, self.method.gamma
-        return -(2.0 / beta) * F.logsigmoid(beta * nll - gamma).mean()
+        m = self.method
+        return m.npo_coeff * simnpo_loss(sequence_nll(model, b.forget), m.beta, m.gamma)
 
 
 class IDKObjective(Objective):
@@ -107,6 +120,11 @@ class IDKObjective(Objective):
 def npo_loss(nll: Tensor, ref_nll: Tensor, beta: float) -> Tensor:
     """:math:`-\\frac{2}{\\beta}\\,\\mathrm{mean}\\log\\sigma(\\beta(\\ell_\\theta-\\ell_{ref}))`."""
     return -(2.0 / beta) * F.logsigmoid(beta * (nll - ref_nll)).mean()
+
+
+def simnpo_loss(nll: Tensor, beta: float, gamma: float) -> Tensor:
+    """:math:`-\\frac{2}{\\beta}\\,\\mathrm{mean}\\log\\sigma(\\beta(\\bar\\ell - \\gamma))` (official SimNPO code)."""
+    return -(2.0 / beta) * F.logsigmoid(beta * (nll - gamma)).mean()
 
 
 OBJECTIVES: dict[str, type[Objective]] = {

@@ -2,8 +2,11 @@ r"""Entity-unlearning metrics (TOFU / MUSE conventions) of one causal LM on QA s
 
 Per item, with :math:`\ell` the mean answer-token NLL given the question:
 
-* probability :math:`e^{-\ell(a)}`; ROUGE-L recall of the greedy generation against the answer
-  (rouge-score, Porter stemmer);
+* probability :math:`e^{-\ell(a)}` on forget and retain; on world the normalised probability
+  :math:`e^{-\ell(a)} / (e^{-\ell(a)} + \sum_j e^{-\ell(\tilde a_j)})` over the perturbed answers
+  (TOFU's real-author / world-fact metric, open-unlearning's ``probability_w_options``);
+* ROUGE-L recall of the greedy generation (stopped at EOS) against the answer (rouge-score, Porter
+  stemmer);
 * truth ratio :math:`R = \exp(\ell(\tilde a) - \overline{\ell(\hat a_j)})` (mean perturbed
   probability over paraphrased probability, geometric means per token), reported as
   :math:`\mathrm{mean}\,\min(R, 1/R)` on forget and :math:`\mathrm{mean}\,\max(0, 1-R)` elsewhere;
@@ -12,22 +15,22 @@ Per item, with :math:`\ell` the mean answer-token NLL given the question:
 * ``ks_forget_quality``: KS-test p-value between this model's and the retain-only model's per-item
   forget truth ratios R;
 * MIA AUCs of forget (members) vs holdout (non-members), membership score higher = member: LOSS
-  (:math:`-\ell`), zlib (:math:`-\ell/\text{zlib bytes}`), Min-K% (mean of the lowest k-fraction
-  token log-probs), Min-K%++ (same on :math:`(\log p_t-\mu_t)/\sigma_t` with μ, σ the mean and std
-  of log p under the model's next-token distribution);
-* ``privleak`` = (AUC − AUC_retain_only)/AUC_retain_only × 100 on the Min-K% attack (MUSE).
+  (:math:`-\ell`), zlib (:math:`-\ell/\text{zlib bytes}`), Min-K% (mean of the lowest
+  :math:`\max(1, \lfloor k n\rfloor)` of the n token log-probs, Shi et al. 2024), Min-K%++ (same on
+  :math:`(\log p_t-\mu_t)/\sigma_t` with μ, σ² the mean and variance of log p under the model's
+  next-token distribution, σ² clamped at 1e-6 — Zhang et al. 2024, open-unlearning);
+* ``privleak`` on the Min-K% attack in MUSE's convention (see :func:`privleak`).
 """
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from otu.llm.data import Record
 from otu.llm.text import IGNORE, Encoder
@@ -64,12 +67,7 @@ def score_answers(
         )
         targets = batch.labels[:, 1:]
         mask = targets != IGNORE
-        logp_all = torch.log_softmax(logits, dim=-1)
-        logp = logp_all.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        probs = logp_all.exp()
-        mu = (probs * logp_all).sum(-1)
-        sigma = ((probs * logp_all.square()).sum(-1) - mu.square()).clamp(min=1e-12).sqrt()
-        z = (logp - mu) / sigma
+        logp, z = token_log_probs(logits, targets)
         for i in range(len(batch)):
             lp, zz = logp[i][mask[i]], z[i][mask[i]]
             nll.append(-lp.mean().item())
@@ -78,8 +76,21 @@ def score_answers(
     return AnswerScores(np.array(nll), np.array(mink), np.array(minkpp))
 
 
+def token_log_probs(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Target log-probs :math:`\\log p_t` and Min-K%++'s :math:`(\\log p_t - \\mu_t)/\\sigma_t`, with
+    :math:`\\mu_t, \\sigma_t^2` the mean and variance of log p under the next-token distribution and
+    :math:`\\sigma_t^2` clamped at 1e-6 (open-unlearning's ``MinKPlusPlusAttack``)."""
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    probs = logp_all.exp()
+    mu = (probs * logp_all).sum(-1)
+    variance = ((probs * logp_all.square()).sum(-1) - mu.square()).clamp(min=1e-6)
+    return logp, (logp - mu) / variance.sqrt()
+
+
 def _lowest_mean(values: torch.Tensor, k: float) -> float:
-    count = max(1, math.ceil(k * values.numel()))
+    """Mean of the ``max(1, int(k·n))`` lowest of ``n`` values (Shi et al.; open-unlearning)."""
+    count = max(1, int(k * values.numel()))
     return torch.sort(values).values[:count].mean().item()
 
 
@@ -91,10 +102,14 @@ def generate(
     batch_size: int,
     max_new_tokens: int,
 ) -> list[str]:
-    """Greedy generations (left-padded batches), decoded without special tokens."""
+    """Greedy generations (left-padded batches) of at most ``max_new_tokens``, each stopped at the
+    tokenizer's or the model's generation-config EOS, decoded without special tokens."""
     device = next(model.parameters()).device
     tok = encoder.tokenizer
     out: list[str] = []
+    eos = {tok.eos_token_id}
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos |= set(config_eos if isinstance(config_eos, list) else [config_eos]) - {None}
     for start in range(0, len(questions), batch_size):
         ids, mask = encoder.prompts(questions[start : start + batch_size])
         gen = model.generate(
@@ -103,7 +118,7 @@ def generate(
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=encoder.pad_id,
-            eos_token_id=tok.eos_token_id,
+            eos_token_id=sorted(eos),
         )
         out += tok.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)
     return [text.strip() for text in out]
@@ -121,10 +136,22 @@ def rouge_recall(predictions: Sequence[str], references: Sequence[str]) -> np.nd
     )
 
 
-def truth_ratios(
+@dataclass
+class OptionScores:
+    """Per item: mean NLL of the paraphrased answer and of each perturbed (false) answer."""
+
+    paraphrased: np.ndarray
+    perturbed: list[np.ndarray]
+
+    def truth_ratios(self) -> np.ndarray:
+        """:math:`R = \\exp(\\ell(\\text{paraphrased}) - \\text{mean}_j\\,\\ell(\\text{perturbed}_j))`."""
+        return np.exp(self.paraphrased - np.array([p.mean() for p in self.perturbed]))
+
+
+def option_scores(
     model: nn.Module, encoder: Encoder, records: Sequence[Record], batch_size: int
-) -> np.ndarray:
-    """Per item :math:`R = \\exp(\\ell(\\text{paraphrased}) - \\text{mean}_j\\,\\ell(\\text{perturbed}_j))`."""
+) -> OptionScores:
+    """Mean answer NLLs of every record's paraphrased and perturbed answers."""
     questions = [r.question for r in records]
     para = score_answers(
         model, encoder, questions, [r.paraphrased_answer for r in records], batch_size, 1.0
@@ -133,8 +160,15 @@ def truth_ratios(
     flat_a = [a for r in records for a in r.perturbed_answer]
     pert = score_answers(model, encoder, flat_q, flat_a, batch_size, 1.0).nll
     offsets = np.cumsum([0] + [len(r.perturbed_answer) for r in records])
-    mean_pert = np.array([pert[offsets[i] : offsets[i + 1]].mean() for i in range(len(records))])
-    return np.exp(para - mean_pert)
+    return OptionScores(para, [pert[offsets[i] : offsets[i + 1]] for i in range(len(records))])
+
+
+def normalised_probability(nll: np.ndarray, wrong_nll: Sequence[np.ndarray]) -> np.ndarray:
+    """Per item :math:`p/(p + \\sum_j \\tilde p_j)` with :math:`p = e^{-\\ell(a)}`, :math:`\\tilde p_j =
+    e^{-\\ell(\\tilde a_j)}` (per-token geometric means): TOFU's world-fact / real-author probability,
+    open-unlearning's ``probability_w_options``."""
+    p = np.exp(-np.asarray(nll, dtype=float))
+    return p / (p + np.array([np.exp(-w).sum() for w in wrong_nll]))
 
 
 def harmonic_mean(values: Sequence[float]) -> float:
@@ -142,6 +176,19 @@ def harmonic_mean(values: Sequence[float]) -> float:
     if np.any(values <= 0):
         return 0.0
     return float(len(values) / np.sum(1.0 / values))
+
+
+def privleak(auc: float, auc_retain: float) -> float:
+    """MUSE's PrivLeak (open-unlearning's ``privleak``), in percent.
+
+    MUSE scores the AUC with forget items as the *less* member-like class, i.e. :math:`1 - AUC` in
+    the conventional orientation of :func:`mia_auc`; so
+    :math:`((1-AUC_u) - (1-AUC_r)) / (1-AUC_r) \\cdot 100`: about −100 for a model that still
+    memorises the forget set (AUC_u ≈ 1, AUC_r ≈ 0.5), 0 at the retain-only model, > 0 when
+    unlearning over-shoots. The denominator gets open-unlearning's 1e-10.
+    """
+    score, ref = 1.0 - auc, 1.0 - auc_retain
+    return (score - ref) / (ref + 1e-10) * 100.0
 
 
 def mia_auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> float:

@@ -118,7 +118,15 @@ class LLMModel(Section):
 
 
 class LLMEval(Section):
-    max_new_tokens: int = Field(32, ge=1, description="greedy generation length for ROUGE")
+    max_new_tokens: int = Field(
+        128,
+        ge=1,
+        description="greedy generation cap for ROUGE on forget and retain (OPT-OUT authors: 128); "
+        "generation stops at EOS",
+    )
+    world_max_new_tokens: int = Field(
+        512, ge=1, description="greedy generation cap for ROUGE on world (OPT-OUT authors: 512)"
+    )
     batch_size: int = Field(16, ge=1)
     mink_fraction: float = Field(0.4, gt=0, le=1, description="k of Min-K% / Min-K%++ MIAs")
     max_items: int | None = Field(None, ge=1, description="cap on items per split (None: all)")
@@ -129,6 +137,13 @@ class _Method(Section):
     lr: float = Field(1e-5, gt=0)
     epochs: int = Field(3, ge=1, description="passes over the forget set")
     steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs when set")
+    stop_after_epochs: float | None = Field(
+        None,
+        gt=0,
+        description="stop after this many forget-set epochs while the learning-rate schedule spans "
+        "all of them (the OPT-OUT authors stop composite methods after ~2 of 3, single-term ones "
+        "after 1); None: run the whole schedule",
+    )
     batch_size: int = Field(8, ge=1, description="global batch (all workers × grad_accum)")
     weight_decay: float = Field(0.01, ge=0)
     max_grad_norm: float = Field(1.0, ge=0, description="0 disables clipping")
@@ -152,11 +167,24 @@ class GradDiff(_Retaining):
     name: Literal["graddiff"]
 
 
+NPOReduction = Literal["sequence_sum", "sequence_mean", "batch_mean"]
+
+
+def _reduction(default: str, who: str):
+    return Field(
+        default,
+        description="the NLL inside log σ: sequence_sum (NPO paper, open-unlearning), "
+        "sequence_mean (per-token mean per sequence), batch_mean (one token mean over the "
+        f"micro-batch, the OPT-OUT authors' code); default {default} ({who})",
+    )
+
+
 class NPO(_Method):
     """Negative preference optimisation against the frozen original model."""
 
     name: Literal["npo"]
     beta: float = Field(0.1, gt=0, description="inverse temperature β (η)")
+    reduction: NPOReduction = _reduction("sequence_sum", "NPO paper")
 
 
 class NPORT(_Retaining):
@@ -164,14 +192,18 @@ class NPORT(_Retaining):
 
     name: Literal["npo_rt"]
     beta: float = Field(0.1, gt=0)
+    reduction: NPOReduction = _reduction("sequence_sum", "NPO paper")
 
 
 class SimNPO(_Retaining):
-    """Reference-free, length-normalised NPO (Fan et al. 2024) + retain terms."""
+    """Reference-free, length-normalised NPO (Fan et al. 2024; official code's form) + retain terms."""
 
     name: Literal["simnpo"]
-    beta: float = Field(2.5, gt=0)
-    gamma: float = Field(0.0, ge=0, description="reward margin γ")
+    beta: float = Field(2.5, gt=0, description="β (official TOFU configuration: 2.5)")
+    gamma: float = Field(0.0, ge=0, description="reward margin γ, inside β(ℓ̄ − γ) as in the code")
+    npo_coeff: float = Field(
+        0.1375, ge=0, description="weight of the forget term (official TOFU configuration: 0.1375)"
+    )
 
 
 class IDK(_Retaining):
@@ -194,6 +226,7 @@ class OptOut(_Retaining):
 
     name: Literal["optout"]
     beta: float = Field(0.1, gt=0, description="NPO inverse temperature β (η)")
+    reduction: NPOReduction = _reduction("batch_mean", "the OPT-OUT authors")
     reg_weight: float = Field(0.1, ge=0, description="λ, weight of the regulariser")
     regulariser: Literal["wasserstein", "euclidean", "manhattan", "cosine"] = "wasserstein"
     n_projections: int = Field(100, ge=1, description="L random directions of the sliced W₂")

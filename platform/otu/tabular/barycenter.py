@@ -8,9 +8,17 @@ interpolation x_t = (1−t)·x + t·T_z(x) traces the utility–leakage frontier
 * Gaussian: μ_z ≈ N(m_z, Σ_z); ν = N(m, Σ) with m = Σ_z w_z m_z and Σ the fixed point of
   Σ = Σ_z w_z (Σ^{1/2} Σ_z Σ^{1/2})^{1/2}; T_z(x) = m + A_z (x − m_z) with
   A_z = Σ_z^{-1/2} (Σ_z^{1/2} Σ Σ_z^{1/2})^{1/2} Σ_z^{-1/2}  (``ot.gaussian``).
-* Empirical: ν is POT's free-support barycenter of the groups' training samples; T_z is the
-  barycentric projection of the (exact or entropic) OT plan from μ_z to ν, extended to new points
-  by ``ot.da`` (nearest training point's displacement for exact plans, the entropic map otherwise).
+* Empirical, two groups: with π the (exact or entropic) OT plan between the groups' training
+  samples, the barycenter is McCann's interpolation at the group weight,
+  ν = Σ_ij π_ij δ(w_0 x_i + w_1 y_j) — for a Monge map T, T_0(x) = w_0 x + w_1 T(x) and
+  T_1(y) = w_0 T⁻¹(y) + w_1 y. A point whose mass π splits follows one of its pairs, drawn ∝ π, so
+  both groups' images have law ν exactly (:class:`PairMaps`). Every point keeps its own image —
+  nothing is snapped to a small support.
+* Empirical, more groups: ν is POT's free-support barycenter (``support_size`` atoms); T_z is the
+  barycentric projection of the plan from μ_z to ν.
+
+New points move like their nearest training point of the group (two groups), or through ``ot.da``
+(nearest training point's displacement for exact plans, the entropic map otherwise).
 
 Maps are fitted on the training split and applied to both splits.
 """
@@ -65,6 +73,41 @@ class EmpiricalMaps:
         return out
 
 
+@dataclass(frozen=True)
+class PairMaps:
+    """Two groups: McCann's interpolation of the OT plan π between the groups' training samples.
+
+    ν = Σ_ij π_ij δ(w_0 x_i + w_1 y_j) is the barycenter; a point is mapped along one of its pairs,
+    drawn with probability ∝ its row (column) of π, so both groups' images follow ν exactly on the
+    training split. A new point moves like its nearest training point of the same group:
+    x ↦ x + w_1 (y_j − x_nn) (group 0), y ↦ y + w_0 (x_i − y_nn) (group 1).
+    """
+
+    weights: np.ndarray
+    samples: tuple[np.ndarray, np.ndarray]
+    plan: np.ndarray
+    seed: int
+
+    def __call__(self, x: np.ndarray, z: np.ndarray) -> np.ndarray:
+        from scipy.spatial import cKDTree
+
+        rng = np.random.default_rng(self.seed)
+        out = np.empty_like(x)
+        for group in (0, 1):
+            rows = np.flatnonzero(z == group)
+            if not len(rows):
+                continue
+            own, other = self.samples[group], self.samples[1 - group]
+            plan = self.plan if group == 0 else self.plan.T
+            nearest = cKDTree(own).query(x[rows])[1]
+            cdf = np.cumsum(plan[nearest], axis=1)
+            partner = (cdf < rng.random(len(rows))[:, None] * cdf[:, -1:]).sum(axis=1)
+            partner = np.minimum(partner, len(other) - 1)
+            step = self.weights[1 - group] * (other[partner] - own[nearest])
+            out[rows] = x[rows] + step
+        return out
+
+
 def group_weights(z: np.ndarray) -> np.ndarray:
     """w_z = P(Z=z), the empirical group proportions."""
     return np.bincount(z) / len(z)
@@ -108,25 +151,34 @@ def fit_empirical(
     max_iter: int,
     tol: float,
     seed: int,
-) -> EmpiricalMaps:
-    """Free-support barycenter (support initialised at ``support_size`` random training rows)
-    and one OT map per group onto it: exact (EMD) if ``entropic_reg`` is 0, else Sinkhorn."""
+) -> EmpiricalMaps | PairMaps:
+    """Two groups: the OT map between them and McCann's interpolation (:class:`PairMaps`). More:
+    a free-support barycenter (support initialised at ``support_size`` random training rows) and one
+    OT map per group onto it. Plans are exact (EMD) if ``entropic_reg`` is 0, else Sinkhorn."""
     groups = range(int(z.max()) + 1)
     samples = [x[z == g] for g in groups]
+
+    def fitted(source: np.ndarray, target: np.ndarray) -> ot.da.BaseTransport:
+        if entropic_reg == 0:
+            return ot.da.EMDTransport().fit(Xs=source, Xt=target)
+        return ot.da.SinkhornTransport(reg_e=entropic_reg).fit(Xs=source, Xt=target)
+
+    if len(samples) == 2:
+        a, b = (np.full(len(s), 1.0 / len(s)) for s in samples)
+        cost = ot.dist(samples[0], samples[1])
+        if entropic_reg == 0:
+            plan = ot.emd(a, b, cost, numItermax=max(100_000, 50 * len(a) * len(b)))
+        else:
+            plan = ot.sinkhorn(a, b, cost, entropic_reg, method="sinkhorn_log")
+        return PairMaps(group_weights(z), (samples[0], samples[1]), np.asarray(plan), seed)
     rng = np.random.default_rng(seed)
     init = x[rng.choice(len(x), size=min(support_size, len(x)), replace=False)]
     uniform = [np.full(len(s), 1.0 / len(s)) for s in samples]
     support = ot.lp.free_support_barycenter(
         samples, uniform, init, weights=group_weights(z), numItermax=max_iter, stopThr=tol
     )
-    transports = []
-    for s in samples:
-        if entropic_reg == 0:
-            plan: ot.da.BaseTransport = ot.da.EMDTransport()
-        else:
-            plan = ot.da.SinkhornTransport(reg_e=entropic_reg)
-        transports.append(plan.fit(Xs=s, Xt=support))
-    return EmpiricalMaps(support=np.asarray(support), transports=tuple(transports))
+    transports = tuple(fitted(s, support) for s in samples)
+    return EmpiricalMaps(support=np.asarray(support), transports=transports)
 
 
 @dataclass(frozen=True)

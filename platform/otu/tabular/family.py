@@ -115,8 +115,10 @@ def _silent(step: int, metrics, model=None) -> None:
 
 
 def _barycenter(method: Barycenter, task: FeatureTask, seed: int, report: Reporter) -> Transported:
-    """Fit the group maps on the training split (features, or E[Y|X] log-odds) and transport."""
-    source = task.features if method.apply_to == "features" else prediction_scores(task, method.score_c)
+    """Fit the group maps on the training split (features, or E[Y|X,Z] log-odds) and transport."""
+    source = task.features if method.apply_to == "features" else prediction_scores(
+        task, method.score_c, method.score_with_group
+    )
     if method.variant == "gaussian":
         maps = fit_gaussian(
             source.train, task.z_train, cov_reg=method.cov_reg, max_iter=method.bures_max_iter, tol=method.tol

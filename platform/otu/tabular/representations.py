@@ -1,5 +1,5 @@
 """What the barycenter maps act on besides raw table features: a network's embeddings of digits,
-and the estimate of E[Y | X] (the authors' conditional version)."""
+and the estimate of E[Y | X, Z] (the conditional version)."""
 
 from __future__ import annotations
 
@@ -37,13 +37,25 @@ def digits_feature_task(data: TabularData, model: TabularModel, seed: int, cache
     )
 
 
-def prediction_scores(task: FeatureTask, c: float) -> Features:
-    """Log-odds log(p_k / p_0), k = 1…K−1, of a logistic regression estimating E[Y | X] from the
-    training features (K classes; for a binary target, the positive class's log-odds)."""
-    model = LogisticRegression(C=c, max_iter=LOGISTIC_MAX_ITER).fit(task.features.train, task.y_train)
+def prediction_scores(task: FeatureTask, c: float, with_group: bool = True) -> Features:
+    """Log-odds log(p_k / p_0), k = 1…K−1, of a logistic regression estimating E[Y | X, Z] (the
+    one-hot group appended to the features; ``with_group=False``: E[Y | X]) on the training split
+    (K classes; for a binary target, the positive class's log-odds).
+
+    E[Y | X, Z]: the optimal L² outcome independent of Z is the W₂ barycenter of the laws of
+    E[Y | X, Z] given Z = z (Chzhen et al. 2020; Le Gouic, Loubes & Rigollet 2020; Xu & Strohmer,
+    JMLR 2023, whose result the conditional version of Xu & Strohmer 2025 builds on)."""
+
+    def inputs(x: np.ndarray, z: np.ndarray) -> np.ndarray:
+        if not with_group:
+            return x
+        return np.hstack([x, np.eye(len(task.groups))[z]])
+
+    train = inputs(task.features.train, task.z_train)
+    model = LogisticRegression(C=c, max_iter=LOGISTIC_MAX_ITER).fit(train, task.y_train)
 
     def log_odds(x: np.ndarray) -> np.ndarray:
         logp = model.predict_log_proba(x)
         return logp[:, 1:] - logp[:, :1]
 
-    return Features(log_odds(task.features.train), log_odds(task.features.test))
+    return Features(log_odds(train), log_odds(inputs(task.features.test, task.z_test)))

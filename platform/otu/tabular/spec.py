@@ -96,21 +96,29 @@ class TabularEval(Section):
 class Barycenter(Section):
     """Map each group's features to the W₂ barycenter of the group conditionals P(X | Z=z) and
     interpolate: x_t = (1−t)·x + t·T_z(x) (McCann). ``gaussian``: Bures–Wasserstein barycenter
-    and affine maps; ``empirical``: free-support barycenter and OT maps (exact, or entropic when
-    ``entropic_reg`` > 0). ``apply_to: prediction`` unlearns the estimate of E[Y | X] (its
-    log-odds) instead of the features — the authors' conditional version."""
+    and affine maps; ``empirical``: for two groups the OT map between them and McCann's
+    interpolation at the group weights (every point keeps its own image), for more a free-support
+    barycenter and OT maps onto it (exact, or entropic when ``entropic_reg`` > 0).
+    ``apply_to: prediction`` unlearns the estimate of E[Y | X, Z] (its log-odds) instead of the
+    features — the conditional version, whose optimum is the barycenter of the laws of
+    E[Y | X, Z] given Z (``score_with_group: false``: E[Y | X])."""
 
     name: Literal["barycenter"]
     t: float = Field(1.0, ge=0, le=1, description="McCann interpolation: 0 keeps x, 1 is the barycenter")
     variant: Literal["gaussian", "empirical"] = "gaussian"
     apply_to: Literal["features", "prediction"] = "features"
     cov_reg: float = Field(1e-6, ge=0, description="ridge added to each group covariance (gaussian)")
-    support_size: int = Field(100, ge=1, description="barycenter support points (empirical)")
+    support_size: int = Field(100, ge=1, description="barycenter support points (empirical, > 2 groups)")
     entropic_reg: float = Field(0.0, ge=0, description="Sinkhorn ε of the maps; 0: exact OT (empirical)")
     bures_max_iter: int = Field(1000, ge=1, description="Bures fixed-point iterations (gaussian; POT's)")
     support_max_iter: int = Field(100, ge=1, description="free-support iterations (empirical; POT's)")
     tol: float = Field(1e-7, gt=0, description="stopping threshold of either solver (POT's)")
-    score_c: float = Field(1.0, gt=0, description="inverse L2 strength of the E[Y|X] model (prediction)")
+    score_c: float = Field(1.0, gt=0, description="inverse L2 strength of the E[Y|X,Z] model (prediction)")
+    score_with_group: bool = Field(
+        True,
+        description="prediction: estimate E[Y|X,Z] (the group one-hot is an input; the barycenter of "
+        "its group laws is the optimal Z-independent L² outcome) — false: E[Y|X]",
+    )
 
 
 class _Training(Section):

@@ -1,9 +1,15 @@
 """Image data and forget requests: scikit-learn digits or a Parquet/NPZ table with an identity column.
 
-``make_splits`` turns a :class:`VisionData` section and a seed into disjoint forget / retain / test
-index sets over one image tensor. Digits: a stratified test split, then ``forget_size`` (or
-``forget_fraction`` of the training part) random training samples. File: every sample of the named
-identities is forgotten; the test split is drawn from the other samples, the rest is retained.
+``make_splits`` turns a :class:`VisionData` section and a seed into disjoint forget / retain / val /
+test index sets over one image tensor. Test is for the final report only; val (validation) is what
+training decisions — DLFD's forgetting monitor, checkpoint selection — may look at.
+
+* Digits (no identities): stratified test and val splits (``test_fraction`` / ``val_fraction`` of
+  each label), then ``forget_size`` (or ``forget_fraction`` of the training part) random training
+  samples.
+* File (identity column): every sample of the named identities is forgotten (or ``forget_size`` /
+  ``forget_fraction`` random training samples); test and val are whole identities drawn from the
+  others, so unseen identities are disjoint from retain and forget (as MUFAC's are).
 """
 
 from __future__ import annotations
@@ -40,74 +46,91 @@ class Splits:
     labels: torch.Tensor
     forget: torch.Tensor
     retain: torch.Tensor
+    val: torch.Tensor
     test: torch.Tensor
     num_classes: int
 
     def part(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(images, labels)`` of ``forget``, ``retain``, ``test`` or ``train`` (forget ∪ retain)."""
+        """``(images, labels)`` of ``forget``, ``retain``, ``val``, ``test`` or ``train`` (forget ∪
+        retain)."""
         idx = torch.cat([self.forget, self.retain]) if name == "train" else getattr(self, name)
         return self.images[idx], self.labels[idx]
 
 
 def make_splits(data: VisionData, seed: int) -> Splits:
-    """Seeded forget / retain / test splits for the data section (see the module docstring)."""
+    """Seeded forget / retain / val / test splits for the data section (see the module docstring)."""
     if data.source == "digits":
         images, labels = load_digits()
         identities = None
     else:
         images, labels, identities = load_table(data)
-    forget, retain, test = split_indices(data, labels.numpy(), identities, seed)
-    return Splits(
-        images=images,
-        labels=labels,
-        forget=torch.as_tensor(forget, dtype=torch.int64),
-        retain=torch.as_tensor(retain, dtype=torch.int64),
-        test=torch.as_tensor(test, dtype=torch.int64),
-        num_classes=int(labels.max()) + 1,
-    )
+    parts = split_indices(data, labels.numpy(), identities, seed)
+    forget, retain, val, test = (torch.as_tensor(p, dtype=torch.int64) for p in parts)
+    return Splits(images, labels, forget, retain, val, test, num_classes=int(labels.max()) + 1)
 
 
 def split_indices(
     data: VisionData, labels: np.ndarray, identities: np.ndarray | None, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sorted ``(forget, retain, test)`` indices; DataError if forget or retain would be empty."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted ``(forget, retain, val, test)`` indices; DataError if forget, retain or val would be
+    empty."""
     rng = np.random.default_rng(seed)
+    pool = np.arange(len(labels))
     if data.forget_identities is not None:
         assert identities is not None
-        is_forget = np.isin(identities, data.forget_identities)
-        forget = np.flatnonzero(is_forget)
-        test, retain = _split_test(np.flatnonzero(~is_forget), labels, data.test_fraction, rng)
+        pool = np.flatnonzero(~np.isin(identities, data.forget_identities))
+    if identities is None:
+        test, rest = _split_test(pool, labels, data.test_fraction, rng)
+        val, train = _split_test(rest, labels, data.val_fraction / (1 - data.test_fraction), rng)
     else:
-        test, train = _split_test(np.arange(len(labels)), labels, data.test_fraction, rng)
+        n = len(pool)
+        test, rest = _split_groups(pool, identities, round(data.test_fraction * n), rng)
+        val, train = _split_groups(rest, identities, round(data.val_fraction * n), rng)
+    if data.forget_identities is not None:
+        forget, retain = np.flatnonzero(np.isin(identities, data.forget_identities)), train
+    else:
         n_forget = data.forget_size or max(1, round((data.forget_fraction or 0) * len(train)))
         train = rng.permutation(train)
         forget, retain = np.sort(train[:n_forget]), np.sort(train[n_forget:])
-    if len(retain) == 0 or len(forget) == 0:
+    if len(retain) == 0 or len(forget) == 0 or len(val) == 0:
         request = (
             f"forget_identities={data.forget_identities}"
             if data.forget_identities is not None
             else f"forget_size={data.forget_size}, forget_fraction={data.forget_fraction}"
         )
         raise DataError(
-            f"task.data: the forget request ({request}) leaves {len(forget)} forget and "
-            f"{len(retain)} retain samples of {len(labels)} (test_fraction={data.test_fraction}); "
-            "both must be non-empty"
+            f"task.data: the forget request ({request}) leaves {len(forget)} forget, "
+            f"{len(retain)} retain and {len(val)} val samples of {len(labels)} "
+            f"(test_fraction={data.test_fraction}, val_fraction={data.val_fraction}); "
+            "all must be non-empty"
         )
-    return forget, retain, test
+    return forget, retain, val, test
 
 
 def _split_test(
     pool: np.ndarray, y: np.ndarray, fraction: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(test, rest)`` of ``pool``: ``fraction`` of each label's samples go to test (at least one
+    """``(held, rest)`` of ``pool``: ``fraction`` of each label's samples are held out (at least one
     per label with ≥ 2 samples)."""
-    test: list[np.ndarray] = []
+    held: list[np.ndarray] = []
     for label in np.unique(y[pool]):
         members = rng.permutation(pool[y[pool] == label])
-        n_test = max(1, round(fraction * len(members))) if len(members) > 1 else 0
-        test.append(members[:n_test])
-    test_idx = np.sort(np.concatenate(test)) if test else pool[:0]
-    return test_idx, np.setdiff1d(pool, test_idx)
+        n_held = max(1, round(fraction * len(members))) if len(members) > 1 else 0
+        held.append(members[:n_held])
+    held_idx = np.sort(np.concatenate(held)) if held else pool[:0]
+    return held_idx, np.setdiff1d(pool, held_idx)
+
+
+def _split_groups(
+    pool: np.ndarray, identities: np.ndarray, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(held, rest)`` of ``pool`` by whole identities: shuffled identities are held out until at
+    least ``size`` samples (at least one identity, never all of them)."""
+    ids = rng.permutation(np.unique(identities[pool]))
+    counts = np.array([np.sum(identities[pool] == i) for i in ids])
+    n_ids = min(int(np.searchsorted(np.cumsum(counts), max(size, 1))) + 1, len(ids) - 1)
+    held = np.isin(identities[pool], ids[:n_ids])
+    return np.sort(pool[held]), np.sort(pool[~held])
 
 
 # ---------------------------------------------------------------- Parquet / NPZ tables

@@ -11,4 +11,6 @@ from otu.vision.prepare import Prepared
 
 
 def run(exp: Experiment, prepared: Prepared, report: Reporter) -> nn.Module:
-    return cross_entropy_pass(exp, prepared, report, part="forget", sign=-1.0, metric="loss_forget_ce")
+    return cross_entropy_pass(
+        exp, prepared, report, part="forget", sign=-1.0, metric="loss_forget_ce"
+    )
