@@ -2,7 +2,8 @@
 
 Both expose the same small surface to :mod:`otu.llm.loop`: ``model`` (call it for forward passes),
 ``ref`` (frozen θ₀ = NPO reference, or None), ``backward(loss)``, ``boundary()`` (last micro-batch of
-an optimizer step), ``gather(params)``, ``shards`` (the regulariser's access to the fp32 master
+an optimizer step), ``gather(params)`` / ``add_grad(param, g)`` (one tensor at a time, collective
+under ZeRO, between backward and step), ``shards`` (the regulariser's access to the fp32 master
 weights and gradient partitions, :class:`otu.llm.regulariser.Shards`), ``step()``, ``all_mean(x)``
 and ``save(dir)``.
 """
@@ -76,6 +77,11 @@ class PlainEngine:
     def gather(self, params: Sequence[nn.Parameter]):
         return contextlib.nullcontext()
 
+    def add_grad(self, param: nn.Parameter, grad: Tensor) -> None:
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+        param.grad.add_(grad.to(param.grad.dtype))
+
     def step(self) -> None:
         if self.boundary():
             if self.max_grad_norm:
@@ -148,6 +154,29 @@ class DeepSpeedEngine:
         import deepspeed
 
         return deepspeed.zero.GatheredParameters(list(params), modifier_rank=None)
+
+    def add_grad(self, param: nn.Parameter, grad: Tensor) -> None:
+        from deepspeed.utils import (
+            safe_get_full_grad,
+            safe_get_local_grad,
+            safe_set_full_grad,
+            safe_set_local_grad,
+        )
+
+        if hasattr(param, "ds_id"):  # ZeRO-3: add this rank's slice to its gradient partition
+            local = safe_get_local_grad(param)
+            flat = grad.reshape(-1).to(local.dtype)
+            start = min(self.rank * local.numel(), flat.numel())
+            part = flat[start : start + local.numel()]
+            update = torch.zeros_like(local.reshape(-1))
+            update[: part.numel()] = part.to(update.device)
+            safe_set_local_grad(param, local + update.view_as(local))
+        elif getattr(param, "_hp_grad", None) is not None:  # bf16 optimizer keeps an fp32 buffer
+            current = param.get_full_hp_grad()
+            param.set_full_hp_grad(current + grad.to(current.dtype))
+        else:
+            current = safe_get_full_grad(param)
+            safe_set_full_grad(param, current + grad.to(current.dtype))
 
     def step(self) -> None:
         self.model.step()

@@ -13,7 +13,6 @@ here by one sort per cloud); otherwise POT's quantile-function solver ``ot.wasse
 
 from __future__ import annotations
 
-import ot
 import torch
 from torch import Tensor
 
@@ -79,5 +78,7 @@ def sliced_wasserstein(
         gap = torch.sort(x_proj, dim=0).values - torch.sort(y_proj, dim=0).values
         per_direction = gap.abs().pow(p).mean(dim=0)
     else:
+        import ot  # POT, only for weighted or unequal clouds
+
         per_direction = ot.wasserstein_1d(x_proj, y_proj, a, b, p=p)
     return per_direction.mean().pow(1.0 / p)
