@@ -7,9 +7,10 @@ initialised Llama of ``--size`` (the sizes of ``bench_optout_step.py``) in DeepS
 (every tensor partitioned under ZeRO-3), run one backward, build the family's
 :class:`otu.llm.regulariser.ParameterRegulariser` (L = 100, resampled projections, as OPT-OUT's
 default) and time ``apply(step)`` ``--repeats`` times after one warm-up call. Per rank: the median
-wall time of ``apply`` (fetching the fp32 masters, its own tensors' SW value and gradient, the
-gradient all-reduce); a step waits for the slowest rank, so the table reports the maximum over ranks
-and the speed-up of W workers over one.
+wall and CPU time of ``apply``, and the CPU time of its two collectives (fetching the fp32 masters,
+summing the gradient buffer); the rest is the rank's own SW values and gradients. A step waits for
+the slowest rank, so the table reports the maximum over ranks and the speed-up of W workers over
+one. On a shared machine wall time follows the load; CPU time is each rank's own work.
 """
 
 from __future__ import annotations
@@ -34,6 +35,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class Timed:
+    """The engine's shards, with the CPU time spent in their collectives added up."""
+
+    def __init__(self, shards) -> None:
+        self.shards, self.rank, self.world, self.cpu = shards, shards.rank, shards.world, 0.0
+
+    def _timed(self, fn, *args):
+        start = time.process_time()
+        out = fn(*args)
+        self.cpu += time.process_time() - start
+        return out
+
+    def fetch_fp32(self, params):
+        return self._timed(self.shards.fetch_fp32, params)
+
+    def add_grads(self, params, flat):
+        return self._timed(self.shards.add_grads, params, flat)
+
+    def all_sum(self, value):
+        return self._timed(self.shards.all_sum, value)
 
 
 def worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str) -> None:
@@ -88,19 +111,28 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str)
         kind="wasserstein",
         weight=0.1,
         params=params,
-        shards=DeepSpeedShards(rank, world, torch.device("cpu")),
+        shards=Timed(DeepSpeedShards(rank, world, torch.device("cpu"))),
         n_projections=args.projections,
         resample=True,
     )
-    times = []
+    wall, cpu, comm = [], [], []
     for step in range(args.repeats + 1):
         torch.distributed.barrier()
-        start = time.perf_counter()
+        reg.shards.cpu = 0.0
+        start, start_cpu = time.perf_counter(), time.process_time()
         reg.apply(step)
-        times.append(time.perf_counter() - start)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+        comm.append(reg.shards.cpu)
     mine = reg.mine()
     numel = sum(getattr(params[i], "ds_numel", params[i].numel()) for i in mine)
-    result = {"median_s": statistics.median(times[1:]), "tensors": len(mine), "numel": numel}
+    result = {
+        "wall_s": statistics.median(wall[1:]),
+        "cpu_s": statistics.median(cpu[1:]),
+        "comm_cpu_s": statistics.median(comm[1:]),
+        "tensors": len(mine),
+        "numel": numel,
+    }
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     torch.distributed.destroy_process_group()
 
@@ -127,20 +159,24 @@ def main() -> None:
         f"1 thread per rank, load average {os.getloadavg()[0]:.1f} at start\n"
     )
     print(
-        "| workers | per-rank time (s): max [each] | speed-up vs 1 | tensors per rank | elements per rank |"
+        "| workers | per-rank CPU s: max [each] | CPU speed-up | of which collectives (CPU s) "
+        "| per-rank wall s: max | wall speed-up | tensors per rank | elements per rank |"
     )
-    print("|---:|---|---:|---|---|")
-    base = None
+    print("|---:|---|---:|---|---:|---:|---|---|")
+    base: dict[str, float] = {}
     for world in args.workers:
         ranks = measure(world, args)
-        slowest = max(r["median_s"] for r in ranks)
-        base = base or slowest
-        each = ", ".join(f"{r['median_s']:.3f}" for r in ranks)
-        elements = ", ".join(f"{r['numel'] / 1e6:.2f} M" for r in ranks)
+        cpu = max(r["cpu_s"] for r in ranks)
+        wall = max(r["wall_s"] for r in ranks)
+        base = base or {"cpu": cpu, "wall": wall}
+
+        def each(key: str, fmt: str, ranks=ranks) -> str:
+            return ", ".join(format(r[key], fmt) for r in ranks)
+
         print(
-            f"| {world} | {slowest:.3f} [{each}] | {base / slowest:.2f}× "
-            f"| {', '.join(str(r['tensors']) for r in ranks)} "
-            f"| {elements} |",
+            f"| {world} | {cpu:.3f} [{each('cpu_s', '.3f')}] | {base['cpu'] / cpu:.2f}× "
+            f"| {each('comm_cpu_s', '.3f')} | {wall:.3f} | {base['wall'] / wall:.2f}× "
+            f"| {each('tensors', 'd')} | {each('numel', ',d')} |",
             flush=True,
         )
 
