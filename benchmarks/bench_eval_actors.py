@@ -51,13 +51,9 @@ def timed(run, repeats: int) -> tuple[list, float]:
     return result, statistics.median(times)
 
 
-def plain_processes(
-    overrides: list[str], checkpoints: list, n: int, repeats: int
-) -> tuple[list, float]:
+def plain_processes(overrides: list[str], checkpoints: list, n: int, repeats: int) -> tuple[list, float]:
     """Evaluate ``checkpoints`` on ``n`` plain processes (one task each, like the actor pool)."""
-    with mp.get_context("spawn").Pool(
-        n, initializer=_load, initargs=(overrides, checkpoints[0])
-    ) as pool:
+    with mp.get_context("spawn").Pool(n, initializer=_load, initargs=(overrides, checkpoints[0])) as pool:
         pool.map(time.sleep, [1.0] * n, chunksize=1)  # every process is warm
         return timed(lambda: pool.map(_evaluate, checkpoints, chunksize=1), repeats)
 
@@ -67,14 +63,8 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=int, default=8)
     parser.add_argument("--pool", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="timings are medians over repeats")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="spec overrides, e.g. task.model.arch=resnet18",
-    )
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="spec overrides, e.g. task.model.arch=resnet18")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cache = tempfile.mkdtemp(prefix="otu-bench-")
@@ -92,9 +82,7 @@ def main() -> None:
                 p.add_(1e-3 * torch.randn(p.shape, generator=gen))
         checkpoints.append(model)
 
-    sequential, t_seq = timed(
-        lambda: [api.evaluate(exp, prepared, m) for m in checkpoints], args.repeats
-    )
+    sequential, t_seq = timed(lambda: [api.evaluate(exp, prepared, m) for m in checkpoints], args.repeats)
     in_processes, t_mp = plain_processes(overrides, checkpoints, args.pool, args.repeats)
 
     ray.init(
@@ -124,9 +112,7 @@ def main() -> None:
     print(f"{args.checkpoints} checkpoints, metric suite: {', '.join(sequential[0])}")
     print(f"median of {args.repeats} runs each")
     print(f"{'sequential (1 process)':<30}{t_seq:8.2f} s")
-    print(
-        f"{f'{args.pool} plain processes (no Ray)':<30}{t_mp:8.2f} s   speed-up {t_seq / t_mp:.2f}x"
-    )
+    print(f"{f'{args.pool} plain processes (no Ray)':<30}{t_mp:8.2f} s   speed-up {t_seq / t_mp:.2f}x")
     print(
         f"{f'pool of {args.pool} Ray actors':<30}{t_pool:8.2f} s   speed-up {t_seq / t_pool:.2f}x"
         f"   (+{t_warm:.2f} s one-time actor warm-up)"

@@ -326,6 +326,20 @@ def test_regulariser_adds_lambda_times_the_autograd_gradient_to_each_tensor(resa
         assert value == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_optout_sw_is_zero_at_the_starting_weights_in_every_precision(
+    prepared, llm_cache, tmp_path, precision
+):
+    """θ₀ is the fp32 master weights themselves (not a re-loaded or 16-bit copy): before the first
+    optimizer step (one step, no alternation) SW = 0 exactly, in fp32 and under bf16 autocast."""
+    _, prep = prepared
+    raw = tiny_spec(llm_cache, steps=1, alternate=False)
+    raw["compute"] = {"precision": precision}
+    steps: list[dict] = []
+    family.unlearn(parse_experiment(raw), prep, lambda s, m: steps.append(dict(m)), tmp_path)
+    assert steps[0]["reg"] == 0.0 and steps[0]["forget_loss"] > 0
+
+
 def test_regulariser_work_is_balanced_by_size_within_buckets():
     assert plan_buckets([4, 4, 4, 9, 1], bucket_numel=8) == [[0, 1], [2], [3], [4]]
     # largest first to the least-loaded rank: 9 → r0, 5 → r1, 4 → r1, 3 → r0 (tie), 3 → r1: 12 | 12
