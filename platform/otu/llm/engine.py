@@ -254,9 +254,8 @@ class DeepSpeedShards:
                 local = safe_get_local_grad(p)
                 start = min(self.rank * local.numel(), full.numel())
                 part = full[start : start + local.numel()]
-                update = torch.zeros_like(local.reshape(-1))
-                update[: part.numel()] = part.to(update.device)
-                safe_set_local_grad(p, local + update.view_as(local))
+                local.view(-1)[: part.numel()].add_(part.to(local))
+                safe_set_local_grad(p, local)
             elif getattr(p, "_hp_mapping", None) is not None:  # ZeRO-1/2: its fp32 fragment
                 _add_fragment(p, full)
 
