@@ -17,8 +17,9 @@ Each row runs ``--warmup`` + ``--steps`` optimizer steps and reports the mean of
 
 Plain rows: AdamW on fp32 weights under bf16 autocast, frozen bf16 NPO reference (otu's plain
 engine). ZeRO-3 rows: DeepSpeed bf16, fp32 masters in the optimizer, reference partitioned too.
-LoRA rows (r = 16, α = 32, all attention and MLP projections): bf16 base frozen, fp32 adapters, the
-reference is the model with adapters disabled, SW on the adapter tensors. Output: ``results.md``
+LoRA rows (r = 16, α = 32, all attention and MLP projections): bf16 base frozen, fp32 adapters,
+gradient checkpointing (three 8 × 512 batches through 8B would not otherwise fit), the reference is
+the model with adapters disabled, SW on the adapter tensors. Output: ``results.md``
 (a markdown table) and ``results.json`` under ``--out``.
 """
 
@@ -220,6 +221,7 @@ def setup(kind: str, shape: str, device: torch.device):
         from peft import LoraConfig, get_peft_model
 
         base = build(shape, device, bf16)
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         count = sum(p.numel() for p in base.parameters())
         targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
         model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, target_modules=targets))
@@ -258,7 +260,7 @@ def run(kind: str, shape: str, method: str, args, device: torch.device) -> Row:
         row.sw_share = row.sw_s / row.step_s
         row.peak_gib = peak_gib(device)
         if kind == "lora" and method == "optout":
-            row.note = "SW on the adapter tensors"
+            row.note = "grad checkpointing; SW on the adapter tensors"
     except Exception as exc:  # one failing row (out of memory, a DeepSpeed error) keeps the others
         row.note = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
         traceback.print_exc()
