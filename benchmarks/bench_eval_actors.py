@@ -86,7 +86,8 @@ def main() -> None:
     in_processes, t_mp = plain_processes(overrides, checkpoints, args.pool, args.repeats)
 
     ray.init(
-        num_cpus=args.pool, include_dashboard=False, configure_logging=False, log_to_driver=False
+        address="local", num_cpus=args.pool, include_dashboard=False, configure_logging=False,
+        log_to_driver=False,
     )
     evaluator = CheckpointEvaluator(exp, start_pool("bench", args.pool, cpus=1))
     start = time.perf_counter()

@@ -42,7 +42,7 @@ def main() -> None:
         run_experiment(exp.with_overrides(config), root / "sequential" / str(i))
     t_seq = time.perf_counter() - start
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     walls = {}
     for concurrency in (1, 2):

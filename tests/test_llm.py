@@ -7,7 +7,6 @@ models are cached under pytest's base temp dir, so the suite fine-tunes them onc
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from pathlib import Path
@@ -22,7 +21,13 @@ from otu.errors import DataError, OtuError, SpecError
 from otu.llm import evaluation, family
 from otu.llm.data import load_splits
 from otu.llm.losses import npo_loss
-from otu.llm.regulariser import ParameterRegulariser, projection_seed
+from otu.llm.regulariser import (
+    LocalShards,
+    ParameterRegulariser,
+    balance,
+    plan_buckets,
+    projection_seed,
+)
 from otu.llm.spec import SPEC, LLMData
 from otu.llm.synthetic import generate_entities, write_entities
 from otu.ot import as_rows, random_projections, sw_regulariser_autograd
@@ -288,21 +293,23 @@ def test_npo_loss_falls_as_the_forget_nll_rises_above_the_reference():
 def test_regulariser_adds_lambda_times_the_autograd_gradient_to_each_tensor(resample):
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(6, 5)), torch.nn.Parameter(torch.randn(5))]
-    refs = [torch.nn.Parameter(p.detach() + 0.3 * torch.randn_like(p)) for p in params]
+    refs = [p.detach().clone() for p in params]  # θ₀: the weights when the regulariser is built
     reg = ParameterRegulariser(
         kind="wasserstein",
         weight=0.5,
-        pairs=list(zip(params, refs, strict=True)),
-        gather=lambda ps: contextlib.nullcontext(),
-        add_grad=lambda p, g: p.grad.add_(g),
+        params=params,
+        shards=LocalShards(),
         n_projections=20,
         resample=resample,
         seed=7,
+        bucket_numel=30,  # two buckets
     )
-    for step in (
-        3,
-        4,
-    ):  # without resampling, step 4 reuses step 0's directions and cached sort(W₀U)
+    assert reg.buckets == [[0], [1]] and reg.apply(step=0) == 0.0
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.3 * torch.randn_like(p))
+    # without resampling, step 4 reuses step 0's directions and cached sort(W₀U)
+    for step in (3, 4):
         for p in params:
             p.grad = torch.ones_like(p)
         value = reg.apply(step=step)
@@ -312,11 +319,32 @@ def test_regulariser_adds_lambda_times_the_autograd_gradient_to_each_tensor(resa
                 as_rows(p).shape[1], 20, projection_seed(7, step if resample else 0, i)
             )
             w = p.detach().clone().requires_grad_()
-            sw = sw_regulariser_autograd(w, p0.detach(), u)
+            sw = sw_regulariser_autograd(w, p0, u)
             sw.backward()
             expected += sw.item()
             torch.testing.assert_close(p.grad, 1 + 0.5 * w.grad)
         assert value == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_optout_sw_is_zero_at_the_starting_weights_in_every_precision(
+    prepared, llm_cache, tmp_path, precision
+):
+    """θ₀ is the fp32 master weights themselves (not a re-loaded or 16-bit copy): before the first
+    optimizer step (one step, no alternation) SW = 0 exactly, in fp32 and under bf16 autocast."""
+    _, prep = prepared
+    raw = tiny_spec(llm_cache, steps=1, alternate=False)
+    raw["compute"] = {"precision": precision}
+    steps: list[dict] = []
+    family.unlearn(parse_experiment(raw), prep, lambda s, m: steps.append(dict(m)), tmp_path)
+    assert steps[0]["reg"] == 0.0 and steps[0]["forget_loss"] > 0
+
+
+def test_regulariser_work_is_balanced_by_size_within_buckets():
+    assert plan_buckets([4, 4, 4, 9, 1], bucket_numel=8) == [[0, 1], [2], [3], [4]]
+    # largest first to the least-loaded rank: 9 → r0, 5 → r1, 4 → r1, 3 → r0 (tie), 3 → r1: 12 | 12
+    assert balance([3, 9, 4, 5, 3], world=2) == [0, 0, 1, 1, 1]
+    assert balance([7, 7, 7], world=1) == [0, 0, 0]
 
 
 # ---------------------------------------------------------------- unlearning

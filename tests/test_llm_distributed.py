@@ -1,7 +1,7 @@
 """LLM family across ranks: DeepSpeed ZeRO-3 with 2 workers equals one process.
 
-* the SW regulariser's value and gradient, added to ZeRO-3 gradient partitions tensor by tensor,
-  equal the single-process closed form on the same parameters and projections (2 gloo processes);
+* the SW regulariser shared over 2 gloo ranks (each computes its own tensors from the fp32 masters,
+  ZeRO-1 and ZeRO-3) gives the single-process closed-form value and gradients, and 0 at θ₀;
 * OPT-OUT's first steps under Ray Train (2 workers, ZeRO-3, ``unlearn_distributed``) report the same
   losses as the single-process loop, end in the same weights, and the checkpoint every rank wrote
   loads and evaluates.
@@ -50,16 +50,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def perturbed(params, rank: int) -> None:
-    """θ = θ₀ + deterministic noise (written on rank 0; ZeRO-3 broadcasts it on exit)."""
-    for i, p in enumerate(params):
-        if rank == 0:
-            noise = torch.randn(p.shape, generator=torch.Generator().manual_seed(100 + i))
-            p.data.add_(0.05 * noise)
+def noise(shape: torch.Size, index: int) -> torch.Tensor:
+    """The deterministic move θ − θ₀ of tensor ``index``."""
+    return 0.05 * torch.randn(shape, generator=torch.Generator().manual_seed(100 + index))
 
 
-def zero3_regulariser_worker(
-    rank: int, world: int, port: int, model_dir: str, cache: str, out: str
+def sharded_regulariser_worker(
+    rank: int,
+    world: int,
+    port: int,
+    model_dir: str,
+    cache: str,
+    out: str,
+    stage: int,
+    precision: str,
 ) -> None:
     os.environ.update(
         {
@@ -73,34 +77,60 @@ def zero3_regulariser_worker(
     torch.distributed.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )
-    import deepspeed
-    from deepspeed.utils import safe_get_full_grad
+    from deepspeed.utils import (
+        safe_get_full_fp32_param,
+        safe_get_full_grad,
+        safe_set_full_fp32_param,
+        safe_set_full_grad,
+    )
 
     from otu.llm.engine import DeepSpeedEngine
     from otu.llm.loop import _regulariser
 
     raw = tiny_spec(Path(cache), reg_weight=LAMBDA)
-    raw["compute"] = {"workers": world, "zero_stage": 3, "zero3": PARTITION_ALL}
+    raw["compute"] = {"workers": world, "zero_stage": stage, "precision": precision}
+    if stage == 3:
+        raw["compute"]["zero3"] = PARTITION_ALL
     exp = parse_experiment(raw)
     engine = DeepSpeedEngine(
         exp, Path(model_dir), torch.device("cpu"), needs_ref=True, total_steps=1
     )
     params = list(engine.model.module.parameters())
-    assert all(hasattr(p, "ds_id") and p.numel() == 0 for p in params)  # partitioned
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
-        perturbed(params, rank)
+    if stage == 3:
+        assert all(hasattr(p, "ds_id") and p.numel() == 0 for p in params)  # partitioned
     ids = torch.arange(12).reshape(2, 6)
-    loss = engine.model(input_ids=ids, labels=ids).loss
-    engine.backward(0.0 * loss)  # creates the (zero) gradient partitions
-    assert all(p.numel() == 0 for p in params)  # released again: the regulariser must gather
-    value = _regulariser(exp, engine).apply(step=0)
-    grads = [safe_get_full_grad(p).clone() for p in params]
-    if rank == 0:
-        torch.save({"value": value, "grads": grads}, Path(out) / "zero3.pt")
+    engine.backward(0.0 * engine.model(input_ids=ids, labels=ids).loss)  # zero gradients
+    reg = _regulariser(exp, engine)  # θ₀ = the fp32 masters now
+    at_start = reg.apply(step=0)
+    for i, p in enumerate(params):  # move the fp32 masters (every rank sets its own part)
+        safe_set_full_fp32_param(p, safe_get_full_fp32_param(p) + noise(_full_shape(p), i))
+    for p in params:  # zero the gradients again (step 0 added λ·∇ = 0, but keep it exact)
+        safe_set_full_grad(p, torch.zeros_like(safe_get_full_grad(p)))
+    value = reg.apply(step=0)
+    grads = [safe_get_full_grad(p).float().clone() for p in params]
+    torch.save(
+        {"value": value, "at_start": at_start, "grads": grads, "mine": reg.mine()},
+        Path(out) / f"rank{rank}.pt",
+    )
     torch.distributed.destroy_process_group()
 
 
-def test_zero3_two_workers_sw_value_and_gradient_equal_single_process(tmp_path):
+def _full_shape(p) -> torch.Size:
+    return getattr(p, "ds_shape", p.shape)
+
+
+@pytest.mark.parametrize(
+    ("stage", "precision"),
+    [
+        pytest.param(1, "fp32", marks=pytest.mark.slow),
+        (3, "fp32"),
+        pytest.param(1, "bf16", marks=pytest.mark.slow),
+        pytest.param(3, "bf16", marks=pytest.mark.slow),
+    ],
+)
+def test_two_workers_share_the_sw_work_and_equal_single_process(tmp_path, stage, precision):
+    """Each rank computes its own tensors; summed value and gradients equal one process's closed
+    form; θ₀ is the fp32 master at construction, so SW = 0 there (also under bf16)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -115,25 +145,39 @@ def test_zero3_two_workers_sw_value_and_gradient_equal_single_process(tmp_path):
     )
     LlamaForCausalLM(config).save_pretrained(tmp_path / "theta0")
     mp.start_processes(
-        zero3_regulariser_worker,
-        args=(2, free_port(), str(tmp_path / "theta0"), str(tmp_path / "cache"), str(tmp_path)),
+        sharded_regulariser_worker,
+        args=(
+            2,
+            free_port(),
+            str(tmp_path / "theta0"),
+            str(tmp_path / "cache"),
+            str(tmp_path),
+            stage,
+            precision,
+        ),
         nprocs=2,
         start_method="spawn",
     )
-    got = torch.load(tmp_path / "zero3.pt")
+    got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
-    theta0 = LlamaForCausalLM.from_pretrained(tmp_path / "theta0")
-    params0 = [p.detach() for p in theta0.parameters()]
-    theta = [p.clone() for p in params0]
-    perturbed(theta, rank=0)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    theta0 = LlamaForCausalLM.from_pretrained(tmp_path / "theta0", dtype=dtype)
+    params0 = [p.detach().float() for p in theta0.parameters()]
+    # bf16 engines store gradients in bf16: λ·∇ is rounded to 8 significant bits there
+    tol = {"rtol": 2**-8, "atol": 1e-7} if precision == "bf16" else {"rtol": 1e-5, "atol": 1e-7}
+    mine = [set(g["mine"]) for g in got]
+    assert mine[0] and mine[1] and not mine[0] & mine[1]  # each rank its own share
+    assert mine[0] | mine[1] == set(range(len(params0)))
     total = 0.0
-    for i, (w, w0) in enumerate(zip(theta, params0, strict=True)):
-        u = random_projections(as_rows(w).shape[1], 100, projection_seed(0, 0, i))
-        value, grad = sw_regulariser(w, w0, u)
+    for i, w0 in enumerate(params0):
+        u = random_projections(as_rows(w0).shape[1], 100, projection_seed(0, 0, i))
+        value, grad = sw_regulariser(w0 + noise(w0.shape, i), w0, u)
         total += value.item()
-        torch.testing.assert_close(got["grads"][i], LAMBDA * grad, rtol=1e-5, atol=1e-7)
+        for rank in range(2):
+            torch.testing.assert_close(got[rank]["grads"][i], LAMBDA * grad, **tol)
+    assert got[0]["at_start"] == got[1]["at_start"] == 0.0
     assert total > 0
-    assert got["value"] == pytest.approx(total, rel=1e-6)
+    assert got[0]["value"] == got[1]["value"] == pytest.approx(total, rel=1e-6)
 
 
 def test_ray_train_zero3_first_steps_equal_single_process(ray_local, llm_cache, tmp_path):

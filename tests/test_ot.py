@@ -34,8 +34,11 @@ def test_random_projections_unit_columns_and_seeded() -> None:
     u = random_projections(7, 30, seed=3, dtype=F64)
     assert u.shape == (7, 30)
     torch.testing.assert_close(u.norm(dim=0), torch.ones(30, dtype=F64))
-    torch.testing.assert_close(random_projections(7, 30, seed=3, dtype=torch.float32), u.float())
+    torch.testing.assert_close(random_projections(7, 30, seed=3, dtype=F64), u)  # same seed
     assert not torch.allclose(random_projections(7, 30, seed=4, dtype=F64), u)
+    u32 = random_projections(7, 30, seed=3)  # drawn in the working dtype itself
+    assert u32.dtype == torch.float32
+    torch.testing.assert_close(u32.norm(dim=0), torch.ones(30))
 
 
 @pytest.mark.parametrize("p", [1, 2, 3])
@@ -116,6 +119,17 @@ def test_sw_regulariser_cached_reference_and_row_order_invariance() -> None:
     direct = sw_regulariser(moved, w0, u)
     assert cached[0] > 0
     torch.testing.assert_close(cached, direct)
+
+
+def test_sw_regulariser_scaled_gradient_accumulates_into_out() -> None:
+    w, w0 = randn(24, 6, seed=20), randn(24, 6, seed=21)
+    u = random_projections(6, 40, seed=22, dtype=F64)
+    value, grad = sw_regulariser(w, w0, u)
+    out = torch.ones_like(w)
+    got_value, got = sw_regulariser_sorted(w, sorted_projection(w0, u), u, scale=0.3, out=out)
+    assert got is out
+    torch.testing.assert_close(got_value, value)
+    torch.testing.assert_close(out, 1 + 0.3 * grad)
 
 
 def test_sw_regulariser_gradient_descent_pulls_rows_towards_initial_cloud() -> None:

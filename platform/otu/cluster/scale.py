@@ -50,11 +50,16 @@ class Size:
     """``dotted.key=value`` items, as for ``--set``."""
 
 
-def parse_size(text: str) -> Size:
-    """``small:task.model.tiny.hidden=256,task.model.tiny.layers=4`` → a labelled override set."""
+SPEC = Size("spec", ())
+"""The spec as given: the default size and the default variant."""
+
+
+def parse_size(text: str, flag: str = "--size") -> Size:
+    """``small:task.model.tiny.hidden=256,task.model.tiny.layers=4`` → a labelled override set
+    (also a ``--variant`` such as ``nosw:method.reg_weight=0``)."""
     label, sep, rest = text.partition(":")
     if not sep or not label.strip() or not rest.strip():
-        raise SpecError(f"--size: expected LABEL:KEY=VALUE[,KEY=VALUE...] (got {text!r})")
+        raise SpecError(f"{flag}: expected LABEL:KEY=VALUE[,KEY=VALUE...] (got {text!r})")
     items = tuple(item.strip() for item in rest.split(",") if item.strip())
     apply_overrides({}, items)  # checks the KEY=VALUE form
     return Size(label.strip(), items)
@@ -66,14 +71,18 @@ class Combo:
     zero_stage: int
     workers: int
     offload: str
+    variant: Size = SPEC
+    """Method/compute overrides measured side by side (with/without SW, LoRA …)."""
 
     @property
     def key(self) -> str:
-        return f"{self.size.label}-z{self.zero_stage}-w{self.workers}-{self.offload}"
+        key = f"{self.size.label}-z{self.zero_stage}-w{self.workers}-{self.offload}"
+        return key if self.variant == SPEC else f"{key}-{self.variant.label}"
 
 
 def plan(exp: Experiment, sizes: Sequence[Size], stages: Sequence[int], workers: Sequence[int],
-         offloads: Sequence[str], steps: int) -> list[tuple[Combo, Experiment]]:
+         offloads: Sequence[str], steps: int,
+         variants: Sequence[Size] = (SPEC,)) -> list[tuple[Combo, Experiment]]:
     """Every valid combination as a validated experiment; all problems raised as one SpecError."""
     if not hasattr(family_api(exp.task.family), "unlearn_worker"):
         raise SpecError(f"task.family: {exp.task.family!r} has no multi-worker loop (unlearn_worker); "
@@ -95,14 +104,15 @@ def plan(exp: Experiment, sizes: Sequence[Size], stages: Sequence[int], workers:
                 for offload in offloads:
                     if stage not in OFFLOAD_STAGES[offload]:
                         continue
-                    combo = Combo(size, stage, n, offload)
-                    items = [*size.overrides, f"compute.zero_stage={stage}", f"compute.workers={n}",
-                             f"compute.offload={offload}", f"method.steps={steps}"]
-                    try:
-                        raw = apply_overrides(copy.deepcopy(raw_base), items)
-                        out.append((combo, parse_experiment(raw)))
-                    except SpecError as err:
-                        errors.append(f"{combo.key}: {err}")
+                    for variant in variants:
+                        combo = Combo(size, stage, n, offload, variant)
+                        items = [*size.overrides, *variant.overrides, f"compute.zero_stage={stage}",
+                                 f"compute.workers={n}", f"compute.offload={offload}", f"method.steps={steps}"]
+                        try:
+                            raw = apply_overrides(copy.deepcopy(raw_base), items)
+                            out.append((combo, parse_experiment(raw)))
+                        except SpecError as err:
+                            errors.append(f"{combo.key}: {err}")
     if errors:
         raise SpecError("; ".join(errors))
     if not out:
@@ -206,7 +216,7 @@ def run_study(plan_items: list[tuple[Combo, Experiment]], out_dir: Path, timeout
         row = {
             "size": combo.size.label, "params": params, "largest_tensor": largest,
             "zero_stage": combo.zero_stage, "workers": combo.workers, "offload": combo.offload,
-            "device": exp.compute.device, "precision": exp.compute.precision, "mmap_threshold": mmap_threshold,
+            "variant": combo.variant.label, "kind": "measured", "device": exp.compute.device, "precision": exp.compute.precision, "mmap_threshold": mmap_threshold,
             **measured,
             "estimate_gib": estimated_gib(params, largest, combo),
         }

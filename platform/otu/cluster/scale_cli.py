@@ -36,6 +36,9 @@ def add_scale_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", dest="sizes", action="append", default=[], metavar="LABEL:KEY=VALUE,...",
                    help="a model size as spec overrides, e.g. "
                    "m:task.model.tiny.hidden=512,task.model.tiny.layers=4 (repeatable; default: the spec's)")
+    p.add_argument("--variant", dest="variants", action="append", default=[], metavar="LABEL:KEY=VALUE,...",
+                   help="a method/compute variant measured beside the spec, e.g. nosw:method.reg_weight=0 "
+                   "(repeatable; the spec itself is the variant 'spec' unless variants are given)")
     p.add_argument("--zero", type=_ints, default=[0, 3], help="ZeRO stages, e.g. 0,1,2,3 (default 0,3)")
     p.add_argument("--workers", type=_ints, default=[1, 2], help="worker counts (default 1,2)")
     p.add_argument("--offload", type=_words, default=["none"], help="none,optimizer,params (default none)")
@@ -47,7 +50,8 @@ def add_scale_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--estimate", action="store_true",
                    help="only DeepSpeed's model-state estimates for --models (no spec, no GPU needed)")
     p.add_argument("--models", type=_words, default=None,
-                   help="presets (llama-3.2-1b … llama-3.1-70b), config.json paths or counts like 13B")
+                   help="presets (llama-3.2-1b … llama-3.1-70b), config.json paths or counts like 13B; "
+                   "with a spec, their estimates join the measured table and plot")
     p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node for --estimate (default 8)")
     p.add_argument("--nodes", type=int, default=1, help="nodes for --estimate (default 1)")
     p.add_argument("--out", type=Path, help="output directory (default otu-runs/scale-<time>/)")
@@ -78,8 +82,9 @@ def _estimate(args: argparse.Namespace, out_dir: Path) -> None:
 
 
 def _measure(args: argparse.Namespace, out_dir: Path) -> None:
-    from otu.cluster.scale import SCALING_FILE, Size, StudyFailed, parse_size, plan, run_study
-    from otu.cluster.scale_report import write_scaling_report
+    from otu.cluster.estimate import estimate_table, resolve_models
+    from otu.cluster.scale import SCALING_FILE, SPEC, StudyFailed, parse_size, plan, run_study
+    from otu.cluster.scale_report import with_estimates, write_scaling_report
     from otu.spec import load_experiment
 
     if args.spec is None:
@@ -89,13 +94,16 @@ def _measure(args: argparse.Namespace, out_dir: Path) -> None:
     if args.out is not None and args.out.exists() and any(args.out.iterdir()):
         raise SpecError(f"--out: {args.out} exists and is not empty (choose another directory)")
     exp = load_experiment(args.spec, args.overrides)
-    sizes = [parse_size(s) for s in args.sizes] or [Size("spec", ())]
-    items = plan(exp, sizes, args.zero, args.workers, args.offload, args.steps)
+    sizes = [parse_size(s) for s in args.sizes] or [SPEC]
+    variants = [parse_size(v, "--variant") for v in args.variants] or [SPEC]
+    estimates = estimate_table(resolve_models(args.models), args.gpus_per_node, args.nodes) if args.models else []
+    items = plan(exp, sizes, args.zero, args.workers, args.offload, args.steps, variants)
     console.print(f"scaling study: {len(items)} combination(s) → {out_dir}")
 
     def show(row: dict) -> None:
         if row["status"] == "ok":
-            console.print(f"  {row['size']} ZeRO-{row['zero_stage']} ×{row['workers']} offload {row['offload']}: "
+            console.print(f"  {row['size']} ZeRO-{row['zero_stage']} ×{row['workers']} offload {row['offload']} "
+                          f"{row['variant']}: "
                           f"peak {row['peak_rss_gib']:.3f} GiB/worker, step {row['step_time_s']:.2f} s, "
                           f"SW {100 * row['sw_share']:.0f} %", highlight=False)
         else:
@@ -105,7 +113,7 @@ def _measure(args: argparse.Namespace, out_dir: Path) -> None:
     if args.mmap_threshold < 0:
         raise SpecError(f"--mmap-threshold: must be >= 0 (got {args.mmap_threshold})")
     df = run_study(items, out_dir, args.timeout, mmap_threshold=args.mmap_threshold, on_row=show)
-    files = write_scaling_report(df, out_dir)
+    files = write_scaling_report(with_estimates(df, estimates), out_dir)
     print((out_dir / "scaling.md").read_text(), end="")
     console.print(f"wrote {out_dir / SCALING_FILE}, {', '.join(str(f) for f in files)}")
     if (df["status"] != "ok").all():

@@ -1,9 +1,11 @@
 """Tables and plots of a scaling study: measured rows beside DeepSpeed's estimates.
 
-Files written: ``scaling.md`` (the measured table and the ZeRO-3 vs ZeRO-0 memory comparison),
-``memory_vs_size.png`` (per-worker peak memory against parameters, one line per ZeRO stage,
-estimates dashed), ``throughput_vs_workers.png``; for ``--estimate``: ``estimates.parquet``,
-``estimates.md`` and ``estimates.png``.
+Files written: ``scaling.md`` (one table: the measured rows — every size, ZeRO stage, worker
+count, offload and variant such as with/without SW or LoRA — each beside DeepSpeed's model-state
+estimate for it, then DeepSpeed's estimates for the ``--models`` given, and the ZeRO-3 vs ZeRO-0
+memory comparison) and ``scaling.png`` (one figure: per-worker peak memory and step time against
+parameters; measured solid, their estimates dashed, ``--models`` estimates as open markers); for
+``--estimate`` alone: ``estimates.parquet``, ``estimates.md`` and ``estimates.png``.
 """
 
 from __future__ import annotations
@@ -34,23 +36,39 @@ def zero3_vs_zero0(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def with_estimates(df: pd.DataFrame, estimates: list[Estimate]) -> pd.DataFrame:
+    """The measured rows followed by DeepSpeed's estimates as rows of the same table (``kind``)."""
+    rows = [
+        {"size": e.model, "params": e.params, "zero_stage": e.zero_stage, "offload": e.offload,
+         "workers": e.gpus_per_node * e.nodes, "variant": "", "kind": "estimate", "status": "estimate",
+         "error": "", "estimate_gib": e.total_gpu_gb}
+        for e in estimates
+    ]
+    return pd.concat([df, pd.DataFrame(rows)], ignore_index=True) if rows else df
+
+
 def scaling_markdown(df: pd.DataFrame) -> str:
     lines = [
-        "| size | params | ZeRO | workers | offload | peak/worker GiB | loop GiB | GPU peak GiB | "
+        "| size | params | ZeRO | workers | offload | variant | peak/worker GiB | loop GiB | GPU peak GiB | "
         "estimate GiB | step s | SW s | SW share | tokens/s | status |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in df.to_dict("records"):
-        status = r["status"] if r["status"] == "ok" else f"error: {r['error']}"
+        status = r["status"] if r["status"] in ("ok", "estimate") else f"error: {r['error']}"
         lines.append(
             f"| {r['size']} | {_count(r['params'])} | {r['zero_stage']} | {r['workers']} | {r['offload']} | "
+            f"{r.get('variant', 'spec')} | "
             f"{_f(r.get('peak_rss_gib'), 3)} | {_f(r.get('loop_rss_gib'), 3)} | {_f(r.get('gpu_peak_gib'), 3)} | "
             f"{_f(r.get('estimate_gib'), 3)} | {_f(r.get('step_time_s'), 3)} | {_f(r.get('reg_time_s'), 3)} | "
             f"{_pct(r.get('sw_share'))} | {_f(r.get('tokens_per_s'), 0)} | {status} |"
         )
-    cmp = zero3_vs_zero0(df)
-    if len(cmp):
-        lines += ["", "ZeRO-3 against ZeRO-0, same model and workers (per-worker peak memory):", ""]
+    variants = df["variant"].dropna().unique() if "variant" in df else ["spec"]
+    for variant in variants:
+        cmp = zero3_vs_zero0(df[df["variant"] == variant] if "variant" in df else df)
+        if not len(cmp):
+            continue
+        which = "" if variant == "spec" else f" ({variant})"
+        lines += ["", f"ZeRO-3 against ZeRO-0{which}, same model and workers (per-worker peak memory):", ""]
         for r in cmp.to_dict("records"):
             verb = "below" if r["saved_mib"] > 0 else "ABOVE"
             lines.append(
@@ -62,14 +80,13 @@ def scaling_markdown(df: pd.DataFrame) -> str:
 
 
 def write_scaling_report(df: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """``scaling.md`` and, when anything was measured or estimated, ``scaling.png``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "scaling.md"
     md.write_text(scaling_markdown(df))
     files = [md]
-    ok = df[df["status"] == "ok"]
-    if len(ok):
-        files.append(_memory_plot(ok, out_dir / "memory_vs_size.png"))
-        files.append(_throughput_plot(ok, out_dir / "throughput_vs_workers.png"))
+    if df["status"].isin(["ok", "estimate"]).any():
+        files.append(_scaling_plot(df, out_dir / "scaling.png"))
     return files
 
 
@@ -114,35 +131,35 @@ def write_estimates(estimates: list[Estimate], out_dir: Path) -> list[Path]:
     return [table, md, plot]
 
 
-def _memory_plot(ok: pd.DataFrame, path: Path) -> Path:
-    workers = int(ok["workers"].max())
-    data = ok[(ok["workers"] == workers) & (ok["offload"] == "none")]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for stage, group in data.groupby("zero_stage"):
+def _scaling_plot(df: pd.DataFrame, path: Path) -> Path:
+    """Left: per-worker peak memory vs parameters (measured solid, its estimate dashed, ``--models``
+    estimates open markers); right: step time (solid) and its SW part (dotted) vs parameters."""
+    ok = df[df["status"] == "ok"]
+    est = df[df["status"] == "estimate"]
+    fig, (mem_ax, time_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    keys = ["zero_stage", "workers", "offload", "variant"]
+    for key, group in ok.groupby(keys, sort=True):
         group = group.sort_values("params")
-        line = ax.plot(group["params"], group["peak_rss_gib"], marker="o", label=f"ZeRO-{stage} measured")[0]
-        ax.plot(group["params"], group["estimate_gib"], ls="--", color=line.get_color(), alpha=0.7,
-                label=f"ZeRO-{stage} model-state estimate")
-    ax.set(xscale="log", xlabel="parameters", ylabel="GiB per worker",
-           title=f"peak memory per worker ({workers} worker(s), no offload)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    return save_figure(fig, path)
-
-
-def _throughput_plot(ok: pd.DataFrame, path: Path) -> Path:
-    size = ok.sort_values("params")["size"].iloc[-1]
-    data = ok[(ok["size"] == size) & (ok["offload"] == "none")]
-    metric = "tokens_per_s" if data["tokens_per_s"].notna().any() else "step_time_s"
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for stage, group in data.groupby("zero_stage"):
-        group = group.sort_values("workers")
-        ax.plot(group["workers"], group[metric], marker="o", label=f"ZeRO-{stage}")
-    ax.set(xlabel="workers", ylabel="tokens / s" if metric == "tokens_per_s" else "step time (s)",
-           title=f"{size}: {'throughput' if metric == 'tokens_per_s' else 'step time'} vs workers")
-    ax.set_xticks(sorted(data["workers"].unique()))
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+        label = f"ZeRO-{key[0]} ×{key[1]}" + (f" {key[2]} offload" if key[2] != "none" else "")
+        label += f" {key[3]}" if key[3] != "spec" else ""
+        gpu = group["gpu_peak_gib"].notna().all()
+        memory = group["gpu_peak_gib" if gpu else "peak_rss_gib"]
+        line = mem_ax.plot(group["params"], memory, marker="o", label=label)[0]
+        mem_ax.plot(group["params"], group["estimate_gib"], ls="--", color=line.get_color(), alpha=0.6)
+        time_ax.plot(group["params"], group["step_time_s"], marker="o", color=line.get_color(), label=label)
+        time_ax.plot(group["params"], group["reg_time_s"], ls=":", color=line.get_color(), alpha=0.8)
+    for (stage, offload), group in est.groupby(["zero_stage", "offload"], sort=True):
+        group = group.sort_values("params")
+        mem_ax.plot(group["params"], group["estimate_gib"], ls=":", marker="s", mfc="none",
+                    label=f"estimate ZeRO-{stage} ×{int(group['workers'].iloc[0])} {offload}")
+    mem_ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="GiB per worker",
+               title="peak memory (solid) · its model-state estimate (dashed)")
+    time_ax.set(xscale="log", xlabel="parameters", ylabel="seconds",
+                title="step time (solid) · SW regulariser part (dotted)")
+    for ax in (mem_ax, time_ax):
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
     return save_figure(fig, path)
 
 

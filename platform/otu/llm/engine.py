@@ -2,8 +2,10 @@
 
 Both expose the same small surface to :mod:`otu.llm.loop`: ``model`` (call it for forward passes),
 ``ref`` (frozen θ₀ = NPO reference, or None), ``backward(loss)``, ``boundary()`` (last micro-batch of
-an optimizer step), ``gather(params)`` / ``add_grad(param, g)`` (for the regulariser, between
-backward and step), ``step()``, ``all_mean(x)`` and ``save(dir)``.
+an optimizer step), ``gather(params)`` / ``add_grad(param, g)`` (one tensor at a time, collective
+under ZeRO, between backward and step), ``shards`` (the regulariser's access to the fp32 master
+weights and gradient partitions, :class:`otu.llm.regulariser.Shards`), ``step()``, ``all_mean(x)``
+and ``save(dir)``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from otu.llm.models import load_model, torch_dtype
+from otu.llm.regulariser import LocalShards, split_flat
 
 SHARD = "model-{:05d}-of-{:05d}.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -63,6 +66,7 @@ class PlainEngine:
             else contextlib.nullcontext()
         )
         self._micro = 0
+        self.shards = LocalShards()
 
     def backward(self, loss: Tensor) -> None:
         (loss / self.grad_accum).backward()
@@ -138,6 +142,7 @@ class DeepSpeedEngine:
                 ref.eval()
             self.ref = ref
         self.autocast = contextlib.nullcontext()
+        self.shards = DeepSpeedShards(self.rank, self.world, device)
 
     def backward(self, loss: Tensor) -> None:
         self.model.backward(loss)
@@ -187,6 +192,88 @@ class DeepSpeedEngine:
 
     def save(self, out_dir: Path, tokenizer) -> None:
         save_sharded(self.model.module, out_dir, tokenizer, self.gather, self.rank, self.world)
+
+
+class DeepSpeedShards:
+    """The regulariser's access to DeepSpeed's fp32 masters and gradient partitions, one collective
+    per bucket: ZeRO-3 all-gathers the fp32 partitions; ZeRO-0–2 all-reduce a buffer into which each
+    rank writes its fp32 fragment (bf16 / ZeRO-1/2 optimizers) or, with replicated fp32 weights,
+    rank 0 the whole tensor. Gradients: the bucket buffer is all-reduced, then every rank adds its
+    part to its own partition (ZeRO-3), fp32 fragment (ZeRO-1/2, bf16) or full gradient."""
+
+    def __init__(self, rank: int, world: int, device: torch.device) -> None:
+        self.rank, self.world, self.device = rank, world, device
+
+    @torch.no_grad()
+    def fetch_fp32(self, params: Sequence[nn.Parameter]) -> list[Tensor]:
+        if hasattr(params[0], "ds_id"):
+            return self._gather_zero3(params)
+        shapes = [p.shape for p in params]
+        flat = torch.zeros(sum(s.numel() for s in shapes), dtype=torch.float32, device=self.device)
+        for p, view in zip(params, split_flat(flat, shapes), strict=True):
+            mapping = getattr(p, "_hp_mapping", None)
+            if mapping is not None:
+                address = mapping.lp_fragment_address
+                view.view(-1).narrow(0, address.start, address.numel).copy_(
+                    mapping.get_hp_fragment().reshape(-1)
+                )
+            elif not hasattr(p, "_hp_mapping") and self.rank == 0:  # replicated fp32 weights
+                view.copy_(p.data)
+        if self.world > 1:
+            dist.all_reduce(flat)
+        return split_flat(flat, shapes)
+
+    def _gather_zero3(self, params: Sequence[nn.Parameter]) -> list[Tensor]:
+        from deepspeed.utils import safe_get_local_fp32_param
+
+        local = torch.cat(
+            [safe_get_local_fp32_param(p).reshape(-1).to(self.device) for p in params]
+        )
+        parts = [torch.empty_like(local) for _ in range(self.world)]
+        dist.all_gather(parts, local)
+        pieces = [part.split([p.ds_tensor.numel() for p in params]) for part in parts]
+        return [
+            torch.cat([rank_pieces[k] for rank_pieces in pieces])[: p.ds_numel].view(p.ds_shape)
+            for k, p in enumerate(params)
+        ]
+
+    @torch.no_grad()
+    def add_grads(self, params: Sequence[nn.Parameter], flat: Tensor) -> None:
+        from deepspeed.utils import safe_get_local_grad, safe_set_local_grad
+
+        if self.world > 1:
+            dist.all_reduce(flat)
+        shapes = [getattr(p, "ds_shape", p.shape) for p in params]
+        for p, grad in zip(params, split_flat(flat, shapes), strict=True):
+            full = grad.reshape(-1)
+            if getattr(p, "_hp_grad", None) is not None:  # bf16 optimizer: its fp32 fragment
+                _add_fragment(p, full)
+            elif p.grad is not None:
+                p.grad.add_(grad.to(p.grad.dtype))
+            elif hasattr(p, "ds_id"):  # ZeRO-3: this rank's slice of its gradient partition
+                local = safe_get_local_grad(p)
+                start = min(self.rank * local.numel(), full.numel())
+                part = full[start : start + local.numel()]
+                local.view(-1)[: part.numel()].add_(part.to(local))
+                safe_set_local_grad(p, local)
+            elif getattr(p, "_hp_mapping", None) is not None:  # ZeRO-1/2: its fp32 fragment
+                _add_fragment(p, full)
+
+    def all_sum(self, value: Tensor) -> float:
+        value = value.to(torch.float64)
+        if self.world > 1:
+            dist.all_reduce(value)
+        return float(value)
+
+
+def _add_fragment(param: nn.Parameter, full: Tensor) -> None:
+    """Add this rank's fragment of the flat gradient ``full`` to the optimizer's gradient fragment."""
+    mapping = param._hp_mapping
+    address = mapping.lp_fragment_address
+    fragment = mapping.get_lp_grad_fragment(param._index_in_param_group).view(-1)
+    if fragment.numel() == full.numel():  # a full accumulation buffer: only this rank's part counts
+        fragment = fragment.narrow(0, address.start, address.numel)
+    fragment.add_(full.narrow(0, address.start, address.numel).to(fragment))
 
 
 def ds_config(exp, world: int) -> dict:

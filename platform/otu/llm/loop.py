@@ -106,7 +106,7 @@ def _train(
         exp,
         prepared.target_path,
         device,
-        needs_ref=objective.needs_reference or is_optout,
+        needs_ref=objective.needs_reference,
         total_steps=total_optimizer_steps(scheduled, alternate),
     )
     regulariser = _regulariser(exp, engine) if is_optout else None
@@ -165,26 +165,17 @@ def _checkpoint(engine, step: int, checkpoint_dir: Path, tokenizer) -> nn.Module
 
 
 def _regulariser(exp, engine) -> ParameterRegulariser:
+    """OPT-OUT's regulariser over the trainable tensors; θ₀ is their fp32 master value now."""
     method = exp.method
-    pairs = []
-    for (name, p), (name0, p0) in zip(
-        _module(engine.model).named_parameters(),
-        _module(engine.ref).named_parameters(),
-        strict=True,
-    ):
-        if name != name0:
-            raise RuntimeError(f"θ₀ does not mirror the model: {name} vs {name0}")
-        if p.requires_grad:
-            pairs.append((p, p0))
     return ParameterRegulariser(
         kind=method.regulariser,
         weight=method.reg_weight,
-        pairs=pairs,
-        gather=engine.gather,
-        add_grad=engine.add_grad,
+        params=[p for p in _module(engine.model).parameters() if p.requires_grad],
+        shards=engine.shards,
         n_projections=method.n_projections,
         resample=method.resample_projections,
         seed=exp.seed,
+        bucket_numel=method.reg_bucket_numel,
     )
 
 

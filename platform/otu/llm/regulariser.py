@@ -1,18 +1,23 @@
 r"""OPT-OUT's parameter regulariser λ·Σ_tensors D(θ, θ₀), applied as a gradient between backward and step.
 
-For each trainable tensor (in a fixed order, identically on every rank) the engine gathers the
-tensor and its θ₀ twin (ZeRO-3: one pair at a time, so memory is bounded by the largest tensor plus
-the n×L projections), :mod:`otu.ot` gives the value and the closed-form gradient, and the engine adds
-λ·grad to the tensor's (possibly partitioned) gradient. Projections U are drawn from a seed that
-depends on (run seed, step, tensor index) only, so every rank — and a single process — uses the same
-directions. Without resampling, sort(W₀U) is cached per tensor and θ₀ is never gathered again.
+The work is shared across data-parallel ranks. The trainable tensors are cut into buckets of
+consecutive tensors (at most ``bucket_numel`` elements, at least one tensor); within a bucket each
+tensor gets one owner rank, largest first to the least-loaded rank (LPT), the cost of a tensor being
+its n·d·L. Per bucket and step: one collective brings every tensor's fp32 master weights (the
+optimizer's copy under bf16/ZeRO, not the low-precision module copy), each rank computes value and
+closed-form gradient (:mod:`otu.ot`) of the tensors it owns into a flat bucket buffer, and one
+collective sums that buffer so every rank adds its partition's part; the values are all-reduced
+once. θ₀ is the fp32 master weights at construction (before the first step, so D = 0 at step 0 in
+every precision), kept by the owner only: as sort(W₀U) when the projections are fixed, else as the
+fp32 tensor. Projections U are drawn on the tensor's device in fp32 from a seed that depends on
+(run seed, step, tensor index) only, so every rank — and a single process — uses the same directions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -33,8 +38,70 @@ PLAIN = {
     "cosine": cosine_regulariser,
 }
 
-Gather = Callable[[Sequence[nn.Parameter]], AbstractContextManager]
-AddGrad = Callable[[nn.Parameter, Tensor], None]
+
+class Shards(Protocol):
+    """An engine's view of its trainable tensors for the regulariser (collective on every rank)."""
+
+    rank: int
+    world: int
+
+    def fetch_fp32(self, params: Sequence[nn.Parameter]) -> list[Tensor]:
+        """The full fp32 master value of each tensor (read-only)."""
+        ...
+
+    def add_grads(self, params: Sequence[nn.Parameter], flat: Tensor) -> None:
+        """Sum ``flat`` (fp32, the tensors' gradients back to back) over ranks; add it to the grads."""
+        ...
+
+    def all_sum(self, value: Tensor) -> float: ...
+
+
+class LocalShards:
+    """One process: the parameters are their own fp32 masters; gradients go to ``param.grad``."""
+
+    rank, world = 0, 1
+
+    def fetch_fp32(self, params: Sequence[nn.Parameter]) -> list[Tensor]:
+        return [p.data.float() for p in params]
+
+    def add_grads(self, params: Sequence[nn.Parameter], flat: Tensor) -> None:
+        for p, g in zip(params, split_flat(flat, [p.shape for p in params]), strict=True):
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            p.grad.add_(g.to(p.grad.dtype))
+
+    def all_sum(self, value: Tensor) -> float:
+        return float(value)
+
+
+def split_flat(flat: Tensor, shapes: Sequence[torch.Size]) -> list[Tensor]:
+    """Views of ``flat`` with the given shapes, back to back."""
+    sizes = [s.numel() for s in shapes]
+    return [v.view(s) for v, s in zip(flat.split(sizes), shapes, strict=True)]
+
+
+def plan_buckets(numels: Sequence[int], bucket_numel: int) -> list[list[int]]:
+    """Consecutive tensor indices in buckets of at most ``bucket_numel`` elements (≥ 1 tensor each)."""
+    buckets: list[list[int]] = []
+    size = 0
+    for i, n in enumerate(numels):
+        if not buckets or size + n > bucket_numel:
+            buckets.append([])
+            size = 0
+        buckets[-1].append(i)
+        size += n
+    return buckets
+
+
+def balance(costs: Sequence[int], world: int) -> list[int]:
+    """Owner rank of each task: largest cost first to the least-loaded rank (LPT, ≤ 4/3 of optimal)."""
+    loads = [0] * world
+    owners = [0] * len(costs)
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        rank = min(range(world), key=lambda r: (loads[r], r))
+        owners[i] = rank
+        loads[rank] += costs[i]
+    return owners
 
 
 def projection_seed(seed: int, step: int, index: int) -> int:
@@ -46,41 +113,68 @@ class ParameterRegulariser:
     kind: str
     """``wasserstein``, ``euclidean``, ``manhattan`` or ``cosine``."""
     weight: float
-    pairs: list[tuple[nn.Parameter, nn.Parameter]]
-    """(trainable tensor, its frozen θ₀ twin)."""
-    gather: Gather
-    add_grad: AddGrad
+    params: list[nn.Parameter]
+    """The trainable tensors, in the same order on every rank."""
+    shards: Shards
     n_projections: int = 100
     resample: bool = True
     seed: int = 0
-    _w0_sorted: dict[int, Tensor] = field(default_factory=dict, init=False)
+    bucket_numel: int = 50_000_000
+    buckets: list[list[int]] = field(init=False)
+    owner: dict[int, int] = field(init=False)
+    _theta0: dict[int, Tensor] = field(default_factory=dict, init=False)
 
+    @torch.no_grad()
+    def __post_init__(self) -> None:
+        numels = [getattr(p, "ds_numel", p.numel()) for p in self.params]  # full size under ZeRO-3
+        self.buckets, self.owner = plan_buckets(numels, self.bucket_numel), {}
+        for bucket in self.buckets:
+            owners = balance([numels[i] * self.n_projections for i in bucket], self.shards.world)
+            self.owner |= dict(zip(bucket, owners, strict=True))
+        for bucket in self.buckets:  # θ₀: the fp32 masters before any step, on their owners only
+            masters = self.shards.fetch_fp32([self.params[i] for i in bucket])
+            for i, w0 in zip(bucket, masters, strict=True):
+                if self.owner[i] == self.shards.rank:
+                    self._theta0[i] = self._reference(i, w0)
+
+    def mine(self) -> list[int]:
+        """Indices of the tensors this rank computes."""
+        return sorted(i for i, r in self.owner.items() if r == self.shards.rank)
+
+    @torch.no_grad()
     def apply(self, step: int) -> float:
-        """Add ``weight``·∇D to every tensor's gradient; return Σ D (unweighted)."""
-        total = 0.0
-        for index, (param, ref) in enumerate(self.pairs):
-            cached = self._w0_sorted.get(index)
-            with self.gather([param] if cached is not None else [param, ref]):
-                w0 = ref.data.float() if cached is None else None
-                value, grad = self._value_and_grad(index, step, param.data.float(), w0, cached)
-            total += float(value)
-            if self.weight:
-                self.add_grad(param, grad.mul_(self.weight))
-        return total
+        """Add ``weight``·∇D to every tensor's gradient; return Σ D (unweighted, over all ranks)."""
+        total = torch.zeros((), dtype=torch.float64)
+        for bucket in self.buckets:
+            params = [self.params[i] for i in bucket]
+            masters = self.shards.fetch_fp32(params)
+            flat = torch.zeros(
+                sum(m.numel() for m in masters), dtype=torch.float32, device=masters[0].device
+            )
+            grads = split_flat(flat, [m.shape for m in masters])
+            for i, w, grad in zip(bucket, masters, grads, strict=True):
+                if self.owner[i] == self.shards.rank:
+                    total += float(self._value_and_grad(i, step, w, grad))
+            self.shards.add_grads(params, flat)
+        return self.shards.all_sum(total)
 
-    def _value_and_grad(
-        self, index: int, step: int, w: Tensor, w0: Tensor | None, cached: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
-        """Value and gradient from θ₀'s tensor ``w0``, or from its cached sort(W₀U)."""
-        if self.kind != "wasserstein":
-            assert w0 is not None
-            return PLAIN[self.kind](w, w0)
-        d = as_rows(w).shape[1]
+    def _projections(self, index: int, step: int, w: Tensor) -> Tensor:
         seed = projection_seed(self.seed, step if self.resample else 0, index)
-        u = random_projections(d, self.n_projections, seed, w.device, torch.float32)
-        if cached is None:
-            assert w0 is not None
-            cached = sorted_projection(w0, u)
-            if not self.resample:
-                self._w0_sorted[index] = cached
-        return sw_regulariser_sorted(w, cached, u)
+        return random_projections(as_rows(w).shape[1], self.n_projections, seed, w.device)
+
+    def _reference(self, index: int, w0: Tensor) -> Tensor:
+        """What is kept of θ₀: sort(W₀U) for fixed projections, else the fp32 tensor."""
+        if self.kind == "wasserstein" and not self.resample:
+            return sorted_projection(w0, self._projections(index, 0, w0))
+        return w0.detach().clone()
+
+    def _value_and_grad(self, index: int, step: int, w: Tensor, out: Tensor) -> Tensor:
+        """D(W, W₀) of tensor ``index``; ``out += weight``·∇D."""
+        ref = self._theta0[index]
+        if self.kind != "wasserstein":
+            value, grad = PLAIN[self.kind](w, ref)
+            out.add_(grad, alpha=self.weight)
+            return value
+        u = self._projections(index, step, w)
+        w0_sorted = ref if not self.resample else sorted_projection(ref, u)
+        return sw_regulariser_sorted(w, w0_sorted, u, scale=self.weight, out=out)[0]

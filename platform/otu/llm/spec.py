@@ -232,6 +232,9 @@ class OptOut(_Retaining):
     n_projections: int = Field(100, ge=1, description="L random directions of the sliced W₂")
     resample_projections: bool = True
     """Draw new directions every step (else one fixed set per tensor)."""
+    reg_bucket_numel: int = Field(
+        50_000_000, ge=1, description="tensor elements per regulariser bucket (one collective each)"
+    )
     alternate: bool = True
     """Two optimizer steps per step: forget (NPO), then retain + world + regulariser."""
 

@@ -20,8 +20,19 @@ from otu.ot.regularisers import (
     sw_regulariser_autograd,
     sw_regulariser_sorted,
 )
-from otu.ot.sinkhorn import COSTS, cosine_cost, sinkhorn_loss, sqeuclidean_cost
 from otu.ot.sliced import random_projections, sliced_wasserstein
+
+SINKHORN = ("COSTS", "cosine_cost", "sinkhorn_loss", "sqeuclidean_cost")
+
+
+def __getattr__(name: str):
+    """The Sinkhorn names load geomloss on first use, so the SW regulariser needs only torch."""
+    if name in SINKHORN:
+        from otu.ot import sinkhorn
+
+        return getattr(sinkhorn, name)
+    raise AttributeError(f"module 'otu.ot' has no attribute {name!r}")
+
 
 __all__ = [
     "COSTS",

@@ -16,7 +16,9 @@ whose rank equals the rank of P_il, SW = (1/L)‖P − Q̃‖² and (sort is pie
 
 two matmuls and a sort, no autograd graph: it can be added to ``param.grad`` between backward and
 the optimizer step (e.g. on a ZeRO-3 parameter gathered layer by layer). Only sort(W₀U) (n×L) is
-needed from θ₀, so :func:`sorted_projection` may be computed once and cached.
+needed from θ₀, so :func:`sorted_projection` may be computed once and cached; the step then costs
+the floor of 4·n·d·L FLOPs plus one n×L sort. (W U = W₀U + (W − W₀)U saves nothing more for a dense
+W − W₀: the second product costs the first's FLOPs.)
 
 OPT-OUT's ablation replaces SW by plain distances between the flattened tensors w = vec W and
 w₀ = vec W₀ (the paper names them Euclidean, Manhattan and cosine distance; read as the distances
@@ -59,9 +61,20 @@ def sorted_projection(w0: Tensor, projections: Tensor) -> Tensor:
 
 @torch.no_grad()
 def sw_regulariser_sorted(
-    w: Tensor, w0_sorted: Tensor, projections: Tensor
+    w: Tensor,
+    w0_sorted: Tensor,
+    projections: Tensor,
+    *,
+    scale: float = 1.0,
+    out: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """SW(W, W₀) and its gradient from a cached ``w0_sorted = sorted_projection(w0, projections)``."""
+    """SW(W, W₀) and ``scale``·∇SW from a cached ``w0_sorted = sorted_projection(w0, projections)``.
+
+    4·n·d·L FLOPs in two matmuls (P = WU, then (P − Q̃)Uᵀ) plus one sort of the n×L projections;
+    ``scale``·2/L is folded into the n×L residual, so no n×d temporary exists besides the gradient.
+    With ``out`` (W's shape, the projections' dtype) the gradient is accumulated into it by one
+    ``addmm_`` (``out += scale·∇SW``) and ``out`` is returned as the gradient.
+    """
     rows = as_rows(w)
     _check_projections(rows, projections)
     n_dirs = projections.shape[1]
@@ -72,10 +85,14 @@ def sw_regulariser_sorted(
     proj = rows.to(projections.dtype) @ projections  # P = W U, (n, L)
     proj_sorted, rank = torch.sort(proj, dim=0)
     gap = proj_sorted.sub_(w0_sorted)  # (P − Q̃) with rows in sorted order
-    value = gap.square().sum() / n_dirs
-    residual = proj.scatter_(0, rank, gap)  # P − Q̃ back in the rows' own order (reuses P)
-    grad = (residual @ projections.T).mul_(2.0 / n_dirs)
-    return value, grad.reshape(w.shape).to(w.dtype)
+    flat_gap = gap.view(-1)
+    value = torch.dot(flat_gap, flat_gap) / n_dirs
+    residual = proj.scatter_(0, rank, gap.mul_(2.0 * scale / n_dirs))  # rows' own order, reuses P
+    if out is not None and out.dtype == projections.dtype:
+        as_rows(out).addmm_(residual, projections.T)
+        return value, out
+    grad = (residual @ projections.T).reshape(w.shape).to(w.dtype)
+    return value, grad if out is None else out.add_(grad.to(out.dtype))
 
 
 def sw_regulariser(w: Tensor, w0: Tensor, projections: Tensor) -> tuple[Tensor, Tensor]:

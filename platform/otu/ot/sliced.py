@@ -13,7 +13,6 @@ here by one sort per cloud); otherwise POT's quantile-function solver ``ot.wasse
 
 from __future__ import annotations
 
-import ot
 import torch
 from torch import Tensor
 
@@ -27,16 +26,16 @@ def random_projections(
 ) -> Tensor:
     """``n`` directions drawn uniformly on the unit sphere of R^d, as the columns of a d×n matrix.
 
-    Normalised Gaussians, drawn in float64 on the CPU from ``torch.Generator().manual_seed(seed)``
-    (the global torch RNG when ``seed`` is None), so a seed gives the same directions on every device
-    and dtype.
+    Normalised Gaussians drawn directly on ``device`` in ``dtype`` (no host draw, no copy) from a
+    generator of that device seeded with ``seed`` (the global RNG when ``seed`` is None): a seed
+    gives the same directions on every process of the same device type and dtype.
     """
     if d < 1 or n < 1:
         raise ValueError(f"random_projections needs d >= 1 and n >= 1, got d={d}, n={n}")
-    generator = None if seed is None else torch.Generator().manual_seed(seed)
-    u = torch.randn(d, n, generator=generator, dtype=torch.float64)
-    u /= u.norm(dim=0, keepdim=True)
-    return u.to(device=device, dtype=dtype)
+    device = torch.device("cpu" if device is None else device)
+    generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+    u = torch.randn(d, n, generator=generator, dtype=dtype, device=device)
+    return u.div_(torch.linalg.vector_norm(u, dim=0, keepdim=True))
 
 
 def sliced_wasserstein(
@@ -79,5 +78,7 @@ def sliced_wasserstein(
         gap = torch.sort(x_proj, dim=0).values - torch.sort(y_proj, dim=0).values
         per_direction = gap.abs().pow(p).mean(dim=0)
     else:
+        import ot  # POT, only for weighted or unequal clouds
+
         per_direction = ot.wasserstein_1d(x_proj, y_proj, a, b, p=p)
     return per_direction.mean().pow(1.0 / p)
