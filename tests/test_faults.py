@@ -9,12 +9,12 @@ import pickle
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from test_sweep import wait_for
 
 from otu.cli import main
 from otu.tracking.mlflow_store import Tracker, store_lock
@@ -40,15 +40,6 @@ def runs(uri: str) -> list:
         client = MlflowClient(uri)
         ids = [e.experiment_id for e in client.search_experiments()]
         return client.search_runs(ids) if ids else []
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.slow
