@@ -9,12 +9,12 @@ import pickle
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from test_sweep import wait_for
 
 from otu.cli import main
 from otu.tracking.mlflow_store import Tracker, store_lock
@@ -40,15 +40,6 @@ def runs(uri: str) -> list:
         client = MlflowClient(uri)
         ids = [e.experiment_id for e in client.search_experiments()]
         return client.search_runs(ids) if ids else []
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.slow
@@ -165,3 +156,63 @@ def test_a_killed_sweep_resumes_exactly_once(tmp_path, ray_local, algorithm, poi
     assert {r.info.status for r in children} == {"FINISHED"}
     parents = [r for r in runs(uri) if r.data.tags.get("otu.kind") == "sweep"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+
+
+# ---------------------------------------------------------------- the resume plan (no Ray)
+
+
+def grid_sweep(tmp_path: Path, algorithm: str = "grid", num_samples: int = 2):
+    from otu.spec import parse_sweep
+
+    space = ({"method.t": {"grid": [0.0, 0.5]}, "method.variant": {"choice": ["gaussian", "empirical"]}}
+             if algorithm == "grid" else {"method.t": {"uniform": [0.0, 1.0]}})
+    return parse_sweep({
+        "name": "plan", "experiment": str(TABULAR), "space": space,
+        "objectives": [{"metric": "utility_auc", "mode": "max"}, {"metric": "leakage_auc", "mode": "min"}],
+        "search": {"algorithm": algorithm, "num_samples": num_samples},
+        "overrides": {"task.data.path": str(REPO / "platform/otu/tabular/data/diabetes.csv")},
+    }, REPO)
+
+
+def write_trials(folder: Path, rows: list[dict]) -> None:
+    from otu.tracking.results import TrialsTable
+
+    for row in rows:
+        TrialsTable(folder / "trials.parquet").upsert(row)
+        (folder / "trials" / row["trial_id"]).mkdir(parents=True)
+
+
+def test_the_resume_plan_counts_finished_rows_and_drops_the_rest(tmp_path):
+    from otu.runtime.resume import plan
+
+    sweep = grid_sweep(tmp_path)  # 2 grid points × 2 repeats
+    assert plan(sweep, tmp_path, resume=False).num_samples == 2  # Tune repeats its own grid twice
+    write_trials(tmp_path, [
+        {"trial_id": "a", "status": "TERMINATED", "config/method.t": 0.0, "config/method.variant": "gaussian",
+         "utility_auc": 0.8, "leakage_auc": 0.6},
+        {"trial_id": "b", "status": "TERMINATED", "config/method.t": 0.0, "config/method.variant": "empirical",
+         "utility_auc": 0.7, "leakage_auc": 0.5},
+        {"trial_id": "c", "status": "ERROR", "config/method.t": 0.5, "config/method.variant": "gaussian"},
+    ])
+    (tmp_path / "trials" / "killed-mid-trial").mkdir()
+    work = plan(sweep, tmp_path, resume=True)
+    assert work.grid_points == [{"method.t": 0.5}, {"method.t": 0.5}] and work.num_samples == 2
+    assert sorted(pd.read_parquet(tmp_path / "trials.parquet")["trial_id"]) == ["a", "b"]
+    assert sorted(p.name for p in (tmp_path / "trials").iterdir()) == ["a", "b"]
+
+
+def test_the_resume_plan_warm_starts_optuna_with_finished_results(tmp_path):
+    from otu.runtime.resume import plan
+    from otu.runtime.sweep import search_algorithm
+
+    sweep = grid_sweep(tmp_path, "optuna", num_samples=5)
+    write_trials(tmp_path, [
+        {"trial_id": "a", "status": "TERMINATED", "config/method.t": 0.25, "utility_auc": 0.8, "leakage_auc": 0.6},
+        {"trial_id": "b", "status": "TERMINATED", "config/method.t": 0.75, "utility_auc": 0.7, "leakage_auc": 0.5},
+    ])
+    work = plan(sweep, tmp_path, resume=True)
+    assert work.num_samples == 3
+    assert work.warm == [({"method.t": 0.25}, [0.8, 0.6]), ({"method.t": 0.75}, [0.7, 0.5])]
+    study = search_algorithm(sweep, work)._ot_study
+    assert [(t.params, t.values) for t in study.trials] == [({"method.t": 0.25}, [0.8, 0.6]),
+                                                             ({"method.t": 0.75}, [0.7, 0.5])]

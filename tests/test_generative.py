@@ -214,7 +214,8 @@ def test_uot_unlearn_forgets_and_keeps_quality(runs: dict) -> None:
 
 def _cache_entries(cache: Path) -> dict[str, set[str]]:
     return {
-        p.name: {f.name for f in p.iterdir()} for p in cache.iterdir() if not p.name.startswith(".")
+        p.name: {f.name for f in p.iterdir() if not f.name.startswith(".")}  # not .otu-digest.json
+        for p in cache.iterdir() if not p.name.startswith(".")
     }
 
 

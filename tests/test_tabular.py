@@ -222,7 +222,8 @@ def test_marginal_unlearning_forgets_and_keeps_retain(digits_cache):
     prepared = family.prepare(exp, digits_cache)
     refs = family.reference_models(prepared)
     entry = next(digits_cache.glob("tabular-*"))
-    assert sorted(p.name for p in entry.iterdir()) == ["original.pt", "retrained.pt"]
+    names = ["original.pt", "retrained.pt"]
+    assert sorted(p.name for p in entry.iterdir()) == sorted([*names, *(f"{n}.sha256" for n in names)])
     again = family.prepare(exp, digits_cache)  # from the cache: the same weights
     for a, b in zip(again.original.state_dict().values(), prepared.original.state_dict().values(), strict=True):
         assert torch.equal(a, b)

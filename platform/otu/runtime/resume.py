@@ -36,6 +36,7 @@ class Plan:
     """The trials left to run: ``num_samples`` for Tune and, for grid, the exact points."""
 
     num_samples: int
+    """Tune's ``num_samples`` (for grid without ``grid_points``: repeats of the whole grid)."""
     finished: pd.DataFrame
     grid_points: list[dict[str, Any]] | None = None
     """Grid search only: each remaining grid point (grid keys set), run once."""
@@ -44,10 +45,10 @@ class Plan:
 
 
 def plan(sweep: Sweep, sweep_dir: Path, resume: bool) -> Plan:
-    """The trials ``sweep`` still needs in ``sweep_dir`` (all of them unless ``resume``)."""
-    total = _grid_total(sweep) if sweep.search.algorithm == "grid" else sweep.search.num_samples
+    """The trials ``sweep`` still needs in ``sweep_dir`` (all of them unless ``resume``; a fresh grid
+    sweep runs ``num_samples`` repeats of Tune's own grid)."""
     if not resume:
-        return Plan(total, pd.DataFrame(columns=["trial_id", "status"]))
+        return Plan(sweep.search.num_samples, pd.DataFrame(columns=["trial_id", "status"]))
     table = TrialsTable(sweep_dir / TRIALS_FILE)
     finished = table.keep_finished()
     _remove_orphans(sweep_dir / "trials", set(finished["trial_id"]))
@@ -81,10 +82,6 @@ def remaining_grid_points(sweep: Sweep, finished: pd.DataFrame) -> list[dict[str
         else:
             left.append(point)
     return left
-
-
-def _grid_total(sweep: Sweep) -> int:
-    return len(grid_points(sweep))
 
 
 def _grid_keys(sweep: Sweep) -> list[str]:
