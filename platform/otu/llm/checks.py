@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from otu.errors import SpecError
@@ -10,16 +11,57 @@ from otu.llm.data import load_splits
 from otu.spec import Experiment
 
 CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def check_experiment(exp: Experiment) -> None:
     check_compute(exp)
     model = exp.task.model
     if model.path is not None:
-        check_causal_lm(Path(model.path), "model.path")
+        path = checkpoint_files(model.path, model.revision, "model.path")
+        check_causal_lm(path, "model.path")
+        check_prompts(exp, path)
     if model.retain_path is not None:
-        check_causal_lm(Path(model.retain_path), "model.retain_path")
-    load_splits(exp.task.data, exp.seed)
+        check_causal_lm(
+            checkpoint_files(model.retain_path, None, "model.retain_path"), "model.retain_path"
+        )
+    splits = load_splits(exp.task.data, exp.seed)
+    if not splits["world"] and getattr(exp.method, "world_weight", 0):
+        raise SpecError(
+            "task.data.world: the data has no world training set (TOFU ships none); give a QA or "
+            "instruction file, or set method.world_weight: 0"
+        )
+
+
+def checkpoint_files(path: str, revision: str | None, field: str) -> Path:
+    """A local directory, or the directory of a hub id's config and tokenizer files (fetched, or
+    from the HF cache offline) — the weights are downloaded only when the run prepares."""
+    local = Path(path).expanduser()
+    if local.is_dir() or not HUB_ID.fullmatch(path):
+        return local
+    from huggingface_hub import hf_hub_download
+
+    try:
+        config = Path(hf_hub_download(path, "config.json", revision=revision))
+    except Exception as err:  # offline and not cached, unknown id, gated repo, bad revision
+        cause = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise SpecError(
+            f"task.{field}: {path!r} is not a local directory, and the hub id could not be fetched "
+            f"or found in the HF cache (revision {revision or 'main'}): {type(err).__name__}: {cause}"
+        ) from None
+    for name in ("tokenizer_config.json", "tokenizer.json"):
+        try:
+            hf_hub_download(path, name, revision=revision)
+        except Exception:  # tokenizers ship either file; check_causal_lm wants one of them
+            continue
+    return config.parent
+
+
+def check_prompts(exp: Experiment, path: Path) -> None:
+    """The tokenizer's chat template (when used) must carry a question and its answer."""
+    from otu.llm.models import encoder_for, load_tokenizer
+
+    encoder_for(load_tokenizer(path, exp.task.model.trust_remote_code), exp.task.data)
 
 
 def check_compute(exp: Experiment) -> None:
@@ -47,7 +89,9 @@ def check_compute(exp: Experiment) -> None:
 def check_causal_lm(path: Path, field: str) -> None:
     """A local HF checkpoint directory whose config names a causal-LM architecture, with a tokenizer."""
     if not path.is_dir():
-        raise SpecError(f"task.{field}: not a directory: {path} (need a local HF checkpoint)")
+        raise SpecError(
+            f"task.{field}: not a directory: {path} (need a local HF checkpoint or a hub id)"
+        )
     config_file = path / "config.json"
     if not config_file.is_file():
         raise SpecError(f"task.{field}: {path} has no config.json (not a HF checkpoint)")

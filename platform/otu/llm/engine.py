@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from otu.llm.models import load_model, torch_dtype
+from otu.llm.models import load_model, load_options, torch_dtype
 
 SHARD = "model-{:05d}-of-{:05d}.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -43,11 +43,12 @@ class PlainEngine:
         self.device = device
         self.grad_accum = compute.grad_accum
         self.max_grad_norm = method.max_grad_norm
-        self.model = load_model(model_path, torch.float32, device).train()
+        options = load_options(exp.task.model)
+        self.model = load_model(model_path, torch.float32, device, **options).train()
         if compute.grad_checkpointing:
             _enable_checkpointing(self.model)
         self.ref = (
-            _frozen(load_model(model_path, torch_dtype(compute.precision), device))
+            _frozen(load_model(model_path, torch_dtype(compute.precision), device, **options))
             if needs_ref
             else None
         )
@@ -116,7 +117,8 @@ class DeepSpeedEngine:
         # must live while models load so that from_pretrained partitions them (ZeRO-3)
         self._hf_ds = HfDeepSpeedConfig(config) if compute.zero_stage == 3 else None
         place = None if compute.zero_stage == 3 else device  # zero.Init placed the partitions
-        model = load_model(model_path, dtype, place).train()
+        options = load_options(exp.task.model)
+        model = load_model(model_path, dtype, place, **options).train()
         if compute.grad_checkpointing:
             _enable_checkpointing(model)
         optimizer = torch.optim.AdamW(
@@ -131,7 +133,7 @@ class DeepSpeedEngine:
         )
         self.ref = None
         if needs_ref:
-            ref = _frozen(load_model(model_path, dtype, place))
+            ref = _frozen(load_model(model_path, dtype, place, **options))
             if compute.zero_stage == 3:  # θ₀ partitioned like the model (no optimizer)
                 ref_config = {k: v for k, v in config.items() if k != "gradient_clipping"}
                 ref = deepspeed.initialize(model=ref, config=ref_config)[0]
@@ -240,6 +242,8 @@ def save_sharded(model: nn.Module, out_dir: Path, tokenizer, gather, rank: int, 
         save_file(mine, str(out_dir / files[rank]), metadata={"format": "pt"})
     if rank == 0:
         model.config.save_pretrained(out_dir)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(out_dir)
         tokenizer.save_pretrained(out_dir)
         sizes = 0
         weight_map = {}

@@ -113,6 +113,7 @@ def _train(
     streams = {
         name: Stream(len(prepared.splits[name]), exp.seed + k)
         for k, name in enumerate(("forget", "retain", "world"))
+        if prepared.splits[name]  # TOFU without a world file has no world training set
     }
     # alternating: a forget step, then a retain + world + regulariser step
     phases = (
@@ -198,6 +199,8 @@ def _micro_batches(
         pick = {name: idx[lo : lo + size] for name, idx in global_idx.items()}
 
         def batch(name: str, answers=None, pick=pick):
+            if name not in pick:
+                return None
             records = [splits[name][i] for i in pick[name]]
             return encoder.batch(
                 [r.question for r in records], answers or [r.answer for r in records]
@@ -218,7 +221,7 @@ def _tokens(batches: StepBatches) -> int:
         batches.retain,
         batches.world,
     ]
-    return sum(int(b.attention_mask.sum()) for b in used)
+    return sum(int(b.attention_mask.sum()) for b in used if b is not None)
 
 
 def _phase(
