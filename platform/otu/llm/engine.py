@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from otu.llm import lora
 from otu.llm.models import load_model, load_options, torch_dtype
 
 SHARD = "model-{:05d}-of-{:05d}.safetensors"
@@ -44,16 +45,19 @@ class PlainEngine:
         self.grad_accum = compute.grad_accum
         self.max_grad_norm = method.max_grad_norm
         options = load_options(exp.task.model)
-        self.model = load_model(model_path, torch.float32, device, **options).train()
+        self.lora = method.lora is not None
+        self.model = _adapted(load_model(model_path, torch.float32, device, **options), method)
         if compute.grad_checkpointing:
             _enable_checkpointing(self.model)
-        self.ref = (
-            _frozen(load_model(model_path, torch_dtype(compute.precision), device, **options))
-            if needs_ref
-            else None
-        )
+        self.ref = None
+        if needs_ref:  # with LoRA θ₀ is the model with its adapters off
+            self.ref = (
+                lora.Reference(self.model, self.model)
+                if self.lora
+                else _frozen(load_model(model_path, torch_dtype(compute.precision), device, **options))
+            )
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=method.lr, weight_decay=method.weight_decay
+            _trainable(self.model), lr=method.lr, weight_decay=method.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(method.lr_schedule, total_steps)
@@ -95,7 +99,10 @@ class PlainEngine:
         return values
 
     def save(self, out_dir: Path, tokenizer) -> None:
-        save_sharded(self.model, out_dir, tokenizer, self.gather, rank=0, world=1)
+        if self.lora:
+            lora.save_adapter(self.model, out_dir, tokenizer, self.gather, rank=0)
+        else:
+            save_sharded(self.model, out_dir, tokenizer, self.gather, rank=0, world=1)
 
 
 class DeepSpeedEngine:
@@ -118,11 +125,12 @@ class DeepSpeedEngine:
         self._hf_ds = HfDeepSpeedConfig(config) if compute.zero_stage == 3 else None
         place = None if compute.zero_stage == 3 else device  # zero.Init placed the partitions
         options = load_options(exp.task.model)
-        model = load_model(model_path, dtype, place, **options).train()
+        self.lora = method.lora is not None
+        model = _adapted(load_model(model_path, dtype, place, **options), method)
         if compute.grad_checkpointing:
             _enable_checkpointing(model)
         optimizer = torch.optim.AdamW(
-            model.parameters(), lr=method.lr, weight_decay=method.weight_decay
+            _trainable(model), lr=method.lr, weight_decay=method.weight_decay
         )
         schedule = lr_lambda(method.lr_schedule, total_steps)
         self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
@@ -132,7 +140,9 @@ class DeepSpeedEngine:
             config=config,
         )
         self.ref = None
-        if needs_ref:
+        if needs_ref and self.lora:
+            self.ref = lora.Reference(self.model, self.model.module)
+        elif needs_ref:
             ref = _frozen(load_model(model_path, dtype, place, **options))
             if compute.zero_stage == 3:  # θ₀ partitioned like the model (no optimizer)
                 ref_config = {k: v for k, v in config.items() if k != "gradient_clipping"}
@@ -188,7 +198,12 @@ class DeepSpeedEngine:
         return {k: float(v) / self.world for k, v in zip(keys, t.tolist(), strict=True)}
 
     def save(self, out_dir: Path, tokenizer) -> None:
-        save_sharded(self.model.module, out_dir, tokenizer, self.gather, self.rank, self.world)
+        if self.lora:
+            lora.save_adapter(self.model.module, out_dir, tokenizer, self.gather, self.rank)
+            if self.world > 1:
+                dist.barrier()
+        else:
+            save_sharded(self.model.module, out_dir, tokenizer, self.gather, self.rank, self.world)
 
 
 def ds_config(exp, world: int) -> dict:
@@ -256,6 +271,15 @@ def save_sharded(model: nn.Module, out_dir: Path, tokenizer, gather, rank: int, 
         )
     if world > 1:
         dist.barrier()
+
+
+def _adapted(model: nn.Module, method) -> nn.Module:
+    """``model`` with LoRA adapters when ``method.lora`` is set (only they train), else itself."""
+    return lora.wrap(model, method.lora) if method.lora is not None else model
+
+
+def _trainable(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def _frozen(model: nn.Module) -> nn.Module:

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from otu.cache import write_atomically
-from otu.llm import evaluation
+from otu.llm import evaluation, lora
 from otu.llm.data import Splits, all_records, load_splits, read_splits, write_splits
 from otu.llm.loop import rank_and_world, run_worker
 from otu.llm.models import (
@@ -195,6 +195,9 @@ def unlearn_worker(
 
 
 def load_unlearned(exp: Experiment, prepared: Prepared, checkpoint: Path) -> nn.Module:
+    """The unlearned model: a full checkpoint, or the target with a LoRA adapter merged in."""
+    if lora.is_adapter(checkpoint):
+        return lora.load_merged(prepared.load(prepared.target_path), Path(checkpoint)).eval()
     return prepared.load(Path(checkpoint))
 
 

@@ -25,6 +25,8 @@ from torch import nn
 
 from otu.llm.data import Record
 from otu.llm.engine import DeepSpeedEngine, PlainEngine, steps_for, total_optimizer_steps
+from otu.llm.lora import LoraRegulariser
+from otu.llm.lora import regulariser as lora_regulariser
 from otu.llm.losses import Objective, StepBatches, objective_for
 from otu.llm.models import resolve_device
 from otu.llm.regulariser import ParameterRegulariser
@@ -154,8 +156,10 @@ def _checkpoint(engine, step: int, checkpoint_dir: Path, tokenizer) -> nn.Module
     return path
 
 
-def _regulariser(exp, engine) -> ParameterRegulariser:
+def _regulariser(exp, engine) -> ParameterRegulariser | LoraRegulariser:
     method = exp.method
+    if method.lora is not None:  # D(W₀ + sBA, W₀) on the adapted layers, θ₀ = the base weights
+        return lora_regulariser(exp, _module(engine.model), engine.gather, engine.add_grad)
     pairs = []
     for (name, p), (name0, p0) in zip(
         _module(engine.model).named_parameters(),

@@ -223,7 +223,28 @@ class LLMEval(Section):
     plots: bool = True
 
 
+class Lora(Section):
+    """LoRA adapters (peft) instead of full fine-tuning; θ₀ / the NPO reference are the base weights."""
+
+    r: int = Field(16, ge=1, description="adapter rank")
+    alpha: float = Field(32.0, gt=0, description="scale α (the update is α/r · BA)")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | str = [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
+    """Module names (suffixes) or one regex, as peft reads them."""
+    save_merged: bool = False
+    """Also write the merged model to ``checkpoint/merged`` (the checkpoint holds the adapter)."""
+
+
 class _Method(Section):
+    lora: Lora | None = None
     lr: float = Field(1e-5, gt=0)
     epochs: int = Field(3, ge=1, description="passes over the forget set")
     steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs when set")
