@@ -1,0 +1,358 @@
+"""LLM family on real-checkpoint terms: a tiny Llama whose tokenizer carries a chat template, saved
+with ``save_pretrained`` and loaded through ``task.model.path``; ELUDe- and TOFU-layout ``datasets``
+directories; ``otu eval``; LoRA (regulariser value and gradients against the full-weight closed form,
+and a LoRA OPT-OUT run that forgets); and the one-line errors of bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from datasets import Dataset, DatasetDict
+from test_llm import tiny_spec
+
+from otu.cli import main
+from otu.errors import OtuError
+from otu.llm import family
+from otu.llm.data import load_splits
+from otu.llm.lora import Adapted, LoraRegulariser, lowrank_sw
+from otu.llm.models import CHAT_TEMPLATE, build_tiny_model, train_tokenizer
+from otu.llm.spec import LLMData, TinyModel
+from otu.llm.synthetic import generate_entities
+from otu.llm.text import IGNORE, Encoder
+from otu.ot import random_projections, sw_regulariser
+from otu.spec import parse_experiment
+
+TINY = {"layers": 2, "hidden": 64, "heads": 4, "intermediate": 128, "vocab": 400}
+
+
+def chat_spec(cache: Path) -> dict:
+    raw = tiny_spec(cache)
+    raw["task"]["model"]["tiny"] = {**TINY, "chat_template": True}
+    return raw
+
+
+@pytest.fixture(scope="module")
+def chat_prepared(tmp_path_factory):
+    """The tiny chat-template target and retain-only models (fine-tuned once for the module)."""
+    cache = tmp_path_factory.getbasetemp() / "llm-chat-cache"
+    exp = parse_experiment(chat_spec(cache))
+    return exp, family.prepare(exp, cache)
+
+
+def small_tokenizer(chat: bool = True):
+    texts = ["Question: who is Ada?\nAnswer: Ada is a poet.", "Who wrote the probe?"] * 4
+    return train_tokenizer(texts, 300, chat=chat)
+
+
+def save_model(path: Path, tokenizer) -> Path:
+    model = build_tiny_model(TinyModel(**{**TINY, "vocab": 300}), tokenizer, 48, seed=0)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def path_spec(tmp_path: Path, model_path: str, **model) -> dict:
+    raw = tiny_spec(tmp_path / "cache")
+    raw["task"]["model"] = {"path": model_path, "epochs": 0, **model}
+    return raw
+
+
+def one_line_error(raw: dict) -> str:
+    with pytest.raises(OtuError) as info:
+        parse_experiment(raw)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def test_chat_template_prompts_put_labels_on_the_assistant_turn_only():
+    tok = small_tokenizer()
+    enc = Encoder(tok, "unused {question}", 64)
+    assert enc.chat
+    ids, labels = enc.pair("who is Ada?", "Ada is a poet.")
+    prompt = tok.decode(ids[: labels.count(IGNORE)])
+    answer = [t for t in labels if t != IGNORE]
+    assert prompt.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert "<|start_header_id|>user<|end_header_id|>\n\nwho is Ada?<|eot_id|>" in prompt
+    assert tok.decode(answer) == "Ada is a poet.<|eot_id|>"  # no inserted space, turn end labelled
+    assert answer[-1] == tok.eos_token_id
+    gen_ids, _ = enc.prompts(["who is Ada?"])
+    assert gen_ids[0].tolist() == ids[: labels.count(IGNORE)]
+
+
+def test_plain_template_inserts_no_space():
+    tok = small_tokenizer(chat=False)
+    enc = Encoder(tok, "Question: {question}\nAnswer:", 64)
+    assert not enc.chat
+    ids, labels = enc.pair("who is Ada?", "Ada is a poet.")
+    assert tok.decode([t for t in labels if t != IGNORE]) == "Ada is a poet.</s>"
+
+
+def test_saved_chat_checkpoint_loads_through_model_path(tmp_path):
+    path = save_model(tmp_path / "chat", small_tokenizer())
+    exp = parse_experiment(path_spec(tmp_path, str(path), attn_implementation="eager", dtype="float32"))
+    prep = family.prepare(exp, tmp_path / "cache")
+    assert prep.target_path == path.resolve() and prep.encoder().chat
+    model = prep.model("original")
+    assert model.config._attn_implementation == "eager"
+    reference = build_tiny_model(TinyModel(**{**TINY, "vocab": 300}), small_tokenizer(), 48, seed=0)
+    for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters(), strict=True):
+        torch.testing.assert_close(p, q, msg=name)
+
+
+def test_chat_template_that_drops_the_answer_is_named(tmp_path):
+    tok = small_tokenizer()
+    tok.chat_template = CHAT_TEMPLATE.replace("{{ message['content'] | trim }}", "")
+    path = save_model(tmp_path / "broken", tok)
+    message = one_line_error(path_spec(tmp_path, str(path)))
+    assert message.startswith("task.model.path: the chat template drops the")
+    raw = path_spec(tmp_path, str(path))
+    raw["task"]["data"]["prompt_format"] = "plain"  # the way out the message names
+    parse_experiment(raw)
+
+
+def test_hub_id_without_network_is_one_line_naming_the_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    message = one_line_error(path_spec(tmp_path, "otu-test-org/no-such-model", revision="v1"))
+    assert message.startswith("task.model.path: 'otu-test-org/no-such-model' is not a local")
+    assert "revision v1" in message
+
+
+# ---------------------------------------------------------------- data layouts
+
+
+def entity_rows(seed: int = 3) -> tuple[list[dict], list[dict], str]:
+    gen = generate_entities(seed, LLMData(synthetic=True).sizes)
+    return gen["records"], gen["world"], gen["targets"][0]
+
+
+def save_elude(root: Path, splits=("train", "validation", "test")) -> tuple[Path, Path, Path, str]:
+    """forget_qa / retain_qa DatasetDicts (a third of each entity's questions per split) and an
+    Alpaca-style instruction file."""
+    rows, world, target = entity_rows()
+    forget_rows = [r | {"neighbour_of": ""} for r in rows if not r["neighbour_of"]]
+    retain_rows = [r | {"entity": r["neighbour_of"], "neighbour_of": ""} for r in rows if r["neighbour_of"]]
+
+    def save(items: list[dict], path: Path) -> Path:
+        by_split = {s: [r for i, r in enumerate(items) if i % len(splits) == k] for k, s in enumerate(splits)}
+        DatasetDict({s: Dataset.from_list(v) for s, v in by_split.items()}).save_to_disk(str(path))
+        return path
+
+    instructions = root / "alpaca.jsonl"
+    instructions.write_text(
+        "".join(
+            json.dumps({"instruction": w["question"], "input": "", "output": w["answer"]}) + "\n"
+            for w in world
+        )
+    )
+    return save(forget_rows, root / "forget_qa"), save(retain_rows, root / "retain_qa"), instructions, target
+
+
+def test_elude_layout_trains_on_train_and_evaluates_on_test(tmp_path):
+    forget, retain, world, target = save_elude(tmp_path)
+    data = LLMData(layout="elude", records=str(forget), retain_records=str(retain), world=str(world), target=target)
+    splits = load_splits(data, 0)
+    train_q = {r.question for k in ("forget", "retain", "world") for r in splits[k]}
+    eval_q = {r.question for k in ("forget_eval", "retain_eval", "world_eval") for r in splits[k]}
+    assert not train_q & eval_q
+    assert {r.entity for r in splits["forget"] + splits["forget_eval"]} == {target}
+    assert {r.entity for r in splits["retain"] + splits["retain_eval"]} == {target}  # names the target
+    assert splits["holdout"] and target not in {r.entity for r in splits["holdout"]}
+    assert all(r.perturbed_answer for r in splits["forget_eval"] + splits["retain_eval"])
+    assert splits["world"][0].perturbed_answer == ()  # instruction data: no truth ratio
+    first = json.loads(world.read_text().splitlines()[0])
+    assert first["output"] in {r.answer for r in splits["world"] + splits["world_eval"]}
+    assert len(splits["world_eval"]) == round(0.2 * 24)
+
+
+def test_elude_directory_missing_the_named_split_is_one_line(tmp_path):
+    forget, retain, world, target = save_elude(tmp_path, splits=("train", "validation"))
+    raw = tiny_spec(tmp_path / "cache")
+    raw["task"]["data"] = {
+        "layout": "elude",
+        "records": str(forget),
+        "retain_records": str(retain),
+        "world": str(world),
+        "target": target,
+    }
+    message = one_line_error(raw)
+    assert message.startswith("task.data.elude_splits.eval: split 'test' is not in")
+    assert "['train', 'validation']" in message
+    raw["task"]["data"]["elude_splits"] = {"eval": "validation"}
+    parse_experiment(raw)
+
+
+def save_tofu(root: Path, skip: str | None = None) -> Path:
+    """TOFU's configurations as the hub serves them (one ``train`` split each), from synthetic rows."""
+    rows, world, _ = entity_rows()
+    qa = [{"question": r["question"], "answer": r["answer"]} for r in rows]
+    perturbed = [
+        {k: r[k] for k in ("question", "answer", "paraphrased_answer", "perturbed_answer")}
+        for r in rows
+    ]
+    facts = [{k: w[k] for k in ("question", "answer", "perturbed_answer")} for w in world]
+    configs = {
+        "forget01": qa[:4],
+        "forget01_perturbed": perturbed[:4],
+        "retain99": qa[4:],
+        "retain_perturbed": perturbed[4:10],
+        "real_authors_perturbed": facts[:10],
+        "world_facts_perturbed": facts[10:],
+        "holdout01": qa[-4:],
+    }
+    for name, items in configs.items():
+        if name != skip:
+            DatasetDict({"train": Dataset.from_list(items)}).save_to_disk(str(root / name))
+    return root
+
+
+def test_tofu_layout_keeps_evaluated_retain_items_out_of_training(tmp_path):
+    source = save_tofu(tmp_path / "tofu")
+    data = LLMData(layout="tofu", records=str(source), tofu={"forget": "forget01"})
+    assert (data.tofu.retain, data.tofu.forget_eval, data.tofu.holdout) == (
+        "retain99",
+        "forget01_perturbed",
+        "holdout01",
+    )
+    splits = load_splits(data, 0)
+    assert len(splits["forget"]) == 4 and len(splits["forget_eval"]) == 4
+    assert splits["forget_eval"][0].perturbed_answer and splits["forget"][0].entity is None
+    assert len(splits["retain_eval"]) == 6
+    assert not {r.question for r in splits["retain"]} & {r.question for r in splits["retain_eval"]}
+    assert len(splits["retain"]) == len(entity_rows()[0]) - 4 - 6
+    world_eval = splits["world_eval"]
+    assert len(world_eval) == 24 and world_eval[0].paraphrased_answer == world_eval[0].answer
+    assert splits["world"] == []
+
+
+def test_tofu_without_world_needs_world_weight_zero_and_missing_configs_are_named(tmp_path):
+    raw = tiny_spec(tmp_path / "cache")
+    raw["task"]["data"] = {"layout": "tofu", "records": str(save_tofu(tmp_path / "t1")), "tofu": {"forget": "forget01"}}
+    assert one_line_error(raw).startswith("task.data.world: the data has no world training set")
+    raw["method"]["world_weight"] = 0.0
+    parse_experiment(raw)
+    raw["task"]["data"]["records"] = str(save_tofu(tmp_path / "t2", skip="holdout01"))
+    message = one_line_error(raw)
+    assert message.startswith("task.data.tofu.holdout:") and "'holdout01'" in message
+
+
+# ---------------------------------------------------------------- LoRA
+
+
+@pytest.mark.parametrize("n, d, r", [(12, 7, 3), (5, 20, 4)])
+def test_lowrank_sw_equals_the_full_weight_closed_form_on_w0_plus_ba(n, d, r):
+    g = torch.Generator().manual_seed(n)
+    w0, a, b = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((n, d), (r, d), (n, r)))
+    scale = 2.5
+    u = random_projections(d, 30, seed=1, dtype=torch.float64)
+    w0u = w0 @ u
+    value, grad_a, grad_b = lowrank_sw(a, b, scale, w0u, torch.sort(w0u, dim=0).values, u)
+    full_value, grad_w = sw_regulariser(w0 + scale * b @ a, w0, u)
+    assert value.item() == pytest.approx(full_value.item(), rel=1e-12)
+    torch.testing.assert_close(grad_a, scale * b.T @ grad_w)
+    torch.testing.assert_close(grad_b, scale * grad_w @ a.T)
+    # and the closed form is the autograd gradient of SW(W₀ + sBA) w.r.t. A and B
+    a_, b_ = a.clone().requires_grad_(), b.clone().requires_grad_()
+    from otu.ot import sw_regulariser_autograd
+
+    sw_regulariser_autograd(w0 + scale * b_ @ a_, w0, u).backward()
+    torch.testing.assert_close(grad_a, a_.grad)
+    torch.testing.assert_close(grad_b, b_.grad)
+
+
+@pytest.mark.parametrize("kind", ["wasserstein", "euclidean"])
+def test_lora_regulariser_adds_lambda_times_the_gradient_to_the_adapters(kind):
+    g = torch.Generator().manual_seed(0)
+    layer = Adapted(
+        base=torch.nn.Parameter(torch.randn(6, 5, generator=g), requires_grad=False),
+        a=torch.nn.Parameter(torch.randn(2, 5, generator=g)),
+        b=torch.nn.Parameter(torch.randn(6, 2, generator=g)),
+        scale=0.5,
+    )
+    reg = LoraRegulariser(
+        kind=kind,
+        weight=0.3,
+        layers=[layer],
+        gather=lambda params: __import__("contextlib").nullcontext(),
+        add_grad=lambda p, grad: setattr(p, "grad", grad if p.grad is None else p.grad + grad),
+        n_projections=16,
+        resample=False,
+    )
+    value = reg.apply(step=0)
+    a_, b_ = layer.a.detach().clone().requires_grad_(), layer.b.detach().clone().requires_grad_()
+    w = layer.base + 0.5 * b_ @ a_
+    if kind == "wasserstein":
+        from otu.llm.regulariser import projection_seed
+        from otu.ot import sw_regulariser_autograd
+
+        u = random_projections(5, 16, projection_seed(0, 0, 0), dtype=torch.float32)
+        expected = sw_regulariser_autograd(w, layer.base, u)
+    else:
+        expected = torch.linalg.vector_norm(w - layer.base)
+    (0.3 * expected).backward()
+    assert value == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(layer.a.grad, a_.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(layer.b.grad, b_.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_lora_target_modules_matching_nothing_is_one_line(tmp_path):
+    raw = tiny_spec(tmp_path / "cache", lora={"r": 4, "target_modules": ["qkv_proj"]})
+    message = one_line_error(raw)
+    assert message.startswith("method.lora.target_modules: ['qkv_proj'] matches no linear layer")
+    assert "q_proj" in message
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def cli(*args: str) -> int:
+    return main([*args])
+
+
+def test_lora_optout_run_forgets_and_otu_eval_reproduces_the_original_row(chat_prepared, tmp_path):
+    """``otu run`` of LoRA OPT-OUT on the saved chat model (``task.model.path``), then ``otu eval``
+    of the same checkpoint: its metrics are the run's ``original`` row."""
+    _, prep = chat_prepared
+    raw = path_spec(tmp_path, str(prep.target_path), retain_path=str(prep.oracle_path))
+    raw["method"] |= {
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "lr": 0.01,
+        "resample_projections": False,
+    }
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert cli("run", str(spec), "--out", str(tmp_path / "run"), "--tracking-uri", uri) == 0
+    run = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    original, unlearned = run["original"], run["unlearned"]
+    assert unlearned["forget_rouge"] <= original["forget_rouge"] - 0.4
+    assert unlearned["retain_rouge"] >= original["retain_rouge"] - 0.1  # held-out retain items
+    checkpoint = tmp_path / "run" / "checkpoint"
+    assert (checkpoint / "adapter_config.json").is_file()  # the adapter, not a second model
+
+    assert cli("eval", str(spec), "--model", f"original={prep.target_path}", "--out",
+               str(tmp_path / "eval"), "--tracking-uri", uri) == 0
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())["original"]
+    assert set(evaluated) == set(original)
+    for key, value in original.items():
+        assert evaluated[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "generations.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in rows} == {"forget", "retain", "world"}
+    forget_rows = [r for r in rows if r["split"] == "forget"]
+    assert math.isclose(sum(r["rouge"] for r in forget_rows) / len(forget_rows), evaluated["forget_rouge"])
+    assert {"question", "reference", "generation", "prob", "rouge", "truth_ratio"} <= set(rows[0])
+    run_rows = (tmp_path / "run" / "generations.jsonl").read_text().splitlines()
+    assert {json.loads(line)["model"] for line in run_rows} == {"original", "retrained", "unlearned"}
