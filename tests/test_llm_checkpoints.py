@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 from datasets import Dataset, DatasetDict
-from test_llm import tiny_spec
+from test_llm import REPO, tiny_spec
 
 from otu.cli import main
 from otu.errors import OtuError
@@ -31,9 +31,13 @@ from otu.spec import parse_experiment
 TINY = {"layers": 2, "hidden": 64, "heads": 4, "intermediate": 128, "vocab": 400}
 
 
+CPU_SPEC = REPO / "sweeps/experiments/optout_elude_tiny.yaml"
+
+
 def chat_spec(cache: Path) -> dict:
-    raw = tiny_spec(cache)
-    raw["task"]["model"]["tiny"] = {**TINY, "chat_template": True}
+    """The shipped CPU spec (tiny chat-template Llama, LoRA OPT-OUT) with its cache in ``cache``."""
+    raw = yaml.safe_load(CPU_SPEC.read_text())
+    raw["tracking"] = {"cache_dir": str(cache)}
     return raw
 
 
@@ -42,6 +46,7 @@ def chat_prepared(tmp_path_factory):
     """The tiny chat-template target and retain-only models (fine-tuned once for the module)."""
     cache = tmp_path_factory.getbasetemp() / "llm-chat-cache"
     exp = parse_experiment(chat_spec(cache))
+    assert exp.task.model.tiny.chat_template and exp.method.lora is not None
     return exp, family.prepare(exp, cache)
 
 
@@ -314,6 +319,20 @@ def test_lora_target_modules_matching_nothing_is_one_line(tmp_path):
     assert "q_proj" in message
 
 
+def test_shipped_gpu_specs_parse():
+    from otu.llm.spec import SPEC, LLMModel
+
+    for name, layout in [("optout_elude", "elude"), ("optout_tofu", "tofu")]:
+        raw = yaml.safe_load((REPO / f"sweeps/experiments/{name}.yaml").read_text())
+        data = LLMData(**raw["task"]["data"])
+        model = LLMModel(**raw["task"]["model"])
+        method = SPEC.methods["optout"](**raw["method"])
+        assert data.layout == layout and method.lora is not None and model.epochs >= 0
+        assert raw["compute"]["workers"] == 1 and raw["compute"]["device"] == "cuda"
+    sweep = yaml.safe_load((REPO / "sweeps/optout_elude.yaml").read_text())
+    assert sweep["experiment"] == "experiments/optout_elude.yaml"
+
+
 # ---------------------------------------------------------------- end to end
 
 
@@ -325,22 +344,32 @@ def test_lora_optout_run_forgets_and_otu_eval_reproduces_the_original_row(chat_p
     """``otu run`` of LoRA OPT-OUT on the saved chat model (``task.model.path``), then ``otu eval``
     of the same checkpoint: its metrics are the run's ``original`` row."""
     _, prep = chat_prepared
-    raw = path_spec(tmp_path, str(prep.target_path), retain_path=str(prep.oracle_path))
-    raw["method"] |= {
-        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-        "lr": 0.01,
-        "resample_projections": False,
+    raw = chat_spec(tmp_path / "cache")
+    raw["task"]["model"] = {
+        "path": str(prep.target_path),
+        "retain_path": str(prep.oracle_path),
+        "epochs": 0,
     }
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(raw))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert cli("run", str(spec), "--out", str(tmp_path / "run"), "--tracking-uri", uri) == 0
+    assert cli("run", str(spec), "--out", str(tmp_path / "run"), "--tracking-uri", uri,
+               "--set", "method.lora.save_merged=true") == 0
     run = json.loads((tmp_path / "run" / "metrics.json").read_text())
     original, unlearned = run["original"], run["unlearned"]
     assert unlearned["forget_rouge"] <= original["forget_rouge"] - 0.4
     assert unlearned["retain_rouge"] >= original["retain_rouge"] - 0.1  # held-out retain items
     checkpoint = tmp_path / "run" / "checkpoint"
     assert (checkpoint / "adapter_config.json").is_file()  # the adapter, not a second model
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(checkpoint / "merged")
+    assert (checkpoint / "merged" / "generation_config.json").is_file()
+    assert merged.config.dtype == torch.float32  # the precision trained in
+    exp = parse_experiment(raw)
+    unlearned_model = family.load_unlearned(exp, family.prepare(exp, tmp_path / "cache"), checkpoint)
+    for (name, p), (_, q) in zip(merged.named_parameters(), unlearned_model.named_parameters(), strict=True):
+        torch.testing.assert_close(p, q, msg=name)
 
     assert cli("eval", str(spec), "--model", f"original={prep.target_path}", "--out",
                str(tmp_path / "eval"), "--tracking-uri", uri) == 0

@@ -46,6 +46,7 @@ class PlainEngine:
         self.max_grad_norm = method.max_grad_norm
         options = load_options(exp.task.model)
         self.lora = method.lora is not None
+        self.merged_from = _merged_from(method, model_path, torch.float32, options)
         self.model = _adapted(load_model(model_path, torch.float32, device, **options), method)
         if compute.grad_checkpointing:
             _enable_checkpointing(self.model)
@@ -100,7 +101,7 @@ class PlainEngine:
 
     def save(self, out_dir: Path, tokenizer) -> None:
         if self.lora:
-            lora.save_adapter(self.model, out_dir, tokenizer, self.gather, rank=0)
+            lora.save_adapter(self.model, out_dir, tokenizer, self.gather, 0, self.merged_from)
         else:
             save_sharded(self.model, out_dir, tokenizer, self.gather, rank=0, world=1)
 
@@ -126,6 +127,7 @@ class DeepSpeedEngine:
         place = None if compute.zero_stage == 3 else device  # zero.Init placed the partitions
         options = load_options(exp.task.model)
         self.lora = method.lora is not None
+        self.merged_from = _merged_from(method, model_path, dtype, options)
         model = _adapted(load_model(model_path, dtype, place, **options), method)
         if compute.grad_checkpointing:
             _enable_checkpointing(model)
@@ -199,7 +201,9 @@ class DeepSpeedEngine:
 
     def save(self, out_dir: Path, tokenizer) -> None:
         if self.lora:
-            lora.save_adapter(self.model.module, out_dir, tokenizer, self.gather, self.rank)
+            lora.save_adapter(
+                self.model.module, out_dir, tokenizer, self.gather, self.rank, self.merged_from
+            )
             if self.world > 1:
                 dist.barrier()
         else:
@@ -276,6 +280,13 @@ def save_sharded(model: nn.Module, out_dir: Path, tokenizer, gather, rank: int, 
 def _adapted(model: nn.Module, method) -> nn.Module:
     """``model`` with LoRA adapters when ``method.lora`` is set (only they train), else itself."""
     return lora.wrap(model, method.lora) if method.lora is not None else model
+
+
+def _merged_from(method, model_path: Path, dtype: torch.dtype, options: dict):
+    """A loader of the base model on the CPU when the merged LoRA model is to be saved, else None."""
+    if method.lora is None or not method.lora.save_merged:
+        return None
+    return lambda: load_model(model_path, dtype, "cpu", **options)
 
 
 def _trainable(model: nn.Module) -> list[nn.Parameter]:

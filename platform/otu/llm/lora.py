@@ -107,16 +107,21 @@ def load_merged(base: nn.Module, adapter_dir: Path) -> nn.Module:
 
 
 def save_adapter(
-    peft_model: nn.Module, out_dir: Path, tokenizer, gather: Gather, rank: int
+    peft_model: nn.Module, out_dir: Path, tokenizer, gather: Gather, rank: int, merged_from=None
 ) -> None:
     """The adapter (``adapter_config.json`` + weights) and the tokenizer, written by rank 0; the
-    adapter tensors are gathered first (collective under ZeRO-3)."""
+    adapter tensors are gathered first (collective under ZeRO-3). ``merged_from``: a function
+    loading the base model (on the CPU), to also write the merged model to ``out_dir/merged``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     with gather(params):
         if rank == 0:
             peft_model.save_pretrained(out_dir)
             tokenizer.save_pretrained(out_dir)
+    if rank == 0 and merged_from is not None:
+        merged = load_merged(merged_from(), out_dir)
+        merged.save_pretrained(out_dir / "merged")
+        tokenizer.save_pretrained(out_dir / "merged")
 
 
 @dataclass
