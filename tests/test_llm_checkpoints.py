@@ -385,3 +385,87 @@ def test_lora_optout_run_forgets_and_otu_eval_reproduces_the_original_row(chat_p
     assert {"question", "reference", "generation", "prob", "rouge", "truth_ratio"} <= set(rows[0])
     run_rows = (tmp_path / "run" / "generations.jsonl").read_text().splitlines()
     assert {json.loads(line)["model"] for line in run_rows} == {"original", "retrained", "unlearned"}
+
+
+def lora_zero3_worker(rank: int, world: int, port: int, model_dir: str, cache: str, out: str) -> None:
+    """One ZeRO-3 rank: set the adapters (A, B) to fixed values, apply the LoRA regulariser, save
+    the full gradients of the adapters (and their values) from rank 0."""
+    import os
+
+    os.environ.update(
+        {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "DS_ACCELERATOR": "cpu"}
+    )
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    import deepspeed
+    from deepspeed.utils import safe_get_full_grad
+
+    from otu.llm.engine import DeepSpeedEngine
+    from otu.llm.loop import _regulariser
+    from otu.llm.lora import adapted_layers
+
+    raw = tiny_spec(Path(cache), reg_weight=0.5, lora={"r": 3, "alpha": 6, "dropout": 0.0})
+    raw["compute"] = {"workers": world, "zero_stage": 3, "zero3": ZERO3_ALL}
+    exp = parse_experiment(raw)
+    engine = DeepSpeedEngine(exp, Path(model_dir), torch.device("cpu"), needs_ref=True, total_steps=1)
+    layers = adapted_layers(engine.model.module)
+    adapters = [p for layer in layers for p in (layer.a, layer.b)]
+    assert all(hasattr(p, "ds_id") and p.numel() == 0 for p in adapters)  # partitioned
+    with deepspeed.zero.GatheredParameters(adapters, modifier_rank=0):
+        if rank == 0:
+            for i, p in enumerate(adapters):
+                p.data.copy_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
+    ids = torch.arange(12).reshape(2, 6)
+    engine.backward(0.0 * engine.model(input_ids=ids, labels=ids).loss)
+    value = _regulariser(exp, engine).apply(step=0)
+    grads = [safe_get_full_grad(p).clone() for p in adapters]
+    with deepspeed.zero.GatheredParameters(adapters):
+        values = [p.data.clone() for p in adapters]
+    if rank == 0:
+        scales = [layer.scale for layer in layers]
+        torch.save({"value": value, "grads": grads, "values": values, "scales": scales}, Path(out) / "lora.pt")
+    torch.distributed.destroy_process_group()
+
+
+ZERO3_ALL = {"param_persistence_threshold": 0, "max_live_parameters": 100_000, "prefetch_bucket_size": 100_000}
+
+
+def test_lora_regulariser_under_zero3_two_workers_equals_the_full_weight_closed_form(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from otu.llm.regulariser import projection_seed
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=32,
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "theta0")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(
+        lora_zero3_worker,
+        args=(2, port, str(tmp_path / "theta0"), str(tmp_path / "cache"), str(tmp_path)),
+        nprocs=2,
+        start_method="spawn",
+    )
+    got = torch.load(tmp_path / "lora.pt")
+    theta0 = LlamaForCausalLM.from_pretrained(tmp_path / "theta0")
+    targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    bases = [m.weight.detach() for n, m in theta0.named_modules() if n.endswith(targets)]
+    assert len(bases) == len(got["scales"]) == 14
+    total = 0.0
+    for i, (w0, scale) in enumerate(zip(bases, got["scales"], strict=True)):
+        a, b = got["values"][2 * i], got["values"][2 * i + 1]
+        u = random_projections(w0.shape[1], 100, projection_seed(0, 0, i))
+        value, grad_w = sw_regulariser(w0 + scale * b @ a, w0, u)  # full weight W₀ + sBA
+        total += value.item()
+        torch.testing.assert_close(got["grads"][2 * i], 0.5 * scale * b.T @ grad_w, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(got["grads"][2 * i + 1], 0.5 * scale * grad_w @ a.T, rtol=1e-4, atol=1e-6)
+    assert total > 0 and got["value"] == pytest.approx(total, rel=1e-5)
