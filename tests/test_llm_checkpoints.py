@@ -432,6 +432,7 @@ def lora_zero3_worker(rank: int, world: int, port: int, model_dir: str, cache: s
 ZERO3_ALL = {"param_persistence_threshold": 0, "max_live_parameters": 100_000, "prefetch_bucket_size": 100_000}
 
 
+@pytest.mark.slow  # two DeepSpeed processes: minutes on a loaded 2-core machine
 def test_lora_regulariser_under_zero3_two_workers_equals_the_full_weight_closed_form(tmp_path):
     import socket
 
