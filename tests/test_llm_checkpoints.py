@@ -340,6 +340,7 @@ def cli(*args: str) -> int:
     return main([*args])
 
 
+@pytest.mark.slow  # fine-tunes the tiny chat models, then otu run + otu eval: ~90 s
 def test_lora_optout_run_forgets_and_otu_eval_reproduces_the_original_row(chat_prepared, tmp_path):
     """``otu run`` of LoRA OPT-OUT on the saved chat model (``task.model.path``), then ``otu eval``
     of the same checkpoint: its metrics are the run's ``original`` row."""
@@ -470,3 +471,57 @@ def test_lora_regulariser_under_zero3_two_workers_equals_the_full_weight_closed_
         torch.testing.assert_close(got["grads"][2 * i], 0.5 * scale * b.T @ grad_w, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(got["grads"][2 * i + 1], 0.5 * scale * grad_w @ a.T, rtol=1e-4, atol=1e-6)
     assert total > 0 and got["value"] == pytest.approx(total, rel=1e-5)
+
+
+# ---------------------------------------------------------------- lm-evaluation-harness
+
+
+@pytest.mark.slow  # importing lm-eval alone takes tens of seconds
+def test_lm_eval_custom_task_over_a_local_file_matches_hand_computed_accuracy(tmp_path):
+    pytest.importorskip("lm_eval")
+    rows = [
+        {"question": f"who is Ada {i}?", "choices": ["Ada is a poet.", "a", "Who wrote"], "label": i % 3}
+        for i in range(6)
+    ]
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "otu_local.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "task": "otu_local",
+                "dataset_path": "json",
+                "dataset_kwargs": {"data_files": {"test": str(tmp_path / "qa.jsonl")}},
+                "test_split": "test",
+                "output_type": "multiple_choice",
+                "doc_to_text": "Question: {{question}}\nAnswer:",
+                "doc_to_choice": "{{choices}}",
+                "doc_to_target": "label",
+                "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+            }
+        )
+    )
+    tok = small_tokenizer(chat=False)
+    path = save_model(tmp_path / "plain", tok)
+    raw = path_spec(tmp_path, str(path))
+    raw["eval"]["lm_eval"] = {"tasks": ["otu_local"], "include_path": str(tmp_path / "tasks")}
+    exp = parse_experiment(raw)
+    prep = family.prepare(exp, tmp_path / "cache")
+    model = prep.model("original")
+    metrics = family.evaluate(exp, prep, model)
+
+    def loglik(context: str, continuation: str) -> float:  # lm-eval's split of context + continuation
+        whole = tok(context + continuation, add_special_tokens=False)["input_ids"]
+        ctx = tok(context, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([whole])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+        return sum(logp[i - 1, whole[i]].item() for i in range(len(ctx), len(whole)))
+
+    hits = [
+        max(range(3), key=lambda k, r=r: loglik(f"Question: {r['question']}\nAnswer:", " " + r["choices"][k]))
+        == r["label"]
+        for r in rows
+    ]
+    assert metrics["lm_eval/otu_local/acc"] == pytest.approx(sum(hits) / len(hits))
+    raw["eval"]["lm_eval"]["include_path"] = str(tmp_path / "nowhere")
+    assert one_line_error(raw).startswith("eval.lm_eval.include_path: not a directory")

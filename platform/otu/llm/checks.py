@@ -25,6 +25,8 @@ def check_experiment(exp: Experiment) -> None:
         check_causal_lm(
             checkpoint_files(model.retain_path, None, "model.retain_path"), "model.retain_path"
         )
+    if exp.eval.lm_eval is not None:
+        check_lm_eval(exp.eval.lm_eval)
     if exp.method.lora is not None:
         from otu.llm.lora import check_targets
 
@@ -35,6 +37,17 @@ def check_experiment(exp: Experiment) -> None:
             "task.data.world: the data has no world training set (TOFU ships none); give a QA or "
             "instruction file, or set method.world_weight: 0"
         )
+
+
+def check_lm_eval(spec) -> None:
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise SpecError(
+            "eval.lm_eval: lm-evaluation-harness is not installed (pip install 'otu[lm-eval]')"
+        ) from None
+    if spec.include_path is not None and not Path(spec.include_path).is_dir():
+        raise SpecError(f"eval.lm_eval.include_path: not a directory: {spec.include_path}")
 
 
 def checkpoint_files(path: str, revision: str | None, field: str) -> Path:

@@ -211,7 +211,13 @@ def unlearn(
 def evaluate(exp: Experiment, prepared: Prepared, model: nn.Module) -> dict[str, float]:
     stats = prepared.stats(model, exp.eval)
     oracle = prepared.stats(prepared.model("retrained"), exp.eval) if prepared.oracle_path else None
-    return evaluation.metrics(stats, oracle)
+    metrics = evaluation.metrics(stats, oracle)
+    if exp.eval.lm_eval is not None:
+        from otu.llm.harness import lm_eval_metrics
+
+        max_length = exp.task.data.max_length
+        metrics |= lm_eval_metrics(model, prepared.tokenizer(), exp.eval.lm_eval, max_length)
+    return metrics
 
 
 def plots(

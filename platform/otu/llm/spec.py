@@ -215,12 +215,25 @@ class LLMModel(Section):
         return self
 
 
+class LmEval(Section):
+    """lm-evaluation-harness tasks run on every evaluated model (needs ``otu[lm-eval]``)."""
+
+    tasks: list[str] = Field(min_length=1, description="lm-eval task names, e.g. [mmlu, arc_easy]")
+    include_path: str | None = None
+    """A directory of custom task YAMLs (e.g. over a local file)."""
+    num_fewshot: int | None = Field(None, ge=0)
+    limit: int | None = Field(None, ge=1, description="items per task (None: all)")
+    batch_size: int = Field(8, ge=1)
+
+
 class LLMEval(Section):
     max_new_tokens: int = Field(32, ge=1, description="greedy generation length for ROUGE")
     batch_size: int = Field(16, ge=1)
     mink_fraction: float = Field(0.4, gt=0, le=1, description="k of Min-K% / Min-K%++ MIAs")
     max_items: int | None = Field(None, ge=1, description="cap on items per split (None: all)")
     plots: bool = True
+    lm_eval: LmEval | None = None
+    """General benchmarks; their numbers join the metrics as ``lm_eval/<task>/<metric>``."""
 
 
 class Lora(Section):
