@@ -372,20 +372,34 @@ def test_lora_optout_run_forgets_and_otu_eval_reproduces_the_original_row(chat_p
     for (name, p), (_, q) in zip(merged.named_parameters(), unlearned_model.named_parameters(), strict=True):
         torch.testing.assert_close(p, q, msg=name)
 
-    assert cli("eval", str(spec), "--model", f"original={prep.target_path}", "--out",
-               str(tmp_path / "eval"), "--tracking-uri", uri) == 0
-    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())["original"]
+    assert cli("eval", str(spec), "--model", f"original={prep.target_path}", "--model",
+               f"unlearned={checkpoint}", "--out", str(tmp_path / "eval"), "--tracking-uri", uri) == 0
+    both = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    evaluated = both["original"]
     assert set(evaluated) == set(original)
     for key, value in original.items():
         assert evaluated[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+    for key, value in unlearned.items():  # the adapter directory, merged into the target
+        assert both["unlearned"][key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
 
     rows = [json.loads(line) for line in (tmp_path / "eval" / "generations.jsonl").read_text().splitlines()]
     assert {r["split"] for r in rows} == {"forget", "retain", "world"}
-    forget_rows = [r for r in rows if r["split"] == "forget"]
+    forget_rows = [r for r in rows if r["split"] == "forget" and r["model"] == "original"]
     assert math.isclose(sum(r["rouge"] for r in forget_rows) / len(forget_rows), evaluated["forget_rouge"])
     assert {"question", "reference", "generation", "prob", "rouge", "truth_ratio"} <= set(rows[0])
     run_rows = (tmp_path / "run" / "generations.jsonl").read_text().splitlines()
     assert {json.loads(line)["model"] for line in run_rows} == {"original", "retrained", "unlearned"}
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("otu").experiment_id])
+    by_kind = {r.data.tags["otu.kind"]: r for r in runs}
+    assert by_kind["run"].data.tags["otu.checkpoint"] == str(checkpoint.resolve())
+    for kind in ("run", "eval"):
+        logged = {a.path for a in client.list_artifacts(by_kind[kind].info.run_id)}
+        assert {"metrics.json", "generations.jsonl"} <= logged
+    assert by_kind["eval"].data.metrics["original/forget_rouge"] == pytest.approx(original["forget_rouge"])
 
 
 def lora_zero3_worker(rank: int, world: int, port: int, model_dir: str, cache: str, out: str) -> None:

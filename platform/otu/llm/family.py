@@ -245,5 +245,6 @@ def outputs(
 
 def load_checkpoint(exp: Experiment, prepared: Prepared, path: str) -> nn.Module:
     """A checkpoint to evaluate (``otu eval --model``): a local directory or a hub id, loaded like
-    the target model (``task.model`` options, evaluation precision)."""
-    return prepared.load(resolve_checkpoint(path, None, "--model"))
+    the target model (``task.model`` options, evaluation precision); a LoRA adapter directory is
+    merged into the target model."""
+    return load_unlearned(exp, prepared, resolve_checkpoint(path, None, "--model"))
