@@ -4,9 +4,10 @@ Runs the family's real per-rank loop (:func:`otu.llm.loop.run_worker`, one proce
 initialised Llama (see ``bench_optout_step.py``), OPT-OUT in one optimizer step (``alternate: false``,
 fixed projections so that sort(W₀U) is cached in both), once on all weights and once with LoRA
 adapters (rank ``--rank``) on every attention and MLP projection. It prints the mean step time, the
-SW time and its share, and the peak extra resident memory of building the training engine with θ₀
-(a frozen copy without LoRA; the same model with adapters disabled with LoRA) over building it
-without θ₀.
+SW time and its share, and the parameter memory the engine holds for θ₀ (the NPO reference and the
+regulariser's anchor): a frozen copy without LoRA, the same weights with the adapters disabled with
+LoRA — counted as bytes of tensor storage not shared with the trained model (resident-set sizes do
+not tell, since ``from_pretrained`` memory-maps the checkpoint) — beside the adapters' own bytes.
 
     python benchmarks/bench_lora_step.py --size small --rank 16
 """
@@ -21,7 +22,6 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from _harness import peak_extra_mib
 from bench_optout_step import SIZES, build_checkpoint, experiment, run
 
 from otu.llm.engine import PlainEngine
@@ -34,15 +34,17 @@ def with_lora(exp, rank: int | None, resample: bool):
     return exp.with_overrides(changes)
 
 
-def reference_mib(exp, model_dir: Path) -> float:
-    """Peak extra memory of an engine with θ₀ minus that of one without (MiB)."""
-    sizes = {}
-    for needs_ref in (False, True):
-        sizes[needs_ref], engine = peak_extra_mib(
-            lambda needs_ref=needs_ref: PlainEngine(exp, model_dir, torch.device("cpu"), needs_ref, 1)
-        )
-        del engine
-    return sizes[True] - sizes[False]
+def _storages(module: torch.nn.Module) -> dict[int, int]:
+    return {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in module.parameters()}
+
+
+def memory_mib(exp, model_dir: Path) -> tuple[float, float]:
+    """(θ₀ bytes not shared with the trained model, trainable bytes) of an engine, in MiB."""
+    engine = PlainEngine(exp, model_dir, torch.device("cpu"), needs_ref=True, total_steps=1)
+    trained = _storages(engine.model)
+    ref = {k: v for k, v in _storages(engine.ref).items() if k not in trained}
+    trainable = sum(p.numel() * p.element_size() for p in engine.model.parameters() if p.requires_grad)
+    return sum(ref.values()) / 2**20, trainable / 2**20
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.size} · batch {args.batch_size} · L={args.projections} · fixed projections · "
         f"mean of steps {args.warmup}..{args.steps - 1}"
     )
-    print("| weights | step (s) | SW (s) | SW share of step | θ₀ extra memory (MiB) |")
-    print("|---|---:|---:|---:|---:|")
+    print("| weights | step (s) | SW (s) | SW share of step | θ₀ copy (MiB) | trained (MiB) |")
+    print("|---|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory(prefix="bench-lora-") as tmp:
         work = Path(tmp)
         base = experiment("optout", args, work)
@@ -71,16 +73,17 @@ def main(argv: list[str] | None = None) -> int:
         for label, rank in (("full", None), (f"LoRA r={args.rank}", args.rank)):
             exp = with_lora(base, rank, resample=False)
             timing = run(exp, work / "model", work, args.warmup)
-            rows[label] = (timing, reference_mib(exp, work / "model"))
+            ref_mib, trained_mib = memory_mib(exp, work / "model")
+            rows[label] = (timing, ref_mib)
             print(
                 f"| {label} | {timing['step_s']:.3f} | {timing['reg_s']:.4f} | "
-                f"{timing['reg_s'] / timing['step_s']:.1%} | {rows[label][1]:.1f} |",
+                f"{timing['reg_s'] / timing['step_s']:.1%} | {ref_mib:.1f} | {trained_mib:.1f} |",
                 flush=True,
             )
     (full, full_mib), (lora, lora_mib) = rows.values()
     print(
         f"\n{params / 1e6:.1f} M parameters · SW time LoRA / full: {lora['reg_s'] / full['reg_s']:.3f} · "
-        f"θ₀ memory LoRA / full: {lora_mib / full_mib:.3f}"
+        f"θ₀ copy LoRA / full: {lora_mib / full_mib:.3f}"
     )
     return 0
 
