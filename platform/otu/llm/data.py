@@ -408,7 +408,12 @@ def read_split(
             data = load_from_disk(str(path))
         except (FileNotFoundError, ValueError) as err:
             raise DataError(f"{field}: {path} is not a datasets directory: {err}") from None
-        if isinstance(data, Dataset):
+        if isinstance(data, Dataset):  # TOFU configurations may be saved split-less
+            if config is None:  # ELUDe: training and evaluation items must not mix
+                raise DataError(
+                    f"{split_field}: {path} holds one Dataset without splits; save a DatasetDict "
+                    f"with the split {split!r}"
+                )
             return list(data)
     else:
         try:
