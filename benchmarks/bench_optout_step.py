@@ -96,8 +96,7 @@ def run(exp, model_dir: Path, work: Path, warmup: int) -> dict[str, float]:
         splits=splits,
         target_path=model_dir,
         oracle_path=None,
-        prompt=exp.task.data.prompt,
-        max_length=exp.task.data.max_length,
+        data=exp.task.data,
         device=resolve_device(exp.compute.device),
         dtype=torch_dtype(exp.compute.precision),
     )

@@ -120,12 +120,15 @@ def test_records_load_alike_from_jsonl_parquet_and_hf_directory(tmp_path):
 
     first = splits(files["records"])
     assert [r.entity for r in first["forget"]] == [target] * 8
-    assert {r.entity for r in first["retain"]} == set(meta["neighbours"][target])
+    assert {r.entity for r in first["retain"] + first["retain_eval"]} == set(
+        meta["neighbours"][target]
+    )
+    assert not set(first["retain"]) & set(first["retain_eval"])  # evaluation items never trained
     assert {r.entity for r in first["holdout"]} == {
         meta["targets"][0],
         *meta["neighbours"][meta["targets"][0]],
     }
-    assert len(first["world"]) == 5
+    assert len(first["world"]) + len(first["world_eval"]) == 5 and len(first["world_eval"]) == 1
     assert splits(tmp_path / "records.parquet") == first
     assert splits(tmp_path / "hf") == first
 
@@ -148,9 +151,9 @@ def test_elude_layout_with_a_separate_retain_file(tmp_path):
     )
     splits = load_splits(data, 0)
     assert {r.entity for r in splits["forget"]} == {target}
-    assert [r.question for r in splits["retain"]] == [
+    assert sorted(r.question for r in splits["retain"] + splits["retain_eval"]) == sorted(
         r["question"] for r in retain_qa if r["entity"] == target
-    ]
+    )
     assert {r.entity for r in splits["holdout"]} == {r["entity"] for r in forget_qa} - {target}
 
 
@@ -369,6 +372,8 @@ def test_optout_forgets_the_target_and_keeps_the_neighbours(prepared, tmp_path):
     assert steps[0][1]["reg"] < steps[-1][1]["reg"]  # θ moved away from θ₀
     assert unlearned["forget_rouge"] <= original["forget_rouge"] - 0.4
     assert unlearned["forget_rouge"] <= oracle["forget_rouge"] + 0.15
-    assert unlearned["retain_rouge"] >= original["retain_rouge"] - 0.05
-    assert unlearned["world_rouge"] >= original["world_rouge"] - 0.05
+    # retain / world metrics are on items held out from the retain term (3 and 2 here), which the
+    # tiny model only memorised: one item losing half its ROUGE moves the mean by 0.17 / 0.25
+    assert unlearned["retain_rouge"] >= original["retain_rouge"] - 0.2
+    assert unlearned["world_rouge"] >= original["world_rouge"] - 0.5
     assert set(unlearned) == set(SPEC.metrics)

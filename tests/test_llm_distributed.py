@@ -214,7 +214,10 @@ def test_ray_train_zero3_first_steps_equal_single_process(ray_local, llm_cache, 
     bound = 2 * single.method.lr * 6  # 3 steps × 2 alternating updates
     for (name, p), q in zip(model.named_parameters(), ref_model.parameters(), strict=True):
         diff = (p - q).abs()
-        assert diff.max() <= bound and (diff > 1e-5).float().mean() < 0.02, name
+        # embedding rows of tokens in no batch get only the regulariser's near-zero gradient: most
+        # of them move by ±lr on rounding noise (with prompts that insert no space, ~19 % here)
+        share = 0.25 if name.endswith("embed_tokens.weight") else 0.02
+        assert diff.max() <= bound and (diff > 1e-5).float().mean() < share, name
     shards = sorted(p.name for p in (tmp_path / "run" / "checkpoint").glob("*.safetensors"))
     assert shards == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
     metrics = family.evaluate(distributed, prepared, model)

@@ -26,7 +26,7 @@ from rich.text import Text
 
 from otu.errors import OtuError, RunFailed, SpecError
 from otu.paths import resolve_paths
-from otu.registry import require_extra
+from otu.registry import known_families, require_extra
 from otu.spec import (
     apply_overrides,
     is_sweep,
@@ -115,7 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster to attach to, host:port or ray://host:10001 "
                    "(default: $RAY_ADDRESS, else start an embedded local Ray when the run needs one)")
     p.add_argument("--quiet", action="store_true", help="no progress display (for CI logs)")
+    p.add_argument("--log-checkpoint", action="store_true",
+                   help="also log the unlearned model's weights to MLflow (default: its path only)")
     p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("eval", help="evaluate checkpoints with the family's metrics (no unlearning)")
+    p.add_argument("spec", type=Path)
+    p.add_argument("--model", dest="models", action="append", default=[], metavar="[NAME=]PATH",
+                   help="checkpoint directory or hub id (repeatable; default: the spec's reference models)")
+    common(p)
+    p.set_defaults(handler=cmd_eval)
 
     p = sub.add_parser("sweep", help="run a hyperparameter sweep with Ray Tune")
     p.add_argument("spec", type=Path, nargs="?", help="sweep spec (omit with --resume)")
@@ -200,7 +209,13 @@ def _run(args: argparse.Namespace, exp, uri: str, out_dir: Path) -> None:
             prefix = "" if model == "unlearned" else f"{model}/"
             tracker.log_metrics(run_id, {f"{prefix}{k}": v for k, v in metrics.items()})
         tracker.log_metrics(run_id, result.timings)
-        tracker.log_artifacts(run_id, [out_dir / "metrics.json", out_dir / "spec.yaml", out_dir / "plots"])
+        tracker.log_artifacts(run_id, [out_dir / "metrics.json", out_dir / "spec.yaml", out_dir / "plots",
+                                       out_dir / "generations.jsonl"])
+        checkpoint = out_dir / "checkpoint"
+        if checkpoint.is_dir():
+            tracker.set_tags(run_id, {"otu.checkpoint": str(checkpoint.resolve())})
+            if args.log_checkpoint:
+                tracker.log_artifacts(run_id, [checkpoint], subdir="checkpoint")
         status = "FINISHED"
     except OtuError:
         discard = True  # a user error found late (bad data): nothing of the run is kept
@@ -214,6 +229,37 @@ def _run(args: argparse.Namespace, exp, uri: str, out_dir: Path) -> None:
             tracker.client.delete_run(run_id)
     print_metrics(result.metrics, title=f"{exp.name} ({exp.method.name})")  # type: ignore[attr-defined]
     console.print(f"MLflow run {run_id}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from otu.registry import family_spec
+    from otu.runtime.checkpoints import evaluate_checkpoints, model_names
+    from otu.tracking.mlflow_store import Tracker, flatten, resolve_tracking_uri
+
+    raw = load_yaml(args.spec)
+    family = raw.get("task", {}).get("family") if isinstance(raw.get("task"), dict) else None
+    if "method" not in raw and family in known_families():  # the method section is not used
+        raw["method"] = {"name": next(iter(family_spec(family).methods))}
+    apply_overrides(raw, args.overrides)
+    exp = parse_experiment(raw)
+    checkpoints = model_names(args.models)
+    uri = resolve_tracking_uri(args.tracking_uri, exp.tracking.uri)
+    out_dir = _fresh_out_dir(args.out, f"{exp.name}-eval")
+    tracker = Tracker(uri, exp.tracking.experiment)
+    run_id = tracker.start_run(f"{exp.name}-eval", tags={"otu.kind": "eval", "otu.spec_hash": exp.hash})
+    tracker.log_params(run_id, flatten({**exp.to_dict(), "models": checkpoints}))
+    status = "FAILED"
+    try:
+        with _guard_output(out_dir), console.status("starting") as spinner:
+            metrics = evaluate_checkpoints(exp, out_dir, checkpoints, phase=lambda s: spinner.update(s))
+        for model, values in metrics.items():
+            tracker.log_metrics(run_id, {f"{model}/{k}": v for k, v in values.items()})
+        tracker.log_artifacts(run_id, [out_dir / "metrics.json", out_dir / "spec.yaml", out_dir / "generations.jsonl"])
+        status = "FINISHED"
+    finally:
+        tracker.end_run(run_id, status)
+    print_metrics(metrics, title=f"{exp.name} (evaluation)")
+    console.print(f"results: {out_dir}  ·  MLflow run {run_id} at {uri}")
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:

@@ -31,7 +31,7 @@ FAMILIES: dict[str, str] = {
 }
 
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "llm": ("transformers", "tokenizers", "datasets", "deepspeed", "rouge_score"),
+    "llm": ("transformers", "tokenizers", "datasets", "deepspeed", "rouge_score", "peft"),
 }
 """Family → the modules of its pip extra (``otu[<family>]``); families not listed need none."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from otu.errors import SpecError
@@ -10,16 +11,96 @@ from otu.llm.data import load_splits
 from otu.spec import Experiment
 
 CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def check_experiment(exp: Experiment) -> None:
     check_compute(exp)
     model = exp.task.model
     if model.path is not None:
-        check_causal_lm(Path(model.path), "model.path")
+        path = checkpoint_files(model.path, model.revision, "model.path")
+        check_causal_lm(path, "model.path")
+        check_prompts(exp, path)
     if model.retain_path is not None:
-        check_causal_lm(Path(model.retain_path), "model.retain_path")
-    load_splits(exp.task.data, exp.seed)
+        check_causal_lm(
+            checkpoint_files(model.retain_path, None, "model.retain_path"), "model.retain_path"
+        )
+    if exp.eval.lm_eval is not None:
+        check_lm_eval(exp.eval.lm_eval)
+    if exp.method.lora is not None:
+        from otu.llm.lora import check_targets
+
+        check_targets(meta_model(exp), exp.method.lora)
+    splits = load_splits(exp.task.data, exp.seed)
+    if not splits["world"] and getattr(exp.method, "world_weight", 0):
+        raise SpecError(
+            "task.data.world: the data has no world training set (TOFU ships none); give a QA or "
+            "instruction file, or set method.world_weight: 0"
+        )
+
+
+def check_lm_eval(spec) -> None:
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise SpecError(
+            "eval.lm_eval: lm-evaluation-harness is not installed (pip install 'otu[lm-eval]')"
+        ) from None
+    if spec.include_path is not None and not Path(spec.include_path).is_dir():
+        raise SpecError(f"eval.lm_eval.include_path: not a directory: {spec.include_path}")
+
+
+def checkpoint_files(path: str, revision: str | None, field: str) -> Path:
+    """A local directory, or the directory of a hub id's config and tokenizer files (fetched, or
+    from the HF cache offline) — the weights are downloaded only when the run prepares."""
+    local = Path(path).expanduser()
+    if local.is_dir() or not HUB_ID.fullmatch(path):
+        return local
+    from huggingface_hub import hf_hub_download
+
+    try:
+        config = Path(hf_hub_download(path, "config.json", revision=revision))
+    except Exception as err:  # offline and not cached, unknown id, gated repo, bad revision
+        cause = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise SpecError(
+            f"task.{field}: {path!r} is not a local directory, and the hub id could not be fetched "
+            f"or found in the HF cache (revision {revision or 'main'}): {type(err).__name__}: {cause}"
+        ) from None
+    for name in ("tokenizer_config.json", "tokenizer.json"):
+        try:
+            hf_hub_download(path, name, revision=revision)
+        except Exception:  # tokenizers ship either file; check_causal_lm wants one of them
+            continue
+    return config.parent
+
+
+def meta_model(exp: Experiment):
+    """The model's module structure, weightless (meta device): for checks of module names."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+
+    spec = exp.task.model
+    if spec.tiny is not None:
+        t = spec.tiny
+        config = LlamaConfig(
+            vocab_size=t.vocab,
+            hidden_size=t.hidden,
+            intermediate_size=t.intermediate,
+            num_hidden_layers=t.layers,
+            num_attention_heads=t.heads,
+        )
+    else:
+        path = checkpoint_files(spec.path, spec.revision, "model.path")
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=spec.trust_remote_code)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=spec.trust_remote_code)
+
+
+def check_prompts(exp: Experiment, path: Path) -> None:
+    """The tokenizer's chat template (when used) must carry a question and its answer."""
+    from otu.llm.models import encoder_for, load_tokenizer
+
+    encoder_for(load_tokenizer(path, exp.task.model.trust_remote_code), exp.task.data)
 
 
 def check_compute(exp: Experiment) -> None:
@@ -47,7 +128,9 @@ def check_compute(exp: Experiment) -> None:
 def check_causal_lm(path: Path, field: str) -> None:
     """A local HF checkpoint directory whose config names a causal-LM architecture, with a tokenizer."""
     if not path.is_dir():
-        raise SpecError(f"task.{field}: not a directory: {path} (need a local HF checkpoint)")
+        raise SpecError(
+            f"task.{field}: not a directory: {path} (need a local HF checkpoint or a hub id)"
+        )
     config_file = path / "config.json"
     if not config_file.is_file():
         raise SpecError(f"task.{field}: {path} has no config.json (not a HF checkpoint)")

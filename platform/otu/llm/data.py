@@ -1,9 +1,22 @@
-"""ELUDe-format QA records: loading, checking, and the forget / retain / world / holdout splits.
+"""QA records as the field publishes them: loading, checking, and the training / evaluation splits.
 
 A record is one question about one entity with its answer, a paraphrased answer and a list of
-perturbed (false) answers; ``paraphrased_question`` and ``neighbour_of`` are optional. The forget set
-is the target entity's records, the retain set its neighbour entities' records, the world set the
-general-instruction file, and the holdout set (never trained, MIA non-members) the other entities.
+perturbed (false) answers; ``paraphrased_question`` and ``neighbour_of`` are optional, and rows of an
+instruction file (``instruction``/``input``/``output``, e.g. Alpaca-GPT4) become records without
+paraphrased / perturbed answers (no truth ratio). Three layouts (``task.data.layout``):
+
+* ``records``: JSONL/JSON/Parquet files or a one-split ``datasets`` directory; the forget set is the
+  target entity's records, the retain set its neighbours' (``neighbour_of`` or a ``retain_records``
+  file), the world set the world file, the holdout set (MIA non-members) the other entities; a
+  seeded ``eval_fraction`` of the retain and world records is held out for evaluation.
+* ``elude``: ELUDe's ``forget_qa`` / ``retain_qa`` (``datasets`` directories or hub ids with
+  train / validation / test splits): training on the train split, evaluation on the eval split.
+* ``tofu``: TOFU's configurations (forget01/05/10, retain90/95/99, the ``*_perturbed`` evaluation
+  sets, real_authors / world_facts); the forget split is the request, so there is no entity.
+
+Training splits are ``forget``, ``retain``, ``world``; evaluation splits ``forget_eval``,
+``retain_eval``, ``world_eval`` and ``holdout`` — retain and world evaluation items are never items
+a retain term trains on.
 """
 
 from __future__ import annotations
@@ -14,19 +27,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from otu.errors import DataError, SpecError
 
 REQUIRED = ("entity", "question", "answer", "paraphrased_answer", "perturbed_answer")
 WORLD_REQUIRED = REQUIRED[1:]
-SPLITS = ("forget", "retain", "world", "holdout")
+QA = ("question", "answer")
+TRAIN = ("forget", "retain", "world")
+EVAL = {"forget": "forget_eval", "retain": "retain_eval", "world": "world_eval"}
 
 
 @dataclass(frozen=True)
 class Record:
     question: str
     answer: str
-    paraphrased_answer: str
-    perturbed_answer: tuple[str, ...]
+    paraphrased_answer: str = ""
+    perturbed_answer: tuple[str, ...] = ()
+    """Empty for items without a truth ratio (instruction data, QA-only training splits)."""
     entity: str | None = None
     paraphrased_question: str | None = None
     neighbour_of: str | None = None
@@ -76,11 +94,18 @@ def _read_hf_dir(path: Path, field: str) -> list[dict[str, Any]]:
 
 
 def parse_records(
-    rows: Sequence[dict[str, Any]], field: str, required: Iterable[str]
+    rows: Sequence[dict[str, Any]],
+    field: str,
+    required: Iterable[str],
+    names: dict[str, str] | None = None,
 ) -> list[Record]:
-    """Check required fields and types, row by row, and build :class:`Record` s."""
+    """Check required fields and types, row by row, and build :class:`Record` s; ``names`` maps a
+    record field to its column (``task.data.fields``); a missing paraphrased answer is the answer."""
     if not rows:
         raise DataError(f"{field}: no records (the file is empty)")
+    if names:
+        columns = {v: k for k, v in names.items() if k != v}
+        rows = [{columns.get(k, k): v for k, v in row.items()} for row in rows]
     required = tuple(required)
     missing = [name for name in required if name not in rows[0]]
     if missing:
@@ -106,12 +131,13 @@ def parse_records(
                 raise DataError(
                     f"{field}: record {i}: {name} must be a non-empty string (got {value!r})"
                 )
+        perturbed = row.get("perturbed_answer")
         out.append(
             Record(
                 question=row["question"],
                 answer=row["answer"],
-                paraphrased_answer=row["paraphrased_answer"],
-                perturbed_answer=tuple(row["perturbed_answer"]),
+                paraphrased_answer=_optional(row.get("paraphrased_answer")) or row["answer"],
+                perturbed_answer=tuple(perturbed) if _is_list(perturbed) else (),
                 entity=_optional(row.get("entity")),
                 paraphrased_question=_optional(row.get("paraphrased_question")),
                 neighbour_of=_optional(row.get("neighbour_of")),
@@ -216,6 +242,12 @@ def _check_entities(
         raise SpecError(f"{field}: contains the target entity {target!r}")
 
 
+def all_records(splits: Splits, names: Iterable[str]) -> list[Record]:
+    """The records of ``names``' training and evaluation splits, each once (what a model should know)."""
+    keys = [k for name in names for k in (name, EVAL[name])]
+    return list(dict.fromkeys(r for k in keys for r in splits[k]))
+
+
 def write_splits(splits: Splits, path: Path) -> None:
     path.write_text(json.dumps({k: [r.to_json() for r in v] for k, v in splits.items()}))
 
@@ -229,7 +261,11 @@ def read_splits(path: Path) -> Splits:
 
 
 def load_splits(data: Any, seed: int) -> Splits:
-    """The four splits named by a ``task.data`` section (:class:`otu.llm.spec.LLMData`)."""
+    """Training and evaluation splits named by a ``task.data`` section (:class:`otu.llm.spec.LLMData`)."""
+    if data.layout == "elude":
+        return _elude_splits(data, seed)
+    if data.layout == "tofu":
+        return _tofu_splits(data, seed)
     if data.synthetic:
         from otu.llm.synthetic import generate_entities
 
@@ -242,15 +278,190 @@ def load_splits(data: Any, seed: int) -> Splits:
         source = "the synthetic entity set"
         retain_records = None
     else:
-        records = _read(data.records, "task.data.records", REQUIRED)
-        world = _read(data.world, "task.data.world", WORLD_REQUIRED)
-        retain_records = _read(data.retain_records, "task.data.retain_records", REQUIRED)
+        records = _read(data.records, "task.data.records", REQUIRED, data.fields)
+        world = _read_world(data, "task.data.world")
+        retain_records = _read(
+            data.retain_records, "task.data.retain_records", REQUIRED, data.fields
+        )
         target = data.target
         source = data.records
-    return make_splits(
+    splits = make_splits(
         records, world, target, data.neighbours, data.holdout, source, retain_records
+    )
+    retain, retain_eval = hold_out(splits["retain"], data.eval_fraction, seed, "task.data.retain")
+    world, world_eval = hold_out(splits["world"], data.eval_fraction, seed + 1, "task.data.world")
+    return {
+        "forget": splits["forget"],
+        "retain": retain,
+        "world": world,
+        "forget_eval": splits["forget"],
+        "retain_eval": retain_eval,
+        "world_eval": world_eval,
+        "holdout": splits["holdout"],
+    }
+
+
+def hold_out(
+    records: Sequence[Record], fraction: float, seed: int, field: str
+) -> tuple[list[Record], list[Record]]:
+    """A seeded split into (training, held-out) records, ``fraction`` held out (≥ 1 of each)."""
+    if len(records) < 2:
+        raise DataError(
+            f"{field}: {len(records)} record(s); need at least 2 to hold some out for evaluation"
+        )
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_eval = min(len(records) - 1, max(1, round(fraction * len(records))))
+    held = set(order[:n_eval])
+    return (
+        [r for i, r in enumerate(records) if i not in held],
+        [r for i, r in enumerate(records) if i in held],
     )
 
 
-def _read(path: str | None, field: str, required: Sequence[str]) -> list[Record] | None:
-    return None if path is None else parse_records(read_rows(Path(path), field), field, required)
+def _elude_splits(data: Any, seed: int) -> Splits:
+    """ELUDe: the target's forget_qa / retain_qa rows (train split to train, eval split to evaluate),
+    the other entities' eval-split forget_qa rows as holdout, the world file split by ``eval_fraction``."""
+    names = data.elude_splits
+    fields = data.fields
+
+    def rows(source: str, key: str, split_key: str) -> list[Record]:
+        split = getattr(names, split_key)
+        raw = read_split(
+            source, None, split, f"task.data.{key}", f"task.data.elude_splits.{split_key}"
+        )
+        return parse_records(raw, f"task.data.{key}", REQUIRED, fields)
+
+    forget_train, forget_eval = (
+        rows(data.records, "records", "train"),
+        rows(data.records, "records", "eval"),
+    )
+    retain_train = rows(data.retain_records, "retain_records", "train")
+    retain_eval = rows(data.retain_records, "retain_records", "eval")
+    world, world_eval = hold_out(
+        _read_world(data, "task.data.world"), data.eval_fraction, seed, "task.data.world"
+    )
+    train = make_splits(
+        forget_train, world, data.target, "auto", "auto", data.records, retain_train
+    )
+    held = make_splits(
+        forget_eval, world, data.target, "auto", data.holdout, data.records, retain_eval
+    )
+    return {
+        "forget": train["forget"],
+        "retain": train["retain"],
+        "world": world,
+        "forget_eval": held["forget"],
+        "retain_eval": held["retain"],
+        "world_eval": world_eval,
+        "holdout": held["holdout"],
+    }
+
+
+def _tofu_splits(data: Any, seed: int) -> Splits:
+    """TOFU: forget on ``forgetNN``, retain on ``retain{100-NN}`` minus the items of
+    ``retain_perturbed`` (evaluated), world training from ``task.data.world`` (none without it),
+    world evaluation on real_authors + world_facts, MIA non-members from ``holdoutNN``."""
+    tofu, fields = data.tofu, data.fields
+
+    def config(key: str, required: Sequence[str] = QA) -> list[Record]:
+        name = getattr(tofu, key)
+        raw = read_split(
+            data.records, name, tofu.split, "task.data.records", f"task.data.tofu.{key}"
+        )
+        return parse_records(raw, f"task.data.tofu.{key} ({name})", required, fields)
+
+    retain_eval = config("retain_eval", WORLD_REQUIRED)
+    evaluated = {r.question for r in retain_eval}
+    retain = [r for r in config("retain") if r.question not in evaluated]
+    world = _read_world(data, "task.data.world") or []
+    return {
+        "forget": config("forget"),
+        "retain": retain,
+        "world": world,
+        "forget_eval": config("forget_eval", WORLD_REQUIRED),
+        "retain_eval": retain_eval,
+        "world_eval": [
+            r
+            for key in ("real_authors", "world_facts")
+            for r in config(key, ("question", "answer", "perturbed_answer"))
+        ],
+        "holdout": config("holdout"),
+    }
+
+
+def read_split(
+    source: str, config: str | None, split: str, field: str, split_field: str
+) -> list[dict[str, Any]]:
+    """Rows of ``split`` of a ``datasets`` source: a local directory saved with ``save_to_disk``
+    (with ``config``: its sub-directory ``config``) or a hub id (``load_dataset(source, config)``)."""
+    from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+    local = Path(source).expanduser()
+    if local.is_dir():
+        path = local / config if config else local
+        if not path.is_dir():
+            raise DataError(
+                f"{split_field}: {local} has no {config!r} directory (configs there: "
+                f"{sorted(p.name for p in local.iterdir() if p.is_dir())})"
+            )
+        try:
+            data = load_from_disk(str(path))
+        except (FileNotFoundError, ValueError) as err:
+            raise DataError(f"{field}: {path} is not a datasets directory: {err}") from None
+        if isinstance(data, Dataset):  # TOFU configurations may be saved split-less
+            if config is None:  # ELUDe: training and evaluation items must not mix
+                raise DataError(
+                    f"{split_field}: {path} holds one Dataset without splits; save a DatasetDict "
+                    f"with the split {split!r}"
+                )
+            return list(data)
+    else:
+        try:
+            data = load_dataset(source, config)
+        except Exception as err:  # offline, unknown id or config: one cause for the user
+            raise DataError(
+                f"{field}: {source!r} (config {config}) is neither a local directory nor a hub "
+                f"dataset that can be loaded: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            ) from None
+    assert isinstance(data, DatasetDict)
+    if split not in data:
+        raise DataError(
+            f"{split_field}: split {split!r} is not in {source}{'/' + config if config else ''} "
+            f"(splits there: {sorted(data)})"
+        )
+    return list(data[split])
+
+
+def _read_world(data: Any, field: str) -> list[Record] | None:
+    """The world file: QA records, or an instruction file (instruction / input / output)."""
+    if data.world is None:
+        return None
+    rows = read_rows(Path(data.world), field)
+    names = data.instruction_fields
+    if (
+        rows
+        and names.instruction in rows[0]
+        and data.fields.get("question", "question") not in rows[0]
+    ):
+        return parse_records([_instruction_qa(row, names, field) for row in rows], field, QA)
+    return parse_records(rows, field, WORLD_REQUIRED, data.fields)
+
+
+def _instruction_qa(row: dict[str, Any], names: Any, field: str) -> dict[str, Any]:
+    if names.output not in row:
+        raise DataError(
+            f"{field}: instruction rows lack the {names.output!r} field (task.data.instruction_fields.output)"
+        )
+    context = _optional(row.get(names.input))
+    question = row[names.instruction] + (f"\n\n{context}" if context else "")
+    return {"question": question, "answer": row[names.output]}
+
+
+def _read(
+    path: str | None, field: str, required: Sequence[str], names: dict[str, str] | None = None
+) -> list[Record] | None:
+    return (
+        None
+        if path is None
+        else parse_records(read_rows(Path(path), field), field, required, names)
+    )

@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from otu.llm.models import load_model, torch_dtype
+from otu.llm import lora
+from otu.llm.models import load_model, load_options, torch_dtype
 from otu.llm.regulariser import LocalShards, split_flat
 
 SHARD = "model-{:05d}-of-{:05d}.safetensors"
@@ -46,16 +47,21 @@ class PlainEngine:
         self.device = device
         self.grad_accum = compute.grad_accum
         self.max_grad_norm = method.max_grad_norm
-        self.model = load_model(model_path, torch.float32, device).train()
+        options = load_options(exp.task.model)
+        self.lora = method.lora is not None
+        self.merged_from = _merged_from(method, model_path, torch.float32, options)
+        self.model = _adapted(load_model(model_path, torch.float32, device, **options), method)
         if compute.grad_checkpointing:
             _enable_checkpointing(self.model)
-        self.ref = (
-            _frozen(load_model(model_path, torch_dtype(compute.precision), device))
-            if needs_ref
-            else None
-        )
+        self.ref = None
+        if needs_ref:  # with LoRA θ₀ is the model with its adapters off
+            self.ref = (
+                lora.Reference(self.model, self.model)
+                if self.lora
+                else _frozen(load_model(model_path, torch_dtype(compute.precision), device, **options))
+            )
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=method.lr, weight_decay=method.weight_decay
+            _trainable(self.model), lr=method.lr, weight_decay=method.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(method.lr_schedule, total_steps)
@@ -98,7 +104,10 @@ class PlainEngine:
         return values
 
     def save(self, out_dir: Path, tokenizer) -> None:
-        save_sharded(self.model, out_dir, tokenizer, self.gather, rank=0, world=1)
+        if self.lora:
+            lora.save_adapter(self.model, out_dir, tokenizer, self.gather, 0, self.merged_from)
+        else:
+            save_sharded(self.model, out_dir, tokenizer, self.gather, rank=0, world=1)
 
 
 class DeepSpeedEngine:
@@ -120,11 +129,14 @@ class DeepSpeedEngine:
         # must live while models load so that from_pretrained partitions them (ZeRO-3)
         self._hf_ds = HfDeepSpeedConfig(config) if compute.zero_stage == 3 else None
         place = None if compute.zero_stage == 3 else device  # zero.Init placed the partitions
-        model = load_model(model_path, dtype, place).train()
+        options = load_options(exp.task.model)
+        self.lora = method.lora is not None
+        self.merged_from = _merged_from(method, model_path, dtype, options)
+        model = _adapted(load_model(model_path, dtype, place, **options), method)
         if compute.grad_checkpointing:
             _enable_checkpointing(model)
         optimizer = torch.optim.AdamW(
-            model.parameters(), lr=method.lr, weight_decay=method.weight_decay
+            _trainable(model), lr=method.lr, weight_decay=method.weight_decay
         )
         schedule = lr_lambda(method.lr_schedule, total_steps)
         self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
@@ -134,8 +146,10 @@ class DeepSpeedEngine:
             config=config,
         )
         self.ref = None
-        if needs_ref:
-            ref = _frozen(load_model(model_path, dtype, place))
+        if needs_ref and self.lora:
+            self.ref = lora.Reference(self.model, self.model.module)
+        elif needs_ref:
+            ref = _frozen(load_model(model_path, dtype, place, **options))
             if compute.zero_stage == 3:  # θ₀ partitioned like the model (no optimizer)
                 ref_config = {k: v for k, v in config.items() if k != "gradient_clipping"}
                 ref = deepspeed.initialize(model=ref, config=ref_config)[0]
@@ -191,7 +205,14 @@ class DeepSpeedEngine:
         return {k: float(v) / self.world for k, v in zip(keys, t.tolist(), strict=True)}
 
     def save(self, out_dir: Path, tokenizer) -> None:
-        save_sharded(self.model.module, out_dir, tokenizer, self.gather, self.rank, self.world)
+        if self.lora:
+            lora.save_adapter(
+                self.model.module, out_dir, tokenizer, self.gather, self.rank, self.merged_from
+            )
+            if self.world > 1:
+                dist.barrier()
+        else:
+            save_sharded(self.model.module, out_dir, tokenizer, self.gather, self.rank, self.world)
 
 
 class DeepSpeedShards:
@@ -327,6 +348,8 @@ def save_sharded(model: nn.Module, out_dir: Path, tokenizer, gather, rank: int, 
         save_file(mine, str(out_dir / files[rank]), metadata={"format": "pt"})
     if rank == 0:
         model.config.save_pretrained(out_dir)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(out_dir)
         tokenizer.save_pretrained(out_dir)
         sizes = 0
         weight_map = {}
@@ -339,6 +362,22 @@ def save_sharded(model: nn.Module, out_dir: Path, tokenizer, gather, rank: int, 
         )
     if world > 1:
         dist.barrier()
+
+
+def _adapted(model: nn.Module, method) -> nn.Module:
+    """``model`` with LoRA adapters when ``method.lora`` is set (only they train), else itself."""
+    return lora.wrap(model, method.lora) if method.lora is not None else model
+
+
+def _merged_from(method, model_path: Path, dtype: torch.dtype, options: dict):
+    """A loader of the base model on the CPU when the merged LoRA model is to be saved, else None."""
+    if method.lora is None or not method.lora.save_merged:
+        return None
+    return lambda: load_model(model_path, dtype, "cpu", **options)
+
+
+def _trainable(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def _frozen(model: nn.Module) -> nn.Module:

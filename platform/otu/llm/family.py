@@ -19,17 +19,20 @@ import torch.distributed as dist
 from torch import nn
 
 from otu.cache import cached_dir
-from otu.llm import evaluation
-from otu.llm.data import Splits, load_splits, read_splits, write_splits
+from otu.llm import evaluation, lora
+from otu.llm.data import Splits, all_records, load_splits, read_splits, write_splits
 from otu.llm.loop import rank_and_world, run_worker
 from otu.llm.models import (
     build_tiny_model,
     corpus,
+    encoder_for,
+    eval_dtype,
     finetune,
     load_model,
+    load_options,
     load_tokenizer,
+    resolve_checkpoint,
     resolve_device,
-    torch_dtype,
     train_tokenizer,
 )
 from otu.llm.plots import write_plots
@@ -46,27 +49,34 @@ class Prepared:
     splits: Splits
     target_path: Path
     oracle_path: Path | None
-    prompt: str
-    max_length: int
+    data: Any
+    """The ``task.data`` section (prompt format and length)."""
     device: torch.device
     dtype: torch.dtype
+    options: dict = field(default_factory=dict)
+    """``from_pretrained`` options (:func:`otu.llm.models.load_options`)."""
     _models: dict[str, nn.Module] = field(default_factory=dict)
     _stats: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
     _tokenizer: Any = None
 
     def tokenizer(self):
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.target_path)
+            trust = self.options.get("trust_remote_code", False)
+            self._tokenizer = load_tokenizer(self.target_path, trust)
         return self._tokenizer
 
     def encoder(self) -> Encoder:
-        return Encoder(self.tokenizer(), self.prompt, self.max_length)
+        return encoder_for(self.tokenizer(), self.data)
 
     def model(self, name: str) -> nn.Module:
         if name not in self._models:
             path = self.target_path if name == "original" else self.oracle_path
-            self._models[name] = load_model(path, self.dtype, self.device)
+            self._models[name] = self.load(path)
         return self._models[name]
+
+    def load(self, path: Path) -> nn.Module:
+        """A checkpoint in the evaluation precision, on the evaluation device."""
+        return load_model(path, self.dtype, self.device, **self.options)
 
     def stats(self, model: nn.Module, eval_spec) -> evaluation.ModelStats:
         """Per-item evaluation numbers of ``model``, memoised per model and eval settings."""
@@ -99,10 +109,10 @@ def prepare(exp: Experiment, cache_dir: Path) -> Prepared:
         splits=read_splits(root / "splits.json"),
         target_path=root / info["target"],  # relative: a model of the entry; absolute: the spec's
         oracle_path=root / info["oracle"] if info["oracle"] else None,
-        prompt=exp.task.data.prompt,
-        max_length=exp.task.data.max_length,
+        data=exp.task.data,
         device=resolve_device(exp.compute.device),
-        dtype=torch_dtype(exp.compute.precision),
+        dtype=eval_dtype(exp),
+        options=load_options(exp.task.model),
     )
 
 
@@ -112,18 +122,22 @@ def _build(exp: Experiment, tmp: Path, root: Path) -> None:
     splits = load_splits(data, exp.seed)
     write_splits(splits, tmp / "splits.json")
     device = resolve_device(exp.compute.device)
-    if spec.tiny is not None:
+    options = load_options(spec)
+    source = None if spec.tiny is not None else resolve_checkpoint(spec.path, spec.revision)
+    if source is None:
         everything = [r for split in splits.values() for r in split]
-        tokenizer = train_tokenizer(corpus(everything, data.prompt), spec.tiny.vocab)
+        tokenizer = train_tokenizer(
+            corpus(everything, data.prompt), spec.tiny.vocab, spec.tiny.chat_template
+        )
     else:
-        tokenizer = load_tokenizer(spec.path)
-    encoder = Encoder(tokenizer, data.prompt, data.max_length)
+        tokenizer = load_tokenizer(source, spec.trust_remote_code)
+    encoder = encoder_for(tokenizer, data)
     logs: dict[str, list[float]] = {}
 
     def base() -> nn.Module:
-        if spec.tiny is not None:
+        if source is None:
             return build_tiny_model(spec.tiny, tokenizer, data.max_length, exp.seed)
-        return load_model(spec.path, torch.float32, device)
+        return load_model(source, torch.float32, device, **options)
 
     def fit(name: str, records) -> Path:
         logs[name] = []
@@ -144,11 +158,16 @@ def _build(exp: Experiment, tmp: Path, root: Path) -> None:
         return Path(name)
 
     if spec.epochs > 0:
-        target = fit("target", splits["forget"] + splits["retain"] + splits["world"])
-        oracle: Path | None = fit("retain_only", splits["retain"] + splits["world"])
+        target = fit("target", all_records(splits, ("forget", "retain", "world")))
+        oracle: Path | None = fit("retain_only", all_records(splits, ("retain", "world")))
     else:
-        target = Path(spec.path).resolve()
-        oracle = Path(spec.retain_path).resolve() if spec.retain_path else None
+        assert source is not None
+        target = source
+        oracle = (
+            resolve_checkpoint(spec.retain_path, None, "task.model.retain_path")
+            if spec.retain_path
+            else None
+        )
     info = {
         "target": str(target),
         "oracle": str(oracle) if oracle else None,
@@ -175,8 +194,11 @@ def unlearn_worker(
     run_worker(exp, prepared, report, Path(checkpoint_dir))
 
 
-def load_unlearned(exp: Experiment, prepared: Prepared, checkpoint_dir: Path) -> nn.Module:
-    return load_model(Path(checkpoint_dir), prepared.dtype, prepared.device)
+def load_unlearned(exp: Experiment, prepared: Prepared, checkpoint: Path) -> nn.Module:
+    """The unlearned model: a full checkpoint, or the target with a LoRA adapter merged in."""
+    if lora.is_adapter(checkpoint):
+        return lora.load_merged(prepared.load(prepared.target_path), Path(checkpoint)).eval()
+    return prepared.load(Path(checkpoint))
 
 
 def unlearn(
@@ -189,7 +211,13 @@ def unlearn(
 def evaluate(exp: Experiment, prepared: Prepared, model: nn.Module) -> dict[str, float]:
     stats = prepared.stats(model, exp.eval)
     oracle = prepared.stats(prepared.model("retrained"), exp.eval) if prepared.oracle_path else None
-    return evaluation.metrics(stats, oracle)
+    metrics = evaluation.metrics(stats, oracle)
+    if exp.eval.lm_eval is not None:
+        from otu.llm.harness import lm_eval_metrics
+
+        max_length = exp.task.data.max_length
+        metrics |= lm_eval_metrics(model, prepared.tokenizer(), exp.eval.lm_eval, max_length)
+    return metrics
 
 
 def plots(
@@ -197,3 +225,26 @@ def plots(
 ) -> list[Path]:
     stats = {name: prepared.stats(model, exp.eval) for name, model in models.items()}
     return write_plots(stats, out_dir)
+
+
+def outputs(
+    exp: Experiment, prepared: Prepared, models: dict[str, nn.Module], out_dir: Path
+) -> list[Path]:
+    """``generations.jsonl``: per evaluated model and QA item, the question, the reference, the
+    greedy generation and its prob / rouge / truth_ratio (the numbers behind the metrics)."""
+    splits = evaluation.cap(prepared.splits, exp.eval.max_items)
+    lines = [
+        json.dumps({"model": name, **row})
+        for name, model in models.items()
+        for row in evaluation.generation_rows(prepared.stats(model, exp.eval), splits)
+    ]
+    path = Path(out_dir) / "generations.jsonl"
+    path.write_text("".join(line + "\n" for line in lines))
+    return [path]
+
+
+def load_checkpoint(exp: Experiment, prepared: Prepared, path: str) -> nn.Module:
+    """A checkpoint to evaluate (``otu eval --model``): a local directory or a hub id, loaded like
+    the target model (``task.model`` options, evaluation precision); a LoRA adapter directory is
+    merged into the target model."""
+    return load_unlearned(exp, prepared, resolve_checkpoint(path, None, "--model"))

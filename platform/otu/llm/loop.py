@@ -26,6 +26,8 @@ from torch import nn
 
 from otu.llm.data import Record
 from otu.llm.engine import DeepSpeedEngine, PlainEngine, steps_for, total_optimizer_steps
+from otu.llm.lora import LoraRegulariser
+from otu.llm.lora import regulariser as lora_regulariser
 from otu.llm.losses import Objective, StepBatches, objective_for
 from otu.llm.models import resolve_device
 from otu.llm.regulariser import ParameterRegulariser
@@ -115,6 +117,7 @@ def _train(
     streams = {
         name: Stream(len(prepared.splits[name]), exp.seed + k)
         for k, name in enumerate(("forget", "retain", "world"))
+        if prepared.splits[name]  # TOFU without a world file has no world training set
     }
     # alternating: a forget step, then a retain + world + regulariser step
     phases = (
@@ -164,9 +167,12 @@ def _checkpoint(engine, step: int, checkpoint_dir: Path, tokenizer) -> nn.Module
     return path
 
 
-def _regulariser(exp, engine) -> ParameterRegulariser:
-    """OPT-OUT's regulariser over the trainable tensors; θ₀ is their fp32 master value now."""
+def _regulariser(exp, engine) -> ParameterRegulariser | LoraRegulariser:
+    """OPT-OUT's regulariser. With LoRA: D(W₀ + sBA, W₀) on the adapted layers (θ₀ = the base
+    weights); otherwise over the trainable tensors, θ₀ their fp32 master value now."""
     method = exp.method
+    if method.lora is not None:
+        return lora_regulariser(exp, _module(engine.model), engine.gather, engine.add_grad)
     return ParameterRegulariser(
         kind=method.regulariser,
         weight=method.reg_weight,
@@ -200,6 +206,8 @@ def _micro_batches(
         pick = {name: idx[lo : lo + size] for name, idx in global_idx.items()}
 
         def batch(name: str, answers=None, pick=pick):
+            if name not in pick:
+                return None
             records = [splits[name][i] for i in pick[name]]
             return encoder.batch(
                 [r.question for r in records], answers or [r.answer for r in records]
@@ -220,7 +228,7 @@ def _tokens(batches: StepBatches) -> int:
         batches.retain,
         batches.world,
     ]
-    return sum(int(b.attention_mask.sum()) for b in used)
+    return sum(int(b.attention_mask.sum()) for b in used if b is not None)
 
 
 def _phase(

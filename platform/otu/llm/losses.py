@@ -60,7 +60,8 @@ class StepBatches:
 
     forget: Batch
     retain: Batch
-    world: Batch
+    world: Batch | None
+    """None when the data has no world training set."""
     idk: Batch | None = None
 
 
@@ -83,7 +84,7 @@ class Objective(ABC):
         )
         total: Tensor | None = None
         for weight, batch in zip(weights, (b.retain, b.world), strict=True):
-            if weight:
+            if weight and batch is not None:
                 term = weight * sequence_nll(model, batch).mean()
                 total = term if total is None else total + term
         return total

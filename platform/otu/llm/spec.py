@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from otu.paths import LocalPath, PathOrHubId
+from otu.paths import PathOrHubId
 from otu.registry import FamilySpec
 from otu.spec import Section
 
@@ -29,29 +29,96 @@ class SyntheticSizes(Section):
     world: int = Field(24, ge=1, description="general-knowledge QA pairs in the world file")
 
 
+RECORD_FIELDS = (
+    "entity",
+    "question",
+    "answer",
+    "paraphrased_answer",
+    "perturbed_answer",
+    "paraphrased_question",
+    "neighbour_of",
+)
+
+
+class InstructionFields(Section):
+    """Column names of an instruction file (Alpaca-GPT4 and the like) used as the world set."""
+
+    instruction: str = "instruction"
+    input: str = "input"
+    output: str = "output"
+
+
+class EludeSplits(Section):
+    """Split names of ELUDe's forget_qa / retain_qa: train on ``train``, evaluate on ``eval``."""
+
+    train: str = "train"
+    eval: str = "test"
+
+
+class Tofu(Section):
+    """TOFU's configuration names (``locuslab/TOFU``); defaults follow ``forget``, the request."""
+
+    forget: Literal["forget01", "forget05", "forget10"] = "forget10"
+    retain: str | None = None
+    """Retain training set; default ``retain{100-NN}`` (minus the evaluated retain items)."""
+    forget_eval: str | None = None
+    """Default ``{forget}_perturbed`` (paraphrased and perturbed answers)."""
+    retain_eval: str = "retain_perturbed"
+    real_authors: str = "real_authors_perturbed"
+    world_facts: str = "world_facts_perturbed"
+    holdout: str | None = None
+    """MIA non-members; default ``holdoutNN``."""
+    split: str = "train"
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Tofu:
+        percent = int(self.forget[-2:])
+        self.retain = self.retain or f"retain{100 - percent}"
+        self.forget_eval = self.forget_eval or f"{self.forget}_perturbed"
+        self.holdout = self.holdout or f"holdout{self.forget[-2:]}"
+        return self
+
+
 class LLMData(Section):
+    layout: Literal["records", "elude", "tofu"] = "records"
+    """``records``: entity-tagged files; ``elude``: ELUDe's forget_qa / retain_qa with splits;
+    ``tofu``: TOFU's configurations (see :mod:`otu.llm.data`)."""
     synthetic: bool = False
     """Generate a fictitious-entity set into the cache (seed ``synthetic_seed``, else the run's seed)."""
     synthetic_seed: int | None = None
     sizes: SyntheticSizes = SyntheticSizes()
-    records: LocalPath | None = None
-    """ELUDe records: a JSONL/JSON file, a Parquet file or a local HF ``datasets`` directory."""
-    world: LocalPath | None = None
-    """General-instruction QA in the same format (``entity`` optional)."""
-    retain_records: LocalPath | None = None
-    """ELUDe's layout: neighbour QA in a file of its own whose ``entity`` names the target."""
+    records: PathOrHubId | None = None
+    """``records``: a JSONL/JSON/Parquet file or one-split ``datasets`` directory; ``elude``: forget_qa
+    (a ``datasets`` directory or hub id); ``tofu``: a directory of saved configurations or a hub id."""
+    world: PathOrHubId | None = None
+    """General QA in the records' format, or an instruction file (instruction / input / output)."""
+    retain_records: PathOrHubId | None = None
+    """Neighbour QA in a source of its own whose ``entity`` names the target (ELUDe's retain_qa)."""
     target: str | None = None
     """The entity to forget; with ``synthetic`` it defaults to the first generated target."""
     neighbours: list[str] | Literal["auto"] = "auto"
     """Retain entities; ``auto``: records whose ``neighbour_of`` field names the target."""
     holdout: list[str] | Literal["auto"] = "auto"
     """Never-trained entities (MIA non-members); ``auto``: every other entity in the records."""
-    prompt: str = "Question: {question}\nAnswer:"
-    """Prompt template; ``{question}`` is replaced by the question."""
+    fields: dict[str, str] = {}
+    """Record field → column name where the data names it differently, e.g. ``{entity: name}``."""
+    instruction_fields: InstructionFields = InstructionFields()
+    elude_splits: EludeSplits = EludeSplits()
+    tofu: Tofu = Tofu()
+    eval_fraction: float = Field(
+        0.2, gt=0, lt=1, description="retain / world records held out for evaluation (seeded)"
+    )
+    prompt_format: Literal["auto", "chat", "plain"] = "auto"
+    """``auto``: the tokenizer's chat template when it has one, else ``prompt``."""
+    prompt: str = "Question: {question}\nAnswer: "
+    """Plain prompt template; ``{question}`` is replaced by the question, the answer follows as is."""
     max_length: int = Field(128, ge=8, description="max tokens of prompt + answer")
 
     @model_validator(mode="after")
     def _one_source(self) -> LLMData:
+        if self.layout != "records":
+            self._check_layout()
+            return self
         if self.synthetic and (self.records or self.world or self.retain_records):
             raise ValueError("give either synthetic: true or records/world files, not both")
         if not self.synthetic and not (self.records and self.world):
@@ -59,6 +126,28 @@ class LLMData(Section):
         if not self.synthetic and self.target is None:
             raise ValueError("target is required with a records file (the entity to forget)")
         return self
+
+    def _check_layout(self) -> None:
+        if self.synthetic:
+            raise ValueError(f"synthetic: only with layout records (got layout {self.layout})")
+        if not self.records:
+            raise ValueError(f"records: required with layout {self.layout}")
+        if self.layout == "elude":
+            missing = [k for k in ("retain_records", "world", "target") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"layout elude needs {', '.join(missing)}")
+        elif self.target is not None or self.retain_records is not None:
+            raise ValueError(
+                "layout tofu has no target or retain_records (tofu.forget is the request)"
+            )
+
+    @field_validator("fields")
+    @classmethod
+    def _known_fields(cls, fields: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(fields) - set(RECORD_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown record fields {unknown}; known: {list(RECORD_FIELDS)}")
+        return fields
 
     @field_validator("target")
     @classmethod
@@ -83,6 +172,8 @@ class TinyModel(Section):
     heads: int = Field(4, ge=1)
     intermediate: int = Field(256, ge=8)
     vocab: int = Field(512, ge=300, description="BPE vocabulary size (byte alphabet is 256)")
+    chat_template: bool = False
+    """Give the tokenizer Llama-3's chat template (prompts then use it, see ``data.prompt_format``)."""
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TinyModel:
@@ -93,7 +184,15 @@ class TinyModel(Section):
 
 class LLMModel(Section):
     path: PathOrHubId | None = None
-    """A local HF causal-LM checkpoint (``from_pretrained``), with its tokenizer."""
+    """A HF causal-LM checkpoint with its tokenizer: a local directory or a hub id (downloaded, or
+    read from the HF cache offline)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of a hub id ``path``."""
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    """Precision checkpoints are loaded in for evaluation and as θ₀ (default: compute.precision)."""
+    attn_implementation: str | None = None
+    """``eager``, ``sdpa``, ``flash_attention_2``…; None: transformers' default."""
+    trust_remote_code: bool = False
     tiny: TinyModel | None = None
     epochs: int = Field(
         0, ge=0, description="fine-tuning passes that make the target / retain-only models"
@@ -117,6 +216,17 @@ class LLMModel(Section):
         return self
 
 
+class LmEval(Section):
+    """lm-evaluation-harness tasks run on every evaluated model (needs ``otu[lm-eval]``)."""
+
+    tasks: list[str] = Field(min_length=1, description="lm-eval task names, e.g. [mmlu, arc_easy]")
+    include_path: str | None = None
+    """A directory of custom task YAMLs (e.g. over a local file)."""
+    num_fewshot: int | None = Field(None, ge=0)
+    limit: int | None = Field(None, ge=1, description="items per task (None: all)")
+    batch_size: int = Field(8, ge=1)
+
+
 class LLMEval(Section):
     max_new_tokens: int = Field(
         128,
@@ -131,9 +241,32 @@ class LLMEval(Section):
     mink_fraction: float = Field(0.4, gt=0, le=1, description="k of Min-K% / Min-K%++ MIAs")
     max_items: int | None = Field(None, ge=1, description="cap on items per split (None: all)")
     plots: bool = True
+    lm_eval: LmEval | None = None
+    """General benchmarks; their numbers join the metrics as ``lm_eval/<task>/<metric>``."""
+
+
+class Lora(Section):
+    """LoRA adapters (peft) instead of full fine-tuning; θ₀ / the NPO reference are the base weights."""
+
+    r: int = Field(16, ge=1, description="adapter rank")
+    alpha: float = Field(32.0, gt=0, description="scale α (the update is α/r · BA)")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | str = [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
+    """Module names (suffixes) or one regex, as peft reads them."""
+    save_merged: bool = False
+    """Also write the merged model to ``checkpoint/merged`` (the checkpoint holds the adapter)."""
 
 
 class _Method(Section):
+    lora: Lora | None = None
     lr: float = Field(1e-5, gt=0)
     epochs: int = Field(3, ge=1, description="passes over the forget set")
     steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs when set")

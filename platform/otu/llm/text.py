@@ -1,7 +1,11 @@
 """QA records → token tensors: prompt + answer sequences with answer-only labels, and prompt batches.
 
-A training/scoring sequence is ``tokens(prompt(question)) + tokens(" " + answer) + [eos]``; labels
-are -100 on the prompt, so losses and probabilities are over answer tokens (eos included).
+With a chat template (the tokenizer's, when it has one) the prompt is
+``apply_chat_template([user: question], add_generation_prompt=True)`` and the answer is the rest of
+``apply_chat_template([user: question, assistant: answer])`` (the assistant turn with its end-of-turn
+tokens). Without one the prompt is ``template.format(question=...)`` (with the tokenizer's special
+tokens) and the answer is ``tokens(answer) + [eos]``: no space is inserted; the template decides.
+Labels are -100 on the prompt, so losses and probabilities are over answer tokens only.
 """
 
 from __future__ import annotations
@@ -13,6 +17,11 @@ import torch
 from torch import Tensor
 
 IGNORE = -100
+PROBE = ("Who wrote the probe?", "The probe was written by otu.")
+
+
+class TemplateError(ValueError):
+    """The tokenizer's chat template cannot carry a question/answer pair."""
 
 
 @dataclass
@@ -30,31 +39,74 @@ class Batch:
         return self.input_ids.shape[0]
 
 
-class Encoder:
-    """Encodes questions and answers with one tokenizer and one prompt template."""
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
 
-    def __init__(self, tokenizer, prompt: str, max_length: int) -> None:
+
+class Encoder:
+    """Encodes questions and answers with one tokenizer and one prompt format.
+
+    ``chat``: use the tokenizer's chat template (None: when it has one), else ``prompt``.
+    """
+
+    def __init__(self, tokenizer, prompt: str, max_length: int, chat: bool | None = None) -> None:
         self.tokenizer = tokenizer
         self.prompt = prompt
         self.max_length = max_length
+        self.chat = has_chat_template(tokenizer) if chat is None else chat
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no eos token")
+        if self.chat and not has_chat_template(tokenizer):
+            raise TemplateError("the tokenizer has no chat template")
         self.pad_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
+        if self.chat:
+            self._check_chat_template()
+
+    def _chat_texts(self, question: str, answer: str) -> tuple[str, str]:
+        """(prompt text, answer text): the chat with the generation prompt, and what the answer adds."""
+        user = [{"role": "user", "content": question}]
+        prompt = self.tokenizer.apply_chat_template(
+            user, tokenize=False, add_generation_prompt=True
+        )
+        full = self.tokenizer.apply_chat_template(
+            [*user, {"role": "assistant", "content": answer}], tokenize=False
+        )
+        if not full.startswith(prompt):
+            raise TemplateError(
+                "the chat template's assistant turn does not extend its generation prompt"
+            )
+        return prompt, full[len(prompt) :]
+
+    def _check_chat_template(self) -> None:
+        question, answer = PROBE
+        prompt, rest = self._chat_texts(question, answer)
+        if question not in prompt:
+            raise TemplateError("the chat template drops the user's question")
+        if answer not in rest:
+            raise TemplateError(
+                f"the chat template drops the assistant's answer (renders {rest!r})"
+            )
 
     def prompt_ids(self, question: str) -> list[int]:
+        if self.chat:
+            text = self._chat_texts(question, "")[0]
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return self.tokenizer(self.prompt.format(question=question), add_special_tokens=True)[
             "input_ids"
         ]
 
-    def answer_ids(self, answer: str) -> list[int]:
-        ids = self.tokenizer(" " + answer.strip(), add_special_tokens=False)["input_ids"]
+    def answer_ids(self, question: str, answer: str) -> list[int]:
+        if self.chat:
+            rest = self._chat_texts(question, answer.strip())[1]
+            return self.tokenizer(rest, add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(answer.strip(), add_special_tokens=False)["input_ids"]
         return ids + [self.tokenizer.eos_token_id]
 
     def pair(self, question: str, answer: str) -> tuple[list[int], list[int]]:
         """(input ids, labels) truncated to ``max_length`` (the answer keeps at least one token)."""
-        prompt, answer_ids = self.prompt_ids(question), self.answer_ids(answer)
+        prompt, answer_ids = self.prompt_ids(question), self.answer_ids(question, answer)
         prompt = prompt[-max(1, self.max_length - len(answer_ids)) :]
         ids = (prompt + answer_ids)[: self.max_length]
         labels = ([IGNORE] * len(prompt) + answer_ids)[: self.max_length]

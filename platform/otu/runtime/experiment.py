@@ -7,7 +7,9 @@ only through :mod:`otu.registry`, and writes the output contract:
 * ``DIR/metrics.json`` — ``{"original": {...}, "retrained": {...}, "unlearned": {...}}``;
 * ``DIR/steps.jsonl`` — per-step metrics reported by the unlearning loop (``{"step": k, ...}``);
 * ``DIR/dynamics.jsonl`` — metrics of checkpoints evaluated during unlearning (``dynamics.every``);
-* ``DIR/plots/*.png`` — the family's figures.
+* ``DIR/plots/*.png`` — the family's figures;
+* ``DIR/checkpoint/`` — the unlearned model where the family saves one (LLMs: ``from_pretrained``);
+* ``DIR/generations.jsonl`` — per-item outputs of every evaluated model, where the family has them.
 """
 
 from __future__ import annotations
@@ -127,6 +129,8 @@ def run_experiment(
     recorder.discard_stored()
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plots = api.plots(exp, prepared, models, out_dir / "plots") if _wants_plots(exp) else []
+    if hasattr(api, "outputs"):  # per-item outputs (the LLM family's generations.jsonl)
+        api.outputs(exp, prepared, models, out_dir)
     if len(dynamics) > 1:
         from otu.report.plots import plot_dynamics
 
