@@ -166,14 +166,24 @@ def check_tracking_uri(uri: str | None) -> str | None:
     return uri
 
 
+JOB_EXTRAS = ("llm", "cluster")
+"""The extras a job installs: a cluster runs any family (``otu[all]`` without the dev tools)."""
+
+
 def otu_requirements() -> list[str]:
-    """``otu``'s declared runtime dependencies (no extras), as pip requirement strings."""
+    """``otu``'s runtime dependencies with :data:`JOB_EXTRAS`, as pip requirement strings."""
     try:
         requires = importlib.metadata.requires("otu") or []
     except importlib.metadata.PackageNotFoundError:
         raise SpecError("otu is not installed as a package here (pip install -e .), so its "
                         "dependencies are unknown; use --no-install on a cluster that has otu") from None
-    return [r for r in requires if "extra ==" not in r]
+    out = []
+    for req in requires:
+        spec, _, marker = req.partition(";")
+        extra = marker.split("==")[-1].strip().strip("'\"") if "extra ==" in marker else None
+        if (extra is None or extra in JOB_EXTRAS) and not spec.strip().startswith("otu"):
+            out.append(spec.strip())
+    return out
 
 
 def parse_env(items: Sequence[str]) -> dict[str, str]:
