@@ -30,7 +30,7 @@ SMALL_MODEL = {
     "evaluator": {"epochs": 4},
     "guide": {"epochs": 4},
 }
-SMALL_METHOD = {"steps": 200, "batch_size": 128, "lr": 3e-4, "forget_weight": 4.0}
+SMALL_METHOD = {"steps": 200, "batch_size": 128, "lr": 3e-4, "forget_weight": 8.0}
 
 
 def experiment(cache_dir: Path, method: dict, **data) -> object:
