@@ -17,7 +17,7 @@ from otu.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-LLM_STACK = ("deepspeed", "transformers", "accelerate", "tokenizers", "datasets", "rouge-score")
+LLM_STACK = ("deepspeed", "transformers", "accelerate", "tokenizers", "datasets", "rouge-score", "peft")
 
 
 def _name(requirement: str) -> str:

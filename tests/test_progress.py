@@ -59,3 +59,12 @@ def test_trial_lines_name_knobs_objectives_and_the_last_error_line():
     assert "(1/4" in ok and "alpha=0.125" in ok and "test_acc=0.9123" in ok and "forgetting_score=0.05" in ok
     bad = lines.line("b2", {"method.alpha": 0.5}, {}, error="Traceback\n  File x\nValueError: [boom]")
     assert "(2/4" in bad and "ValueError: \\[boom]" in bad and "Traceback" not in bad
+
+
+def test_a_worker_traceback_is_reduced_to_its_last_lines():
+    from otu.errors import last_lines
+
+    text = ("Training failed due to worker errors:\n[Rank 0,1 Error Snippet]:\nTraceback (most recent call last):\n"
+            '  File "loop.py", line 9, in step\n    load()\nOSError: no such checkpoint: /models/x\n')
+    assert last_lines(RuntimeError(text), 2) == "load() | OSError: no such checkpoint: /models/x"
+    assert last_lines(RuntimeError("")) == "RuntimeError"

@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("eval", help="evaluate checkpoints with the family's metrics (no unlearning)")
-    p.add_argument("spec", type=Path)
+    p.add_argument("spec", type=Path, help="experiment spec (its data and evaluation settings)")
     p.add_argument("--model", dest="models", action="append", default=[], metavar="[NAME=]PATH",
                    help="checkpoint directory or hub id (repeatable; default: the spec's reference models)")
     common(p)

@@ -19,6 +19,13 @@ def first_line(err: object) -> str:
     return lines[0].strip()[:300] if lines else type(err).__name__
 
 
+def last_lines(err: object, count: int = 3) -> str:
+    """The last ``count`` non-blank lines of an error's text, joined by `` | `` (a worker's traceback
+    ends with what went wrong)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return " | ".join(lines[-count:])[-600:] if lines else type(err).__name__
+
+
 class RunFailed(Exception):
     """A run stopped for a reason the user can act on (it diverged); its outputs so far are kept."""
 

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from otu.errors import RunFailed, last_lines
 from otu.registry import Reporter, family_api
 from otu.spec import Experiment, parse_experiment
 
@@ -79,7 +80,10 @@ def unlearn_distributed(
         thread.join()
         steps.shutdown()
     if "error" in outcome:
-        raise outcome["error"]
+        err = outcome["error"]
+        if isinstance(err, Exception):  # a worker's traceback: its last lines say what went wrong
+            raise RunFailed(f"Ray Train workers failed: {last_lines(err)}") from err
+        raise err
     result = outcome["result"]
     if result.checkpoint is None:
         raise RuntimeError(f"the Ray Train run {result.path} reported no checkpoint")
