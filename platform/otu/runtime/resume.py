@@ -112,6 +112,12 @@ def _finished_points(sweep: Sweep, finished: pd.DataFrame) -> list[tuple[dict[st
     return points
 
 
+def remove_unrecorded(sweep_dir: Path) -> None:
+    """After a resumed sweep: remove trial folders with no row in trials.parquet (a trial process of
+    the killed driver may have written one after :func:`plan` cleaned up)."""
+    _remove_orphans(sweep_dir / "trials", set(TrialsTable(sweep_dir / TRIALS_FILE).read()["trial_id"]))
+
+
 def _remove_orphans(trials_dir: Path, keep: set[str]) -> None:
     """Remove output folders of trials that never finished (no row)."""
     if not trials_dir.is_dir():

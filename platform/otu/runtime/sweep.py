@@ -35,7 +35,7 @@ from otu.runtime.experiment import prepare, run_experiment
 from otu.runtime.ray_session import init_ray
 from otu.runtime.recorder import SweepRecorder
 from otu.runtime.resources import check_fits
-from otu.runtime.resume import Plan, plan
+from otu.runtime.resume import Plan, plan, remove_unrecorded
 from otu.runtime.trial_lines import TrialLines
 from otu.spec import Experiment, Param, Sweep, dump_yaml, parse_experiment
 from otu.tracking.results import TRIALS_FILE
@@ -125,6 +125,8 @@ def run_sweep(
             ),
         )
         tuner.fit()
+    if resume:
+        remove_unrecorded(out_dir)
     timings["trials_s"] = time.perf_counter() - start
     for actor in evaluators:
         ray.kill(actor)
