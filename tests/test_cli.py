@@ -37,6 +37,11 @@ def cache(tmp_path) -> str:
 
 def test_validate_ok_and_bad(tmp_path, capsys):
     assert main(["validate", str(REPO / "sweeps/quickstart.yaml")]) == 0
+    # a checkpoint that lives on the cluster: schema checked, its file checks left to the run
+    assert main(["validate", str(REPO / "sweeps/optout_llama.yaml")]) == 0
+    assert "task.model.path=/models/Llama-3.1-8B-Instruct" in capsys.readouterr().err
+    assert main(["validate", str(REPO / "sweeps/optout_llama.yaml"), "--set", "experiment.method.beta=-1"]) == 2
+    assert "method.beta" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"name": "x", "task": {"family": "vision"}, "method": {"name": "dfld"}}))
     assert main(["validate", str(bad)]) == 2

@@ -191,7 +191,9 @@ def test_submit_refuses_results_that_die_with_the_job_and_defers_cluster_files()
     # the 8B checkpoint lives on the cluster: the schema is checked here, its files in the job
     llama = build_submission(REPO / "sweeps" / "optout_llama.yaml", working_dir=REPO,
                              tracking_uri="http://mlflow:5000", out="/shared/llama")
-    assert llama.deferred == {"experiment.task.model.path": "/models/Llama-3.1-8B-Instruct"}
+    assert llama.deferred["experiment.task.model.path"] == "/models/Llama-3.1-8B-Instruct"
+    # data/elude/… is not in this checkout: as far as this machine knows, a hub dataset id
+    assert llama.deferred["experiment.task.data.records"] == "data/elude/forget_qa"
     with pytest.raises(SpecError, match="method.beta"):  # schema errors still fail here
         build_submission(REPO / "sweeps" / "optout_llama.yaml", ["experiment.method.beta=-1"],
                          working_dir=REPO, tracking_uri="http://mlflow:5000", out="/shared/llama")

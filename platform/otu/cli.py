@@ -28,8 +28,9 @@ from otu.errors import OtuError, RunFailed, SpecError
 from otu.paths import resolve_paths
 from otu.registry import known_families, require_extra
 from otu.spec import (
+    Sweep,
     apply_overrides,
-    is_sweep,
+    load_deferring,
     load_experiment,
     load_sweep,
     load_yaml,
@@ -296,15 +297,18 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
-    raw = load_yaml(args.spec)
-    if is_sweep(raw):
-        sweep = load_sweep(args.spec, args.overrides)
-        console.print(f"ok: sweep {sweep.name!r} over {', '.join(sweep.space)} "
-                      f"({sweep.experiment.task.family}/{sweep.experiment.method.name}), hash {sweep.hash}")  # type: ignore[attr-defined]
+    parsed, deferred = load_deferring(args.spec, args.overrides, Path.cwd())
+    if isinstance(parsed, Sweep):
+        exp = parsed.experiment
+        console.print(f"ok: sweep {parsed.name!r} over {', '.join(parsed.space)} "
+                      f"({exp.task.family}/{exp.method.name}), hash {parsed.hash}", markup=False)  # type: ignore[attr-defined]
     else:
-        apply_overrides(raw, args.overrides)
-        exp = parse_experiment(raw)
-        console.print(f"ok: experiment {exp.name!r} ({exp.task.family}/{exp.method.name}), hash {exp.hash}")  # type: ignore[attr-defined]
+        console.print(f"ok: experiment {parsed.name!r} ({parsed.task.family}/{parsed.method.name}), "  # type: ignore[attr-defined]
+                      f"hash {parsed.hash}", markup=False)
+    if deferred:
+        listed = ", ".join(f"{k}={v}" for k, v in deferred.items())
+        console.print(f"not checked here (a hub id or a file outside this directory; the run checks "
+                      f"them before any work): {listed}", markup=False, highlight=False)
 
 
 def cmd_report(args: argparse.Namespace) -> None:

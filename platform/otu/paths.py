@@ -72,6 +72,18 @@ def path_fields(model: BaseModel, prefix: str = "") -> dict[str, str]:
     return found
 
 
+def elsewhere(model: BaseModel, work: Path) -> dict[str, str]:
+    """Path fields whose files this machine cannot check: hub ids, and local paths outside ``work``
+    (a cluster's ``/models/…``) — the cache directory aside, which is created where the run is."""
+    found = {}
+    for key, value in path_fields(resolve_paths(model, work)).items():
+        hub_id = not os.path.isabs(value)
+        outside = os.path.isabs(value) and not Path(value).is_relative_to(work)
+        if (hub_id or outside) and not key.endswith("tracking.cache_dir"):
+            found[key] = value
+    return found
+
+
 def sqlite_uri(uri: str, base: Path) -> str:
     """A ``sqlite:///relative.db`` URI made absolute against ``base``; other URIs unchanged."""
     prefix = "sqlite:///"

@@ -29,7 +29,7 @@ from pydantic import (
 )
 
 from otu.errors import SpecError
-from otu.paths import LocalPath, resolve_paths
+from otu.paths import LocalPath, elsewhere, resolve_paths
 from otu.registry import FAMILIES, family_spec, known_families
 
 MAX_INT = 2**63 - 1
@@ -458,6 +458,19 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = (), check_files: boo
     raw["experiment"] = _resolve_experiment_ref(raw.get("experiment"), path.parent)
     apply_overrides(raw, overrides)
     return resolve_paths(parse_sweep(raw, path.parent, check_files), Path.cwd())
+
+
+def load_deferring(path: str | Path, overrides: Iterable[str], work: Path) -> tuple[Experiment | Sweep, dict[str, str]]:
+    """The experiment or sweep in ``path``, validated against files relative to ``work``; when the
+    spec names files this machine cannot check (:func:`otu.paths.elsewhere`: a hub id, a cluster's
+    checkpoint) only the schema is checked here and those keys are returned: the run checks them
+    before any work where it runs."""
+    load = load_sweep if is_sweep(load_yaml(path)) else load_experiment
+    schema_only = load(path, overrides, check_files=False)
+    exp = schema_only.experiment if isinstance(schema_only, Sweep) else schema_only
+    prefix = "experiment." if isinstance(schema_only, Sweep) else ""
+    deferred = {f"{prefix}{key}": value for key, value in elsewhere(exp, work).items()}
+    return (schema_only if deferred else load(path, overrides)), deferred
 
 
 def _resolve_experiment_ref(ref: Any, base_dir: Path | None) -> Any:

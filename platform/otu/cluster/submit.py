@@ -29,8 +29,7 @@ import yaml
 
 import otu
 from otu.errors import SpecError
-from otu.paths import path_fields, resolve_paths
-from otu.spec import Experiment, Sweep, is_sweep, load_experiment, load_sweep, load_yaml
+from otu.spec import Sweep, is_sweep, load_deferring, load_yaml
 from otu.tracking.storage import check_uri, is_uri
 
 DEFAULT_EXCLUDES = (
@@ -87,11 +86,8 @@ def build_submission(
             ref = raw.get("experiment")
             if isinstance(ref, str):
                 _inside((spec_path.parent / ref).resolve(), work, "experiment")
-        load = load_sweep if kind == "sweep" else load_experiment
-        schema_only = load(spec_path, overrides, check_files=False)
-        exp = schema_only.experiment if isinstance(schema_only, Sweep) else schema_only
-        deferred = _outside(exp, work, "experiment." if kind == "sweep" else "")
-        parsed = schema_only if deferred else load(spec_path, overrides)
+        parsed, deferred = load_deferring(spec_path, overrides, work)
+        exp = parsed.experiment if isinstance(parsed, Sweep) else parsed
         name = parsed.name
     uri = check_tracking_uri(tracking_uri or parse_env(env).get("MLFLOW_TRACKING_URI") or exp.tracking.uri)
     if uri is None:
@@ -138,16 +134,6 @@ def check_out(out: str | None) -> str:
         f"trials.parquet and summary would be lost{got}; give --out as an absolute path on storage "
         "the cluster's nodes share, or a URI such as s3://bucket/otu/NAME or gs://bucket/otu/NAME"
     )
-
-
-def _outside(exp: Experiment, work: Path, prefix: str) -> dict[str, str]:
-    """Spec path fields that name a local path outside ``work`` (hub ids are not paths)."""
-    resolved = path_fields(resolve_paths(exp, work))
-    return {
-        f"{prefix}{key}": value
-        for key, value in resolved.items()
-        if os.path.isabs(value) and not Path(value).is_relative_to(work) and key != "tracking.cache_dir"
-    }
 
 
 def check_tracking_uri(uri: str | None) -> str | None:
