@@ -1,9 +1,13 @@
 """Experiment and sweep specs: YAML in, validated pydantic models out, every mistake named up front.
 
-A spec is checked in two passes: the generic skeleton (name, seed, task.family, tracking, compute),
-then the sections owned by the family (``task.data``, ``task.model``, ``method``, ``eval``), whose
-models come from :mod:`otu.registry`. Errors are collected and raised as one :class:`SpecError`
-whose lines read ``field.path: what is wrong (got VALUE)``.
+A spec is checked in two passes: the sections owned by the family (``task.data``, ``task.model``,
+``method`` — a union over the family's method table, told apart by ``name`` — and ``eval``), then
+the whole typed experiment of the family (:func:`experiment_type`). Errors are collected and raised
+as one :class:`SpecError` whose lines read ``field.path: what is wrong (got VALUE)``.
+
+Parsing checks the schema only. :func:`check_environment` runs the family's checks of what the spec
+names on this machine (files, columns, checkpoints); the CLI, ``otu validate`` and ``otu submit`` run
+it once in the driver; Ray Train workers, evaluation actors and sweep trials never do.
 """
 
 from __future__ import annotations
@@ -12,47 +16,36 @@ import copy
 import hashlib
 import json
 import re
-import reprlib
 from collections.abc import Iterable, Mapping
+from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     SerializeAsAny,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 
 from otu.errors import SpecError
-from otu.paths import LocalPath, elsewhere, resolve_paths
+from otu.family import Job, NullReporter, Reporter, RunContext, load_object
+from otu.paths import elsewhere, resolve_paths
 from otu.registry import FAMILIES, family_spec, known_families
-
-MAX_INT = 2**63 - 1
-"""Integers beyond int64 are what numpy and torch cannot take."""
-MAX_SEED = 2**32 - 1
-"""numpy's ``default_rng``/``RandomState`` and torch take seeds in 0..2³²−1."""
-
-
-class Section(BaseModel):
-    """Base for every spec section: unknown keys are errors, not silently ignored; floats are finite
-    (``inf``/``nan`` rejected) and integers fit in int64. A field's documentation is its
-    ``Field(description=...)`` (an attribute docstring below a field becomes that description too);
-    ``otu spec`` and docs/spec-reference.md print it."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, use_attribute_docstrings=True)
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _int64(cls, value: Any) -> Any:
-        if _is_int(value) and abs(value) > MAX_INT:
-            raise ValueError(f"integer out of range: |value| must be < 2**63 (got {_excerpt(value)})")
-        return value
-
+from otu.sections import (
+    MAX_SEED,
+    Compute,
+    Dynamics,
+    MethodSpec,
+    Section,
+    Tracking,
+    excerpt,
+    is_int,
+)
 
 class Task(Section):
     family: str
@@ -60,52 +53,6 @@ class Task(Section):
     model: SerializeAsAny[BaseModel]
 
 
-class Tracking(Section):
-    """Where results go: MLflow and the cache of prepared data and reference models."""
-
-    experiment: str = Field("otu", description="MLflow experiment name")
-    uri: str | None = Field(None, description="MLflow tracking URI; the CLI's --tracking-uri and "
-                            "MLFLOW_TRACKING_URI take precedence")
-    cache_dir: LocalPath = Field("otu-runs/cache", description="where prepared data and original/oracle "
-                                 "models are cached by content hash")
-
-
-class Zero3(Section):
-    """DeepSpeed ZeRO-3 knobs (``stage3_*``); the defaults are DeepSpeed's. Small models need lower
-    limits to be partitioned at all (below ~1e9 parameters everything stays gathered)."""
-
-    max_live_parameters: int = Field(1_000_000_000, ge=0, description="parameters kept gathered per rank")
-    prefetch_bucket_size: int = Field(50_000_000, ge=0, description="parameters fetched ahead of use")
-    reduce_bucket_size: int = Field(500_000_000, ge=1, description="elements per gradient reduction")
-    max_reuse_distance: int = Field(1_000_000_000, ge=0, description="keep a parameter gathered if "
-                                    "it is used again within this many parameters")
-    param_persistence_threshold: int = Field(100_000, ge=0, description="tensors smaller than this "
-                                             "stay whole on every rank")
-
-
-class Compute(Section):
-    """Devices, processes and the DeepSpeed engine of the unlearning loop."""
-
-    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="auto: cuda when available")
-    threads: int = Field(1, ge=1, description="torch intra-op threads per process")
-    workers: int = Field(1, ge=1, description="data-parallel workers (Ray Train / DeepSpeed ranks)")
-    zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage")
-    offload: Literal["none", "optimizer", "params"] = Field("none", description="ZeRO offload to CPU")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="training precision")
-    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
-    grad_checkpointing: bool = Field(False, description="recompute activations in backward")
-    zero3: Zero3 = Zero3()
-
-
-class Dynamics(Section):
-    """Checkpoint evaluation during unlearning, on a pool of evaluation actors."""
-
-    every: int = Field(0, ge=0, description="evaluate a checkpoint every this many steps (0: off)")
-    select: str | None = Field(None, description="metric by which to select the best checkpoint "
-                               "(its metrics become `unlearned`)")
-    mode: Literal["max", "min"] = Field("max", description="whether select maximises or minimises")
-    pool_size: int = Field(2, ge=1, description="evaluation actors")
-    actor_cpus: float = Field(0.0, ge=0, description="CPUs reserved per actor (0: share the trials')")
 
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -116,7 +63,7 @@ class Experiment(Section):
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of data splits, models and the unlearning "
                       "loop (numpy/torch take 0..2**32-1)")
     task: Task
-    method: SerializeAsAny[BaseModel]
+    method: SerializeAsAny[MethodSpec]
     eval: SerializeAsAny[BaseModel]
     tracking: Tracking = Tracking()
     compute: Compute = Compute()
@@ -124,6 +71,20 @@ class Experiment(Section):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def job(self) -> Job:
+        """The family's own sections: what its functions receive."""
+        return Job(data=self.task.data, model=self.task.model, method=self.method, eval=self.eval)
+
+    def context(self, reporter: Reporter | None = None, checkpoint_dir: Path | None = None) -> RunContext:
+        """The platform settings a family function needs (seed, compute, cache, reporter)."""
+        return RunContext(
+            seed=self.seed,
+            compute=self.compute,
+            cache_dir=Path(self.tracking.cache_dir),
+            reporter=reporter or NullReporter(),
+            checkpoint_dir=checkpoint_dir,
+        )
 
     def with_overrides(self, overrides: Mapping[str, Any], check_files: bool = True) -> Experiment:
         """A new validated experiment with dotted keys set (``{"method.alpha": 0.1}``)."""
@@ -207,7 +168,7 @@ class Sweep(Section):
     """A search over an experiment's dotted keys (``experiment``: a path or an inline spec)."""
 
     name: str = Field(pattern=NAME_PATTERN, description="names the sweep directory and MLflow parent run")
-    experiment: Experiment
+    experiment: SerializeAsAny[Experiment]
     space: dict[str, Param] = Field(description="dotted key → one of choice, grid, uniform, "
                                     "loguniform, randint")
     objectives: list[Objective] = Field(min_length=1, description="list of {metric, mode: max|min}; "
@@ -230,20 +191,39 @@ class Sweep(Section):
 # ---------------------------------------------------------------- parsing
 
 
-def parse_experiment(raw: Any, check_files: bool = True) -> Experiment:
-    """Validate a raw mapping into an :class:`Experiment`, or raise one :class:`SpecError`.
+@cache
+def experiment_type(family: str) -> type[Experiment]:
+    """The family's typed experiment: its ``task.data``/``task.model``/``eval`` sections and
+    ``method`` as the union of its method table's spec classes, discriminated by ``name``."""
+    fam = family_spec(family)
+    specs = tuple(row.spec for row in fam.methods.values())
+    method: Any = specs[0] if len(specs) == 1 else Annotated[Union[specs], Field(discriminator="name")]  # noqa: UP007
+    title = family.title()
+    task = create_model(
+        f"{title}Task",
+        __base__=Task,
+        family=(Literal[family], ...),  # type: ignore[valid-type]
+        data=(fam.data, ...),
+        model=(fam.model, ...),
+    )
+    return create_model(
+        f"{title}Experiment", __base__=Experiment, task=(task, ...), method=(method, ...), eval=(fam.eval, ...)
+    )
 
-    ``check_files=False`` checks the schema only, not the files the spec names (``otu submit``
-    defers those to the job when they live on the cluster)."""
+
+def parse_experiment(raw: Any, check_files: bool = True) -> Experiment:
+    """Validate a raw mapping into the family's typed experiment, or raise one :class:`SpecError`.
+
+    ``check_files`` also runs :func:`check_environment` (the driver's job; workers pass False)."""
     if not isinstance(raw, Mapping):
         raise SpecError(f"an experiment spec must be a mapping (got {type(raw).__name__})")
     raw = dict(raw)
     task = raw.get("task")
     if not isinstance(task, Mapping):
-        raise SpecError(f"task: required mapping with family, data, model (got {_excerpt(task)})")
+        raise SpecError(f"task: required mapping with family, data, model (got {excerpt(task)})")
     family = task.get("family")
     if family not in FAMILIES:
-        raise SpecError(f"task.family: unknown family {_excerpt(family)}; known: {', '.join(known_families())}")
+        raise SpecError(f"task.family: unknown family {excerpt(family)}; known: {', '.join(known_families())}")
     fam = family_spec(family)
 
     errors: list[str] = []
@@ -262,17 +242,17 @@ def parse_experiment(raw: Any, check_files: bool = True) -> Experiment:
     name = method.get("name") if isinstance(method, Mapping) else None
     if name not in fam.methods:
         errors.append(
-            f"method.name: unknown method {_excerpt(name)} for family {family!r}; "
+            f"method.name: unknown method {excerpt(name)} for family {family!r}; "
             f"known: {', '.join(sorted(fam.methods))}"
         )
     else:
-        raw["method"] = _validate_section(fam.methods[name], method, "method", errors)
+        raw["method"] = _validate_section(fam.methods[name].spec, method, "method", errors)
     raw["task"] = task
 
     if errors:
         raise SpecError("; ".join(errors))
     try:
-        exp = Experiment.model_validate(raw)
+        exp = experiment_type(family).model_validate(raw)
     except ValidationError as err:
         raise SpecError(_format(err, "")) from None
     if exp.compute.device not in fam.devices:
@@ -286,9 +266,17 @@ def parse_experiment(raw: Any, check_files: bool = True) -> Experiment:
         raise SpecError(
             f"dynamics.select: unknown metric {select!r} for method {name!r}; known: {', '.join(known)}"
         )
-    if check_files and fam.validate is not None:
-        fam.validate(exp)
+    if check_files:
+        check_environment(exp)
     return exp
+
+
+def check_environment(exp: Experiment) -> None:
+    """The family's checks of what ``exp`` names on this machine (files exist, columns present,
+    checkpoints load, sets non-empty); raises SpecError/DataError. Run once, in the driver."""
+    checks = family_spec(exp.task.family).checks
+    if checks is not None:
+        load_object(checks)(exp.job(), exp.context())
 
 
 def parse_sweep(raw: Any, base_dir: Path | None = None, check_files: bool = True) -> Sweep:
@@ -299,7 +287,7 @@ def parse_sweep(raw: Any, base_dir: Path | None = None, check_files: bool = True
     experiment = copy.deepcopy(_resolve_experiment_ref(raw.get("experiment"), base_dir))
     overrides = raw.pop("overrides", None) or {}
     if not isinstance(overrides, Mapping) or not isinstance(experiment, dict):
-        raise SpecError(f"overrides: a mapping of dotted experiment keys to values (got {_excerpt(overrides)})")
+        raise SpecError(f"overrides: a mapping of dotted experiment keys to values (got {excerpt(overrides)})")
     for key, value in overrides.items():
         set_dotted(experiment, key, value)
     exp = parse_experiment(experiment, check_files)
@@ -310,7 +298,7 @@ def parse_sweep(raw: Any, base_dir: Path | None = None, check_files: bool = True
         raise SpecError(_format(err, "")) from None
 
     errors: list[str] = []
-    metrics = family_spec(exp.task.family).metrics_for(exp.method.name)  # type: ignore[attr-defined]
+    metrics = family_spec(exp.task.family).metrics_for(exp.method.name)
     for i, obj in enumerate(sweep.objectives):
         if obj.metric not in metrics:
             errors.append(
@@ -322,9 +310,9 @@ def parse_sweep(raw: Any, base_dir: Path | None = None, check_files: bool = True
             try:
                 probed = exp.with_overrides({key: value}, check_files)
             except SpecError as err:
-                errors.append(f"space.{key}: value {_excerpt(value)} is not valid here: {err}")
+                errors.append(f"space.{key}: value {excerpt(value)} is not valid here: {err}")
                 break
-            if param.kind in ("uniform", "loguniform") and _is_int(get_dotted(probed.to_dict(), key)):
+            if param.kind in ("uniform", "loguniform") and is_int(get_dotted(probed.to_dict(), key)):
                 errors.append(f"space.{key}: an integer field cannot take a {param.kind} range; use randint or choice")
                 break
     last_seed = exp.seed + sweep.search.seeds - 1
@@ -362,7 +350,7 @@ class SpecLoader(yaml.SafeLoader):
             line = key_node.start_mark.line + 1
             if key_node.value in seen:
                 raise SpecError(
-                    f"duplicate key {_excerpt(key_node.value)} (lines {seen[key_node.value]} and {line})"
+                    f"duplicate key {excerpt(key_node.value)} (lines {seen[key_node.value]} and {line})"
                 )
             seen[key_node.value] = line
         return super().construct_mapping(node, deep)
@@ -390,7 +378,7 @@ def parse_yaml(text: str, where: str = "spec") -> Any:
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise SpecError(f"{where}: not valid YAML: {err.problem or err.context}{at}") from None
     except yaml.YAMLError as err:
-        raise SpecError(f"{where}: not valid YAML: {_excerpt(str(err))}") from None
+        raise SpecError(f"{where}: not valid YAML: {excerpt(str(err))}") from None
     except SpecError as err:
         raise SpecError(f"{where}: {err}") from None
     except RecursionError:
@@ -492,14 +480,14 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise SpecError(f"--set: expected dotted.key=value (got {_excerpt(item)})")
+            raise SpecError(f"--set: expected dotted.key=value (got {excerpt(item)})")
         set_dotted(raw, key.strip(), parse_yaml(text, f"--set {key.strip()}"))
     return raw
 
 
 def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
-        raise SpecError(f"{_excerpt(key)}: not a dotted key (e.g. method.alpha)")
+        raise SpecError(f"{excerpt(key)}: not a dotted key (e.g. method.alpha)")
     node = raw
     parts = key.split(".")
     for depth, part in enumerate(parts[:-1]):
@@ -545,20 +533,6 @@ def _format(err: ValidationError, prefix: str) -> str:
     for e in err.errors(include_url=False):
         loc = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
         msg = e["msg"].removeprefix("Value error, ")
-        got = "" if e["type"] in ("missing", "value_error") else f" (got {_excerpt(e['input'])})"
+        got = "" if e["type"] in ("missing", "value_error") else f" (got {excerpt(e['input'])})"
         lines.append(f"{loc or '<root>'}: {msg}{got}")
     return "; ".join(lines)
-
-
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 2, 60, 60, 40
-
-
-def _excerpt(value: Any, limit: int = 80) -> str:
-    """A short repr of a user's value: bounded work and length however large the value is."""
-    text = _REPR.repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
