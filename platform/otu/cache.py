@@ -22,6 +22,7 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 DIGEST_FILE = ".otu-digest.json"
 log = logging.getLogger("otu.cache")
@@ -101,6 +102,12 @@ def remove_stale_temps(folder: Path) -> list[Path]:
             _remove(entry)
             removed.append(entry)
     return removed
+
+
+def content_hash(obj: Any) -> str:
+    """Stable short hash of JSON-able content (key order does not matter): a cache entry's key."""
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def file_digest(path: Path) -> str:

@@ -4,15 +4,12 @@ the retained classes' images are the target marginal of unlearning and the u-FID
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
+from otu.classifiers.digits import load_digits
 from otu.errors import SpecError
-from otu.vision.data import load_digits
-
-if TYPE_CHECKING:
-    from otu.generative.spec import GenerativeData
+from otu.generative.spec import GenerativeData
 
 
 @dataclass(frozen=True)

@@ -1,65 +1,68 @@
-"""Entry points of the generative family (see :class:`otu.registry.FamilyAPI`)."""
+"""The generative family (see :class:`otu.family.Family`): class unlearning for one-step generators."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from otu.generative.methods import method
+from otu.family import Family, RunContext, SavedModels
+from otu.generative import prepare as preparation
 from otu.generative.metrics import generator_metrics
-from otu.generative.models import MLPGenerator, save_generator
+from otu.generative.models import MLPGenerator, load_generator, save_generator
 from otu.generative.plots import class_histogram, sample_grids
 from otu.generative.prepare import Prepared
-from otu.generative.prepare import prepare as prepare_cached
-from otu.generative.spec import GenerativeEval
-from otu.registry import Reporter
-from otu.spec import Experiment
+from otu.generative.spec import METHODS, GenerativeJob
 
 CHECKPOINT_FILE = "generator.pt"
 
 
-def prepare(exp: Experiment, cache_dir: Path) -> Prepared:
-    """Data, original generator, evaluator and guide classifiers (cached under
-    ``cache_dir/generative-<hash>``), and the fixed evaluation noise."""
-    return prepare_cached(exp, cache_dir)
+class GenerativeFamily(Family, SavedModels):
+    def prepare(self, job: GenerativeJob, ctx: RunContext) -> Prepared:
+        """Data, original generator, evaluator and guide classifiers (cached under
+        ``ctx.cache_dir/generative-<hash>``), and the fixed evaluation noise."""
+        return preparation.prepare(job, ctx)
+
+    def reference_models(self, prepared: Prepared) -> dict[str, MLPGenerator]:
+        """The pretrained generator; there is no retrained oracle."""
+        return {"original": prepared.original}
+
+    def unlearn(self, job: GenerativeJob, prepared: Prepared, ctx: RunContext) -> MLPGenerator:
+        """Run ``job.method``; the unlearned generator is saved as ``ctx.checkpoint_dir/generator.pt``
+        (the checkpoint format, so it can be the ``task.model.generator.checkpoint`` of another run)."""
+        generator: MLPGenerator = METHODS[job.method.name].load()(job, prepared, ctx)
+        generator.requires_grad_(False)
+        if ctx.checkpoint_dir is not None:
+            ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            save_generator(generator, ctx.checkpoint_dir / CHECKPOINT_FILE)
+        return generator
+
+    def load_unlearned(self, job: GenerativeJob, prepared: Prepared, checkpoint: Path) -> MLPGenerator:
+        return self.load_checkpoint(job, prepared, str(checkpoint))
+
+    def load_checkpoint(self, job: GenerativeJob, prepared: Prepared, path: str) -> MLPGenerator:
+        """A generator checkpoint file, or a run's checkpoint directory (its ``generator.pt``)."""
+        file = Path(path) / CHECKPOINT_FILE if Path(path).is_dir() else Path(path)
+        return load_generator(file).requires_grad_(False)
+
+    def evaluate(self, job: GenerativeJob, prepared: Prepared, model: MLPGenerator) -> dict[str, float]:
+        """``pul``, ``ufid``, ``forget_share``, ``mean_confidence``, ``class_share_<c>``."""
+        return generator_metrics(model, prepared.evaluator, prepared.reference)
+
+    def plots(
+        self, job: GenerativeJob, prepared: Prepared, models: dict[str, MLPGenerator], out_dir: Path
+    ) -> list[Path]:
+        """``samples.png`` (a grid per model, same noise) and ``class_histogram.png``."""
+        if not job.eval.plots:
+            return []
+        out_dir = Path(out_dir)
+        ref = prepared.reference
+        shares = {
+            name: [metrics[f"class_share_{c}"] for c in range(ref.num_classes)]
+            for name, metrics in ((n, self.evaluate(job, prepared, m)) for n, m in models.items())
+        }
+        return [
+            sample_grids(models, prepared.evaluator, ref, job.eval.grid_size, out_dir / "samples.png"),
+            class_histogram(shares, ref.forget_class, out_dir / "class_histogram.png"),
+        ]
 
 
-def reference_models(prepared: Prepared) -> dict[str, MLPGenerator]:
-    """The pretrained generator; there is no retrained oracle."""
-    return {"original": prepared.original}
-
-
-def unlearn(
-    exp: Experiment, prepared: Prepared, report: Reporter, checkpoint_dir: Path
-) -> MLPGenerator:
-    """Run ``exp.method``; the unlearned generator is saved as ``checkpoint_dir/generator.pt`` (the
-    checkpoint format, so it can be the ``task.model.generator.checkpoint`` of another run)."""
-    generator = method(exp.method.name)(exp, prepared, report)  # type: ignore[attr-defined]
-    generator.requires_grad_(False)
-    checkpoint_dir = Path(checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    save_generator(generator, checkpoint_dir / CHECKPOINT_FILE)
-    return generator
-
-
-def evaluate(exp: Experiment, prepared: Prepared, model: MLPGenerator) -> dict[str, float]:
-    """``pul``, ``ufid``, ``forget_share``, ``mean_confidence``, ``class_share_<c>``."""
-    return generator_metrics(model, prepared.evaluator, prepared.reference)
-
-
-def plots(
-    exp: Experiment, prepared: Prepared, models: dict[str, MLPGenerator], out_dir: Path
-) -> list[Path]:
-    """``samples.png`` (a grid per model, same noise) and ``class_histogram.png``."""
-    ev: GenerativeEval = exp.eval  # type: ignore[assignment]
-    if not ev.plots:
-        return []
-    out_dir = Path(out_dir)
-    ref = prepared.reference
-    shares = {
-        name: [metrics[f"class_share_{c}"] for c in range(ref.num_classes)]
-        for name, metrics in ((n, evaluate(exp, prepared, m)) for n, m in models.items())
-    }
-    return [
-        sample_grids(models, prepared.evaluator, ref, ev.grid_size, out_dir / "samples.png"),
-        class_histogram(shares, ref.forget_class, out_dir / "class_histogram.png"),
-    ]
+FAMILY = GenerativeFamily()

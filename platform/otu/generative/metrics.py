@@ -42,7 +42,7 @@ class Reference:
 def classify(
     model: nn.Module, images: torch.Tensor, batch_size: int = 512
 ) -> tuple[np.ndarray, torch.Tensor]:
-    """``(penultimate features as float64, softmax probabilities)`` of an ``otu.vision`` classifier
+    """``(penultimate features as float64, softmax probabilities)`` of an ``otu.classifiers`` net
     (whose logits are ``head(features(x))``), in one pass."""
     model.eval()
     feats = torch.cat([model.features(chunk) for chunk in images.split(batch_size)])

@@ -10,10 +10,10 @@ import torch
 from matplotlib.patches import Rectangle
 from torch import nn
 
+from otu.classifiers.train import predict_logits
 from otu.figures import plt, save_figure
 from otu.generative.metrics import Reference
 from otu.generative.models import MLPGenerator
-from otu.vision.train import predict_logits
 
 
 def sample_grids(

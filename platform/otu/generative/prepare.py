@@ -11,24 +11,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from otu.cache import cached_dir
+from otu.cache import cached_dir, content_hash
+from otu.classifiers.models import build_model
+from otu.classifiers.train import train_classifier
 from otu.errors import DataError
+from otu.family import RunContext
 from otu.generative.data import ClassData, load_class_data
 from otu.generative.metrics import Reference, make_reference
 from otu.generative.models import GeneratorConfig, MLPGenerator, load_generator, save_generator
 from otu.generative.pretrain import fit_sinkhorn
-from otu.spec import content_hash
-from otu.vision.models import build_model
-from otu.vision.train import train_classifier
-
-if TYPE_CHECKING:
-    from otu.generative.spec import ClassifierSpec, GenerativeEval, GenerativeModel, GeneratorSpec
-    from otu.spec import Experiment
+from otu.generative.spec import ClassifierSpec, GenerativeJob, GenerativeModel, GeneratorSpec
 
 GENERATOR_FILE = "generator.pt"
 CLASSIFIER_FILES = {"evaluator": "evaluator.pt", "guide": "guide.pt"}
@@ -49,11 +45,11 @@ class Prepared:
     cache_paths: list[Path]
 
 
-def cache_keys(exp: Experiment) -> dict[str, str]:
+def cache_keys(job: GenerativeJob, seed: int) -> dict[str, str]:
     """Hashes of what each cache entry depends on (``classifiers``; ``generator`` unless a checkpoint
     is given)."""
-    model: GenerativeModel = exp.task.model  # type: ignore[assignment]
-    base = {"seed": exp.seed, "source": exp.task.data.source}  # type: ignore[attr-defined]
+    model = job.model
+    base = {"seed": seed, "source": job.data.source}
     keys = {
         "classifiers": content_hash(
             {
@@ -70,28 +66,26 @@ def cache_keys(exp: Experiment) -> dict[str, str]:
     return keys
 
 
-def prepare(exp: Experiment, cache_dir: Path) -> Prepared:
+def prepare(job: GenerativeJob, ctx: RunContext) -> Prepared:
     """Load the data; load the models from the cache or train and cache them; fix the evaluation noise."""
-    data = load_class_data(exp.task.data)  # type: ignore[arg-type]
-    spec: GenerativeModel = exp.task.model  # type: ignore[assignment]
+    data = load_class_data(job.data)
+    spec, seed, checkpoint = job.model, ctx.seed, job.model.generator.checkpoint
     paths = {
-        name: Path(cache_dir) / f"generative-{name}-{key}" for name, key in cache_keys(exp).items()
+        name: Path(ctx.cache_dir) / f"generative-{name}-{key}" for name, key in cache_keys(job, seed).items()
     }
-    cached_dir(paths["classifiers"], lambda tmp: _train_classifiers(data, spec, exp.seed, tmp))
-    if "generator" in paths:
-        cached_dir(paths["generator"], lambda tmp: _train_generator(data, spec.generator, exp.seed, tmp))
+    cached_dir(paths["classifiers"], lambda tmp: _train_classifiers(data, spec, seed, tmp))
+    if checkpoint is None:
+        cached_dir(paths["generator"], lambda tmp: _train_generator(data, spec.generator, seed, tmp))
         original = load_generator(paths["generator"] / GENERATOR_FILE)
     else:
-        original = load_generator(spec.generator.checkpoint)  # type: ignore[arg-type]
+        original = load_generator(checkpoint)
     original.requires_grad_(False)
     classifiers = {
         name: _load_classifier(getattr(spec, name), data, paths["classifiers"] / file)
         for name, file in CLASSIFIER_FILES.items()
     }
-    ev: GenerativeEval = exp.eval  # type: ignore[assignment]
-    noise = torch.randn(
-        ev.num_samples, original.latent_dim, generator=torch.Generator().manual_seed(exp.seed)
-    )
+    ev = job.eval
+    noise = torch.randn(ev.num_samples, original.latent_dim, generator=torch.Generator().manual_seed(seed))
     reference = make_reference(
         original,
         classifiers["evaluator"],

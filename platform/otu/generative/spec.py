@@ -14,9 +14,9 @@ from typing import Literal
 
 from pydantic import Field
 
+from otu.family import FamilySpec, Job, Method
 from otu.paths import LocalPath
-from otu.registry import FamilySpec
-from otu.spec import Experiment, Section
+from otu.sections import MethodSpec, Section
 
 
 class GenerativeData(Section):
@@ -45,7 +45,7 @@ class GeneratorSpec(Section):
 
 
 class ClassifierSpec(Section):
-    """A digits classifier (``otu.vision`` CNN/ResNet) trained with Adam on all images."""
+    """A digits classifier (``otu.classifiers`` CNN/ResNet) trained with Adam on all images."""
 
     arch: Literal["cnn", "resnet18"] = "cnn"
     width: int | None = Field(None, ge=1, description="first-stage channels (cnn 32, resnet18 64)")
@@ -72,7 +72,7 @@ class GenerativeEval(Section):
     plots: bool = True
 
 
-class Finetuning(Section):
+class Finetuning(MethodSpec):
     """Adam on a copy of the original generator for ``steps`` steps of ``batch_size`` samples."""
 
     steps: int = Field(300, ge=1)
@@ -82,19 +82,24 @@ class Finetuning(Section):
     beta2: float = Field(0.9, ge=0, lt=1)
 
 
-class ForgetCost(Finetuning):
-    """Naive baseline: minimise the unlearning cost c(z, G(z)) alone, with no marginal term."""
+class CostWeights(Finetuning):
+    """The weights of the unlearning cost c(z, y) (:mod:`otu.generative.methods.common`)."""
 
-    name: Literal["forget_cost"]
     forget_weight: float = Field(2.0, ge=0, description="λ: weight of the guide's p(forget class)")
     transport_weight: float = Field(1.0, ge=0, description="α: weight of mean (G(z) − G₀(z))²")
 
 
-class UOTUnlearn(ForgetCost):
+class ForgetCost(CostWeights):
+    """Naive baseline: minimise the unlearning cost c(z, G(z)) alone, with no marginal term."""
+
+    name: Literal["forget_cost"]
+
+
+class UOTUnlearn(CostWeights):
     r"""UOT-Unlearn: the UOT semi-dual between noise and retained-class data with cost
     c(z, y) = α·mean((y − G₀(z))²) + λ·p_guide(forget | y) and τ-weighted f-divergence marginals."""
 
-    name: Literal["uot_unlearn"]  # type: ignore[assignment]
+    name: Literal["uot_unlearn"]
     tau: float = Field(
         1.0,
         gt=0,
@@ -126,25 +131,21 @@ METRICS = (
 )
 
 
-def validate(exp: Experiment) -> None:
-    """The forget class exists; a generator checkpoint loads and outputs images of the data's shape."""
-    from otu.generative.data import check_forget_class, load_images
-    from otu.generative.models import check_checkpoint
+GenerativeJob = Job[GenerativeData, GenerativeModel, GenerativeEval]
+"""What the family's functions receive (``job.method``: one of the table's spec classes)."""
 
-    data: GenerativeData = exp.task.data  # type: ignore[assignment]
-    images, labels = load_images(data)
-    check_forget_class(data, labels)
-    checkpoint = exp.task.model.generator.checkpoint  # type: ignore[attr-defined]
-    if checkpoint is not None:
-        check_checkpoint(checkpoint, tuple(images.shape[1:]))
-
+METHODS: dict[str, Method] = {
+    "uot_unlearn": Method(UOTUnlearn, "otu.generative.methods.uot_unlearn:run"),
+    "forget_cost": Method(ForgetCost, "otu.generative.methods.forget_cost:run"),
+    "finetune": Method(Finetune, "otu.generative.methods.finetune:run"),
+}
 
 SPEC = FamilySpec(
     data=GenerativeData,
     model=GenerativeModel,
     eval=GenerativeEval,
-    methods={"uot_unlearn": UOTUnlearn, "forget_cost": ForgetCost, "finetune": Finetune},
+    methods=METHODS,
     metrics=METRICS,
-    validate=validate,
+    checks="otu.generative.checks:check",
     devices=("cpu", "auto"),  # CPU-sized models: compute.device cuda is rejected, not ignored
 )

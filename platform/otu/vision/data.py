@@ -16,26 +16,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from otu.classifiers.digits import load_digits
 from otu.errors import DataError
-
-if TYPE_CHECKING:
-    from otu.vision.spec import VisionData
+from otu.vision.spec import VisionData
 
 FILE_SUFFIXES = (".parquet", ".npz")
-
-
-def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's bundled digits: images ``N×1×8×8`` float32 in [0, 1], labels int64."""
-    from sklearn.datasets import load_digits as sk_digits
-
-    bunch = sk_digits()
-    images = torch.tensor(bunch.images / 16.0, dtype=torch.float32).unsqueeze(1)
-    return images, torch.tensor(bunch.target, dtype=torch.int64)
 
 
 @dataclass(frozen=True)

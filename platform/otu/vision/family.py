@@ -1,4 +1,4 @@
-"""Entry points of the vision family (see :class:`otu.registry.FamilyAPI`)."""
+"""The vision family (see :class:`otu.family.Family`): classifier instance unlearning on images."""
 
 from __future__ import annotations
 
@@ -7,60 +7,69 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from otu.registry import Reporter
-from otu.spec import Experiment
-from otu.vision.methods import method
+from otu.errors import DataError
+from otu.family import Family, RunContext, SavedModels
+from otu.vision import prepare as preparation
 from otu.vision.metrics import MIAProbe, classifier_metrics
 from otu.vision.plots import loss_histograms
 from otu.vision.prepare import Prepared
-from otu.vision.prepare import prepare as prepare_cached
-from otu.vision.spec import VisionEval
+from otu.vision.spec import METHODS, VisionJob
+
+CHECKPOINT_FILE = "unlearned.pt"
 
 
-def prepare(exp: Experiment, cache_dir: Path) -> Prepared:
-    """Splits, original and retain-only oracle (cached under ``cache_dir/vision-<hash>``)."""
-    return prepare_cached(exp, cache_dir)
+class VisionFamily(Family, SavedModels):
+    def prepare(self, job: VisionJob, ctx: RunContext) -> Prepared:
+        """Splits, original and retain-only oracle (cached under ``ctx.cache_dir/vision-<hash>``)."""
+        return preparation.prepare(job, ctx)
+
+    def reference_models(self, prepared: Prepared) -> dict[str, nn.Module]:
+        return {"original": prepared.original, "retrained": prepared.retrained}
+
+    def unlearn(self, job: VisionJob, prepared: Prepared, ctx: RunContext) -> nn.Module:
+        """Run ``job.method``; the unlearned weights are saved as ``ctx.checkpoint_dir/unlearned.pt``."""
+        model = METHODS[job.method.name].load()(job, prepared, ctx)
+        if ctx.checkpoint_dir is not None:
+            ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), ctx.checkpoint_dir / CHECKPOINT_FILE)
+        return model
+
+    def load_unlearned(self, job: VisionJob, prepared: Prepared, checkpoint: Path) -> nn.Module:
+        return self.load_checkpoint(job, prepared, str(checkpoint))
+
+    def load_checkpoint(self, job: VisionJob, prepared: Prepared, path: str) -> nn.Module:
+        """A run's checkpoint directory (its ``unlearned.pt``) or a state-dict file of the spec's net."""
+        file = Path(path) / CHECKPOINT_FILE if Path(path).is_dir() else Path(path)
+        model = prepared.new_model()
+        try:
+            model.load_state_dict(torch.load(file, weights_only=True, map_location="cpu"))
+        except (OSError, RuntimeError, ValueError) as err:
+            raise DataError(f"--model: cannot load a {job.model.arch} state dict from {file}: {err}") from None
+        return model.eval()
+
+    def evaluate(self, job: VisionJob, prepared: Prepared, model: nn.Module) -> dict[str, float]:
+        """``test_acc``, ``top2_acc``, ``mia_acc``, ``forgetting_score``, ``nomus``."""
+        return classifier_metrics(model, prepared.splits.part("test"), _probe(job, prepared))
+
+    def plots(
+        self, job: VisionJob, prepared: Prepared, models: dict[str, nn.Module], out_dir: Path
+    ) -> list[Path]:
+        """``loss_histograms.png``: a panel per model (nothing when ``eval.plots`` is false)."""
+        if not job.eval.plots:
+            return []
+        return [loss_histograms(models, _probe(job, prepared), Path(out_dir) / "loss_histograms.png")]
 
 
-def reference_models(prepared: Prepared) -> dict[str, nn.Module]:
-    return {"original": prepared.original, "retrained": prepared.retrained}
-
-
-def unlearn(
-    exp: Experiment, prepared: Prepared, report: Reporter, checkpoint_dir: Path
-) -> nn.Module:
-    """Run ``exp.method``; the unlearned weights are saved as ``checkpoint_dir/unlearned.pt``."""
-    model = method(exp.method.name)(exp, prepared, report)  # type: ignore[attr-defined]
-    checkpoint_dir = Path(checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), checkpoint_dir / "unlearned.pt")
-    return model
-
-
-def evaluate(exp: Experiment, prepared: Prepared, model: nn.Module) -> dict[str, float]:
-    """``test_acc``, ``top2_acc``, ``mia_acc``, ``forgetting_score``, ``nomus``."""
-    return classifier_metrics(model, prepared.splits.part("test"), _probe(exp, prepared))
-
-
-def plots(
-    exp: Experiment, prepared: Prepared, models: dict[str, nn.Module], out_dir: Path
-) -> list[Path]:
-    """``loss_histograms.png``: a panel per model (nothing when ``eval.plots`` is false)."""
-    ev: VisionEval = exp.eval  # type: ignore[assignment]
-    if not ev.plots:
-        return []
-    out_dir = Path(out_dir)
-    probe = _probe(exp, prepared)
-    return [loss_histograms(models, probe, out_dir / "loss_histograms.png")]
-
-
-def _probe(exp: Experiment, prepared: Prepared) -> MIAProbe:
-    ev: VisionEval = exp.eval  # type: ignore[assignment]
+def _probe(job: VisionJob, prepared: Prepared) -> MIAProbe:
+    ev = job.eval
     return MIAProbe(
         prepared.splits.part("forget"),
         prepared.splits.part("test"),
         n_splits=ev.mia_splits,
         test_size=ev.mia_test_size,
         feature=ev.mia_feature,
-        seed=exp.seed,
+        seed=prepared.seed,
     )
+
+
+FAMILY = VisionFamily()

@@ -19,8 +19,8 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.nn import functional as F
 
+from otu.classifiers.train import predict_logits
 from otu.errors import RunFailed
-from otu.vision.train import predict_logits
 
 
 def per_sample_losses(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> np.ndarray:

@@ -3,24 +3,19 @@ per (seed, task.data, task.model) and cached on disk under ``cache_dir/vision-<h
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from otu.cache import cached_dir
-from otu.spec import content_hash
+from otu.cache import cached_dir, content_hash, file_digest
+from otu.classifiers.models import build_model
+from otu.classifiers.train import train_classifier
+from otu.family import RunContext
 from otu.vision.data import Splits, make_splits
-from otu.vision.models import build_model
-from otu.vision.train import train_classifier
-
-if TYPE_CHECKING:
-    from otu.spec import Experiment
-    from otu.vision.spec import VisionModel
+from otu.vision.spec import VisionJob, VisionModel
 
 MODEL_FILES = {"original": "original.pt", "retrained": "retrained.pt"}
 
@@ -35,43 +30,42 @@ class Prepared:
     new_model: Callable[[], nn.Module]
     """A fresh, seeded, untrained model of the spec's architecture."""
     cache_path: Path
+    seed: int
 
 
-def cache_key(exp: Experiment) -> str:
+def cache_key(job: VisionJob, seed: int) -> str:
     """Hash of what the cached models depend on: the seed, ``task.data`` (with the file's bytes),
     ``task.model``."""
-    data = exp.task.data.model_dump(mode="json")
+    data = job.data.model_dump(mode="json")
     if data["source"] == "file":
-        data["file_sha256"] = _file_digest(Path(data["path"]))
-    return content_hash(
-        {"seed": exp.seed, "data": data, "model": exp.task.model.model_dump(mode="json")}
-    )
+        data["file_sha256"] = file_digest(Path(data["path"]))
+    return content_hash({"seed": seed, "data": data, "model": job.model.model_dump(mode="json")})
 
 
-def prepare(exp: Experiment, cache_dir: Path) -> Prepared:
+def prepare(job: VisionJob, ctx: RunContext) -> Prepared:
     """Build the splits; load the two reference models from the cache or train and cache them."""
-    splits = make_splits(exp.task.data, exp.seed)  # type: ignore[arg-type]
-    spec: VisionModel = exp.task.model  # type: ignore[assignment]
+    seed, spec = ctx.seed, job.model
+    splits = make_splits(job.data, seed)
     _, channels, height, _ = splits.images.shape
 
     def new_model() -> nn.Module:
         with torch.random.fork_rng():
-            torch.manual_seed(exp.seed)
+            torch.manual_seed(seed)
             return build_model(spec.arch, splits.num_classes, channels, height, spec.width)
 
-    path = Path(cache_dir) / f"vision-{cache_key(exp)}"
-    cached_dir(path, lambda tmp: _train_references(splits, new_model, spec, exp.seed, tmp))
+    path = Path(ctx.cache_dir) / f"vision-{cache_key(job, seed)}"
+    cached_dir(path, lambda tmp: _train_references(splits, new_model, spec, seed, tmp))
     models = {}
     for name, file in MODEL_FILES.items():
         model = new_model()
         model.load_state_dict(torch.load(path / file, weights_only=True))
         models[name] = model.eval()
-    return Prepared(splits, models["original"], models["retrained"], new_model, path)
+    return Prepared(splits, models["original"], models["retrained"], new_model, path, seed)
 
 
-def train_fresh(prepared: Prepared, spec: VisionModel, part: str, seed: int) -> nn.Module:
+def train_fresh(prepared: Prepared, spec: VisionModel, part: str) -> nn.Module:
     """A fresh model trained with ``spec``'s recipe on a split part (``train`` or ``retain``)."""
-    return _fit(prepared.new_model, prepared.splits, spec, part, seed)
+    return _fit(prepared.new_model, prepared.splits, spec, part, prepared.seed)
 
 
 def _fit(
@@ -94,11 +88,3 @@ def _train_references(
     for name, part in (("original", "train"), ("retrained", "retain")):
         model = _fit(new_model, splits, spec, part, seed)
         torch.save(model.state_dict(), out / MODEL_FILES[name])
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

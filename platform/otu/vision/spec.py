@@ -11,9 +11,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from otu.family import FamilySpec, Job, Method
 from otu.paths import LocalPath
-from otu.registry import FamilySpec
-from otu.spec import Experiment, Section
+from otu.sections import MethodSpec, Section
 
 
 class VisionData(Section):
@@ -87,7 +87,7 @@ class VisionEval(Section):
     plots: bool = True
 
 
-class SGDMethod(Section):
+class SGDMethod(MethodSpec):
     """SGD (momentum, weight decay) over the retain (or forget) set for ``epochs`` passes."""
 
     epochs: int = Field(1, ge=1)
@@ -134,7 +134,7 @@ class DLFD(SGDMethod):
     )
 
 
-class Retrain(Section):
+class Retrain(MethodSpec):
     """Train a fresh model on the retain set with ``task.model``'s recipe (the oracle, again)."""
 
     name: Literal["retrain"]
@@ -152,19 +152,22 @@ class NegGrad(SGDMethod):
     name: Literal["neggrad"]
 
 
-def validate(exp: Experiment) -> None:
-    """Read the data's labels/identities up front: file, columns, identities, non-empty sets."""
-    from otu.vision.data import check_request
+VisionJob = Job[VisionData, VisionModel, VisionEval]
+"""What the family's functions receive (``job.method``: one of the table's spec classes)."""
 
-    check_request(exp.task.data, exp.seed)  # type: ignore[arg-type]
-
+METHODS: dict[str, Method] = {
+    "dlfd": Method(DLFD, "otu.vision.methods.dlfd:run"),
+    "retrain": Method(Retrain, "otu.vision.methods.retrain:run"),
+    "finetune": Method(Finetune, "otu.vision.methods.finetune:run"),
+    "neggrad": Method(NegGrad, "otu.vision.methods.neggrad:run"),
+}
 
 SPEC = FamilySpec(
     data=VisionData,
     model=VisionModel,
     eval=VisionEval,
-    methods={"dlfd": DLFD, "retrain": Retrain, "finetune": Finetune, "neggrad": NegGrad},
+    methods=METHODS,
     metrics=("test_acc", "top2_acc", "mia_acc", "forgetting_score", "nomus"),
-    validate=validate,
+    checks="otu.vision.checks:check",
     devices=("cpu", "auto"),  # CPU-sized models: compute.device cuda is rejected, not ignored
 )

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from otu.generative.models import MLPGenerator
-
-if TYPE_CHECKING:
-    from otu.generative.prepare import Prepared
+from otu.generative.prepare import Prepared
+from otu.generative.spec import CostWeights
 
 NOISE_SEED_OFFSET = 1
 """Training noise is drawn from a generator seeded with ``seed + 1`` (evaluation noise uses ``seed``)."""
@@ -67,7 +65,7 @@ class UnlearningCost:
         self.forget_weight, self.transport_weight = forget_weight, transport_weight
 
     @classmethod
-    def of(cls, prepared: Prepared, method) -> UnlearningCost:
+    def of(cls, prepared: Prepared, method: CostWeights) -> UnlearningCost:
         """The cost with ``method``'s weights on ``prepared``'s original generator and guide."""
         return cls(
             prepared.original,

@@ -3,17 +3,17 @@ objective (Sinkhorn divergence); the forgotten class goes only because it is abs
 
 from __future__ import annotations
 
+from otu.classifiers.report import report_step
+from otu.family import TOTAL_STEPS, RunContext
 from otu.generative.methods.common import noise_stream, trainable_copy
 from otu.generative.models import MLPGenerator
 from otu.generative.prepare import Prepared
 from otu.generative.pretrain import fit_sinkhorn
-from otu.generative.spec import Finetune
-from otu.registry import TOTAL_STEPS, Reporter
-from otu.spec import Experiment
+from otu.generative.spec import Finetune, GenerativeJob
 
 
-def run(exp: Experiment, prepared: Prepared, report: Reporter) -> MLPGenerator:
-    m: Finetune = exp.method  # type: ignore[assignment]
+def run(job: GenerativeJob, prepared: Prepared, ctx: RunContext) -> MLPGenerator:
+    m: Finetune = job.method
     generator = trainable_copy(prepared.original)
     return fit_sinkhorn(
         generator,
@@ -24,8 +24,8 @@ def run(exp: Experiment, prepared: Prepared, report: Reporter) -> MLPGenerator:
         blur=m.blur,
         scaling=m.scaling,
         betas=(m.beta1, m.beta2),
-        noise=noise_stream(exp.seed),
-        on_step=lambda step, loss: report(
-            step, {"sinkhorn_divergence": loss, TOTAL_STEPS: m.steps}, generator
+        noise=noise_stream(ctx.seed),
+        on_step=lambda step, loss: report_step(
+            ctx.reporter, step, {"sinkhorn_divergence": loss, TOTAL_STEPS: m.steps}, generator
         ),
     )

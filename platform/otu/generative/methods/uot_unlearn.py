@@ -8,25 +8,25 @@ from __future__ import annotations
 
 import torch
 
+from otu.classifiers.report import report_step
+from otu.family import TOTAL_STEPS, RunContext
 from otu.generative.methods.common import UnlearningCost, noise_stream, trainable_copy
 from otu.generative.models import MLPGenerator, potential_network
 from otu.generative.prepare import Prepared
-from otu.generative.spec import UOTUnlearn
+from otu.generative.spec import GenerativeJob, UOTUnlearn
 from otu.generative.uot import conjugate, generator_loss, potential_loss, r1_penalty
-from otu.registry import TOTAL_STEPS, Reporter
-from otu.spec import Experiment
 
 
-def run(exp: Experiment, prepared: Prepared, report: Reporter) -> MLPGenerator:
-    m: UOTUnlearn = exp.method  # type: ignore[assignment]
+def run(job: GenerativeJob, prepared: Prepared, ctx: RunContext) -> MLPGenerator:
+    m: UOTUnlearn = job.method
     generator = trainable_copy(prepared.original)
     with torch.random.fork_rng():
-        torch.manual_seed(exp.seed)
+        torch.manual_seed(ctx.seed)
         potential = potential_network(prepared.data.image_shape, m.potential_hidden)
     psi = conjugate(m.divergence, m.tau)
     cost = UnlearningCost.of(prepared, m)
     target = prepared.data.retained
-    noise = noise_stream(exp.seed)
+    noise = noise_stream(ctx.seed)
     opt_g = torch.optim.Adam(generator.parameters(), lr=m.lr, betas=(m.beta1, m.beta2))
     opt_v = torch.optim.Adam(potential.parameters(), lr=m.lr_potential, betas=(m.beta1, m.beta2))
 
@@ -55,7 +55,8 @@ def run(exp: Experiment, prepared: Prepared, report: Reporter) -> MLPGenerator:
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
-        report(
+        report_step(
+            ctx.reporter,
             step,
             {
                 "potential_loss": float(loss_v.detach()),

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from otu.registry import TOTAL_STEPS, Reporter
-from otu.spec import Experiment
-from otu.vision.spec import SGDMethod
-
-if TYPE_CHECKING:
-    from otu.vision.prepare import Prepared
+from otu.classifiers.report import report_step
+from otu.family import TOTAL_STEPS, RunContext
+from otu.vision.prepare import Prepared
+from otu.vision.spec import SGDMethod, VisionJob
 
 
 def sgd(model: nn.Module, spec: SGDMethod) -> torch.optim.SGD:
@@ -48,15 +45,15 @@ def cycle_batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[tor
 
 
 def cross_entropy_pass(
-    exp: Experiment, prepared: Prepared, report: Reporter, part: str, sign: float, metric: str
+    job: VisionJob, prepared: Prepared, ctx: RunContext, part: str, sign: float, metric: str
 ) -> nn.Module:
-    """``exp.method.epochs`` seeded passes of SGD on ``sign``·CE over one split part of a copy of the
+    """``job.method.epochs`` seeded passes of SGD on ``sign``·CE over one split part of a copy of the
     original (sign +1: fine-tuning on ``retain``; −1: gradient ascent on ``forget``)."""
-    spec = exp.method
+    spec: SGDMethod = job.method
     model = fresh_copy(prepared.original)
     opt = sgd(model, spec)
     x, y = prepared.splits.part(part)
-    gen = torch.Generator().manual_seed(exp.seed)
+    gen = torch.Generator().manual_seed(ctx.seed)
     passes = [batches(len(x), spec.batch_size, gen) for _ in range(spec.epochs)]  # gen draws nothing else
     total = sum(map(len, passes))
     step = 0
@@ -66,6 +63,6 @@ def cross_entropy_pass(
             opt.zero_grad(set_to_none=True)
             (sign * loss).backward()
             opt.step()
-            report(step, {metric: loss.item(), TOTAL_STEPS: total}, model)
+            report_step(ctx.reporter, step, {metric: loss.item(), TOTAL_STEPS: total}, model)
             step += 1
     return model.eval()

@@ -32,19 +32,19 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from otu.classifiers.report import report_step
+from otu.classifiers.train import predict_logits
+from otu.family import TOTAL_STEPS, RunContext
 from otu.ot import sinkhorn_loss
-from otu.registry import TOTAL_STEPS, Reporter
-from otu.spec import Experiment
 from otu.vision.methods.common import batches, cycle_batches, fresh_copy, sgd
 from otu.vision.metrics import MIAProbe, forgetting_score, topk_accuracy
 from otu.vision.prepare import Prepared
-from otu.vision.spec import DLFD, VisionEval
-from otu.vision.train import predict_logits
+from otu.vision.spec import DLFD, VisionJob
 
 
-def run(exp: Experiment, prepared: Prepared, report: Reporter) -> nn.Module:
-    spec: DLFD = exp.method  # type: ignore[assignment]
-    ev: VisionEval = exp.eval  # type: ignore[assignment]
+def run(job: VisionJob, prepared: Prepared, ctx: RunContext) -> nn.Module:
+    spec: DLFD = job.method
+    ev = job.eval
     splits = prepared.splits
     model = fresh_copy(prepared.original)
     opt = sgd(model, spec)
@@ -57,10 +57,10 @@ def run(exp: Experiment, prepared: Prepared, report: Reporter) -> nn.Module:
         n_splits=ev.mia_splits,
         test_size=ev.mia_test_size,
         feature=ev.mia_feature,
-        seed=exp.seed,
+        seed=ctx.seed,
         max_samples=spec.monitor_samples,
     )
-    gen = torch.Generator().manual_seed(exp.seed)
+    gen = torch.Generator().manual_seed(ctx.seed)
     forget_batches = cycle_batches(len(xf), spec.batch_size, gen)
     passes = [batches(len(x), spec.batch_size, gen) for _ in range(spec.epochs)]
     last = max(sum(map(len, passes)) - 1, 1)  # λ reaches lambda_end at the last batch
@@ -84,7 +84,7 @@ def run(exp: Experiment, prepared: Prepared, report: Reporter) -> nn.Module:
             loss.backward()
             opt.step()
             metrics["loss_ce"] = loss.item()
-            report(step, metrics, model)
+            report_step(ctx.reporter, step, metrics, model)
             step += 1
             if step % spec.check_every == 0:
                 fs = forgetting_score(probe(model))

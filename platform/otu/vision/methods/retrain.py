@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from otu.registry import Reporter
-from otu.spec import Experiment
+from otu.family import RunContext
 from otu.vision.prepare import Prepared, train_fresh
+from otu.vision.spec import VisionJob
 
 
-def run(exp: Experiment, prepared: Prepared, report: Reporter) -> nn.Module:
-    return train_fresh(prepared, exp.task.model, "retain", exp.seed)  # type: ignore[arg-type]
+def run(job: VisionJob, prepared: Prepared, ctx: RunContext) -> nn.Module:
+    return train_fresh(prepared, job.model, "retain")

@@ -1,4 +1,4 @@
-"""Plain supervised training of a classifier (used for the original model and the oracle)."""
+"""Plain supervised training of a classifier (original models, oracles, evaluators) and its logits."""
 
 from __future__ import annotations
 

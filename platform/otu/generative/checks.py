@@ -1,0 +1,17 @@
+"""Environment checks of the generative family (run once, in the driver)."""
+
+from __future__ import annotations
+
+from otu.family import RunContext
+from otu.generative.data import check_forget_class, load_images
+from otu.generative.models import check_checkpoint
+from otu.generative.spec import GenerativeJob
+
+
+def check(job: GenerativeJob, ctx: RunContext) -> None:
+    """The forget class exists; a generator checkpoint loads and outputs images of the data's shape."""
+    images, labels = load_images(job.data)
+    check_forget_class(job.data, labels)
+    checkpoint = job.model.generator.checkpoint
+    if checkpoint is not None:
+        check_checkpoint(checkpoint, tuple(images.shape[1:]))
