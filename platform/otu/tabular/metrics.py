@@ -26,6 +26,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from torch import nn
 
+from otu.classifiers.train import predict_logits
 from otu.tabular.mi import plugin_mi
 from otu.tabular.spec import TabularEval
 from otu.tabular.tables import DigitsSplits, Features, FeatureTask
@@ -96,8 +97,6 @@ def feature_metrics(task: FeatureTask, features: Features, ev: TabularEval, seed
 @torch.no_grad()
 def classifier_metrics(splits: DigitsSplits, model: nn.Module) -> dict[str, float]:
     """Accuracies on retain / forget / test and Î(softmax outputs; Z) of a digits classifier."""
-    from otu.vision.train import predict_logits
-
     model.eval()
     logits = predict_logits(model, splits.images)
     correct = logits.argmax(dim=1) == splits.labels

@@ -9,15 +9,17 @@ to fill the cache never read a partial file.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from otu.cache import verified_file, write_verified_file
-from otu.spec import content_hash
+from otu.cache import content_hash, verified_file, write_verified_file
+from otu.classifiers.models import build_model
+from otu.classifiers.train import train_classifier
 from otu.tabular.spec import TabularData, TabularModel
-from otu.tabular.tables import DigitsSplits
+from otu.tabular.tables import DigitsSplits, digits_splits
 
 NUM_CLASSES = 10
 """Digits."""
@@ -34,9 +36,6 @@ def digits_network(
     name: str, splits: DigitsSplits, model: TabularModel, seed: int, entry: Path
 ) -> nn.Module:
     """The ``original`` or ``retrained`` classifier (eval mode), from ``entry`` or trained now."""
-    from otu.vision.models import build_model
-    from otu.vision.train import train_classifier
-
     net = build_model(model.arch, NUM_CLASSES)
     path = entry / f"{name}.pt"
     if verified_file(path):
@@ -55,6 +54,26 @@ def digits_network(
     )
     write_verified_file(path, lambda tmp: torch.save(net.state_dict(), tmp))
     return net.eval()
+
+
+@dataclass(frozen=True)
+class DigitsTask:
+    """What data-point unlearning works on: digits splits, the original classifier and the
+    retain-only oracle."""
+
+    splits: DigitsSplits
+    original: nn.Module
+    retrained: nn.Module
+
+
+def digits_task(data: TabularData, model: TabularModel, seed: int, cache_dir: Path) -> DigitsTask:
+    splits = digits_splits(data, seed)
+    entry = cache_entry(data, model, seed, cache_dir)
+    return DigitsTask(
+        splits=splits,
+        original=digits_network("original", splits, model, seed, entry),
+        retrained=digits_network("retrained", splits, model, seed, entry),
+    )
 
 
 @torch.no_grad()

@@ -34,6 +34,7 @@ def digits_feature_task(data: TabularData, model: TabularModel, seed: int, cache
         classes=tuple(str(c) for c in range(NUM_CLASSES)),
         groups=INK_GROUPS,
         feature_names=tuple(f"h{i}" for i in range(emb.shape[1])),
+        seed=seed,
     )
 
 

@@ -3,17 +3,13 @@ data-point ("marginal") unlearning with a mutual-information regulariser."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, cast
+from typing import Literal
 
 from pydantic import Field, model_validator
 
-from otu.errors import SpecError
+from otu.family import FamilySpec, Job, Method
 from otu.paths import LocalPath
-from otu.registry import FamilySpec
-from otu.spec import Section
-
-if TYPE_CHECKING:
-    from otu.spec import Experiment
+from otu.sections import MethodSpec, Section
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 
@@ -93,7 +89,17 @@ class TabularEval(Section):
     plots: bool = True
 
 
-class Barycenter(Section):
+class FeatureMethod(MethodSpec):
+    """Unlearns a feature (the sensitive attribute) from a table's or digits embeddings' features:
+    the family prepares a :class:`~otu.tabular.tables.FeatureTask` for it."""
+
+
+class PointMethod(MethodSpec):
+    """Forgets training points of the digits classifier: the family prepares a
+    :class:`~otu.tabular.networks.DigitsTask` for it (``task.data.source: digits``)."""
+
+
+class Barycenter(FeatureMethod):
     """Map each group's features to the W₂ barycenter of the group conditionals P(X | Z=z) and
     interpolate: x_t = (1−t)·x + t·T_z(x) (McCann). ``gaussian``: Bures–Wasserstein barycenter
     and affine maps; ``empirical``: for two groups the OT map between them and McCann's
@@ -121,7 +127,7 @@ class Barycenter(Section):
     )
 
 
-class _Training(Section):
+class _Training(PointMethod):
     """Adam on the retain set from the original model (authors: lr 1e-3, retain batches of 64)."""
 
     epochs: int = Field(5, ge=1)
@@ -144,42 +150,26 @@ class Finetune(_Training):
     name: Literal["finetune"]
 
 
-FEATURE_METHODS = ("barycenter",)
-"""Methods that unlearn a feature; the others forget digits training points."""
-
-
-def validate(exp: Experiment) -> None:
-    """Method/source compatibility, then (file source) read and encode the table so that missing
-    columns, garbage in numeric columns and degenerate groups fail before any work."""
-    data = cast(TabularData, exp.task.data)
-    name = getattr(exp.method, "name", "")
-    if name not in FEATURE_METHODS and data.source != "digits":
-        raise SpecError(
-            f"method.name: {name!r} forgets training points of the digits classifier and needs "
-            f"task.data.source 'digits' (got {data.source!r})"
-        )
-    if data.source == "file":
-        from otu.tabular.tables import load_table
-
-        load_table(data, exp.seed)
-
-
 FEATURE_METRICS = (
     "utility_auc", "utility_acc", "leakage_auc", "leakage_bacc", "discrimination", "mi_estimate",
 )
 DATAPOINT_METRICS = ("mi", "retain_acc", "forget_acc", "test_acc")
 
+TabularJob = Job[TabularData, TabularModel, TabularEval]
+"""What the family's functions receive (``job.method``: one of the table's spec classes)."""
+
+METHODS: dict[str, Method] = {
+    "barycenter": Method(Barycenter, "otu.tabular.methods.barycenter:run", metrics=FEATURE_METRICS),
+    "marginal": Method(Marginal, "otu.tabular.methods.marginal:run", metrics=DATAPOINT_METRICS),
+    "finetune": Method(Finetune, "otu.tabular.methods.finetune:run", metrics=DATAPOINT_METRICS),
+}
+
 SPEC = FamilySpec(
     data=TabularData,
     model=TabularModel,
     eval=TabularEval,
-    methods={"barycenter": Barycenter, "marginal": Marginal, "finetune": Finetune},
+    methods=METHODS,
     metrics=FEATURE_METRICS + DATAPOINT_METRICS,
-    method_metrics={
-        "barycenter": FEATURE_METRICS,
-        "marginal": DATAPOINT_METRICS,
-        "finetune": DATAPOINT_METRICS,
-    },
-    validate=validate,
+    checks="otu.tabular.checks:check",
     devices=("cpu", "auto"),  # CPU-sized models: compute.device cuda is rejected, not ignored
 )

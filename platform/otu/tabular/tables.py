@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from sklearn.model_selection import train_test_split
 
+from otu.classifiers.digits import load_digits
 from otu.errors import DataError
 from otu.tabular.spec import TabularData
 
@@ -40,6 +41,8 @@ class FeatureTask:
     classes: tuple[str, ...]
     groups: tuple[str, ...]
     feature_names: tuple[str, ...]
+    seed: int
+    """The seed of the split (and of the evaluation's classifiers)."""
 
 
 MAX_CELL = 1e150
@@ -115,6 +118,7 @@ def load_table(data: TabularData, seed: int) -> FeatureTask:
         classes=classes,
         groups=groups,
         feature_names=tuple(feature_names),
+        seed=seed,
     )
 
 
@@ -205,8 +209,6 @@ class DigitsSplits:
 def digits_splits(data: TabularData, seed: int) -> DigitsSplits:
     """Test split stratified by digit; ``forget_fraction`` of the training images of
     ``forget_class`` (at least one) are the forget set, the other training images the retain set."""
-    from otu.vision.data import load_digits
-
     images, labels = load_digits()
     rows = np.arange(len(labels))
     train, test = train_test_split(

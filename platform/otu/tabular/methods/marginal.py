@@ -10,14 +10,48 @@ fine-tuning baseline) an epoch is one pass over the retain set with plain CE.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from otu.registry import TOTAL_STEPS, Reporter
+from otu.classifiers.report import report_step
+from otu.family import TOTAL_STEPS, Reporter, RunContext
 from otu.tabular.mi import plugin_mi
+from otu.tabular.networks import DigitsTask
+from otu.tabular.spec import Marginal, TabularJob
+
+CHECKPOINT_FILE = "model.pt"
+
+
+def run(job: TabularJob, prepared: DigitsTask, ctx: RunContext) -> nn.Module:
+    return unlearn_points(job, prepared, ctx, job.method)
+
+
+def unlearn_points(job: TabularJob, task: DigitsTask, ctx: RunContext, mi: Marginal | None) -> nn.Module:
+    """:func:`unlearn_marginal` on a copy of the original with ``job.method``'s training settings and
+    ``mi``'s regulariser (None or γ = 0: fine-tuning on the retain set alone); the model is saved as
+    ``ctx.checkpoint_dir/model.pt``."""
+    splits = task.splits
+    gamma = mi.gamma if mi is not None else 0.0
+    forget = (splits.images[splits.forget], mi.forget_batch_size) if mi is not None and gamma > 0 else None
+    model = unlearn_marginal(
+        copy.deepcopy(task.original),
+        (splits.images[splits.retain], splits.labels[splits.retain]),
+        forget,
+        gamma=gamma,
+        epochs=job.method.epochs,
+        lr=job.method.lr,
+        batch_size=job.method.batch_size,
+        seed=ctx.seed,
+        reporter=ctx.reporter,
+    )
+    if ctx.checkpoint_dir is not None:
+        ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), ctx.checkpoint_dir / CHECKPOINT_FILE)
+    return model
 
 
 def epoch_batches(
@@ -43,7 +77,7 @@ def unlearn_marginal(
     lr: float,
     batch_size: int,
     seed: int,
-    report: Reporter,
+    reporter: Reporter,
 ) -> nn.Module:
     """Adam on CE(retain) + γ·Î for ``epochs`` epochs (``retain`` = images, labels; ``forget`` =
     images, batch size, or None to fine-tune); reports the epoch means of ``ce``, ``mi`` and
@@ -77,5 +111,6 @@ def unlearn_marginal(
             sums += torch.stack([ce.detach(), mi.detach(), loss.detach()])
             steps += 1
         ce_mean, mi_mean, loss_mean = (sums / max(steps, 1)).tolist()
-        report(epoch, {"ce": ce_mean, "mi": mi_mean, "loss": loss_mean, TOTAL_STEPS: epochs})
+        metrics = {"ce": ce_mean, "mi": mi_mean, "loss": loss_mean, TOTAL_STEPS: epochs}
+        report_step(reporter, epoch, metrics, model)
     return model.eval()
