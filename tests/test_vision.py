@@ -12,12 +12,15 @@ import pytest
 import torch
 
 from otu.cache import write_atomically
+from otu.classifiers.digits import load_digits
+from otu.classifiers.models import build_model
 from otu.errors import DataError, SpecError
+from otu.family import NullReporter
 from otu.registry import family_spec
 from otu.spec import load_experiment, parse_experiment
 from otu.vision import family
 from otu.vision import prepare as prepare_mod
-from otu.vision.data import load_digits, make_splits
+from otu.vision.data import make_splits
 from otu.vision.metrics import (
     balanced_members,
     forgetting_score,
@@ -25,7 +28,6 @@ from otu.vision.metrics import (
     nomus,
     topk_accuracy,
 )
-from otu.vision.models import build_model
 from otu.vision.spec import VisionData
 
 SPEC_PATH = Path(__file__).parents[1] / "sweeps" / "experiments" / "dlfd_digits.yaml"
@@ -199,8 +201,8 @@ def digits(tmp_path_factory):
     torch.set_num_threads(1)
     cache = tmp_path_factory.mktemp("cache")
     exp = load_experiment(SPEC_PATH, [f"tracking.cache_dir={cache}"])
-    prepared = family.prepare(exp, cache)
-    return exp, prepared, cache, family.evaluate(exp, prepared, prepared.original)
+    prepared = family.FAMILY.prepare(exp.job(), exp.context())
+    return exp, prepared, cache, family.FAMILY.evaluate(exp.job(), prepared, prepared.original)
 
 
 def test_second_prepare_loads_from_cache(digits, monkeypatch):
@@ -210,14 +212,15 @@ def test_second_prepare_loads_from_cache(digits, monkeypatch):
         raise AssertionError("prepare retrained a cached model")
 
     monkeypatch.setattr(prepare_mod, "train_classifier", no_training)
-    again = family.prepare(exp.with_overrides({"method.alpha": 0.2}), cache)  # method: same cache
+    other = exp.with_overrides({"method.alpha": 0.2})  # method: same cache
+    again = family.FAMILY.prepare(other.job(), other.context())
     assert again.cache_path == prepared.cache_path
     for name in ("original", "retrained"):
         a, b = getattr(prepared, name).state_dict(), getattr(again, name).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert [p.name for p in cache.iterdir()] == [prepared.cache_path.name]
     changed = exp.with_overrides({"task.model.epochs": 3})
-    assert prepare_mod.cache_key(changed) != prepare_mod.cache_key(exp)
+    assert prepare_mod.cache_key(changed.job(), changed.seed) != prepare_mod.cache_key(exp.job(), exp.seed)
 
 
 def test_cache_write_keeps_a_concurrent_winner(tmp_path):
@@ -232,11 +235,11 @@ def test_cache_write_keeps_a_concurrent_winner(tmp_path):
 def test_dlfd_forgets_and_keeps_accuracy(digits, tmp_path):
     exp, prepared, _, before = digits
     steps: list[tuple[int, dict]] = []
-    model = family.unlearn(
-        exp, prepared, lambda s, m, model=None: steps.append((s, dict(m))), tmp_path
+    model = family.FAMILY.unlearn(
+        exp.job(), prepared, exp.context(Steps(lambda s, m: steps.append((s, dict(m)))), tmp_path)
     )
-    oracle = family.evaluate(exp, prepared, prepared.retrained)
-    after = family.evaluate(exp, prepared, model)
+    oracle = family.FAMILY.evaluate(exp.job(), prepared, prepared.retrained)
+    after = family.FAMILY.evaluate(exp.job(), prepared, model)
     assert set(after) == set(family_spec("vision").metrics)
     assert before["forgetting_score"] > 0.15 > oracle["forgetting_score"]  # memorised / not seen
     assert after["forgetting_score"] < before["forgetting_score"] - 0.05
@@ -246,8 +249,8 @@ def test_dlfd_forgets_and_keeps_accuracy(digits, tmp_path):
     )
     assert steps[0][1]["lambda"] == 0.0 and steps[-1][1]["lambda"] == 1.0
     assert (tmp_path / "unlearned.pt").is_file()
-    paths = family.plots(
-        exp, prepared, {"original": prepared.original, "unlearned": model}, tmp_path
+    paths = family.FAMILY.plots(
+        exp.job(), prepared, {"original": prepared.original, "unlearned": model}, tmp_path
     )
     assert [p.name for p in paths] == ["loss_histograms.png"]
     assert all(p.stat().st_size > 0 for p in paths)
@@ -257,24 +260,30 @@ def test_dlfd_switches_to_plain_ce_below_threshold(digits, tmp_path):
     exp, prepared, _, _ = digits
     steps: list[dict] = []
     high = exp.with_overrides({"method.threshold": 1.0, "method.check_every": 100})  # FS < 1 always
-    family.unlearn(high, prepared, lambda s, m, model=None: steps.append(dict(m)), tmp_path)
+    family.FAMILY.unlearn(high.job(), prepared, high.context(Steps(lambda s, m: steps.append(dict(m)))))
     assert all(s["perturbed"] == 0.0 and "loss_ot" not in s for s in steps)
 
 
 def test_baselines(digits, tmp_path):
     exp, prepared, _, before = digits
-    retrain = family.unlearn(
-        exp.with_overrides({"method": {"name": "retrain"}}), prepared, _noop, tmp_path
-    )
+    retrain = unlearn(exp.with_overrides({"method": {"name": "retrain"}}), prepared)
     oracle = prepared.retrained.state_dict()
     assert all(torch.equal(v, oracle[k]) for k, v in retrain.state_dict().items())
     neg = exp.with_overrides({"method": {"name": "neggrad", "lr": 0.01, "epochs": 3}})
-    after = family.evaluate(neg, prepared, family.unlearn(neg, prepared, _noop, tmp_path))
+    after = family.FAMILY.evaluate(neg.job(), prepared, unlearn(neg, prepared))
     assert after["mia_acc"] < before["mia_acc"]  # ascent on the forget loss raises it
     fine = exp.with_overrides({"method": {"name": "finetune"}})
-    tuned = family.evaluate(fine, prepared, family.unlearn(fine, prepared, _noop, tmp_path))
+    tuned = family.FAMILY.evaluate(fine.job(), prepared, unlearn(fine, prepared))
     assert tuned["test_acc"] > before["test_acc"] - 0.03
 
 
-def _noop(step, metrics, model=None) -> None:
-    """A reporter that ignores the steps."""
+def unlearn(exp, prepared):
+    """The unlearned model of ``exp``, steps ignored, nothing saved."""
+    return family.FAMILY.unlearn(exp.job(), prepared, exp.context())
+
+
+class Steps(NullReporter):
+    """Hands each step's ``(step, metrics)`` to ``record``."""
+
+    def __init__(self, record) -> None:
+        self.on_step = record
