@@ -4,6 +4,7 @@ representations) and MI-regularised data-point unlearning on digits; errors name
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from scipy.linalg import sqrtm
 from sklearn.metrics import mutual_info_score
 
 from otu.errors import DataError, OtuError, SpecError
-from otu.registry import TOTAL_STEPS, Reporter
+from otu.family import TOTAL_STEPS, NullReporter, Reporter, RunContext
 from otu.runtime.experiment import run_experiment
 from otu.spec import load_sweep, parse_experiment
 from otu.tabular import family
@@ -29,7 +30,19 @@ WEIGHTS = np.array([0.5, 0.3, 0.2])
 
 
 def record(steps: list) -> Reporter:
-    return lambda step, metrics: steps.append((step, dict(metrics)))
+    return Steps(lambda step, metrics: steps.append((step, dict(metrics))))
+
+
+class Steps(NullReporter):
+    """Hands each step's ``(step, metrics)`` to ``record``."""
+
+    def __init__(self, record) -> None:
+        self.on_step = record
+
+
+def context(exp, cache: Path, reporter: Reporter | None = None) -> RunContext:
+    """``exp``'s run context with ``cache`` as its cache directory."""
+    return replace(exp.context(reporter, cache / "ckpt"), cache_dir=cache)
 
 
 def experiment(data: dict, method: dict | None = None, **sections) -> dict:
@@ -61,11 +74,12 @@ def gaussian_csv(path: Path, n: int = 1800, seed: int = 0) -> Path:
 def run(exp_raw: dict, cache: Path, **overrides) -> tuple[dict, dict, list]:
     """Original and unlearned metrics of ``exp_raw`` through the family API, and the reports."""
     exp = parse_experiment(exp_raw).with_overrides(overrides)
-    prepared = family.prepare(exp, cache)
+    job = exp.job()
+    prepared = family.FAMILY.prepare(job, context(exp, cache))
     steps: list = []
-    unlearned = family.unlearn(exp, prepared, record(steps), cache / "ckpt")
-    original = family.evaluate(exp, prepared, family.reference_models(prepared)["original"])
-    return original, family.evaluate(exp, prepared, unlearned), steps
+    unlearned = family.FAMILY.unlearn(job, prepared, context(exp, cache, record(steps)))
+    original = family.FAMILY.evaluate(job, prepared, family.FAMILY.reference_models(prepared)["original"])
+    return original, family.FAMILY.evaluate(job, prepared, unlearned), steps
 
 
 # ---------------------------------------------------------------- barycenter: exact
@@ -130,7 +144,7 @@ def test_empirical_variant_handles_a_one_hot_column(tmp_path):
         "categorical": ["colour"],
     }
     exp = parse_experiment(experiment(data))
-    assert family.prepare(exp, tmp_path).feature_names == ("a", "b", "c", "colour=green", "colour=red")
+    assert family.FAMILY.prepare(exp.job(), context(exp, tmp_path)).feature_names == ("a", "b", "c", "colour=green", "colour=red")
     ev = {"classifiers": ["logistic", "forest"], "forest_trees": 50}
     _, gaussian, _ = run(experiment(data, {"variant": "gaussian"}, eval=ev), tmp_path)
     original, empirical, _ = run(experiment(data, {"variant": "empirical", "support_size": 100}, eval=ev), tmp_path)
@@ -219,32 +233,33 @@ def test_marginal_unlearning_forgets_and_keeps_retain(digits_cache):
         {"source": "digits"}, {"name": "marginal", "gamma": 4.0, "epochs": 3}, model=DIGITS_MODEL
     )
     exp = parse_experiment(raw)
-    prepared = family.prepare(exp, digits_cache)
-    refs = family.reference_models(prepared)
+    job = exp.job()
+    prepared = family.FAMILY.prepare(job, context(exp, digits_cache))
+    refs = family.FAMILY.reference_models(prepared)
     entry = next(digits_cache.glob("tabular-*"))
     names = ["original.pt", "retrained.pt"]
     assert sorted(p.name for p in entry.iterdir()) == sorted([*names, *(f"{n}.sha256" for n in names)])
-    again = family.prepare(exp, digits_cache)  # from the cache: the same weights
+    again = family.FAMILY.prepare(job, context(exp, digits_cache))  # from the cache: the same weights
     for a, b in zip(again.original.state_dict().values(), prepared.original.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
     steps: list = []
-    model = family.unlearn(exp, prepared, record(steps), digits_cache / "ckpt")
-    original = family.evaluate(exp, prepared, refs["original"])
-    retrained = family.evaluate(exp, prepared, refs["retrained"])
-    unlearned = family.evaluate(exp, prepared, model)
+    model = family.FAMILY.unlearn(job, prepared, context(exp, digits_cache, record(steps)))
+    original = family.FAMILY.evaluate(job, prepared, refs["original"])
+    retrained = family.FAMILY.evaluate(job, prepared, refs["retrained"])
+    unlearned = family.FAMILY.evaluate(job, prepared, model)
     assert [s for s, _ in steps] == [1, 2, 3] and set(steps[0][1]) == {"ce", "mi", "loss", TOTAL_STEPS}
     assert unlearned["forget_acc"] < original["forget_acc"] - 0.2  # forgetting happened
     assert unlearned["mi"] < original["mi"]
     assert unlearned["retain_acc"] > 0.9 and unlearned["test_acc"] > 0.8  # utility kept
     assert retrained["retain_acc"] > 0.9
-    assert family.evaluate(exp, prepared, refs["original"]) == original  # not trained in place
+    assert family.FAMILY.evaluate(job, prepared, refs["original"]) == original  # not trained in place
 
     finetune = exp.with_overrides({"method": {"name": "finetune", "epochs": 1}})
     steps.clear()
-    finetuned = family.unlearn(finetune, prepared, record(steps), digits_cache / "ckpt")
+    finetuned = family.FAMILY.unlearn(finetune.job(), prepared, context(finetune, digits_cache, record(steps)))
     assert [s for s, _ in steps] == [1] and steps[0][1]["mi"] == 0.0
-    assert family.evaluate(finetune, prepared, finetuned)["retain_acc"] > 0.9
+    assert family.FAMILY.evaluate(finetune.job(), prepared, finetuned)["retain_acc"] > 0.9
 
 
 # ---------------------------------------------------------------- the MI estimator
