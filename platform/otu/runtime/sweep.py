@@ -222,7 +222,7 @@ def search_algorithm(sweep: Sweep, work: Plan | None = None):
             trial = optuna.trial.create_trial(params=config, distributions=space, values=values)
         except ValueError:  # a value outside today's space (the spec was edited): not history
             continue
-        searcher._ot_study.add_trial(trial)  # type: ignore[union-attr]  # set by OptunaSearch(space)
+        searcher._ot_study.add_trial(trial)
     return searcher
 
 
