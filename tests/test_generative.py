@@ -5,6 +5,7 @@ small (fast) recipe."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from scipy.optimize import minimize_scalar
 
 from otu.errors import DataError, SpecError
+from otu.family import NullReporter
 from otu.generative import family
 from otu.generative.metrics import frechet_distance
 from otu.generative.models import GeneratorConfig, MLPGenerator, load_generator, save_generator
@@ -161,13 +163,14 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- the family, end to end
 
 
-def _collect(rows: list[dict]):
-    """A reporter that keeps each step's metrics."""
+class Rows(NullReporter):
+    """A reporter that keeps each step's metrics in ``rows``."""
 
-    def report(step: int, metrics: dict, model: object = None) -> None:
-        rows.append(dict(metrics))
+    def __init__(self, rows: list[dict]) -> None:
+        self.rows = rows
 
-    return report
+    def on_step(self, step: int, metrics: Mapping[str, float]) -> None:
+        self.rows.append(dict(metrics))
 
 
 @pytest.fixture(scope="module")
@@ -179,12 +182,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out: dict = {"root": root, "cache": cache}
     for name, extra in (("uot_unlearn", {"lr_potential": 3e-4}), ("forget_cost", {})):
         exp = experiment(cache, {"name": name, **SMALL_METHOD, **extra})
-        prepared = family.prepare(exp, cache)
+        prepared = family.FAMILY.prepare(exp.job(), exp.context())
         steps: list[dict] = []
-        model = family.unlearn(exp, prepared, _collect(steps), root / name)
+        model = family.FAMILY.unlearn(exp.job(), prepared, exp.context(Rows(steps), root / name))
         out[name] = {"exp": exp, "prepared": prepared, "model": model, "steps": steps}
-        out[name]["metrics"] = family.evaluate(exp, prepared, model)
-    out["original"] = family.evaluate(exp, prepared, prepared.original)
+        out[name]["metrics"] = family.FAMILY.evaluate(exp.job(), prepared, model)
+    out["original"] = family.FAMILY.evaluate(exp.job(), prepared, prepared.original)
     return out
 
 
@@ -227,7 +230,7 @@ def test_cache_is_shared_and_reused(runs: dict) -> None:
     )
     # Another forgotten class reuses both entries and the same original generator.
     exp = experiment(cache, {"name": "finetune", "steps": 1}, forget_class=5)
-    prepared = family.prepare(exp, cache)
+    prepared = family.FAMILY.prepare(exp.job(), exp.context())
     assert _cache_entries(cache) == entries
     assert sorted(prepared.cache_paths) == sorted(cache / name for name in entries)
     z = torch.randn(4, prepared.original.latent_dim)
@@ -243,7 +246,7 @@ def test_unlearned_checkpoint_is_a_usable_generator_checkpoint(runs: dict) -> No
     assert torch.equal(load_generator(path).sample(z), model.sample(z))
     before = _cache_entries(runs["cache"])
     exp = parse_experiment(_checkpoint_spec(runs["cache"], path))
-    prepared = family.prepare(exp, runs["cache"])
+    prepared = family.FAMILY.prepare(exp.job(), exp.context())
     assert torch.equal(prepared.original.sample(z), model.sample(z))
     assert _cache_entries(runs["cache"]) == before, "a checkpoint reuses the cached classifiers"
 
@@ -252,14 +255,14 @@ def test_finetune_baseline_runs_and_plots(runs: dict) -> None:
     exp = experiment(runs["cache"], {"name": "finetune", "steps": 20, "batch_size": 64})
     prepared = runs["uot_unlearn"]["prepared"]
     steps: list[dict] = []
-    model = family.unlearn(exp, prepared, _collect(steps), runs["root"] / "ft")
+    model = family.FAMILY.unlearn(exp.job(), prepared, exp.context(Rows(steps), runs["root"] / "ft"))
     assert len(steps) == 20 and "sinkhorn_divergence" in steps[0]
     models = {
         "original": prepared.original,
         "unlearned": runs["uot_unlearn"]["model"],
         "finetune": model,
     }
-    paths = family.plots(exp, prepared, models, runs["root"] / "plots")
+    paths = family.FAMILY.plots(exp.job(), prepared, models, runs["root"] / "plots")
     assert [p.name for p in paths] == ["samples.png", "class_histogram.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
 
