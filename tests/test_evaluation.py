@@ -29,7 +29,7 @@ def test_actors_score_the_model_as_submitted(ray_local, tmp_path):
 
     want = {}
     for step in range(3):
-        want[step] = api.evaluate(exp, prepared, copy.deepcopy(model))
+        want[step] = api.evaluate(exp.job(), prepared, copy.deepcopy(model))
         evaluator.submit(step, model)
         with torch.no_grad():  # training goes on: the submitted snapshot must not see this
             for p in model.parameters():

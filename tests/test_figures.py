@@ -16,6 +16,7 @@ import pytest
 import torch
 from matplotlib.collections import LineCollection, PathCollection
 
+from otu.classifiers.models import build_model
 from otu.cli import main
 from otu.figures import label_boxes, place_labels, plt
 from otu.llm.evaluation import ModelStats
@@ -27,7 +28,6 @@ from otu.spec import dump_yaml, load_sweep
 from otu.tabular.plots import frontier_figure
 from otu.tracking.results import TRIALS_FILE, TrialsTable
 from otu.vision.metrics import MIAProbe
-from otu.vision.models import build_model
 from otu.vision.plots import loss_histogram_figure
 
 REPO = Path(__file__).resolve().parents[1]
