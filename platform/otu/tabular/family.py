@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -27,8 +28,8 @@ from otu.tabular.representations import digits_feature_task
 from otu.tabular.spec import METHODS, Barycenter, FeatureMethod, TabularJob
 from otu.tabular.tables import Features, FeatureTask, load_table
 
-Prepared = FeatureTask | DigitsTask
-Model = Features | Transported | nn.Module
+Prepared: TypeAlias = FeatureTask | DigitsTask
+Model: TypeAlias = Features | Transported | nn.Module
 
 
 class TabularFamily(Family):

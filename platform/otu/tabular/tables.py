@@ -84,7 +84,7 @@ def load_table(data: TabularData, seed: int) -> FeatureTask:
     if not features:
         raise DataError(f"task.data: {path} has no feature columns besides target and sensitive")
     for column in [data.target, data.sensitive, *features]:
-        _no_missing(frame[column], column)
+        _no_missing(frame[column], str(column))
     y, classes = _codes(frame[data.target], "target", str(data.target), "classes")
     z, groups = _codes(frame[data.sensitive], "sensitive", str(data.sensitive), "groups")
     numeric = [c for c in features if c not in data.categorical]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from otu.family import TOTAL_STEPS, RunContext
 from otu.tabular.barycenter import (
+    GroupMaps,
     Transported,
     fit_empirical,
     fit_gaussian,
@@ -28,6 +29,7 @@ def transported(method: Barycenter, task: FeatureTask) -> Transported:
     source = task.features if method.apply_to == "features" else prediction_scores(
         task, method.score_c, method.score_with_group
     )
+    maps: GroupMaps
     if method.variant == "gaussian":
         maps = fit_gaussian(
             source.train, task.z_train, cov_reg=method.cov_reg, max_iter=method.bures_max_iter, tol=method.tol
