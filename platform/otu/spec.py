@@ -13,8 +13,6 @@ it once in the driver; Ray Train workers, evaluation actors and sweep trials nev
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import re
 from collections.abc import Iterable, Mapping
 from functools import cache
@@ -32,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from otu.cache import content_hash
 from otu.errors import SpecError
 from otu.family import Job, NullReporter, Reporter, RunContext, load_object
 from otu.paths import elsewhere, resolve_paths
@@ -505,12 +504,6 @@ def get_dotted(raw: Mapping[str, Any], key: str) -> Any:
     for part in key.split("."):
         node = node[part]
     return node
-
-
-def content_hash(obj: Any) -> str:
-    """Stable short hash of JSON-able content (key order does not matter)."""
-    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def dump_yaml(obj: BaseModel, path: Path) -> None:

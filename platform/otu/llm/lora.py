@@ -226,17 +226,3 @@ class LoraRegulariser:
             self._cache[index] = (u, w0u, torch.sort(w0u, dim=0).values)
         u, w0u, w0u_sorted = self._cache[index]
         return lowrank_sw(a, b, layer.scale, w0u, w0u_sorted, u)
-
-
-def regulariser(exp, model: nn.Module, gather: Gather, add_grad: AddGrad) -> LoraRegulariser:
-    method = exp.method
-    return LoraRegulariser(
-        kind=method.regulariser,
-        weight=method.reg_weight,
-        layers=adapted_layers(model),
-        gather=gather,
-        add_grad=add_grad,
-        n_projections=method.n_projections,
-        resample=method.resample_projections,
-        seed=exp.seed,
-    )
