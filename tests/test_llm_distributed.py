@@ -6,7 +6,7 @@
   losses as the single-process loop, end in the same weights, and the checkpoint every rank wrote
   loads and evaluates.
 
-Slow (``pytest -m slow tests/test_llm_distributed.py``, a few minutes): ``torchrun -m otu.llm.launch``
+Slow (``pytest -m slow tests/test_llm_distributed.py``, a few minutes): ``torchrun -m otu.runtime.launch``
 with 2 ranks, and ``otu run`` of the shipped ``sweeps/experiments/optout_tiny.yaml`` (2 Ray Train
 workers, ZeRO-3, CPU), which must forget.
 """
@@ -292,7 +292,7 @@ def test_otu_run_optout_two_ray_workers_zero3_forgets(tmp_path):
 
 @pytest.mark.slow
 def test_deepspeed_only_launch_under_torchrun(llm_cache, tmp_path):
-    """``torchrun -m otu.llm.launch`` (no Ray): 2 ranks, ZeRO-3; rank 0 writes steps and metrics."""
+    """``torchrun -m otu.runtime.launch`` (no Ray): 2 ranks, ZeRO-3; rank 0 writes steps and metrics."""
     import subprocess
     import sys
 
@@ -308,7 +308,7 @@ def test_deepspeed_only_launch_under_torchrun(llm_cache, tmp_path):
         "--master_port",
         str(free_port()),
         "-m",
-        "otu.llm.launch",
+        "otu.runtime.launch",
         str(spec),
         "--out",
         str(tmp_path / "out"),

@@ -63,7 +63,7 @@ def verified_file(final: Path) -> bool:
     return False
 
 
-def write_verified_file(final: Path, write: Callable[[Path], None]) -> None:
+def write_verified_file(final: Path, write: Callable[[Path], object]) -> None:
     """:func:`replace_file`, then the digest beside it (a reader checks both with :func:`verified_file`)."""
     replace_file(final, write)
     replace_file(_sidecar(final), lambda tmp: tmp.write_text(file_digest(final) + "\n"))
@@ -86,7 +86,7 @@ def write_atomically(final: Path, write: Callable[[Path], None]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def replace_file(final: Path, write: Callable[[Path], None]) -> None:
+def replace_file(final: Path, write: Callable[[Path], object]) -> None:
     """Run ``write(tmp_file)`` beside ``final``, then rename the file over ``final``."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}{_owner()}{uuid.uuid4().hex}.tmp")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import signal
@@ -18,15 +17,18 @@ import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from otu.cli_args import writable_dir
 from otu.errors import OtuError, RunFailed, SpecError
+from otu.family import load_object
 from otu.paths import resolve_paths
-from otu.registry import known_families, require_extra
+from otu.registry import family_spec, known_families, require_extra
 from otu.spec import (
     Sweep,
     apply_overrides,
@@ -92,7 +94,7 @@ def _main_thread() -> bool:
 class _Parser(argparse.ArgumentParser):
     """argparse with the house error format: one line, exit 2."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"otu: error: {message} (see `{self.prog} --help`)\n")
 
 
@@ -153,12 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("method", nargs="?", help="only this method's hyperparameters (default: all methods)")
     p.set_defaults(handler=cmd_spec)
 
-    p = sub.add_parser("data", help="write data sets")
+    p = sub.add_parser("data", help="write data sets (each family's commands)")
     data_sub = p.add_subparsers(dest="dataset", required=True)
-    d = data_sub.add_parser("entities", help="synthetic fictitious-entity QA set (ELUDe format)")
-    d.add_argument("--out", type=Path, required=True, help="directory for the JSON files")
-    d.add_argument("--seed", type=_seed, default=0, help="random seed of the generator (default 0)")
-    d.set_defaults(handler=cmd_data_entities)
+    for family in known_families():
+        commands = family_spec(family).data_commands
+        if commands is not None:
+            load_object(commands)(data_sub)
 
     from otu.cluster.commands import add_commands
 
@@ -178,7 +180,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     check_device(exp)
     uri = resolve_tracking_uri(args.tracking_uri, exp.tracking.uri)
     location = _fresh_out_dir(args.out, exp.name)
-    _writable_dir(Path(exp.tracking.cache_dir), "tracking.cache_dir")
+    writable_dir(Path(exp.tracking.cache_dir), "tracking.cache_dir")
     with staged(location, exp.name) as out_dir:
         _run(args, exp, uri, out_dir)
     console.print(f"results: {location}  ·  MLflow at {uri}", highlight=False, markup=False)
@@ -228,12 +230,11 @@ def _run(args: argparse.Namespace, exp, uri: str, out_dir: Path) -> None:
         tracker.end_run(run_id, status)
         if discard:
             tracker.client.delete_run(run_id)
-    print_metrics(result.metrics, title=f"{exp.name} ({exp.method.name})")  # type: ignore[attr-defined]
+    print_metrics(result.metrics, title=f"{exp.name} ({exp.method.name})")
     console.print(f"MLflow run {run_id}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from otu.registry import family_spec
     from otu.runtime.checkpoints import evaluate_checkpoints, model_names
     from otu.tracking.mlflow_store import Tracker, flatten, resolve_tracking_uri
 
@@ -245,17 +246,18 @@ def cmd_eval(args: argparse.Namespace) -> None:
     exp = parse_experiment(raw)
     checkpoints = model_names(args.models)
     uri = resolve_tracking_uri(args.tracking_uri, exp.tracking.uri)
-    out_dir = _fresh_out_dir(args.out, f"{exp.name}-eval")
+    location = _fresh_out_dir(args.out, f"{exp.name}-eval")
     tracker = Tracker(uri, exp.tracking.experiment)
     run_id = tracker.start_run(f"{exp.name}-eval", tags={"otu.kind": "eval", "otu.spec_hash": exp.hash})
     tracker.log_params(run_id, flatten({**exp.to_dict(), "models": checkpoints}))
     status = "FAILED"
     try:
-        with _guard_output(out_dir), console.status("starting") as spinner:
+        with staged(location, f"{exp.name}-eval") as out_dir, _guard_output(out_dir), \
+                console.status("starting") as spinner:
             metrics = evaluate_checkpoints(exp, out_dir, checkpoints, phase=lambda s: spinner.update(s))
+            tracker.log_artifacts(run_id, [out_dir / f for f in ("metrics.json", "spec.yaml", "generations.jsonl")])
         for model, values in metrics.items():
             tracker.log_metrics(run_id, {f"{model}/{k}": v for k, v in values.items()})
-        tracker.log_artifacts(run_id, [out_dir / "metrics.json", out_dir / "spec.yaml", out_dir / "generations.jsonl"])
         status = "FINISHED"
     finally:
         tracker.end_run(run_id, status)
@@ -283,7 +285,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         sweep = load_sweep(args.spec, args.overrides)
         location = _fresh_out_dir(args.out, sweep.name)
     require_extra(sweep.experiment.task.family)
-    _writable_dir(Path(sweep.experiment.tracking.cache_dir), "experiment.tracking.cache_dir")
+    writable_dir(Path(sweep.experiment.tracking.cache_dir), "experiment.tracking.cache_dir")
     uri = resolve_tracking_uri(args.tracking_uri, sweep.experiment.tracking.uri)
     console.print(f"sweep [bold]{sweep.name}[/]: {sweep.search.num_samples} trials, "
                   f"{sweep.search.algorithm} search → {escape(location)}", highlight=False)
@@ -301,9 +303,9 @@ def cmd_validate(args: argparse.Namespace) -> None:
     if isinstance(parsed, Sweep):
         exp = parsed.experiment
         console.print(f"ok: sweep {parsed.name!r} over {', '.join(parsed.space)} "
-                      f"({exp.task.family}/{exp.method.name}), hash {parsed.hash}", markup=False)  # type: ignore[attr-defined]
+                      f"({exp.task.family}/{exp.method.name}), hash {parsed.hash}", markup=False)
     else:
-        console.print(f"ok: experiment {parsed.name!r} ({parsed.task.family}/{parsed.method.name}), "  # type: ignore[attr-defined]
+        console.print(f"ok: experiment {parsed.name!r} ({parsed.task.family}/{parsed.method.name}), "
                       f"hash {parsed.hash}", markup=False)
     if deferred:
         listed = ", ".join(f"{k}={v}" for k, v in deferred.items())
@@ -353,27 +355,7 @@ def cmd_spec(args: argparse.Namespace) -> None:
         out.print(table, markup=False)
 
 
-def cmd_data_entities(args: argparse.Namespace) -> None:
-    from otu.llm.synthetic import write_entities
-
-    if args.out.exists() and not args.out.is_dir():
-        raise SpecError(f"--out: {args.out} is a file, not a directory")
-    _writable_dir(args.out, "--out")
-    files = write_entities(args.out, seed=args.seed)
-    for name, path in files.items():
-        console.print(f"{name}: {path}")
-
-
 # ---------------------------------------------------------------- helpers
-
-
-def _seed(text: str) -> int:
-    from otu.spec import MAX_SEED
-
-    value = int(text)
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_SEED}")
-    return value
 
 
 def _version() -> str:
@@ -425,19 +407,7 @@ def _fresh_out_dir(out: str | None, name: str) -> str:
     path = Path(out)
     if path.is_dir() and any(path.iterdir()):
         raise SpecError(f"--out: {out} exists and is not empty (choose another directory)")
-    return str(_writable_dir(path, "--out").absolute())
-
-
-def _writable_dir(path: Path, what: str) -> Path:
-    """Check, creating nothing, that ``path`` is (or can be made) a writable directory."""
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise SpecError(f"{what}: {probe} is a file, not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise SpecError(f"{what}: {probe} is not writable")
-    return path
+    return str(writable_dir(path, "--out").absolute())
 
 
 class _guard_output:

@@ -6,7 +6,7 @@ it and stays inside the axes; lay the figure out before placing, the boxes are d
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import matplotlib
@@ -40,14 +40,14 @@ PAD = 1.5
 
 
 def place_labels(
-    ax: Axes, xs: Sequence[float], ys: Sequence[float], texts: Sequence[str], fontsize: float = 7,
+    ax: Axes, xs: Iterable[float], ys: Iterable[float], texts: Iterable[str], fontsize: float = 7,
     taken: list[Bbox] | None = None,
 ) -> list[Annotation]:
     """Annotate each (x, y) with its text where it overlaps nothing placed so far (``taken`` boxes
     are avoided too and grow with the placed labels). A label with no free spot on any ring is left
     out, so what is drawn never overlaps; the caller decides how to list the rest."""
     fig = ax.figure
-    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    renderer = fig.canvas.get_renderer()
     frame = ax.get_window_extent(renderer)
     boxes = taken if taken is not None else []
     placed: list[Annotation] = []
@@ -62,7 +62,7 @@ def place_labels(
 def label_boxes(ax: Axes) -> list[Bbox]:
     """The display boxes of the labels :func:`place_labels` put on ``ax`` (for checks), as drawn."""
     ax.figure.canvas.draw()
-    renderer = ax.figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    renderer = ax.figure.canvas.get_renderer()
     return [_text_box(t, renderer) for t in ax.texts if t.get_gid() == LABEL_GID]
 
 

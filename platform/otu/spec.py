@@ -46,6 +46,7 @@ from otu.sections import (
     is_int,
 )
 
+
 class Task(Section):
     family: str
     data: SerializeAsAny[BaseModel]
@@ -201,7 +202,6 @@ def experiment_type(family: str) -> type[Experiment]:
     task = create_model(
         f"{title}Task",
         __base__=Task,
-        family=(Literal[family], ...),  # type: ignore[valid-type]
         data=(fam.data, ...),
         model=(fam.model, ...),
     )
@@ -239,7 +239,7 @@ def parse_experiment(raw: Any, check_files: bool = True) -> Experiment:
 
     method = raw.get("method")
     name = method.get("name") if isinstance(method, Mapping) else None
-    if name not in fam.methods:
+    if not isinstance(name, str) or name not in fam.methods:
         errors.append(
             f"method.name: unknown method {excerpt(name)} for family {family!r}; "
             f"known: {', '.join(sorted(fam.methods))}"
@@ -260,7 +260,7 @@ def parse_experiment(raw: Any, check_files: bool = True) -> Experiment:
             f"(use {' or '.join(fam.devices)})"
         )
     select = exp.dynamics.select
-    known = fam.metrics_for(name)
+    known = fam.metrics_for(exp.method.name)
     if select is not None and select not in known:
         raise SpecError(
             f"dynamics.select: unknown metric {select!r} for method {name!r}; known: {', '.join(known)}"

@@ -17,7 +17,8 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from otu.registry import family_spec, known_families
-from otu.spec import Compute, Dynamics, Experiment, Param, Resources, Search, Sweep, Tracking
+from otu.sections import Compute, Dynamics, Tracking
+from otu.spec import Experiment, Param, Resources, Search, Sweep
 
 DOC_PATH = "docs/spec-reference.md"
 
@@ -64,7 +65,7 @@ def family_blocks(family: str, method: str | None = None) -> list[Block]:
         Block("eval", _doc(fam.eval), list(keys(fam.eval, "eval"))),
     ]
     for name in sorted(fam.methods) if method is None else [method]:
-        model = fam.methods[name]
+        model = fam.methods[name].spec
         about = _doc(model)
         metrics = ", ".join(f"`{m}`" for m in fam.metrics_for(name))
         blocks.append(Block(f"method: {name}", f"{about}\n\nMetrics: {metrics}.".strip(),

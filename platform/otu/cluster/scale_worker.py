@@ -14,6 +14,7 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +29,18 @@ def run_rank(rank: int, world: int, port: int, exp_dict: dict[str, Any], out_dir
         "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world),
     })
     import torch
-
-    cuda = exp_dict["compute"]["device"] != "cpu" and torch.cuda.is_available()
-    if not cuda:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    torch.set_num_threads(int(exp_dict["compute"]["threads"]))
     import torch.distributed as dist
 
+    from otu.family import DistributedUnlearning
     from otu.registry import family_api
+    from otu.runtime.launch import configure_process
     from otu.spec import parse_experiment
 
-    exp = parse_experiment(exp_dict)
-    api = family_api(exp.task.family)
+    exp = parse_experiment(exp_dict, check_files=False)
+    cuda = exp.compute.device != "cpu" and torch.cuda.is_available()
+    configure_process(exp.compute)
+    family = family_api(exp.task.family)
+    assert isinstance(family, DistributedUnlearning)
     if world > 1 or exp.compute.zero_stage > 0:
         import deepspeed  # noqa: F401  (imported before the baseline RSS is read, whatever the stage)
     if cuda:
@@ -52,8 +53,7 @@ def run_rank(rank: int, world: int, port: int, exp_dict: dict[str, Any], out_dir
     baseline = current_rss_bytes()
     start = time.perf_counter()
     out = Path(out_dir)
-    api.unlearn_worker(exp, Path(exp.tracking.cache_dir), lambda step, m: steps.append({"step": step, **m}),
-                       out / "checkpoint")
+    family.unlearn_worker(exp.job(), exp.context(_StepRows(steps), out / "checkpoint"))
     result = {
         "rank": rank,
         "world": world,
@@ -83,3 +83,19 @@ def peak_rss_bytes() -> int:
                 return int(line.split()[1]) * 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+class _StepRows:
+    """Collects the loop's step metrics; wants no checkpoints."""
+
+    def __init__(self, rows: list[dict[str, float]]) -> None:
+        self.rows = rows
+
+    def on_step(self, step: int, metrics: Mapping[str, float]) -> None:
+        self.rows.append({"step": step, **metrics})
+
+    def wants_checkpoint(self, step: int) -> bool:
+        return False
+
+    def on_checkpoint(self, step: int, checkpoint: object) -> None:
+        pass

@@ -4,7 +4,7 @@ knobs beside the axes (so 100+ trials stay readable: only front points carry a l
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +27,8 @@ MAX_TABLE_ROWS = 40
 def plot_front(
     table: pd.DataFrame,
     front: pd.DataFrame,
-    metrics: list[str],
-    modes: list[str],
+    metrics: Sequence[str],
+    modes: Sequence[str],
     knob_cols: list[str],
     path: Path,
     title: str = "",
@@ -41,8 +41,8 @@ def plot_front(
 def front_figure(
     table: pd.DataFrame,
     front: pd.DataFrame,
-    metrics: list[str],
-    modes: list[str],
+    metrics: Sequence[str],
+    modes: Sequence[str],
     knob_cols: list[str],
     title: str,
     references: Mapping[str, Reference],
@@ -105,15 +105,15 @@ def front_figure(
 
     taken = _marker_boxes(ax, markers)
     if ref_points:
-        rx, ry, names = zip(*ref_points, strict=True)
-        place_labels(ax, rx, ry, names, fontsize=8, taken=taken)
+        place_labels(ax, [p[0] for p in ref_points], [p[1] for p in ref_points], [p[2] for p in ref_points],
+                     fontsize=8, taken=taken)
     if not front.empty:
         fx, fy = xy(front)
         place_labels(ax, fx, fy, [str(i + 1) for i in range(len(front))], taken=taken)
     return fig
 
 
-def _table_rows(front: pd.DataFrame, knob_cols: list[str], metrics: list[str]) -> list[list[str]]:
+def _table_rows(front: pd.DataFrame, knob_cols: Sequence[str], metrics: Sequence[str]) -> list[list[str]]:
     """Header + one row per front trial: its number, knobs and objectives (mean ± std)."""
     if front.empty:
         return []

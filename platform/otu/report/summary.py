@@ -84,7 +84,7 @@ def summary_markdown(
     lines = [f"# Sweep `{sweep.name}`", ""]
     counts = table["status"].value_counts().to_dict() if not table.empty else {}
     lines.append(
-        f"Method `{sweep.experiment.method.name}` on family `{sweep.experiment.task.family}`; "  # type: ignore[attr-defined]
+        f"Method `{sweep.experiment.method.name}` on family `{sweep.experiment.task.family}`; "
         f"search `{sweep.search.algorithm}`, {len(table)} trials "
         f"({', '.join(f'{v} {k.lower()}' for k, v in counts.items()) or 'none finished'}), "
         f"{sweep.search.seeds} seed(s) per configuration."
@@ -147,7 +147,7 @@ def sweep_html(
     cols = ["trial_id", *knobs(table), *metrics]
     page = Page(f"Sweep {sweep.name}")
     page.paragraph(
-        f"Method {sweep.experiment.method.name} on family {sweep.experiment.task.family}; "  # type: ignore[attr-defined]
+        f"Method {sweep.experiment.method.name} on family {sweep.experiment.task.family}; "
         f"search {sweep.search.algorithm}, {len(table)} trials, {sweep.search.seeds} seed(s) per configuration. "
         "Objectives: " + ", ".join(f"{o.metric} ({o.mode})" for o in sweep.objectives) + "."
     )

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from otu.errors import SpecError
+from otu.family import ItemOutputs, SavedModels
 from otu.registry import family_api
 from otu.runtime.experiment import Metrics, _as_floats, prepare, seed_everything
 from otu.spec import Experiment, dump_yaml
@@ -43,22 +44,24 @@ def evaluate_checkpoints(
     """Metrics of ``checkpoints`` ({name: local directory or hub id}; empty: the references)."""
     phase = phase or (lambda _name: None)
     api = family_api(exp.task.family)
-    if checkpoints and not hasattr(api, "load_checkpoint"):
+    job = exp.job()
+    if checkpoints and not isinstance(api, SavedModels):
         raise SpecError(f"--model: the {exp.task.family} family cannot load checkpoints")
     out_dir.mkdir(parents=True, exist_ok=True)
     dump_yaml(exp, out_dir / "spec.yaml")
     phase("preparing data")
     prepared = prepare(exp)
     if checkpoints:
-        models = {name: api.load_checkpoint(exp, prepared, path) for name, path in checkpoints.items()}
+        assert isinstance(api, SavedModels)
+        models = {name: api.load_checkpoint(job, prepared, path) for name, path in checkpoints.items()}
     else:
         models = dict(api.reference_models(prepared))
     metrics: Metrics = {}
     for name, model in models.items():
         phase(f"evaluating {name}")
         seed_everything(exp.seed)
-        metrics[name] = _as_floats(api.evaluate(exp, prepared, model))
+        metrics[name] = _as_floats(api.evaluate(job, prepared, model))
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if hasattr(api, "outputs"):
-        api.outputs(exp, prepared, models, out_dir)
+    if isinstance(api, ItemOutputs):
+        api.outputs(job, prepared, models, out_dir)
     return metrics

@@ -25,6 +25,7 @@ import ray
 import torch
 from ray.util import ActorPool
 
+from otu.family import Family, SavedModels
 from otu.registry import family_api
 from otu.spec import Experiment, content_hash, parse_experiment
 
@@ -39,7 +40,7 @@ class Evaluator:
     def __init__(self, threads: int = 1):
         torch.set_num_threads(threads)
         self._prepared: dict[str, Any] = {}
-        self._experiments: dict[str, tuple[Experiment, Any, Any]] = {}
+        self._experiments: dict[str, tuple[Experiment, Family, Any]] = {}
         self._modules: OrderedDict[str, torch.nn.Module] = OrderedDict()
 
     def evaluate(
@@ -54,7 +55,9 @@ class Evaluator:
         module in a list so that Ray passes the reference) that module's state as numpy arrays."""
         exp, api, prepared = self._context(exp_key, exp_dict)
         if isinstance(checkpoint, Path):
-            model = api.load_unlearned(exp, prepared, checkpoint)
+            if not isinstance(api, SavedModels):
+                raise TypeError(f"the {exp.task.family} family cannot load a checkpoint directory")
+            model = api.load_unlearned(exp.job(), prepared, checkpoint)
         elif module is not None:
             model = copy.deepcopy(self._module(exp_key, module[0]))  # families memoise per model object
             with warnings.catch_warnings():  # read-only arrays: load_state_dict only copies from them
@@ -62,7 +65,7 @@ class Evaluator:
                 model.load_state_dict({k: torch.from_numpy(v) for k, v in checkpoint.items()})
         else:
             model = checkpoint
-        return step, {k: float(v) for k, v in api.evaluate(exp, prepared, model).items()}
+        return step, {k: float(v) for k, v in api.evaluate(exp.job(), prepared, model).items()}
 
     def _module(self, exp_key: str, ref: ray.ObjectRef) -> torch.nn.Module:
         if exp_key not in self._modules:
@@ -72,13 +75,13 @@ class Evaluator:
         self._modules.move_to_end(exp_key)
         return self._modules[exp_key]
 
-    def _context(self, exp_key: str, exp_dict: dict[str, Any]) -> tuple[Experiment, Any, Any]:
-        """The parsed experiment, its family and its prepared data, once per experiment (parsing
-        takes tens of ms, as long as evaluating a small model)."""
+    def _context(self, exp_key: str, exp_dict: dict[str, Any]) -> tuple[Experiment, Family, Any]:
+        """The experiment (schema-validated only: the driver checked its files), its family and its
+        prepared data, once per experiment."""
         if exp_key not in self._experiments:
             from otu.runtime.experiment import prepare
 
-            exp = parse_experiment(exp_dict)
+            exp = parse_experiment(exp_dict, check_files=False)
             data_key = content_hash([exp_dict["task"], exp_dict["seed"], exp_dict["tracking"]["cache_dir"]])
             if data_key not in self._prepared:
                 self._prepared[data_key] = prepare(exp)
@@ -93,7 +96,9 @@ def pool_names(prefix: str, size: int) -> list[str]:
 def start_pool(prefix: str, size: int, cpus: float = 0.0) -> list[ray.actor.ActorHandle]:
     """Start (or find) ``size`` named evaluator actors; they live as long as the driver's Ray job."""
     return [
-        Evaluator.options(name=name, namespace=NAMESPACE, num_cpus=cpus, get_if_exists=True).remote()
+        Evaluator.options(  # type: ignore[attr-defined]  # added by @ray.remote
+            name=name, namespace=NAMESPACE, num_cpus=cpus, get_if_exists=True
+        ).remote()
         for name in pool_names(prefix, size)
     ]
 

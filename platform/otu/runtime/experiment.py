@@ -22,15 +22,18 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from otu.cache import verified_file, write_verified_file
 from otu.errors import RunFailed
-from otu.registry import TOTAL_STEPS, Reporter, family_api
-from otu.spec import Dynamics, Experiment, content_hash, dump_yaml
+from otu.family import TOTAL_STEPS, Family, ItemOutputs, SavedModels
+from otu.registry import family_api
+from otu.runtime.launch import Launcher, configure_process, launcher_for
+from otu.sections import Dynamics
+from otu.spec import Experiment, content_hash, dump_yaml
 
 Metrics = dict[str, dict[str, float]]
 
@@ -48,40 +51,36 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def limit_threads(threads: int) -> None:
-    """Cap torch and the BLAS/OpenMP pools (numpy, scipy, scikit-learn) at ``threads``."""
-    from threadpoolctl import threadpool_limits
-
-    torch.set_num_threads(threads)
-    threadpool_limits(threads)
-
-
 def prepare(exp: Experiment) -> object:
     """Prepare (or load from cache) the family's data and reference models for ``exp``."""
-    limit_threads(exp.compute.threads)
+    configure_process(exp.compute)
     seed_everything(exp.seed)
-    return family_api(exp.task.family).prepare(exp, Path(exp.tracking.cache_dir))
+    return family_api(exp.task.family).prepare(exp.job(), exp.context())
 
 
 def run_experiment(
     exp: Experiment,
     out_dir: Path,
-    report: Reporter | None = None,
+    report: Callable[[int, Mapping[str, float]], None] | None = None,
     phase: Callable[[str], None] | None = None,
     evaluator: CheckpointSink | None = None,
     on_checkpoint: Callable[[int, dict[str, float]], None] | None = None,
     progress: Callable[[Mapping[str, float], int | None], None] | None = None,
+    launcher: Launcher | None = None,
 ) -> RunResult:
-    """Run ``exp`` and write its outputs into ``out_dir``.
+    """Run ``exp`` and write its outputs into ``out_dir``: the one writer of the output contract,
+    whatever runs the unlearning (``launcher``, by default :func:`~otu.runtime.launch.launcher_for`).
 
-    ``phase(name)`` announces progress; ``evaluator`` (see :mod:`otu.runtime.evaluation`) receives
-    a checkpoint every ``exp.dynamics.every`` steps and ``on_checkpoint(step, metrics)`` is called as
-    each checkpoint's metrics arrive (a Tune trial forwards them to its scheduler);
-    ``progress(metrics, total)`` is called once per step the loop reports (``total``: the step count
-    the loop announced, or None).
+    ``report(step, metrics)`` receives the loop's per-step metrics; ``phase(name)`` announces
+    progress; ``evaluator`` (see :mod:`otu.runtime.evaluation`) receives a checkpoint every
+    ``exp.dynamics.every`` steps and ``on_checkpoint(step, metrics)`` is called as each checkpoint's
+    metrics arrive (a Tune trial forwards them to its scheduler); ``progress(metrics, total)`` is
+    called once per step the loop reports (``total``: the step count the loop announced, or None).
     """
     phase = phase or (lambda _name: None)
     api = family_api(exp.task.family)
+    launcher = launcher or launcher_for(exp)
+    job = exp.job()
     out_dir.mkdir(parents=True, exist_ok=True)
     dump_yaml(exp, out_dir / "spec.yaml")
     timings: dict[str, float] = {}
@@ -97,24 +96,19 @@ def run_experiment(
     metrics: Metrics = _reference_metrics(exp, api, prepared, models)
     timings["reference_eval_s"] = time.perf_counter() - start
 
-    phase(f"unlearning with {exp.method.name}")  # type: ignore[attr-defined]
+    phase(f"unlearning with {exp.method.name}")
     start = time.perf_counter()
     recorder = _StepRecorder(out_dir, report, evaluator, on_checkpoint, exp.dynamics, progress)
     seed_everything(exp.seed)
     checkpoint_dir = out_dir / "checkpoint"
-    if exp.compute.workers > 1 and hasattr(api, "unlearn_worker"):
-        from otu.runtime.train import unlearn_distributed
-
-        cache_dir = Path(exp.tracking.cache_dir)
-        models["unlearned"] = unlearn_distributed(exp, api, cache_dir, recorder, checkpoint_dir)
-    else:
-        models["unlearned"] = api.unlearn(exp, prepared, recorder, checkpoint_dir)
+    ctx = exp.context(recorder, checkpoint_dir)
+    models["unlearned"] = launcher.unlearn(api, exp, prepared, ctx)
     check_finite_weights(models["unlearned"])
     timings["unlearn_s"] = time.perf_counter() - start
 
     phase("evaluating the unlearned model")
     start = time.perf_counter()
-    final = _as_floats(api.evaluate(exp, prepared, models["unlearned"]))
+    final = _as_floats(api.evaluate(job, prepared, models["unlearned"]))
     dynamics = recorder.finish(final)
     metrics["unlearned"] = final
     if exp.dynamics.select is not None and dynamics:
@@ -122,15 +116,15 @@ def run_experiment(
         metrics["last"] = final
         metrics["unlearned"] = {**{k: v for k, v in best.items() if k != "step"}, "checkpoint_step": best["step"]}
         selected = recorder.stored.pop(int(best["step"]), None)
-        if selected is not None:  # the saved model is the selected checkpoint, not the last one
+        if selected is not None and isinstance(api, SavedModels):  # the selected checkpoint, not the last
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
             shutil.move(selected, checkpoint_dir)
-            models["unlearned"] = api.load_unlearned(exp, prepared, checkpoint_dir)
+            models["unlearned"] = api.load_unlearned(job, prepared, checkpoint_dir)
     recorder.discard_stored()
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plots = api.plots(exp, prepared, models, out_dir / "plots") if _wants_plots(exp) else []
-    if hasattr(api, "outputs"):  # per-item outputs (the LLM family's generations.jsonl)
-        api.outputs(exp, prepared, models, out_dir)
+    plots = api.plots(job, prepared, models, out_dir / "plots") if _wants_plots(exp) else []
+    if isinstance(api, ItemOutputs):  # per-item outputs (the LLM family's generations.jsonl)
+        api.outputs(job, prepared, models, out_dir)
     if len(dynamics) > 1:
         from otu.report.plots import plot_dynamics
 
@@ -165,28 +159,34 @@ class CheckpointSink(Protocol):
 
 
 class _StepRecorder:
-    """The reporter handed to a family: appends to ``steps.jsonl``, forwards to ``report``, and sends
-    checkpoints to the evaluator; ``finish`` writes ``dynamics.jsonl`` (checkpoint metrics by step).
+    """The :class:`~otu.family.Reporter` handed to a family: appends to ``steps.jsonl``, forwards
+    to ``report``, and sends checkpoints to the evaluator; ``finish`` writes ``dynamics.jsonl``
+    (checkpoint metrics by step).
 
     Checkpoint directories (DeepSpeed / Ray Train runs) are kept only while the evaluator needs them,
     and the best one by ``dynamics.select``: ``stored`` maps their steps to their paths."""
 
     def __init__(
-        self, out_dir: Path, report, evaluator: CheckpointSink | None, on_checkpoint, dynamics: Dynamics,
-        progress,
+        self,
+        out_dir: Path,
+        report: Callable[[int, Mapping[str, float]], None] | None,
+        evaluator: CheckpointSink | None,
+        on_checkpoint: Callable[[int, dict[str, float]], None] | None,
+        dynamics: Dynamics,
+        progress: Callable[[Mapping[str, float], int | None], None] | None,
     ) -> None:
         self.steps_path = out_dir / "steps.jsonl"
         self.dynamics_path = out_dir / "dynamics.jsonl"
         for path in (self.steps_path, self.dynamics_path):
             path.unlink(missing_ok=True)
-        self.report, self.evaluator, self.on_checkpoint = report, evaluator, on_checkpoint
+        self.report, self.evaluator, self.on_evaluated = report, evaluator, on_checkpoint
         self.select, self.mode = dynamics.select, dynamics.mode
         self.progress = progress
         self.last_step = 0
         self.checkpoints: list[dict[str, float]] = []
         self.stored: dict[int, Path] = {}
 
-    def __call__(self, step: int, metrics: Mapping[str, float], model: object = None) -> None:
+    def on_step(self, step: int, metrics: Mapping[str, float]) -> None:
         self.last_step = int(step)
         total = metrics.get(TOTAL_STEPS)
         metrics = {k: v for k, v in metrics.items() if k != TOTAL_STEPS}
@@ -202,22 +202,25 @@ class _StepRecorder:
             self.report(step, metrics)
         if self.progress is not None:
             self.progress(metrics, None if total is None else int(total))
-        wanted = self.evaluator is not None and model is not None and self.evaluator.wants(step)
-        if isinstance(model, Path):
-            if wanted:
-                self.stored[int(step)] = model
-            else:
-                shutil.rmtree(model, ignore_errors=True)
         if self.evaluator is not None:
-            if wanted:
-                self.evaluator.submit(step, model)
             self._collect(self.evaluator.ready())
+
+    def wants_checkpoint(self, step: int) -> bool:
+        return self.evaluator is not None and self.evaluator.wants(step)
+
+    def on_checkpoint(self, step: int, checkpoint: Any) -> None:
+        if self.evaluator is None:
+            raise RuntimeError("on_checkpoint without an evaluator: ask wants_checkpoint first")
+        if isinstance(checkpoint, Path):
+            self.stored[int(step)] = checkpoint
+        self.evaluator.submit(step, checkpoint)
+        self._collect(self.evaluator.ready())
 
     def _collect(self, results: list[tuple[int, dict[str, float]]]) -> None:
         for step, metrics in results:
             self.checkpoints.append({"step": float(step), **metrics})
-            if self.on_checkpoint is not None:
-                self.on_checkpoint(step, metrics)
+            if self.on_evaluated is not None:
+                self.on_evaluated(step, metrics)
         self._prune()
 
     def _prune(self) -> None:
@@ -245,7 +248,7 @@ class _StepRecorder:
         return rows
 
 
-def _reference_metrics(exp: Experiment, api, prepared, models: Mapping[str, object]) -> Metrics:
+def _reference_metrics(exp: Experiment, api: Family, prepared: Any, models: Mapping[str, object]) -> Metrics:
     """Metrics of the original/oracle models, cached next to the prepared models: they depend only
     on the task, the seed and the evaluation settings, so a sweep computes them once."""
     key = content_hash(
@@ -253,7 +256,7 @@ def _reference_metrics(exp: Experiment, api, prepared, models: Mapping[str, obje
             "task": exp.task.model_dump(mode="json"),
             "seed": exp.seed,
             "eval": exp.eval.model_dump(mode="json"),
-            "method": exp.method.name,  # type: ignore[attr-defined]  (some families' references differ per method)
+            "method": exp.method.name,  # some families' references differ per method
         }
     )
     path = Path(exp.tracking.cache_dir) / f"reference-metrics-{key}.json"
@@ -261,7 +264,7 @@ def _reference_metrics(exp: Experiment, api, prepared, models: Mapping[str, obje
         cached = json.loads(path.read_text())
         if set(cached) == set(models):
             return cached
-    metrics = {name: _as_floats(api.evaluate(exp, prepared, model)) for name, model in models.items()}
+    metrics = {name: _as_floats(api.evaluate(exp.job(), prepared, model)) for name, model in models.items()}
     write_verified_file(path, lambda tmp: tmp.write_text(json.dumps(metrics, indent=2)))
     return metrics
 
@@ -274,8 +277,8 @@ def read_steps(run_dir: Path, name: str = "steps") -> list[dict[str, float]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _as_floats(metrics: Mapping[str, object]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items()}  # type: ignore[arg-type]
+def _as_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}
 
 
 def _wants_plots(exp: Experiment) -> bool:

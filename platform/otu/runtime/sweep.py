@@ -145,11 +145,11 @@ def sweep_trial(
     them); the final report holds the unlearned model's metrics, averaged over seeds. Paths a
     swept value names resolve against ``cwd``, the driver's working directory."""
     trial_id = tune.get_context().get_trial_id()
-    exp = resolve_paths(parse_experiment(base).with_overrides(config), Path(cwd))
+    exp = resolve_paths(parse_experiment(base, check_files=False).with_overrides(config, check_files=False), Path(cwd))
     trial_dir = Path(sweep_dir) / "trials" / trial_id
     per_seed = []
     for seed in _seeds(exp, seeds):
-        run_exp = exp.with_overrides({"seed": seed})
+        run_exp = exp.with_overrides({"seed": seed}, check_files=False)
         evaluator = CheckpointEvaluator.attach(run_exp, pool) if exp.dynamics.every > 0 else None
         run_dir = trial_dir if seeds == 1 else trial_dir / f"seed-{seed}"
         result = run_experiment(
@@ -211,7 +211,7 @@ def search_algorithm(sweep: Sweep, work: Plan | None = None):
         optuna.samplers.NSGAIISampler(seed=seed) if algo == "nsga2" else optuna.samplers.TPESampler(seed=seed)
     )
     metrics = [o.metric for o in sweep.objectives]
-    modes = [o.mode for o in sweep.objectives]
+    modes: list[str] = [o.mode for o in sweep.objectives]
     space = OptunaSearch.convert_search_space({key: to_tune(param) for key, param in sweep.space.items()})
     if len(metrics) == 1:
         searcher = OptunaSearch(space, metric=metrics[0], mode=modes[0], sampler=sampler)
@@ -265,7 +265,7 @@ def check_gpus(sweep: Sweep) -> bool:
 
 
 def _prepare_remote(exp_dict: dict[str, Any]) -> None:
-    prepare(parse_experiment(exp_dict))
+    prepare(parse_experiment(exp_dict, check_files=False))
 
 
 def _seeds(exp: Experiment, count: int) -> list[int]:

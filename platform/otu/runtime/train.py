@@ -1,20 +1,19 @@
-"""Ray Train launcher for families with a per-rank loop (``unlearn_worker`` / ``load_unlearned``).
+"""Ray Train launcher for families with a per-rank loop (:class:`otu.family.DistributedUnlearning`).
 
-:func:`unlearn_distributed` runs ``api.unlearn_worker`` on ``exp.compute.workers`` Ray Train workers
+:func:`unlearn_distributed` runs the family's ``unlearn_worker`` on ``exp.compute.workers`` Ray Train workers
 (``TorchTrainer``, Ray Train V2; gloo on CPU, nccl on GPU; the family's loop calls
 ``deepspeed.initialize`` itself on the group Ray made). Rank 0's per-step metrics travel through a
 ``ray.util.queue.Queue`` and are forwarded to the caller's ``report`` while training runs (so a Tune
 trial or ``otu run`` sees them live), with the stored path of each checkpoint the loop wrote for
-evaluation (``dynamics.every``: ``<storage>/checkpoint-<step>``, which the evaluation actors read;
+evaluation (when the caller's reporter wants one: ``<storage>/checkpoint-<step>``, which the evaluation actors read;
 on a multi-node cluster the storage must be shared). Every rank writes its part of each checkpoint
 into a local directory and hands it to ``ray.train.report``; Ray Train merges the parts into one
-checkpoint. The last one is copied into ``checkpoint_dir`` and loaded with ``api.load_unlearned``.
+checkpoint. The last one is copied into ``ctx.checkpoint_dir`` and loaded with ``load_unlearned``.
 Ray must be initialised.
 """
 
 from __future__ import annotations
 
-import os
 import queue as queue_lib
 import shutil
 import tempfile
@@ -24,15 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from otu.errors import RunFailed, last_lines
-from otu.registry import Reporter, family_api
+from otu.family import DistributedUnlearning, Reporter, RunContext
+from otu.registry import family_api
+from otu.runtime.launch import configure_process
 from otu.spec import Experiment, parse_experiment
 
 POLL_S = 0.5
 
 
-def unlearn_distributed(
-    exp: Experiment, api: Any, cache_dir: Path, report: Reporter, checkpoint_dir: Path
-) -> Any:
+def unlearn_distributed(exp: Experiment, family: DistributedUnlearning, prepared: Any, ctx: RunContext) -> Any:
     """Unlearn with ``exp.compute.workers`` Ray Train workers; return the unlearned model."""
     import ray
     from ray.train import RunConfig, ScalingConfig
@@ -41,14 +40,18 @@ def unlearn_distributed(
 
     if not ray.is_initialized():
         raise RuntimeError("unlearn_distributed needs an initialised Ray (ray.init) in the caller")
+    if ctx.checkpoint_dir is None:
+        raise RuntimeError("unlearn_distributed needs ctx.checkpoint_dir")
     use_gpu = _use_gpu(exp.compute.device, ray.cluster_resources())
-    checkpoint_dir = Path(checkpoint_dir).resolve()
+    checkpoint_dir = Path(ctx.checkpoint_dir).resolve()
+    every = exp.dynamics.every if ctx.reporter.wants_checkpoint(0) else 0
     steps: Queue = Queue(actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
             "experiment": exp.to_dict(),
-            "cache_dir": str(Path(cache_dir).resolve()),
+            "cache_dir": str(ctx.cache_dir.resolve()),
+            "checkpoint_every": every,
             "steps": steps,
             "use_gpu": use_gpu,
         },
@@ -74,8 +77,8 @@ def unlearn_distributed(
     thread.start()
     try:
         while thread.is_alive():
-            _forward(steps, report, block=True)
-        _forward(steps, report, block=False)
+            _forward(steps, ctx.reporter, block=True)
+        _forward(steps, ctx.reporter, block=False)
     finally:
         thread.join()
         steps.shutdown()
@@ -89,59 +92,78 @@ def unlearn_distributed(
         raise RuntimeError(f"the Ray Train run {result.path} reported no checkpoint")
     result.checkpoint.to_directory(str(checkpoint_dir))
     result.checkpoint.filesystem.delete_dir(result.checkpoint.path)  # the run keeps its one copy
-    prepared = api.prepare(exp, Path(cache_dir))
-    return api.load_unlearned(exp, prepared, checkpoint_dir)
+    return family.load_unlearned(exp.job(), prepared, checkpoint_dir)
 
 
 def train_loop(config: Mapping[str, Any]) -> None:
     """One Ray Train worker: the family's ``unlearn_worker`` into a local dir, then report it.
 
-    Checkpoints the loop hands to ``report`` for evaluation (``dynamics.every``) go to the run's
-    storage through ``ray.train.report`` (every rank its part, merged by Ray); rank 0 then queues
-    their stored path beside the step's metrics.
+    Checkpoints the loop hands to ``on_checkpoint`` for evaluation go to the run's storage through
+    ``ray.train.report`` (every rank its part, merged by Ray); rank 0 then queues their stored path
+    beside the step's metrics. The experiment is only schema-validated here: the driver checked
+    its files.
     """
     import ray.train
-    from ray.train.collective import barrier
 
-    if not config["use_gpu"]:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    exp = parse_experiment(config["experiment"])
-    api = family_api(exp.task.family)
-    steps = config["steps"]
+    exp = parse_experiment(config["experiment"], check_files=False)
+    configure_process(exp.compute)
+    family = family_api(exp.task.family)
+    assert isinstance(family, DistributedUnlearning)
     context = ray.train.get_context()
-    rank, storage = context.get_world_rank(), Path(context.get_storage().experiment_fs_path)
-    last: dict[str, float] = {}
-
-    def report(step: int, metrics: Mapping[str, float], model: object = None) -> None:
-        last.clear()
-        last.update({k: float(v) for k, v in metrics.items()})
-        stored = None
-        if isinstance(model, Path):
-            checkpoint = ray.train.Checkpoint.from_directory(model)
-            ray.train.report(dict(last), checkpoint=checkpoint, checkpoint_dir_name=model.name)
-            barrier()  # every rank's part is in storage
-            shutil.rmtree(model, ignore_errors=True)
-            stored = str(storage / model.name)
-        if rank == 0:
-            steps.put((int(step), dict(last), stored))
-
+    reporter = _WorkerReporter(
+        rank=context.get_world_rank(),
+        storage=Path(context.get_storage().experiment_fs_path),
+        every=int(config["checkpoint_every"]),
+        steps=config["steps"],
+    )
     with tempfile.TemporaryDirectory(prefix="otu-rank-") as local:
         final = Path(local) / "checkpoint"
-        api.unlearn_worker(exp, Path(config["cache_dir"]), report, final)
-        ray.train.report(last, checkpoint=ray.train.Checkpoint.from_directory(final))
+        ctx = RunContext(exp.seed, exp.compute, Path(config["cache_dir"]), reporter, final)
+        family.unlearn_worker(exp.job(), ctx)
+        ray.train.report(reporter.last, checkpoint=ray.train.Checkpoint.from_directory(final))
 
 
-def _forward(steps, report: Reporter, block: bool) -> None:
-    """Pass queued (step, metrics, checkpoint path or None) to ``report``; wait up to POLL_S for the first when ``block``."""
+class _WorkerReporter:
+    """A Ray Train worker's reporter: rank 0 queues metrics (and stored checkpoint paths) for the
+    driver; checkpoints go to the run's storage through ``ray.train.report``."""
+
+    def __init__(self, rank: int, storage: Path, every: int, steps: Any) -> None:
+        self.rank, self.storage, self.every, self.steps = rank, storage, every, steps
+        self.last: dict[str, float] = {}
+
+    def on_step(self, step: int, metrics: Mapping[str, float]) -> None:
+        self.last = {k: float(v) for k, v in metrics.items()}
+        if self.rank == 0:
+            self.steps.put((int(step), dict(self.last), None))
+
+    def wants_checkpoint(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def on_checkpoint(self, step: int, checkpoint: Any) -> None:
+        import ray.train
+        from ray.train.collective import barrier
+
+        path = Path(checkpoint)
+        ray.train.report(dict(self.last), checkpoint=ray.train.Checkpoint.from_directory(path),
+                         checkpoint_dir_name=path.name)
+        barrier()  # every rank's part is in storage
+        shutil.rmtree(path, ignore_errors=True)
+        if self.rank == 0:
+            self.steps.put((int(step), None, str(self.storage / path.name)))
+
+
+def _forward(steps: Any, reporter: Reporter, block: bool) -> None:
+    """Pass queued (step, metrics or None, checkpoint path or None) to ``reporter``; wait up to
+    POLL_S for the first when ``block``."""
     while True:
         try:
             step, metrics, checkpoint = steps.get(block=block, timeout=POLL_S if block else None)
         except queue_lib.Empty:
             return
-        if checkpoint is None:
-            report(step, metrics)
-        else:
-            report(step, metrics, Path(checkpoint))
+        if metrics is not None:
+            reporter.on_step(step, metrics)
+        if checkpoint is not None:
+            reporter.on_checkpoint(step, Path(checkpoint))
         block = False
 
 

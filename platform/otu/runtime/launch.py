@@ -1,0 +1,139 @@
+"""How an experiment's unlearning runs, chosen in one place by ``compute`` and the environment.
+
+* :class:`InProcess` — the family's ``unlearn`` in this process (plain PyTorch, or DeepSpeed on a
+  one-rank group when ``compute.zero_stage > 0``: the family's loop decides);
+* :class:`ProcessGroup` — this process is one rank of a group a launcher made (``torchrun`` or
+  ``deepspeed`` set ``WORLD_SIZE``): every rank runs the family's ``unlearn_worker``; rank 0 writes
+  the run (:func:`main`, ``python -m otu.runtime.launch``);
+* :class:`RayTrain` — ``compute.workers > 1`` under ``otu run``/``otu sweep``: Ray Train workers
+  (:mod:`otu.runtime.train`, imported only then).
+
+Whatever the launcher, :func:`otu.runtime.experiment.run_experiment` writes the run's outputs.
+
+    torchrun --nproc_per_node 2 -m otu.runtime.launch SPEC --out DIR [--set key=value ...]
+    deepspeed --num_gpus 8 -m otu.runtime.launch SPEC --out DIR
+    python -m otu.runtime.launch SPEC --out DIR          # one process
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from otu.errors import OtuError, SpecError
+from otu.family import DistributedUnlearning, Family, RunContext
+from otu.registry import family_api
+from otu.sections import Compute
+from otu.spec import Experiment, load_experiment
+
+
+class Launcher(Protocol):
+    def unlearn(self, api: Family, exp: Experiment, prepared: Any, ctx: RunContext) -> Any:
+        """Run the family's unlearning for ``exp``; return the unlearned model."""
+
+
+class InProcess:
+    def unlearn(self, api: Family, exp: Experiment, prepared: Any, ctx: RunContext) -> Any:
+        return api.unlearn(exp.job(), prepared, ctx)
+
+
+@dataclass(frozen=True)
+class ProcessGroup:
+    """This process is one rank of a launcher-made group; call on every rank."""
+
+    rank: int
+    world: int
+
+    def unlearn(self, api: Family, exp: Experiment, prepared: Any, ctx: RunContext) -> Any:
+        family = _distributed(api, exp)
+        family.unlearn_worker(exp.job(), ctx)
+        if ctx.checkpoint_dir is None:
+            raise RuntimeError("a process-group run needs ctx.checkpoint_dir")
+        return family.load_unlearned(exp.job(), prepared, ctx.checkpoint_dir) if self.rank == 0 else None
+
+
+class RayTrain:
+    """``compute.workers`` Ray Train workers; Ray must be initialised."""
+
+    def unlearn(self, api: Family, exp: Experiment, prepared: Any, ctx: RunContext) -> Any:
+        from otu.runtime.train import unlearn_distributed
+
+        return unlearn_distributed(exp, _distributed(api, exp), prepared, ctx)
+
+
+def launcher_for(exp: Experiment) -> Launcher:
+    """The launcher ``exp.compute`` and the environment (``WORLD_SIZE``/``RANK``) call for."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        if world != exp.compute.workers:
+            raise SpecError(
+                f"compute.workers: is {exp.compute.workers} but the launcher started {world} ranks"
+            )
+        return ProcessGroup(int(os.environ.get("RANK", "0")), world)
+    return RayTrain() if exp.compute.workers > 1 else InProcess()
+
+
+def configure_process(compute: Compute) -> None:
+    """Settings every process of a run needs before torch or DeepSpeed start work: the thread
+    pools, and DeepSpeed's accelerator when the run is on CPU."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(compute.threads)
+    threadpool_limits(compute.threads)
+    if compute.device == "cpu" or (compute.device == "auto" and not torch.cuda.is_available()):
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def _distributed(api: Family, exp: Experiment) -> DistributedUnlearning:
+    if not isinstance(api, DistributedUnlearning):
+        raise SpecError(
+            f"compute.workers: the {exp.task.family} family unlearns in one process (got {exp.compute.workers})"
+        )
+    return api
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m otu.runtime.launch`` on every rank of a torchrun/deepspeed group."""
+    import torch
+    import torch.distributed as dist
+
+    from otu.runtime.experiment import run_experiment
+
+    parser = argparse.ArgumentParser(prog="python -m otu.runtime.launch", description=__doc__.split("\n")[0])
+    parser.add_argument("spec", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed's
+    args = parser.parse_args(argv)
+    try:
+        exp = load_experiment(args.spec, args.overrides)
+        launcher = launcher_for(exp)
+    except OtuError as err:
+        print(f"otu: error: {err}", file=sys.stderr)
+        return 2
+    configure_process(exp.compute)
+    api = family_api(exp.task.family)
+    out = args.out.resolve()
+    if isinstance(launcher, ProcessGroup):
+        cuda = exp.compute.device != "cpu" and torch.cuda.is_available()
+        dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        if isinstance(launcher, ProcessGroup) and launcher.rank != 0:
+            _distributed(api, exp).unlearn_worker(exp.job(), exp.context(checkpoint_dir=out / "checkpoint"))
+        else:
+            result = run_experiment(exp, out, launcher=launcher, phase=lambda name: print(name, flush=True))
+            print(json.dumps(result.metrics["unlearned"]), flush=True)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
