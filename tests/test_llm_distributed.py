@@ -22,7 +22,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import yaml
-from test_llm import REPO, tiny_spec, unlearn
+from test_llm import REPO, StepReporter, tiny_spec, unlearn
 
 from otu.llm.family import FAMILY
 from otu.llm.regulariser import projection_seed
@@ -198,9 +198,10 @@ def test_ray_train_zero3_first_steps_equal_single_process(ray_local, llm_cache, 
     model = unlearn_distributed(
         distributed,
         FAMILY,
-        llm_cache,
-        lambda s, m: steps.append((s, dict(m))),
-        tmp_path / "run" / "checkpoint",
+        prepared,
+        distributed.context(
+            StepReporter(lambda s, m: steps.append((s, dict(m)))), tmp_path / "run" / "checkpoint"
+        ),
     )
 
     assert [s for s, _ in steps] == [0, 1, 2]

@@ -18,8 +18,6 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel
 
-from otu.errors import SpecError
-
 
 @dataclass(frozen=True)
 class PathRef:
@@ -84,19 +82,6 @@ def elsewhere(model: BaseModel, work: Path) -> dict[str, str]:
         if (hub_id or outside) and not key.endswith("tracking.cache_dir"):
             found[key] = value
     return found
-
-
-def writable_dir(path: Path, what: str) -> Path:
-    """Check, creating nothing, that ``path`` is (or can be made) a writable directory; a
-    :class:`~otu.errors.SpecError` naming ``what`` otherwise."""
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise SpecError(f"{what}: {probe} is a file, not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise SpecError(f"{what}: {probe} is not writable")
-    return path
 
 
 def sqlite_uri(uri: str, base: Path) -> str:

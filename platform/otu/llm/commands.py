@@ -6,15 +6,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from otu.cli_args import seed_arg, writable_dir
 from otu.errors import SpecError
-from otu.paths import writable_dir
-from otu.sections import MAX_SEED
 
 
 def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     d = subparsers.add_parser("entities", help="synthetic fictitious-entity QA set (ELUDe format)")
     d.add_argument("--out", type=Path, required=True, help="directory for the JSON files")
-    d.add_argument("--seed", type=_seed, default=0, help="random seed of the generator (default 0)")
+    d.add_argument("--seed", type=seed_arg, default=0, help="random seed of the generator (default 0)")
     d.set_defaults(handler=cmd_entities)
 
 
@@ -31,9 +30,3 @@ def cmd_entities(args: argparse.Namespace) -> None:
     for name, path in files.items():
         console.print(f"{name}: {path}")
 
-
-def _seed(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_SEED}")
-    return value
