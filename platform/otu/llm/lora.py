@@ -26,13 +26,14 @@ import torch
 from torch import Tensor, nn
 
 from otu.errors import SpecError
+from otu.llm.spec import Lora
 from otu.ot import random_projections
 
 Gather = Callable[[Sequence[nn.Parameter]], AbstractContextManager]
 AddGrad = Callable[[nn.Parameter, Tensor], None]
 
 
-def wrap(model: nn.Module, spec) -> nn.Module:
+def wrap(model: nn.Module, spec: Lora) -> nn.Module:
     """``peft.get_peft_model`` with ``spec`` (:class:`otu.llm.spec.Lora`); only adapters train."""
     from peft import LoraConfig, get_peft_model
 
@@ -52,7 +53,7 @@ def wrap(model: nn.Module, spec) -> nn.Module:
         raise
 
 
-def check_targets(model: nn.Module, spec) -> None:
+def check_targets(model: nn.Module, spec: Lora) -> None:
     """``spec.target_modules`` must name at least one ``nn.Linear`` of ``model`` (e.g. on meta)."""
     from peft import LoraConfig
     from peft.tuners.tuners_utils import check_target_module_exists
