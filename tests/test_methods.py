@@ -49,7 +49,9 @@ CASES: list[tuple[str, str, dict]] = [
 def case_id(case: tuple[str, str, dict]) -> str:
     family, _, overrides = case
     method = overrides["method"]
-    return "-".join([family, method["name"], *([method["regulariser"]] if "regulariser" in method else [])])
+    return "-".join(
+        [family, method["name"], *([method["regulariser"]] if "regulariser" in method else [])]
+    )
 
 
 @pytest.fixture(scope="module")

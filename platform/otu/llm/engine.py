@@ -67,7 +67,9 @@ class PlainEngine:
             self.ref = (
                 lora.Reference(self.model, self.model)
                 if self.lora
-                else _frozen(load_model(model_path, torch_dtype(compute.precision), device, **options))
+                else _frozen(
+                    load_model(model_path, torch_dtype(compute.precision), device, **options)
+                )
             )
         self.optimizer = torch.optim.AdamW(
             _trainable(self.model), lr=method.lr, weight_decay=method.weight_decay

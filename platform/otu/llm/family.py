@@ -57,7 +57,9 @@ class LLMFamily(DistributedUnlearning, ItemOutputs):
 
     def evaluate(self, job: LLMJob, prepared: Prepared, model: nn.Module) -> dict[str, float]:
         stats = prepared.stats(model, job.eval)
-        oracle = prepared.stats(prepared.model("retrained"), job.eval) if prepared.oracle_path else None
+        oracle = (
+            prepared.stats(prepared.model("retrained"), job.eval) if prepared.oracle_path else None
+        )
         metrics = evaluation.metrics(stats, oracle)
         if job.eval.lm_eval is not None:
             from otu.llm.harness import lm_eval_metrics
@@ -90,7 +92,9 @@ class LLMFamily(DistributedUnlearning, ItemOutputs):
 
 def _checkpoint_dir(ctx: RunContext) -> Path:
     if ctx.checkpoint_dir is None:
-        raise ValueError("the LLM family saves the unlearned model: give the context a checkpoint_dir")
+        raise ValueError(
+            "the LLM family saves the unlearned model: give the context a checkpoint_dir"
+        )
     return Path(ctx.checkpoint_dir)
 
 

@@ -62,7 +62,9 @@ class StepBatches:
     """The forget questions with the objective's own answers (:meth:`Objective.forget_answers`)."""
 
 
-def npo_forget(model: nn.Module, ref: nn.Module | None, forget: Batch, beta: float, reduction: str) -> Tensor:
+def npo_forget(
+    model: nn.Module, ref: nn.Module | None, forget: Batch, beta: float, reduction: str
+) -> Tensor:
     """NPO's loss on the forget batch against the frozen reference ``ref``."""
     assert ref is not None, "NPO needs the reference model (needs_reference)"
     with torch.no_grad():
