@@ -12,8 +12,10 @@ import torch
 from torch import nn
 
 from otu.llm import evaluation
-from otu.llm.losses import NPOObjective, SimNPOObjective, StepBatches, reduced_nll
+from otu.llm.losses import StepBatches, reduced_nll
 from otu.llm.metrics import _lowest_mean, normalised_probability, privleak, token_log_probs
+from otu.llm.objectives.npo import NPOObjective
+from otu.llm.objectives.simnpo import SimNPOObjective
 from otu.llm.spec import LLMEval, OptOut, SimNPO
 from otu.llm.text import IGNORE, Batch
 

@@ -18,8 +18,10 @@ import torch
 import yaml
 
 from otu.errors import DataError, OtuError, SpecError
-from otu.llm import evaluation, family
+from otu.family import NullReporter
+from otu.llm import evaluation
 from otu.llm.data import load_splits
+from otu.llm.family import FAMILY
 from otu.llm.losses import npo_loss
 from otu.llm.regulariser import (
     LocalShards,
@@ -69,6 +71,18 @@ def tiny_spec(cache_dir: Path, **method) -> dict:
     }
 
 
+class StepReporter(NullReporter):
+    """Calls ``on_step(step, metrics)`` on every step."""
+
+    def __init__(self, on_step) -> None:
+        self.on_step = on_step
+
+
+def unlearn(exp, prepared, on_step, checkpoint_dir: Path):
+    """``FAMILY.unlearn`` of ``exp`` with a reporter calling ``on_step(step, metrics)``."""
+    return FAMILY.unlearn(exp.job(), prepared, exp.context(StepReporter(on_step), checkpoint_dir))
+
+
 @pytest.fixture(scope="session")
 def llm_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.getbasetemp() / "llm-cache"
@@ -77,7 +91,7 @@ def llm_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def prepared(llm_cache):
     exp = parse_experiment(tiny_spec(llm_cache))
-    return exp, family.prepare(exp, llm_cache)
+    return exp, FAMILY.prepare(exp.job(), exp.context())
 
 
 # ---------------------------------------------------------------- data
@@ -339,7 +353,7 @@ def test_optout_sw_is_zero_at_the_starting_weights_in_every_precision(
     raw = tiny_spec(llm_cache, steps=1, alternate=False)
     raw["compute"] = {"precision": precision}
     steps: list[dict] = []
-    family.unlearn(parse_experiment(raw), prep, lambda s, m: steps.append(dict(m)), tmp_path)
+    unlearn(parse_experiment(raw), prep, lambda s, m: steps.append(dict(m)), tmp_path)
     assert steps[0]["reg"] == 0.0 and steps[0]["forget_loss"] > 0
 
 
@@ -355,15 +369,15 @@ def test_regulariser_work_is_balanced_by_size_within_buckets():
 
 def test_optout_forgets_the_target_and_keeps_the_neighbours(prepared, tmp_path):
     exp, prep = prepared
-    refs = family.reference_models(prep)
-    original = family.evaluate(exp, prep, refs["original"])
-    oracle = family.evaluate(exp, prep, refs["retrained"])
+    refs = FAMILY.reference_models(prep)
+    original = FAMILY.evaluate(exp.job(), prep, refs["original"])
+    oracle = FAMILY.evaluate(exp.job(), prep, refs["retrained"])
     assert original["forget_rouge"] >= 0.85 and original["forget_prob"] > 0.9
     assert oracle["forget_rouge"] <= 0.5 and oracle["ks_forget_quality"] == 1.0
 
     steps: list[tuple[int, dict]] = []
-    model = family.unlearn(exp, prep, lambda s, m: steps.append((s, dict(m))), tmp_path / "ckpt")
-    unlearned = family.evaluate(exp, prep, model)
+    model = unlearn(exp, prep, lambda s, m: steps.append((s, dict(m))), tmp_path / "ckpt")
+    unlearned = FAMILY.evaluate(exp.job(), prep, model)
 
     assert [s for s, _ in steps] == list(range(30))
     assert steps[0][1]["forget_loss"] == pytest.approx(

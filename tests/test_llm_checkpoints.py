@@ -18,8 +18,8 @@ from test_llm import REPO, tiny_spec
 
 from otu.cli import main
 from otu.errors import OtuError
-from otu.llm import family
 from otu.llm.data import load_splits
+from otu.llm.family import FAMILY
 from otu.llm.lora import Adapted, LoraRegulariser, lowrank_sw
 from otu.llm.models import CHAT_TEMPLATE, build_tiny_model, train_tokenizer
 from otu.llm.spec import LLMData, TinyModel
@@ -47,7 +47,7 @@ def chat_prepared(tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "llm-chat-cache"
     exp = parse_experiment(chat_spec(cache))
     assert exp.task.model.tiny.chat_template and exp.method.lora is not None
-    return exp, family.prepare(exp, cache)
+    return exp, FAMILY.prepare(exp.job(), exp.context())
 
 
 def small_tokenizer(chat: bool = True):
@@ -105,7 +105,7 @@ def test_plain_template_inserts_no_space():
 def test_saved_chat_checkpoint_loads_through_model_path(tmp_path):
     path = save_model(tmp_path / "chat", small_tokenizer())
     exp = parse_experiment(path_spec(tmp_path, str(path), attn_implementation="eager", dtype="float32"))
-    prep = family.prepare(exp, tmp_path / "cache")
+    prep = FAMILY.prepare(exp.job(), exp.context())
     assert prep.target_path == path.resolve() and prep.encoder().chat
     model = prep.model("original")
     assert model.config._attn_implementation == "eager"
@@ -326,7 +326,7 @@ def test_shipped_gpu_specs_parse():
         raw = yaml.safe_load((REPO / f"sweeps/experiments/{name}.yaml").read_text())
         data = LLMData(**raw["task"]["data"])
         model = LLMModel(**raw["task"]["model"])
-        method = SPEC.methods["optout"](**raw["method"])
+        method = SPEC.methods["optout"].spec(**raw["method"])
         assert data.layout == layout and method.lora is not None and model.epochs >= 0
         assert raw["compute"]["workers"] == 1 and raw["compute"]["device"] == "cuda"
     sweep = yaml.safe_load((REPO / "sweeps/optout_elude.yaml").read_text())
@@ -368,7 +368,7 @@ def test_lora_optout_run_forgets_and_otu_eval_reproduces_the_original_row(chat_p
     assert (checkpoint / "merged" / "generation_config.json").is_file()
     assert merged.config.dtype == torch.float32  # the precision trained in
     exp = parse_experiment(raw)
-    unlearned_model = family.load_unlearned(exp, family.prepare(exp, tmp_path / "cache"), checkpoint)
+    unlearned_model = FAMILY.load_unlearned(exp.job(), FAMILY.prepare(exp.job(), exp.context()), checkpoint)
     for (name, p), (_, q) in zip(merged.named_parameters(), unlearned_model.named_parameters(), strict=True):
         torch.testing.assert_close(p, q, msg=name)
 
@@ -418,13 +418,13 @@ def lora_zero3_worker(rank: int, world: int, port: int, model_dir: str, cache: s
     from deepspeed.utils import safe_get_full_grad
 
     from otu.llm.engine import DeepSpeedEngine
-    from otu.llm.loop import _regulariser
     from otu.llm.lora import adapted_layers
+    from otu.llm.objectives.optout import OptOutObjective
 
     raw = tiny_spec(Path(cache), reg_weight=0.5, lora={"r": 3, "alpha": 6, "dropout": 0.0})
     raw["compute"] = {"workers": world, "zero_stage": 3, "zero3": ZERO3_ALL}
     exp = parse_experiment(raw)
-    engine = DeepSpeedEngine(exp, Path(model_dir), torch.device("cpu"), needs_ref=True, total_steps=1)
+    engine = DeepSpeedEngine(exp.job(), exp.compute, Path(model_dir), torch.device("cpu"), needs_ref=True, total_steps=1)
     layers = adapted_layers(engine.model.module)
     adapters = [p for layer in layers for p in (layer.a, layer.b)]
     assert all(hasattr(p, "ds_id") and p.numel() == 0 for p in adapters)  # partitioned
@@ -434,7 +434,7 @@ def lora_zero3_worker(rank: int, world: int, port: int, model_dir: str, cache: s
                 p.data.copy_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
     ids = torch.arange(12).reshape(2, 6)
     engine.backward(0.0 * engine.model(input_ids=ids, labels=ids).loss)
-    value = _regulariser(exp, engine).apply(step=0)
+    value = OptOutObjective(exp.method).regulariser(engine, exp.seed).apply(step=0)
     grads = [safe_get_full_grad(p).clone() for p in adapters]
     with deepspeed.zero.GatheredParameters(adapters):
         values = [p.data.clone() for p in adapters]
@@ -519,9 +519,9 @@ def test_lm_eval_custom_task_over_a_local_file_matches_hand_computed_accuracy(tm
     raw = path_spec(tmp_path, str(path))
     raw["eval"]["lm_eval"] = {"tasks": ["otu_local"], "include_path": str(tmp_path / "tasks")}
     exp = parse_experiment(raw)
-    prep = family.prepare(exp, tmp_path / "cache")
+    prep = FAMILY.prepare(exp.job(), exp.context())
     model = prep.model("original")
-    metrics = family.evaluate(exp, prep, model)
+    metrics = FAMILY.evaluate(exp.job(), prep, model)
 
     def loglik(context: str, continuation: str) -> float:  # lm-eval's split of context + continuation
         whole = tok(context + continuation, add_special_tokens=False)["input_ids"]

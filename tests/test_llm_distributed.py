@@ -22,9 +22,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import yaml
-from test_llm import REPO, tiny_spec
+from test_llm import REPO, StepReporter, tiny_spec, unlearn
 
-from otu.llm import family
+from otu.llm.family import FAMILY
 from otu.llm.regulariser import projection_seed
 from otu.ot import as_rows, random_projections, sw_regulariser
 from otu.spec import parse_experiment
@@ -85,7 +85,7 @@ def sharded_regulariser_worker(
     )
 
     from otu.llm.engine import DeepSpeedEngine
-    from otu.llm.loop import _regulariser
+    from otu.llm.objectives.optout import OptOutObjective
 
     raw = tiny_spec(Path(cache), reg_weight=LAMBDA)
     raw["compute"] = {"workers": world, "zero_stage": stage, "precision": precision}
@@ -93,14 +93,14 @@ def sharded_regulariser_worker(
         raw["compute"]["zero3"] = PARTITION_ALL
     exp = parse_experiment(raw)
     engine = DeepSpeedEngine(
-        exp, Path(model_dir), torch.device("cpu"), needs_ref=True, total_steps=1
+        exp.job(), exp.compute, Path(model_dir), torch.device("cpu"), needs_ref=True, total_steps=1
     )
     params = list(engine.model.module.parameters())
     if stage == 3:
         assert all(hasattr(p, "ds_id") and p.numel() == 0 for p in params)  # partitioned
     ids = torch.arange(12).reshape(2, 6)
     engine.backward(0.0 * engine.model(input_ids=ids, labels=ids).loss)  # zero gradients
-    reg = _regulariser(exp, engine)  # θ₀ = the fp32 masters now
+    reg = OptOutObjective(exp.method).regulariser(engine, exp.seed)  # θ₀ = the fp32 masters now
     at_start = reg.apply(step=0)
     for i, p in enumerate(params):  # move the fp32 masters (every rank sets its own part)
         safe_set_full_fp32_param(p, safe_get_full_fp32_param(p) + noise(_full_shape(p), i))
@@ -188,19 +188,20 @@ def test_ray_train_zero3_first_steps_equal_single_process(ray_local, llm_cache, 
     raw = tiny_spec(llm_cache, steps=3, reduction="sequence_mean")
     raw["compute"] = {"workers": 2, "zero_stage": 3, "zero3": PARTITION_ALL}
     distributed = parse_experiment(raw)
-    prepared = family.prepare(single, llm_cache)
+    prepared = FAMILY.prepare(single.job(), single.context())
 
     ref_steps: list[dict] = []
-    ref_model = family.unlearn(
+    ref_model = unlearn(
         single, prepared, lambda s, m: ref_steps.append(dict(m)), tmp_path / "single"
     )
     steps: list[tuple[int, dict]] = []
     model = unlearn_distributed(
         distributed,
-        family,
-        llm_cache,
-        lambda s, m: steps.append((s, dict(m))),
-        tmp_path / "run" / "checkpoint",
+        FAMILY,
+        prepared,
+        distributed.context(
+            StepReporter(lambda s, m: steps.append((s, dict(m)))), tmp_path / "run" / "checkpoint"
+        ),
     )
 
     assert [s for s, _ in steps] == [0, 1, 2]
@@ -220,7 +221,7 @@ def test_ray_train_zero3_first_steps_equal_single_process(ray_local, llm_cache, 
         assert diff.max() <= bound and (diff > 1e-5).float().mean() < share, name
     shards = sorted(p.name for p in (tmp_path / "run" / "checkpoint").glob("*.safetensors"))
     assert shards == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
-    metrics = family.evaluate(distributed, prepared, model)
+    metrics = FAMILY.evaluate(distributed.job(), prepared, model)
     assert 0.0 <= metrics["forget_rouge"] <= 1.0 and metrics["retain_prob"] > 0.5
 
 
@@ -254,8 +255,8 @@ def test_multi_worker_checkpoints_are_evaluated_on_actors(ray_local, llm_cache, 
     chosen = json.loads((tmp_path / "distributed" / "metrics.json").read_text())["unlearned"]
     assert chosen["checkpoint_step"] == 0
     exp = parse_experiment(tiny_spec(llm_cache, steps=3, reduction="sequence_mean"))
-    prepared = family.prepare(exp, llm_cache)
-    saved = family.evaluate(exp, prepared, family.load_unlearned(exp, prepared, tmp_path / "distributed" / "checkpoint"))
+    prepared = FAMILY.prepare(exp.job(), exp.context())
+    saved = FAMILY.evaluate(exp.job(), prepared, FAMILY.load_unlearned(exp.job(), prepared, tmp_path / "distributed" / "checkpoint"))
     assert saved["forget_prob"] == pytest.approx(distributed[0]["forget_prob"], rel=1e-3)
     for got_zero3, got, want in zip(zero3, distributed, single, strict=True):
         for key in ("forget_prob", "retain_prob", "world_prob"):

@@ -1,5 +1,6 @@
 """Atomic, verified writes for the on-disk cache (prepared data, reference models) and result files:
 a reader sees the old entry or the new one, never part of one, and never a tampered or truncated one.
+Entries are named by :func:`content_hash` of what they are built from.
 
 Every cache entry carries SHA-256 digests written with it (``.otu-digest.json`` inside a folder
 entry, ``NAME.sha256`` beside a file entry) and checked on load: an entry that does not match (a
@@ -27,6 +28,12 @@ from typing import Any
 DIGEST_FILE = ".otu-digest.json"
 log = logging.getLogger("otu.cache")
 _OWNER = re.compile(r"~(\d+)@(.+?)~")
+
+
+def content_hash(obj: Any) -> str:
+    """Stable short hash of JSON-able content (key order does not matter)."""
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def cached_dir(final: Path, build: Callable[[Path], None]) -> Path:

@@ -1,4 +1,5 @@
-"""Checks of an LLM experiment that need more than one section or read files — run at parse time."""
+"""Environment checks of an LLM experiment (files, checkpoints, hub ids, data) and the checks that
+need more than the family's sections (compute); :data:`otu.llm.spec.SPEC` names :func:`check`."""
 
 from __future__ import annotations
 
@@ -7,39 +8,44 @@ import re
 from pathlib import Path
 
 from otu.errors import SpecError
+from otu.family import RunContext
 from otu.llm.data import load_splits
-from otu.spec import Experiment
+from otu.llm.spec import LLMJob, LLMMethod, LLMModel, LmEval, Retaining
+from otu.sections import Compute
 
 CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
-def check_experiment(exp: Experiment) -> None:
-    check_compute(exp)
-    model = exp.task.model
+def check(job: LLMJob, ctx: RunContext) -> None:
+    """What the spec names on this machine: checkpoints (local or fetched config and tokenizer), the
+    chat template, lm-eval, LoRA targets, the data and the terms it must feed; run once, in the driver."""
+    method: LLMMethod = job.method
+    check_compute(method, ctx.compute)
+    model = job.model
     if model.path is not None:
         path = checkpoint_files(model.path, model.revision, "model.path")
         check_causal_lm(path, "model.path")
-        check_prompts(exp, path)
+        check_prompts(job, path)
     if model.retain_path is not None:
         check_causal_lm(
             checkpoint_files(model.retain_path, None, "model.retain_path"), "model.retain_path"
         )
-    if exp.eval.lm_eval is not None:
-        check_lm_eval(exp.eval.lm_eval)
-    if exp.method.lora is not None:
+    if job.eval.lm_eval is not None:
+        check_lm_eval(job.eval.lm_eval)
+    if method.lora is not None:
         from otu.llm.lora import check_targets
 
-        check_targets(meta_model(exp), exp.method.lora)
-    splits = load_splits(exp.task.data, exp.seed)
-    if not splits["world"] and getattr(exp.method, "world_weight", 0):
+        check_targets(meta_model(model), method.lora)
+    splits = load_splits(job.data, ctx.seed)
+    if not splits["world"] and isinstance(method, Retaining) and method.world_weight:
         raise SpecError(
             "task.data.world: the data has no world training set (TOFU ships none); give a QA or "
             "instruction file, or set method.world_weight: 0"
         )
 
 
-def check_lm_eval(spec) -> None:
+def check_lm_eval(spec: LmEval) -> None:
     try:
         import lm_eval  # noqa: F401
     except ImportError:
@@ -74,12 +80,11 @@ def checkpoint_files(path: str, revision: str | None, field: str) -> Path:
     return config.parent
 
 
-def meta_model(exp: Experiment):
+def meta_model(spec: LLMModel):
     """The model's module structure, weightless (meta device): for checks of module names."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
-    spec = exp.task.model
     if spec.tiny is not None:
         t = spec.tiny
         config = LlamaConfig(
@@ -90,35 +95,29 @@ def meta_model(exp: Experiment):
             num_attention_heads=t.heads,
         )
     else:
+        assert spec.path is not None
         path = checkpoint_files(spec.path, spec.revision, "model.path")
         config = AutoConfig.from_pretrained(str(path), trust_remote_code=spec.trust_remote_code)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=spec.trust_remote_code)
 
 
-def check_prompts(exp: Experiment, path: Path) -> None:
+def check_prompts(job: LLMJob, path: Path) -> None:
     """The tokenizer's chat template (when used) must carry a question and its answer."""
     from otu.llm.models import encoder_for, load_tokenizer
 
-    encoder_for(load_tokenizer(path, exp.task.model.trust_remote_code), exp.task.data)
+    encoder_for(load_tokenizer(path, job.model.trust_remote_code), job.data)
 
 
-def check_compute(exp: Experiment) -> None:
-    c = exp.compute
+def check_compute(method: LLMMethod, c: Compute) -> None:
     per_step = c.workers * c.grad_accum
-    if exp.method.batch_size % per_step:
+    if method.batch_size % per_step:
         raise SpecError(
-            f"method.batch_size: {exp.method.batch_size} is not divisible by compute.workers × "
+            f"method.batch_size: {method.batch_size} is not divisible by compute.workers × "
             f"compute.grad_accum = {per_step}"
         )
     if c.offload == "optimizer" and c.zero_stage < 1:
         raise SpecError("compute.offload: 'optimizer' needs compute.zero_stage >= 1 (got 0)")
-    method = exp.method
-    if getattr(method, "alternate", False) and not (method.retain_weight or method.world_weight):
-        raise SpecError(
-            "method.alternate: the second (retain + regulariser) step needs retain_weight or "
-            "world_weight > 0 (both are 0)"
-        )
     if c.offload == "params" and c.zero_stage != 3:
         raise SpecError(
             f"compute.offload: 'params' needs compute.zero_stage 3 (got {c.zero_stage})"

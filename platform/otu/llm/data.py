@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from otu.errors import DataError, SpecError
+from otu.llm.spec import InstructionFields, LLMData
 
 REQUIRED = ("entity", "question", "answer", "paraphrased_answer", "perturbed_answer")
 WORLD_REQUIRED = REQUIRED[1:]
@@ -260,7 +261,7 @@ def read_splits(path: Path) -> Splits:
     }
 
 
-def load_splits(data: Any, seed: int) -> Splits:
+def load_splits(data: LLMData, seed: int) -> Splits:
     """Training and evaluation splits named by a ``task.data`` section (:class:`otu.llm.spec.LLMData`)."""
     if data.layout == "elude":
         return _elude_splits(data, seed)
@@ -318,7 +319,7 @@ def hold_out(
     )
 
 
-def _elude_splits(data: Any, seed: int) -> Splits:
+def _elude_splits(data: LLMData, seed: int) -> Splits:
     """ELUDe: the target's forget_qa / retain_qa rows (train split to train, eval split to evaluate),
     the other entities' eval-split forget_qa rows as holdout, the world file split by ``eval_fraction``."""
     names = data.elude_splits
@@ -357,7 +358,7 @@ def _elude_splits(data: Any, seed: int) -> Splits:
     }
 
 
-def _tofu_splits(data: Any, seed: int) -> Splits:
+def _tofu_splits(data: LLMData, seed: int) -> Splits:
     """TOFU: forget on ``forgetNN``, retain on ``retain{100-NN}`` minus the items of
     ``retain_perturbed`` (evaluated), world training from ``task.data.world`` (none without it),
     world evaluation on real_authors + world_facts, MIA non-members from ``holdoutNN``."""
@@ -432,7 +433,7 @@ def read_split(
     return list(data[split])
 
 
-def _read_world(data: Any, field: str) -> list[Record] | None:
+def _read_world(data: LLMData, field: str) -> list[Record] | None:
     """The world file: QA records, or an instruction file (instruction / input / output)."""
     if data.world is None:
         return None
@@ -447,7 +448,7 @@ def _read_world(data: Any, field: str) -> list[Record] | None:
     return parse_records(rows, field, WORLD_REQUIRED, data.fields)
 
 
-def _instruction_qa(row: dict[str, Any], names: Any, field: str) -> dict[str, Any]:
+def _instruction_qa(row: dict[str, Any], names: InstructionFields, field: str) -> dict[str, Any]:
     if names.output not in row:
         raise DataError(
             f"{field}: instruction rows lack the {names.output!r} field (task.data.instruction_fields.output)"

@@ -1,6 +1,7 @@
 """Training engines for the unlearning loop: plain PyTorch (one process) or DeepSpeed (ZeRO 0–3).
 
-Both expose the same small surface to :mod:`otu.llm.loop`: ``model`` (call it for forward passes),
+Both expose the same small surface to :mod:`otu.llm.loop`: ``model`` (call it for forward passes;
+``module`` is the model it wraps),
 ``ref`` (frozen θ₀ = NPO reference, or None), ``backward(loss)``, ``boundary()`` (last micro-batch of
 an optimizer step), ``gather(params)`` / ``add_grad(param, g)`` (one tensor at a time, collective
 under ZeRO, between backward and step), ``shards`` (the regulariser's access to the fp32 master
@@ -23,6 +24,8 @@ from torch import Tensor, nn
 from otu.llm import lora
 from otu.llm.models import load_model, load_options, torch_dtype
 from otu.llm.regulariser import LocalShards, split_flat
+from otu.llm.spec import LLMJob, LLMMethod
+from otu.sections import Compute
 
 SHARD = "model-{:05d}-of-{:05d}.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -41,13 +44,19 @@ class PlainEngine:
     rank, world = 0, 1
 
     def __init__(
-        self, exp, model_path: Path, device: torch.device, needs_ref: bool, total_steps: int
+        self,
+        job: LLMJob,
+        compute: Compute,
+        model_path: Path,
+        device: torch.device,
+        needs_ref: bool,
+        total_steps: int,
     ):
-        method, compute = exp.method, exp.compute
+        method: LLMMethod = job.method
         self.device = device
         self.grad_accum = compute.grad_accum
         self.max_grad_norm = method.max_grad_norm
-        options = load_options(exp.task.model)
+        options = load_options(job.model)
         self.lora = method.lora is not None
         self.merged_from = _merged_from(method, model_path, torch.float32, options)
         self.model = _adapted(load_model(model_path, torch.float32, device, **options), method)
@@ -58,7 +67,9 @@ class PlainEngine:
             self.ref = (
                 lora.Reference(self.model, self.model)
                 if self.lora
-                else _frozen(load_model(model_path, torch_dtype(compute.precision), device, **options))
+                else _frozen(
+                    load_model(model_path, torch_dtype(compute.precision), device, **options)
+                )
             )
         self.optimizer = torch.optim.AdamW(
             _trainable(self.model), lr=method.lr, weight_decay=method.weight_decay
@@ -73,6 +84,11 @@ class PlainEngine:
         )
         self._micro = 0
         self.shards = LocalShards()
+
+    @property
+    def module(self) -> nn.Module:
+        """The model's module (what ``model`` wraps, if anything)."""
+        return self.model
 
     def backward(self, loss: Tensor) -> None:
         (loss / self.grad_accum).backward()
@@ -114,22 +130,28 @@ class DeepSpeedEngine:
     """``deepspeed.initialize`` on an existing process group (Ray Train, torchrun, deepspeed)."""
 
     def __init__(
-        self, exp, model_path: Path, device: torch.device, needs_ref: bool, total_steps: int
+        self,
+        job: LLMJob,
+        compute: Compute,
+        model_path: Path,
+        device: torch.device,
+        needs_ref: bool,
+        total_steps: int,
     ):
         import deepspeed
         from transformers.integrations import HfDeepSpeedConfig
 
-        method, compute = exp.method, exp.compute
+        method: LLMMethod = job.method
         deepspeed.init_distributed(dist_backend=dist.get_backend())  # adopts the existing group
         self.device = device
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.grad_accum = compute.grad_accum
-        config = ds_config(exp, self.world)
+        config = ds_config(method, compute, self.world)
         dtype = torch_dtype(compute.precision)
         # must live while models load so that from_pretrained partitions them (ZeRO-3)
         self._hf_ds = HfDeepSpeedConfig(config) if compute.zero_stage == 3 else None
         place = None if compute.zero_stage == 3 else device  # zero.Init placed the partitions
-        options = load_options(exp.task.model)
+        options = load_options(job.model)
         self.lora = method.lora is not None
         self.merged_from = _merged_from(method, model_path, dtype, options)
         model = _adapted(load_model(model_path, dtype, place, **options), method)
@@ -157,6 +179,10 @@ class DeepSpeedEngine:
             self.ref = ref
         self.autocast = contextlib.nullcontext()
         self.shards = DeepSpeedShards(self.rank, self.world, device)
+
+    @property
+    def module(self) -> nn.Module:
+        return self.model.module
 
     def backward(self, loss: Tensor) -> None:
         self.model.backward(loss)
@@ -297,8 +323,7 @@ def _add_fragment(param: nn.Parameter, full: Tensor) -> None:
     fragment.add_(full.narrow(0, address.start, address.numel).to(fragment))
 
 
-def ds_config(exp, world: int) -> dict:
-    method, compute = exp.method, exp.compute
+def ds_config(method: LLMMethod, compute: Compute, world: int) -> dict:
     zero: dict = {"stage": compute.zero_stage}
     if compute.zero_stage == 3:
         z3 = compute.zero3
@@ -364,12 +389,15 @@ def save_sharded(model: nn.Module, out_dir: Path, tokenizer, gather, rank: int, 
         dist.barrier()
 
 
-def _adapted(model: nn.Module, method) -> nn.Module:
+Engine = PlainEngine | DeepSpeedEngine
+
+
+def _adapted(model: nn.Module, method: LLMMethod) -> nn.Module:
     """``model`` with LoRA adapters when ``method.lora`` is set (only they train), else itself."""
     return lora.wrap(model, method.lora) if method.lora is not None else model
 
 
-def _merged_from(method, model_path: Path, dtype: torch.dtype, options: dict):
+def _merged_from(method: LLMMethod, model_path: Path, dtype: torch.dtype, options: dict):
     """A loader of the base model on the CPU when the merged LoRA model is to be saved, else None."""
     if method.lora is None or not method.lora.save_merged:
         return None
@@ -392,9 +420,5 @@ def _enable_checkpointing(model: nn.Module) -> None:
     model.config.use_cache = False
 
 
-def total_optimizer_steps(steps: int, alternate: bool) -> int:
-    return steps * (2 if alternate else 1)
-
-
-def steps_for(method, forget_size: int) -> int:
+def steps_for(method: LLMMethod, forget_size: int) -> int:
     return method.steps or method.epochs * math.ceil(forget_size / method.batch_size)

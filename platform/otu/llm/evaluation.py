@@ -22,6 +22,7 @@ from otu.llm.metrics import (
     rouge_recall,
     score_answers,
 )
+from otu.llm.spec import LLMEval
 from otu.llm.text import Encoder
 
 QA_SPLITS = ("forget", "retain", "world")
@@ -43,7 +44,9 @@ def cap(splits: Splits, max_items: int | None) -> Splits:
     return {k: v if max_items is None else v[:max_items] for k, v in splits.items()}
 
 
-def model_stats(model: nn.Module, encoder: Encoder, splits: Splits, eval_spec) -> ModelStats:
+def model_stats(
+    model: nn.Module, encoder: Encoder, splits: Splits, eval_spec: LLMEval
+) -> ModelStats:
     """Per-item numbers; world probability is normalised over the perturbed answers (TOFU)."""
     bs, k = eval_spec.batch_size, eval_spec.mink_fraction
     lengths = {"forget": eval_spec.max_new_tokens, "retain": eval_spec.max_new_tokens}

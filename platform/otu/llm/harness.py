@@ -8,8 +8,10 @@ import math
 
 from torch import nn
 
+from otu.llm.spec import LmEval
 
-def lm_eval_metrics(model: nn.Module, tokenizer, spec, max_length: int) -> dict[str, float]:
+
+def lm_eval_metrics(model: nn.Module, tokenizer, spec: LmEval, max_length: int) -> dict[str, float]:
     """``{"lm_eval/<task>/<metric>": value}`` for every numeric metric lm-eval reports (no stderr)."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM

@@ -4,11 +4,13 @@ Single process (plain PyTorch, or DeepSpeed on a one-rank gloo group when ``zero
 ``deepspeed``/``torchrun`` (the process group comes from the environment), or as a Ray Train worker
 (Ray made the group). Every step draws one global batch of forget, retain and world items from seeded
 streams (identical on every rank); rank r takes micro-batch slices ``(m·world + r)`` for accumulation
-step m, so the global step equals the single-process one. Every rank calls ``report`` with the
-rank-averaged terms (identical on all ranks; reporters write on rank 0). Every ``dynamics.every``
-steps (but the last: the final model is evaluated anyway) ``report`` also gets a checkpoint to
-evaluate: the live model in a plain process (the platform snapshots it), otherwise a HF checkpoint
-``<checkpoint_dir>-<step>`` that every rank wrote its part of (collective, like the final save).
+step m, so the global step equals the single-process one. What is optimised, and in how many
+optimizer steps, is the method's :class:`~otu.llm.objectives.Objective`. Every rank calls the
+reporter's ``on_step`` with the rank-averaged terms (identical on all ranks; reporters write on
+rank 0). At the steps the reporter ``wants_checkpoint`` (but the last: the final model is evaluated
+anyway) ``on_checkpoint`` gets the model to evaluate: the live model in a plain process (the
+platform snapshots it), otherwise a HF checkpoint ``<checkpoint_dir>-<step>`` that every rank wrote
+its part of (collective, like the final save).
 """
 
 from __future__ import annotations
@@ -24,15 +26,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from otu.llm.data import Record
-from otu.llm.engine import DeepSpeedEngine, PlainEngine, steps_for, total_optimizer_steps
-from otu.llm.lora import LoraRegulariser
-from otu.llm.lora import regulariser as lora_regulariser
-from otu.llm.losses import Objective, StepBatches, objective_for
+from otu.family import TOTAL_STEPS, RunContext
+from otu.llm.data import Splits
+from otu.llm.engine import DeepSpeedEngine, Engine, PlainEngine, steps_for
+from otu.llm.losses import StepBatches
 from otu.llm.models import resolve_device
-from otu.llm.regulariser import ParameterRegulariser
-from otu.llm.text import Encoder
-from otu.registry import TOTAL_STEPS, Reporter
+from otu.llm.objectives import Objective, Phase, objective_for
+from otu.llm.prepared import Prepared
+from otu.llm.regulariser import Regulariser
+from otu.llm.spec import LLMJob, LLMMethod
+from otu.llm.text import Batch, Encoder
 
 
 class Stream:
@@ -81,75 +84,82 @@ def ensure_process_group(backend: str) -> None:
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
 
 
-def run_worker(exp, prepared, report: Reporter, checkpoint_dir: Path) -> None:
-    """Unlearn ``prepared``'s target model with ``exp.method``; write the HF checkpoint to ``checkpoint_dir``."""
-    torch.set_num_threads(exp.compute.threads)
-    device = worker_device(exp.compute.device)
+def run_worker(job: LLMJob, prepared: Prepared, ctx: RunContext, checkpoint_dir: Path) -> None:
+    """Unlearn ``prepared``'s target model with ``job.method``; write the HF checkpoint to ``checkpoint_dir``."""
+    torch.set_num_threads(ctx.threads)
+    device = worker_device(ctx.device)
     if device.type == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     _, world = rank_and_world()
-    use_ds = exp.compute.zero_stage > 0 or world > 1
+    use_ds = ctx.compute.zero_stage > 0 or world > 1
     if use_ds:
         ensure_process_group("nccl" if device.type == "cuda" else "gloo")
-    _train(exp, prepared, report, checkpoint_dir, device, use_ds)
+    _train(job, prepared, ctx, checkpoint_dir, device, use_ds)
 
 
 def _train(
-    exp, prepared, report: Reporter, checkpoint_dir: Path, device: torch.device, use_ds: bool
+    job: LLMJob,
+    prepared: Prepared,
+    ctx: RunContext,
+    checkpoint_dir: Path,
+    device: torch.device,
+    use_ds: bool,
 ) -> None:
-    method = exp.method
+    method: LLMMethod = job.method
     objective = objective_for(method)
-    is_optout = method.name == "optout"
-    alternate = is_optout and method.alternate
+    phases = objective.phases()
     scheduled = steps_for(method, len(prepared.splits["forget"]))
     steps = steps_run(method, len(prepared.splits["forget"]), scheduled)
     engine_cls = DeepSpeedEngine if use_ds else PlainEngine
     engine = engine_cls(
-        exp,
+        job,
+        ctx.compute,
         prepared.target_path,
         device,
         needs_ref=objective.needs_reference,
-        total_steps=total_optimizer_steps(scheduled, alternate),
+        total_steps=scheduled * len(phases),
     )
-    regulariser = _regulariser(exp, engine) if is_optout else None
+    regulariser = objective.regulariser(engine, ctx.seed)
     encoder = prepared.encoder()
     tokenizer = prepared.tokenizer()
     streams = {
-        name: Stream(len(prepared.splits[name]), exp.seed + k)
+        name: Stream(len(prepared.splits[name]), ctx.seed + k)
         for k, name in enumerate(("forget", "retain", "world"))
         if prepared.splits[name]  # TOFU without a world file has no world training set
     }
-    # alternating: a forget step, then a retain + world + regulariser step
-    phases = (
-        [(True, False, None), (False, True, regulariser)]
-        if alternate
-        else [(True, True, regulariser)]
-    )
+    reporter = ctx.reporter
     for step in range(steps):
         start = time.perf_counter()
         global_idx = {name: s.take(method.batch_size) for name, s in streams.items()}
         micro = _micro_batches(
-            exp, prepared.splits, encoder, global_idx, engine.rank, engine.world, device
+            objective,
+            method.batch_size // (engine.world * ctx.compute.grad_accum),
+            ctx.compute.grad_accum,
+            prepared.splits,
+            encoder,
+            global_idx,
+            engine.rank,
+            engine.world,
+            device,
         )
         logs: dict[str, float] = {}
-        for forget, retain, reg in phases:
-            logs |= _phase(
-                engine, objective, micro, forget=forget, retain=retain, regulariser=reg, step=step
-            )
+        for phase in phases:
+            reg = regulariser if phase.regularise else None
+            logs |= _phase(engine, objective, micro, phase, reg, step)
         logs["loss"] = logs["forget_loss"] + logs.get("retain_loss", 0.0)
         if regulariser is not None:
-            logs["loss"] += method.reg_weight * logs["reg"]
+            logs["loss"] += regulariser.weight * logs["reg"]
         logs["lr"] = engine.lr()
         logs["tokens"] = float(sum(_tokens(b) for b in micro))
         logs["step_time_s"] = time.perf_counter() - start
         logs = engine.all_mean(logs) | {TOTAL_STEPS: steps}
-        due = exp.dynamics.every and step % exp.dynamics.every == 0 and step < steps - 1
-        checkpoint = _checkpoint(engine, step, checkpoint_dir, tokenizer) if due else None
-        report(step, logs) if checkpoint is None else report(step, logs, checkpoint)
+        reporter.on_step(step, logs)
+        if step < steps - 1 and reporter.wants_checkpoint(step):
+            reporter.on_checkpoint(step, _checkpoint(engine, step, checkpoint_dir, tokenizer))
     engine.save(checkpoint_dir, tokenizer)
 
 
-def steps_run(method, forget_size: int, scheduled: int) -> int:
+def steps_run(method: LLMMethod, forget_size: int, scheduled: int) -> int:
     """Steps actually taken: the schedule's, or the first ``stop_after_epochs`` epochs of it (the
     learning-rate schedule still spans all ``scheduled`` steps)."""
     if method.stop_after_epochs is None:
@@ -158,7 +168,7 @@ def steps_run(method, forget_size: int, scheduled: int) -> int:
     return min(scheduled, max(1, math.ceil(method.stop_after_epochs * per_epoch)))
 
 
-def _checkpoint(engine, step: int, checkpoint_dir: Path, tokenizer) -> nn.Module | Path:
+def _checkpoint(engine: Engine, step: int, checkpoint_dir: Path, tokenizer) -> nn.Module | Path:
     """The model to evaluate after ``step``: the live one in a plain process, else a saved checkpoint."""
     if isinstance(engine, PlainEngine):
         return engine.model
@@ -167,45 +177,24 @@ def _checkpoint(engine, step: int, checkpoint_dir: Path, tokenizer) -> nn.Module
     return path
 
 
-def _regulariser(exp, engine) -> ParameterRegulariser | LoraRegulariser:
-    """OPT-OUT's regulariser. With LoRA: D(W₀ + sBA, W₀) on the adapted layers (θ₀ = the base
-    weights); otherwise over the trainable tensors, θ₀ their fp32 master value now."""
-    method = exp.method
-    if method.lora is not None:
-        return lora_regulariser(exp, _module(engine.model), engine.gather, engine.add_grad)
-    return ParameterRegulariser(
-        kind=method.regulariser,
-        weight=method.reg_weight,
-        params=[p for p in _module(engine.model).parameters() if p.requires_grad],
-        shards=engine.shards,
-        n_projections=method.n_projections,
-        resample=method.resample_projections,
-        seed=exp.seed,
-        bucket_numel=method.reg_bucket_numel,
-    )
-
-
-def _module(model):
-    return getattr(model, "module", model)
-
-
 def _micro_batches(
-    exp,
-    splits: dict[str, list[Record]],
+    objective: Objective,
+    size: int,
+    grad_accum: int,
+    splits: Splits,
     encoder: Encoder,
     global_idx: dict[str, list[int]],
     rank: int,
     world: int,
     device: torch.device,
 ) -> list[StepBatches]:
-    method = exp.method
-    size = method.batch_size // (world * exp.compute.grad_accum)
+    """This rank's ``grad_accum`` micro-batches of ``size`` items from the step's global batch."""
     out = []
-    for m in range(exp.compute.grad_accum):
+    for m in range(grad_accum):
         lo = (m * world + rank) * size
         pick = {name: idx[lo : lo + size] for name, idx in global_idx.items()}
 
-        def batch(name: str, answers=None, pick=pick):
+        def batch(name: str, answers: list[str] | None = None, pick=pick) -> Batch | None:
             if name not in pick:
                 return None
             records = [splits[name][i] for i in pick[name]]
@@ -213,18 +202,18 @@ def _micro_batches(
                 [r.question for r in records], answers or [r.answer for r in records]
             ).to(device)
 
-        idk = None
-        if method.name == "idk":
-            responses = method.responses
-            idk = batch("forget", [responses[i % len(responses)] for i in pick["forget"]])
-        out.append(StepBatches(batch("forget"), batch("retain"), batch("world"), idk))
+        answers = objective.forget_answers(pick["forget"])
+        relabelled = batch("forget", answers) if answers is not None else None
+        forget, retain = batch("forget"), batch("retain")
+        assert forget is not None and retain is not None
+        out.append(StepBatches(forget, retain, batch("world"), relabelled))
     return out
 
 
 def _tokens(batches: StepBatches) -> int:
     """Tokens this rank fed through the model for one step's micro-batch."""
     used = [
-        batches.idk if batches.idk is not None else batches.forget,
+        batches.relabelled if batches.relabelled is not None else batches.forget,
         batches.retain,
         batches.world,
     ]
@@ -232,13 +221,11 @@ def _tokens(batches: StepBatches) -> int:
 
 
 def _phase(
-    engine,
+    engine: Engine,
     objective: Objective,
     micro: list[StepBatches],
-    *,
-    forget: bool,
-    retain: bool,
-    regulariser: ParameterRegulariser | None,
+    phase: Phase,
+    regulariser: Regulariser | None,
     step: int,
 ) -> dict[str, float]:
     """Forward/backward over the micro-batches, regulariser gradient at the boundary, one optimizer step."""
@@ -246,11 +233,11 @@ def _phase(
     for batches in micro:
         terms = []
         with engine.autocast:
-            if forget:
+            if phase.forget:
                 term = objective.forget_term(engine.model, engine.ref, batches)
                 sums["forget_loss"] += term.item() / len(micro)
                 terms.append(term)
-            if retain:
+            if phase.retain:
                 term = objective.retain_term(engine.model, batches)
                 if term is not None:
                     sums["retain_loss"] += term.item() / len(micro)

@@ -26,13 +26,14 @@ import torch
 from torch import Tensor, nn
 
 from otu.errors import SpecError
+from otu.llm.spec import Lora
 from otu.ot import random_projections
 
 Gather = Callable[[Sequence[nn.Parameter]], AbstractContextManager]
 AddGrad = Callable[[nn.Parameter, Tensor], None]
 
 
-def wrap(model: nn.Module, spec) -> nn.Module:
+def wrap(model: nn.Module, spec: Lora) -> nn.Module:
     """``peft.get_peft_model`` with ``spec`` (:class:`otu.llm.spec.Lora`); only adapters train."""
     from peft import LoraConfig, get_peft_model
 
@@ -52,7 +53,7 @@ def wrap(model: nn.Module, spec) -> nn.Module:
         raise
 
 
-def check_targets(model: nn.Module, spec) -> None:
+def check_targets(model: nn.Module, spec: Lora) -> None:
     """``spec.target_modules`` must name at least one ``nn.Linear`` of ``model`` (e.g. on meta)."""
     from peft import LoraConfig
     from peft.tuners.tuners_utils import check_target_module_exists
@@ -226,17 +227,3 @@ class LoraRegulariser:
             self._cache[index] = (u, w0u, torch.sort(w0u, dim=0).values)
         u, w0u, w0u_sorted = self._cache[index]
         return lowrank_sw(a, b, layer.scale, w0u, w0u_sorted, u)
-
-
-def regulariser(exp, model: nn.Module, gather: Gather, add_grad: AddGrad) -> LoraRegulariser:
-    method = exp.method
-    return LoraRegulariser(
-        kind=method.regulariser,
-        weight=method.reg_weight,
-        layers=adapted_layers(model),
-        gather=gather,
-        add_grad=add_grad,
-        n_projections=method.n_projections,
-        resample=method.resample_projections,
-        seed=exp.seed,
-    )

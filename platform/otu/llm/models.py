@@ -12,7 +12,9 @@ from torch import nn
 from otu.errors import SpecError
 from otu.llm.data import Record
 from otu.llm.losses import sequence_nll
+from otu.llm.spec import LLMModel, TinyModel
 from otu.llm.text import Encoder, TemplateError
+from otu.sections import Compute
 
 SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
 CHAT_TOKENS = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
@@ -35,10 +37,10 @@ def torch_dtype(precision: str) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
-def eval_dtype(exp) -> torch.dtype:
+def eval_dtype(model_spec: LLMModel, compute: Compute) -> torch.dtype:
     """The precision checkpoints are evaluated in: ``task.model.dtype``, else ``compute.precision``."""
-    name = exp.task.model.dtype
-    return DTYPES[name] if name else torch_dtype(exp.compute.precision)
+    name = model_spec.dtype
+    return DTYPES[name] if name else torch_dtype(compute.precision)
 
 
 def encoder_for(tokenizer, data, field: str = "task.model.path") -> Encoder:
@@ -101,7 +103,7 @@ def corpus(records: Iterable[Record], prompt: str) -> list[str]:
     return texts
 
 
-def build_tiny_model(tiny, tokenizer, max_length: int, seed: int) -> nn.Module:
+def build_tiny_model(tiny: TinyModel, tokenizer, max_length: int, seed: int) -> nn.Module:
     """A randomly initialised Llama (``tiny``: :class:`otu.llm.spec.TinyModel`) for ``tokenizer``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -122,7 +124,7 @@ def build_tiny_model(tiny, tokenizer, max_length: int, seed: int) -> nn.Module:
     return LlamaForCausalLM(config)
 
 
-def load_options(model_spec) -> dict:
+def load_options(model_spec: LLMModel) -> dict:
     """``from_pretrained`` keyword arguments of a ``task.model`` section (beyond path and dtype)."""
     options: dict = {"trust_remote_code": model_spec.trust_remote_code}
     if model_spec.attn_implementation is not None:

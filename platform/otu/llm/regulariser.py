@@ -56,6 +56,15 @@ class Shards(Protocol):
     def all_sum(self, value: Tensor) -> float: ...
 
 
+class Regulariser(Protocol):
+    """A parameter regulariser: :meth:`apply` adds ``weight``·∇D to the gradients between backward
+    and step and returns D (unweighted)."""
+
+    weight: float
+
+    def apply(self, step: int) -> float: ...
+
+
 class LocalShards:
     """One process: the parameters are their own fp32 masters; gradients go to ``param.grad``."""
 

@@ -1,21 +1,18 @@
-"""Spec sections of the LLM family (entity unlearning: OPT-OUT and its baselines).
+"""Spec sections and method table of the LLM family (entity unlearning: OPT-OUT and its baselines).
 
-Light on purpose (pydantic only): the data and model checks that read files live in
-:mod:`otu.llm.checks` and are imported by :func:`validate` when a spec is parsed.
+Pydantic only: each method's implementation is its :class:`~otu.llm.objectives.Objective`, imported
+when the method runs; the checks that read files are :func:`otu.llm.checks.check`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from otu.family import FamilySpec, Job, Method
 from otu.paths import PathOrHubId
-from otu.registry import FamilySpec
-from otu.spec import Section
-
-if TYPE_CHECKING:
-    from otu.spec import Experiment
+from otu.sections import MethodSpec, Section
 
 
 class SyntheticSizes(Section):
@@ -245,6 +242,10 @@ class LLMEval(Section):
     """General benchmarks; their numbers join the metrics as ``lm_eval/<task>/<metric>``."""
 
 
+LLMJob = Job[LLMData, LLMModel, LLMEval]
+"""What the family's functions receive; ``method`` is one of :data:`METHODS`' spec classes."""
+
+
 class Lora(Section):
     """LoRA adapters (peft) instead of full fine-tuning; θ₀ / the NPO reference are the base weights."""
 
@@ -265,7 +266,9 @@ class Lora(Section):
     """Also write the merged model to ``checkpoint/merged`` (the checkpoint holds the adapter)."""
 
 
-class _Method(Section):
+class LLMMethod(MethodSpec):
+    """What every LLM method shares: the optimizer, its schedule and LoRA."""
+
     lora: Lora | None = None
     lr: float = Field(1e-5, gt=0)
     epochs: int = Field(3, ge=1, description="passes over the forget set")
@@ -283,18 +286,20 @@ class _Method(Section):
     lr_schedule: Literal["linear", "constant"] = "linear"
 
 
-class _Retaining(_Method):
+class Retaining(LLMMethod):
+    """Methods with NLL terms on neighbour-entity and world QA."""
+
     retain_weight: float = Field(1.0, ge=0, description="weight of NLL on neighbour-entity QA")
     world_weight: float = Field(1.0, ge=0, description="weight of NLL on world QA")
 
 
-class GA(_Method):
+class GA(LLMMethod):
     """Gradient ascent on the forget set."""
 
     name: Literal["ga"]
 
 
-class GradDiff(_Retaining):
+class GradDiff(Retaining):
     """Gradient ascent on forget + descent on retain and world."""
 
     name: Literal["graddiff"]
@@ -312,7 +317,7 @@ def _reduction(default: str, who: str):
     )
 
 
-class NPO(_Method):
+class NPO(LLMMethod):
     """Negative preference optimisation against the frozen original model."""
 
     name: Literal["npo"]
@@ -320,7 +325,7 @@ class NPO(_Method):
     reduction: NPOReduction = _reduction("sequence_sum", "NPO paper")
 
 
-class NPORT(_Retaining):
+class NPORT(Retaining):
     """NPO + NLL on retain and world."""
 
     name: Literal["npo_rt"]
@@ -328,7 +333,7 @@ class NPORT(_Retaining):
     reduction: NPOReduction = _reduction("sequence_sum", "NPO paper")
 
 
-class SimNPO(_Retaining):
+class SimNPO(Retaining):
     """Reference-free, length-normalised NPO (Fan et al. 2024; official code's form) + retain terms."""
 
     name: Literal["simnpo"]
@@ -339,7 +344,7 @@ class SimNPO(_Retaining):
     )
 
 
-class IDK(_Retaining):
+class IDK(Retaining):
     """Fine-tune forget questions towards "I don't know"-style answers + retain terms."""
 
     name: Literal["idk"]
@@ -354,7 +359,7 @@ class IDK(_Retaining):
     )
 
 
-class OptOut(_Retaining):
+class OptOut(Retaining):
     """OPT-OUT: NPO + retain + world + λ·Σ_tensors distance(θ, θ₀) (Choi et al. 2024)."""
 
     name: Literal["optout"]
@@ -368,19 +373,32 @@ class OptOut(_Retaining):
     reg_bucket_numel: int = Field(
         50_000_000, ge=1, description="tensor elements per regulariser bucket (one collective each)"
     )
-    alternate: bool = True
+    alternate: bool = Field(True, validate_default=True)
     """Two optimizer steps per step: forget (NPO), then retain + world + regulariser."""
 
+    @field_validator("alternate")
+    @classmethod
+    def _second_step_has_terms(cls, alternate: bool, info: ValidationInfo) -> bool:
+        if alternate and not (info.data.get("retain_weight") or info.data.get("world_weight")):
+            raise ValueError(
+                "the second (retain + regulariser) step needs retain_weight or world_weight > 0 "
+                "(both are 0)"
+            )
+        return alternate
 
-METHODS: dict[str, type[_Method]] = {
-    "ga": GA,
-    "graddiff": GradDiff,
-    "npo": NPO,
-    "npo_rt": NPORT,
-    "simnpo": SimNPO,
-    "idk": IDK,
-    "optout": OptOut,
+
+OBJECTIVES = "otu.llm.objectives"
+
+METHODS: dict[str, Method] = {
+    "ga": Method(GA, f"{OBJECTIVES}.ga:GAObjective"),
+    "graddiff": Method(GradDiff, f"{OBJECTIVES}.graddiff:GradDiffObjective"),
+    "npo": Method(NPO, f"{OBJECTIVES}.npo:NPOObjective"),
+    "npo_rt": Method(NPORT, f"{OBJECTIVES}.npo_rt:NPORTObjective"),
+    "simnpo": Method(SimNPO, f"{OBJECTIVES}.simnpo:SimNPOObjective"),
+    "idk": Method(IDK, f"{OBJECTIVES}.idk:IDKObjective"),
+    "optout": Method(OptOut, f"{OBJECTIVES}.optout:OptOutObjective"),
 }
+"""Method name → its spec class and :class:`~otu.llm.objectives.Objective`."""
 
 METRICS = (
     "forget_prob",
@@ -403,18 +421,12 @@ METRICS = (
 )
 
 
-def validate(exp: Experiment) -> None:
-    """Cross-section and data checks (files, fields, entities, checkpoints) before any work."""
-    from otu.llm.checks import check_experiment
-
-    check_experiment(exp)
-
-
 SPEC = FamilySpec(
     data=LLMData,
     model=LLMModel,
     eval=LLMEval,
     methods=METHODS,
     metrics=METRICS,
-    validate=validate,
+    checks="otu.llm.checks:check",
+    data_commands="otu.llm.commands:add_data_commands",
 )

@@ -1,0 +1,171 @@
+"""The prepared task of an LLM experiment: ``prepare`` caches, under ``cache_dir/llm-<hash of seed,
+task.data, task.model>``, the splits, the target model (fine-tuned on forget + retain + world) and
+the retain-only oracle (retain + world), each a normal HF checkpoint with its tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from otu.cache import cached_dir, content_hash
+from otu.family import RunContext
+from otu.llm import evaluation
+from otu.llm.data import Splits, all_records, load_splits, read_splits, write_splits
+from otu.llm.models import (
+    build_tiny_model,
+    corpus,
+    encoder_for,
+    eval_dtype,
+    finetune,
+    load_model,
+    load_options,
+    load_tokenizer,
+    resolve_checkpoint,
+    resolve_device,
+    train_tokenizer,
+)
+from otu.llm.spec import LLMData, LLMEval, LLMJob
+from otu.llm.text import Encoder
+
+DONE = "prepared.json"
+
+
+@dataclass
+class Prepared:
+    root: Path
+    splits: Splits
+    target_path: Path
+    oracle_path: Path | None
+    data: LLMData
+    """The ``task.data`` section (prompt format and length)."""
+    device: torch.device
+    dtype: torch.dtype
+    options: dict = field(default_factory=dict)
+    """``from_pretrained`` options (:func:`otu.llm.models.load_options`)."""
+    _models: dict[str, nn.Module] = field(default_factory=dict)
+    _stats: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
+    _tokenizer: Any = None
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            trust = self.options.get("trust_remote_code", False)
+            self._tokenizer = load_tokenizer(self.target_path, trust)
+        return self._tokenizer
+
+    def encoder(self) -> Encoder:
+        return encoder_for(self.tokenizer(), self.data)
+
+    def model(self, name: str) -> nn.Module:
+        if name not in self._models:
+            path = self.target_path if name == "original" else self.oracle_path
+            self._models[name] = self.load(path)
+        return self._models[name]
+
+    def load(self, path: Path) -> nn.Module:
+        """A checkpoint in the evaluation precision, on the evaluation device."""
+        return load_model(path, self.dtype, self.device, **self.options)
+
+    def stats(self, model: nn.Module, eval_spec: LLMEval) -> evaluation.ModelStats:
+        """Per-item evaluation numbers of ``model``, memoised per model and eval settings."""
+        key = content_hash(eval_spec.model_dump(mode="json"))
+        per_model = self._stats.setdefault(model, {})
+        if key not in per_model:
+            model.to(self.device).eval()
+            splits = evaluation.cap(self.splits, eval_spec.max_items)
+            per_model[key] = evaluation.model_stats(model, self.encoder(), splits, eval_spec)
+        return per_model[key]
+
+
+def cache_key(job: LLMJob, seed: int) -> str:
+    return content_hash(
+        {
+            "layout": 2,  # models named relative to the entry (a cache directory can move)
+            "seed": seed,
+            "data": job.data.model_dump(mode="json"),
+            "model": job.model.model_dump(mode="json"),
+        }
+    )
+
+
+def prepare(job: LLMJob, ctx: RunContext) -> Prepared:
+    """The cached splits and models of ``job`` (built first if the cache has no valid entry)."""
+    root = Path(ctx.cache_dir) / f"llm-{cache_key(job, ctx.seed)}"
+    cached_dir(root, lambda tmp: _build(job, ctx, tmp))
+    info = json.loads((root / DONE).read_text())
+    return Prepared(
+        root=root,
+        splits=read_splits(root / "splits.json"),
+        target_path=root / info["target"],  # relative: a model of the entry; absolute: the spec's
+        oracle_path=root / info["oracle"] if info["oracle"] else None,
+        data=job.data,
+        device=resolve_device(ctx.device),
+        dtype=eval_dtype(job.model, ctx.compute),
+        options=load_options(job.model),
+    )
+
+
+def _build(job: LLMJob, ctx: RunContext, tmp: Path) -> None:
+    """Splits, tokenizer, target and oracle models into ``tmp`` (renamed into place when done)."""
+    data, spec = job.data, job.model
+    splits = load_splits(data, ctx.seed)
+    write_splits(splits, tmp / "splits.json")
+    device = resolve_device(ctx.device)
+    options = load_options(spec)
+    source = None if spec.tiny is not None else resolve_checkpoint(spec.path, spec.revision)
+    if source is None:
+        everything = [r for split in splits.values() for r in split]
+        tokenizer = train_tokenizer(
+            corpus(everything, data.prompt), spec.tiny.vocab, spec.tiny.chat_template
+        )
+    else:
+        tokenizer = load_tokenizer(source, spec.trust_remote_code)
+    encoder = encoder_for(tokenizer, data)
+    logs: dict[str, list[float]] = {}
+
+    def base() -> nn.Module:
+        if source is None:
+            return build_tiny_model(spec.tiny, tokenizer, data.max_length, ctx.seed)
+        return load_model(source, torch.float32, device, **options)
+
+    def fit(name: str, records) -> Path:
+        logs[name] = []
+        model = finetune(
+            base(),
+            encoder,
+            records,
+            epochs=spec.epochs,
+            lr=spec.lr,
+            batch_size=spec.batch_size,
+            weight_decay=spec.weight_decay,
+            seed=ctx.seed,
+            device=device,
+            log=lambda _epoch, loss: logs[name].append(loss),
+        )
+        model.save_pretrained(tmp / name)
+        tokenizer.save_pretrained(tmp / name)
+        return Path(name)
+
+    if spec.epochs > 0:
+        target = fit("target", all_records(splits, ("forget", "retain", "world")))
+        oracle: Path | None = fit("retain_only", all_records(splits, ("retain", "world")))
+    else:
+        assert source is not None
+        target = source
+        oracle = (
+            resolve_checkpoint(spec.retain_path, None, "task.model.retain_path")
+            if spec.retain_path
+            else None
+        )
+    info = {
+        "target": str(target),
+        "oracle": str(oracle) if oracle else None,
+        "finetune_loss": logs,
+    }
+    (tmp / DONE).write_text(json.dumps(info, indent=2))
