@@ -111,11 +111,6 @@ def remove_stale_temps(folder: Path) -> list[Path]:
     return removed
 
 
-def content_hash(obj: Any) -> str:
-    """Stable short hash of JSON-able content (key order does not matter): a cache entry's key."""
-    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
 
 def file_digest(path: Path) -> str:
     with open(path, "rb") as handle:
