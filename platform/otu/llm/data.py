@@ -25,7 +25,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard, TypeVar
 
 import torch
 
@@ -37,6 +37,8 @@ WORLD_REQUIRED = REQUIRED[1:]
 QA = ("question", "answer")
 TRAIN = ("forget", "retain", "world")
 EVAL = {"forget": "forget_eval", "retain": "retain_eval", "world": "world_eval"}
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,7 @@ def _optional(value: Any) -> str | None:
     return value if isinstance(value, str) and value.strip() else None
 
 
-def _is_list(value: Any) -> bool:
+def _is_list(value: Any) -> TypeGuard[Sequence[Any]]:
     return isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray"
 
 
@@ -218,7 +220,7 @@ def make_splits(
     else:
         _check_entities("task.data.holdout", holdout, entities, target, source, known)
         holdout_entities = list(holdout)
-        overlap = sorted(set(holdout_entities) & set(retain_entities))
+        overlap = sorted(map(str, set(holdout_entities) & set(retain_entities)))
         if overlap:
             raise SpecError(
                 f"task.data.holdout: entities {overlap} are also neighbours (retain set)"
@@ -279,13 +281,13 @@ def load_splits(data: LLMData, seed: int) -> Splits:
         source = "the synthetic entity set"
         retain_records = None
     else:
-        records = _read(data.records, "task.data.records", REQUIRED, data.fields)
-        world = _read_world(data, "task.data.world")
+        source = given(data.records, "task.data.records")
+        records = given(_read(source, "task.data.records", REQUIRED, data.fields), "task.data.records")
+        world = given(_read_world(data, "task.data.world"), "task.data.world")
         retain_records = _read(
             data.retain_records, "task.data.retain_records", REQUIRED, data.fields
         )
-        target = data.target
-        source = data.records
+        target = given(data.target, "task.data.target")
     splits = make_splits(
         records, world, target, data.neighbours, data.holdout, source, retain_records
     )
@@ -300,6 +302,13 @@ def load_splits(data: LLMData, seed: int) -> Splits:
         "world_eval": world_eval,
         "holdout": splits["holdout"],
     }
+
+
+def given(value: T | None, key: str) -> T:
+    """``value``, which this data layout requires (the spec's validators make it so)."""
+    if value is None:
+        raise SpecError(f"{key}: required for this task.data.layout")
+    return value
 
 
 def hold_out(
@@ -332,21 +341,18 @@ def _elude_splits(data: LLMData, seed: int) -> Splits:
         )
         return parse_records(raw, f"task.data.{key}", REQUIRED, fields)
 
-    forget_train, forget_eval = (
-        rows(data.records, "records", "train"),
-        rows(data.records, "records", "eval"),
-    )
-    retain_train = rows(data.retain_records, "retain_records", "train")
-    retain_eval = rows(data.retain_records, "retain_records", "eval")
+    source = given(data.records, "task.data.records")
+    retain_source = given(data.retain_records, "task.data.retain_records")
+    target = given(data.target, "task.data.target")
+    forget_train, forget_eval = rows(source, "records", "train"), rows(source, "records", "eval")
+    retain_train = rows(retain_source, "retain_records", "train")
+    retain_eval = rows(retain_source, "retain_records", "eval")
     world, world_eval = hold_out(
-        _read_world(data, "task.data.world"), data.eval_fraction, seed, "task.data.world"
+        given(_read_world(data, "task.data.world"), "task.data.world"), data.eval_fraction, seed,
+        "task.data.world",
     )
-    train = make_splits(
-        forget_train, world, data.target, "auto", "auto", data.records, retain_train
-    )
-    held = make_splits(
-        forget_eval, world, data.target, "auto", data.holdout, data.records, retain_eval
-    )
+    train = make_splits(forget_train, world, target, "auto", "auto", source, retain_train)
+    held = make_splits(forget_eval, world, target, "auto", data.holdout, source, retain_eval)
     return {
         "forget": train["forget"],
         "retain": train["retain"],
@@ -367,7 +373,8 @@ def _tofu_splits(data: LLMData, seed: int) -> Splits:
     def config(key: str, required: Sequence[str] = QA) -> list[Record]:
         name = getattr(tofu, key)
         raw = read_split(
-            data.records, name, tofu.split, "task.data.records", f"task.data.tofu.{key}"
+            given(data.records, "task.data.records"), name, tofu.split, "task.data.records",
+            f"task.data.tofu.{key}",
         )
         return parse_records(raw, f"task.data.tofu.{key} ({name})", required, fields)
 

@@ -172,10 +172,10 @@ def normalised_probability(nll: np.ndarray, wrong_nll: Sequence[np.ndarray]) -> 
 
 
 def harmonic_mean(values: Sequence[float]) -> float:
-    values = np.asarray(values, dtype=float)
-    if np.any(values <= 0):
+    array = np.asarray(values, dtype=float)
+    if np.any(array <= 0):
         return 0.0
-    return float(len(values) / np.sum(1.0 / values))
+    return float(len(array) / np.sum(1.0 / array))
 
 
 def privleak(auc: float, auc_retain: float) -> float:

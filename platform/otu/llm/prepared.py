@@ -17,7 +17,7 @@ from torch import nn
 from otu.cache import cached_dir, content_hash
 from otu.family import RunContext
 from otu.llm import evaluation
-from otu.llm.data import Splits, all_records, load_splits, read_splits, write_splits
+from otu.llm.data import Splits, all_records, given, load_splits, read_splits, write_splits
 from otu.llm.models import (
     build_tiny_model,
     corpus,
@@ -65,6 +65,8 @@ class Prepared:
     def model(self, name: str) -> nn.Module:
         if name not in self._models:
             path = self.target_path if name == "original" else self.oracle_path
+            if path is None:
+                raise KeyError(f"no {name!r} model: the task has no retain-only oracle")
             self._models[name] = self.load(path)
         return self._models[name]
 
@@ -118,20 +120,21 @@ def _build(job: LLMJob, ctx: RunContext, tmp: Path) -> None:
     write_splits(splits, tmp / "splits.json")
     device = resolve_device(ctx.device)
     options = load_options(spec)
-    source = None if spec.tiny is not None else resolve_checkpoint(spec.path, spec.revision)
-    if source is None:
+    tiny = spec.tiny
+    source = None if tiny is not None else resolve_checkpoint(given(spec.path, "task.model.path"), spec.revision)
+    if tiny is not None:
         everything = [r for split in splits.values() for r in split]
-        tokenizer = train_tokenizer(
-            corpus(everything, data.prompt), spec.tiny.vocab, spec.tiny.chat_template
-        )
+        tokenizer = train_tokenizer(corpus(everything, data.prompt), tiny.vocab, tiny.chat_template)
     else:
+        assert source is not None
         tokenizer = load_tokenizer(source, spec.trust_remote_code)
     encoder = encoder_for(tokenizer, data)
     logs: dict[str, list[float]] = {}
 
     def base() -> nn.Module:
-        if source is None:
-            return build_tiny_model(spec.tiny, tokenizer, data.max_length, ctx.seed)
+        if tiny is not None:
+            return build_tiny_model(tiny, tokenizer, data.max_length, ctx.seed)
+        assert source is not None
         return load_model(source, torch.float32, device, **options)
 
     def fit(name: str, records) -> Path:
