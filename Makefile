@@ -17,8 +17,11 @@ install: $(VENV)/.installed
 quickstart: install  # extra otu flags: make quickstart ARGS="--set search.num_samples=2"
 	$(VENV)/bin/otu sweep sweeps/quickstart.yaml $(ARGS)
 
-test: install  # the default suite, then the slow fault tests (CI runs this)
+lint: install  # ruff (lint and format) and mypy
 	$(VENV)/bin/ruff check platform tests benchmarks
+	$(VENV)/bin/mypy
+
+test: lint  # the default suite, then the slow fault tests (CI runs this)
 	$(VENV)/bin/pytest -q
 	$(VENV)/bin/pytest -q -m slow tests/test_faults.py
 
