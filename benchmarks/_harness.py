@@ -6,7 +6,10 @@ from __future__ import annotations
 import ctypes
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def _status_kib(field: str) -> int:
@@ -17,7 +20,7 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status (Linux only)")
 
 
-def peak_extra_mib(fn: Callable[[], object]) -> tuple[float, object]:
+def peak_extra_mib(fn: Callable[[], T]) -> tuple[float, T]:
     """Extra resident memory (MiB) one call of ``fn`` needs over the current resident set; result."""
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     before = _status_kib("VmRSS")
@@ -28,7 +31,7 @@ def peak_extra_mib(fn: Callable[[], object]) -> tuple[float, object]:
 
 
 def interleaved_times(
-    calls: dict[str, Callable[[], object]], min_time: float, budget: float = 60.0
+    calls: Mapping[str, Callable[[], object]], min_time: float, budget: float = 60.0
 ) -> dict[str, dict[str, float]]:
     """Median CPU and wall seconds per call, timed in rounds A B C …, A B C …: at least 3 rounds
     and ``min_time`` seconds, no new round after ``budget`` seconds."""

@@ -14,7 +14,9 @@ import multiprocessing as mp
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import ray
 import torch
@@ -26,6 +28,7 @@ from otu.spec import load_experiment
 
 SPEC = Path(__file__).resolve().parents[1] / "sweeps/experiments/dlfd_digits.yaml"
 _worker: dict = {}
+T = TypeVar("T")
 
 
 def _load(overrides: list[str], first) -> None:
@@ -38,20 +41,22 @@ def _load(overrides: list[str], first) -> None:
 
 
 def _evaluate(model) -> dict[str, float]:
-    return _worker["api"].evaluate(_worker["exp"], _worker["prepared"], model)
+    return _worker["api"].evaluate(_worker["exp"].job(), _worker["prepared"], model)
 
 
-def timed(run, repeats: int) -> tuple[list, float]:
-    """``run()``'s result and its median wall time over ``repeats`` runs."""
-    times, result = [], None
-    for _ in range(repeats):
+def timed(run: Callable[[], T], repeats: int) -> tuple[T, float]:
+    """``run()``'s result (of its last run) and its median wall time over ``repeats`` runs (≥ 1)."""
+    times, results = [], []
+    for _ in range(max(1, repeats)):
         start = time.perf_counter()
-        result = run()
+        results.append(run())
         times.append(time.perf_counter() - start)
-    return result, statistics.median(times)
+    return results[-1], statistics.median(times)
 
 
-def plain_processes(overrides: list[str], checkpoints: list, n: int, repeats: int) -> tuple[list, float]:
+def plain_processes(
+    overrides: list[str], checkpoints: list, n: int, repeats: int
+) -> tuple[list[dict[str, float]], float]:
     """Evaluate ``checkpoints`` on ``n`` plain processes (one task each, like the actor pool)."""
     with mp.get_context("spawn").Pool(n, initializer=_load, initargs=(overrides, checkpoints[0])) as pool:
         pool.map(time.sleep, [1.0] * n, chunksize=1)  # every process is warm
@@ -82,7 +87,8 @@ def main() -> None:
                 p.add_(1e-3 * torch.randn(p.shape, generator=gen))
         checkpoints.append(model)
 
-    sequential, t_seq = timed(lambda: [api.evaluate(exp, prepared, m) for m in checkpoints], args.repeats)
+    job = exp.job()
+    sequential, t_seq = timed(lambda: [api.evaluate(job, prepared, m) for m in checkpoints], args.repeats)
     in_processes, t_mp = plain_processes(overrides, checkpoints, args.pool, args.repeats)
 
     ray.init(

@@ -20,15 +20,17 @@ import sys
 import tempfile
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import torch
 from bench_optout_step import SIZES, build_checkpoint, experiment, run
 
-from otu.llm.engine import PlainEngine
+from otu.llm.engine import EngineSettings, PlainEngine
+from otu.spec import Experiment
 
 
-def with_lora(exp, rank: int | None, resample: bool):
-    changes = {"method.resample_projections": resample}
+def with_lora(exp: Experiment, rank: int | None, resample: bool) -> Experiment:
+    changes: dict[str, Any] = {"method.resample_projections": resample}
     if rank is not None:
         changes["method.lora"] = {"r": rank, "alpha": 2 * rank, "dropout": 0.0}
     return exp.with_overrides(changes)
@@ -38,9 +40,12 @@ def _storages(module: torch.nn.Module) -> dict[int, int]:
     return {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in module.parameters()}
 
 
-def memory_mib(exp, model_dir: Path) -> tuple[float, float]:
+def memory_mib(exp: Experiment, model_dir: Path) -> tuple[float, float]:
     """(θ₀ bytes not shared with the trained model, trainable bytes) of an engine, in MiB."""
-    engine = PlainEngine(exp, model_dir, torch.device("cpu"), needs_ref=True, total_steps=1)
+    settings = EngineSettings(
+        exp.job(), exp.compute, model_dir, torch.device("cpu"), needs_ref=True, total_steps=1
+    )
+    engine = PlainEngine(settings)
     trained = _storages(engine.model)
     ref = {k: v for k, v in _storages(engine.ref).items() if k not in trained}
     trainable = sum(p.numel() * p.element_size() for p in engine.model.parameters() if p.requires_grad)

@@ -17,17 +17,21 @@ import platform
 import resource
 import sys
 import tempfile
+from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from otu.family import NullReporter
 from otu.llm.data import load_splits
-from otu.llm.family import Prepared
 from otu.llm.loop import run_worker
 from otu.llm.models import corpus, resolve_device, torch_dtype, train_tokenizer
-from otu.spec import parse_experiment
+from otu.llm.prepared import Prepared
+from otu.llm.spec import LLMJob
+from otu.spec import Experiment, parse_experiment
 
 SIZES = {  # layers, hidden, heads, intermediate, vocab
     "tiny": (2, 128, 4, 256, 512),  # the shipped optout_tiny model (0.46 M parameters)
@@ -36,7 +40,21 @@ SIZES = {  # layers, hidden, heads, intermediate, vocab
 }
 
 
-def experiment(method: str, args: argparse.Namespace, cache: Path):
+class StepRows(NullReporter):
+    """A reporter that keeps every step's metrics (and wants no checkpoints)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+
+    def on_step(self, step: int, metrics: Mapping[str, float]) -> None:
+        self.rows.append(dict(metrics))
+
+
+def experiment(method: str, args: argparse.Namespace, cache: Path) -> Experiment:
+    options: dict[str, Any] = {"name": method, "lr": 1e-5, "steps": args.steps}
+    options["batch_size"] = args.batch_size
+    if method == "optout":
+        options |= {"n_projections": args.projections, "alternate": False}  # = NPO+RT + λ·SW
     raw = {
         "name": "bench-optout-step",
         "seed": 0,
@@ -45,7 +63,7 @@ def experiment(method: str, args: argparse.Namespace, cache: Path):
             "data": {"synthetic": True, "max_length": 64},
             "model": {"tiny": {}, "epochs": 1},
         },
-        "method": {"name": method, "lr": 1e-5, "steps": args.steps, "batch_size": args.batch_size},
+        "method": options,
         "eval": {},
         "tracking": {"cache_dir": str(cache)},
         "compute": {
@@ -55,19 +73,18 @@ def experiment(method: str, args: argparse.Namespace, cache: Path):
             "grad_checkpointing": args.grad_checkpointing,
         },
     }
-    if method == "optout":
-        raw["method"] |= {"n_projections": args.projections, "alternate": False}  # = NPO+RT + λ·SW
     return parse_experiment(raw)
 
 
-def build_checkpoint(size: str, exp, out: Path) -> int:
+def build_checkpoint(size: str, exp: Experiment, out: Path) -> int:
     """A randomly initialised Llama of ``size`` with a tokenizer trained on the synthetic corpus."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     layers, hidden, heads, intermediate, vocab = SIZES[size]
-    splits = load_splits(exp.task.data, exp.seed)
+    job: LLMJob = exp.job()
+    splits = load_splits(job.data, exp.seed)
     tokenizer = train_tokenizer(
-        corpus([r for s in splits.values() for r in s], exp.task.data.prompt), min(vocab, 1024)
+        corpus([r for s in splits.values() for r in s], job.data.prompt), min(vocab, 1024)
     )
     config = LlamaConfig(
         vocab_size=max(vocab, len(tokenizer)),
@@ -89,24 +106,22 @@ def build_checkpoint(size: str, exp, out: Path) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def run(exp, model_dir: Path, work: Path, warmup: int) -> dict[str, float]:
-    splits = load_splits(exp.task.data, exp.seed)
+def run(exp: Experiment, model_dir: Path, work: Path, warmup: int) -> dict[str, float]:
+    job: LLMJob = exp.job()
     prepared = Prepared(
         root=work,
-        splits=splits,
+        splits=load_splits(job.data, exp.seed),
         target_path=model_dir,
         oracle_path=None,
-        data=exp.task.data,
+        data=job.data,
         device=resolve_device(exp.compute.device),
         dtype=torch_dtype(exp.compute.precision),
     )
-    rows: list[dict[str, float]] = []
+    reporter = StepRows()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    run_worker(
-        exp, prepared, lambda _step, m: rows.append(dict(m)), work / f"out-{exp.method.name}"
-    )
-    timed = rows[warmup:]
+    run_worker(job, prepared, exp.context(reporter), work / f"out-{exp.method.name}")
+    timed = reporter.rows[warmup:]
     return {
         "step_s": float(np.mean([r["step_time_s"] for r in timed])),
         "reg_s": float(np.mean([r.get("reg_time_s", 0.0) for r in timed])),

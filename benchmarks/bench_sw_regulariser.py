@@ -120,7 +120,8 @@ def main() -> None:
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(*args.worker, args)
+        kind, case, method = args.worker
+        worker(kind, case, method, args)
         return
     cases = [c for c in SHAPES if not (args.quick and c.startswith("embed"))]
     print(

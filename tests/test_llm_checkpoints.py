@@ -417,14 +417,18 @@ def lora_zero3_worker(rank: int, world: int, port: int, model_dir: str, cache: s
     import deepspeed
     from deepspeed.utils import safe_get_full_grad
 
-    from otu.llm.engine import DeepSpeedEngine
+    from otu.llm.engine import DeepSpeedEngine, EngineSettings
     from otu.llm.lora import adapted_layers
     from otu.llm.objectives.optout import OptOutObjective
 
     raw = tiny_spec(Path(cache), reg_weight=0.5, lora={"r": 3, "alpha": 6, "dropout": 0.0})
     raw["compute"] = {"workers": world, "zero_stage": 3, "zero3": ZERO3_ALL}
     exp = parse_experiment(raw)
-    engine = DeepSpeedEngine(exp.job(), exp.compute, Path(model_dir), torch.device("cpu"), needs_ref=True, total_steps=1)
+    engine = DeepSpeedEngine(
+        EngineSettings(
+            exp.job(), exp.compute, Path(model_dir), torch.device("cpu"), needs_ref=True, total_steps=1
+        )
+    )
     layers = adapted_layers(engine.model.module)
     adapters = [p for layer in layers for p in (layer.a, layer.b)]
     assert all(hasattr(p, "ds_id") and p.numel() == 0 for p in adapters)  # partitioned

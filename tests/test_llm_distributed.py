@@ -84,7 +84,7 @@ def sharded_regulariser_worker(
         safe_set_full_grad,
     )
 
-    from otu.llm.engine import DeepSpeedEngine
+    from otu.llm.engine import DeepSpeedEngine, EngineSettings
     from otu.llm.objectives.optout import OptOutObjective
 
     raw = tiny_spec(Path(cache), reg_weight=LAMBDA)
@@ -93,7 +93,9 @@ def sharded_regulariser_worker(
         raw["compute"]["zero3"] = PARTITION_ALL
     exp = parse_experiment(raw)
     engine = DeepSpeedEngine(
-        exp.job(), exp.compute, Path(model_dir), torch.device("cpu"), needs_ref=True, total_steps=1
+        EngineSettings(
+            exp.job(), exp.compute, Path(model_dir), torch.device("cpu"), needs_ref=True, total_steps=1
+        )
     )
     params = list(engine.model.module.parameters())
     if stage == 3:

@@ -15,6 +15,7 @@ import contextlib
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -38,20 +39,29 @@ def lr_lambda(schedule: str, total_steps: int):
     return lambda k: max(0.0, 1.0 - k / max(1, total_steps))
 
 
+@dataclass(frozen=True)
+class EngineSettings:
+    """What either engine is built from."""
+
+    job: LLMJob
+    compute: Compute
+    model_path: Path
+    """The HF checkpoint to unlearn from (θ₀)."""
+    device: torch.device
+    needs_ref: bool
+    """Keep a frozen θ₀ as the reference model (NPO and its kin)."""
+    total_steps: int
+    """Optimizer steps the learning-rate schedule spans."""
+
+
 class PlainEngine:
     """One process, no DeepSpeed: AdamW, optional bf16 autocast, grad clipping."""
 
     rank, world = 0, 1
 
-    def __init__(
-        self,
-        job: LLMJob,
-        compute: Compute,
-        model_path: Path,
-        device: torch.device,
-        needs_ref: bool,
-        total_steps: int,
-    ):
+    def __init__(self, settings: EngineSettings):
+        job, compute, device = settings.job, settings.compute, settings.device
+        model_path = settings.model_path
         method: LLMMethod = job.method
         self.device = device
         self.grad_accum = compute.grad_accum
@@ -63,7 +73,7 @@ class PlainEngine:
         if compute.grad_checkpointing:
             _enable_checkpointing(self.model)
         self.ref = None
-        if needs_ref:  # with LoRA θ₀ is the model with its adapters off
+        if settings.needs_ref:  # with LoRA θ₀ is the model with its adapters off
             self.ref = (
                 lora.Reference(self.model, self.model)
                 if self.lora
@@ -75,7 +85,7 @@ class PlainEngine:
             _trainable(self.model), lr=method.lr, weight_decay=method.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(method.lr_schedule, total_steps)
+            self.optimizer, lr_lambda(method.lr_schedule, settings.total_steps)
         )
         self.autocast = (
             torch.autocast(device.type, dtype=torch.bfloat16)
@@ -129,18 +139,12 @@ class PlainEngine:
 class DeepSpeedEngine:
     """``deepspeed.initialize`` on an existing process group (Ray Train, torchrun, deepspeed)."""
 
-    def __init__(
-        self,
-        job: LLMJob,
-        compute: Compute,
-        model_path: Path,
-        device: torch.device,
-        needs_ref: bool,
-        total_steps: int,
-    ):
+    def __init__(self, settings: EngineSettings):
         import deepspeed
         from transformers.integrations import HfDeepSpeedConfig
 
+        job, compute, device = settings.job, settings.compute, settings.device
+        model_path = settings.model_path
         method: LLMMethod = job.method
         deepspeed.init_distributed(dist_backend=dist.get_backend())  # adopts the existing group
         self.device = device
@@ -160,7 +164,7 @@ class DeepSpeedEngine:
         optimizer = torch.optim.AdamW(
             _trainable(model), lr=method.lr, weight_decay=method.weight_decay
         )
-        schedule = lr_lambda(method.lr_schedule, total_steps)
+        schedule = lr_lambda(method.lr_schedule, settings.total_steps)
         self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,
             optimizer=optimizer,
@@ -168,9 +172,9 @@ class DeepSpeedEngine:
             config=config,
         )
         self.ref = None
-        if needs_ref and self.lora:
+        if settings.needs_ref and self.lora:
             self.ref = lora.Reference(self.model, self.model.module)
-        elif needs_ref:
+        elif settings.needs_ref:
             ref = _frozen(load_model(model_path, dtype, place, **options))
             if compute.zero_stage == 3:  # θ₀ partitioned like the model (no optimizer)
                 ref_config = {k: v for k, v in config.items() if k != "gradient_clipping"}

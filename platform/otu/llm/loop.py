@@ -28,7 +28,7 @@ from torch import nn
 
 from otu.family import TOTAL_STEPS, RunContext
 from otu.llm.data import Splits
-from otu.llm.engine import DeepSpeedEngine, Engine, PlainEngine, steps_for
+from otu.llm.engine import DeepSpeedEngine, Engine, EngineSettings, PlainEngine, steps_for
 from otu.llm.losses import StepBatches
 from otu.llm.models import resolve_device
 from otu.llm.objectives import Objective, Phase, objective_for
@@ -111,7 +111,7 @@ def _train(
     scheduled = steps_for(method, len(prepared.splits["forget"]))
     steps = steps_run(method, len(prepared.splits["forget"]), scheduled)
     engine_cls = DeepSpeedEngine if use_ds else PlainEngine
-    engine = engine_cls(
+    settings = EngineSettings(
         job,
         ctx.compute,
         prepared.target_path,
@@ -119,6 +119,7 @@ def _train(
         needs_ref=objective.needs_reference,
         total_steps=scheduled * len(phases),
     )
+    engine = engine_cls(settings)
     regulariser = objective.regulariser(engine, ctx.seed)
     encoder = prepared.encoder()
     tokenizer = prepared.tokenizer()
