@@ -20,7 +20,8 @@ def test_docs_spec_reference_is_generated_from_the_models():
 def test_every_method_and_field_is_listed_with_default_and_bounds():
     for family in known_families():
         blocks = {b.title: b for b in family_blocks(family)}
-        for name, model in family_spec(family).methods.items():
+        for name, row in family_spec(family).methods.items():
+            model = row.spec
             listed = {k.key for k in blocks[f"method: {name}"].keys}
             assert {f"method.{f}" for f in model.model_fields} <= listed
     dlfd = {k.key: k for k in family_blocks("vision", "dlfd")[-1].keys}

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -112,10 +113,10 @@ def mlflow_server(tmp_path):
     )
     url = f"http://127.0.0.1:{port}"
 
-    def up() -> bool:
+    def up() -> bool:  # answering HTTP, not only listening: the CLI probes it with a 5 s limit
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return True
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                return response.status == 200
         except OSError:
             return False
 

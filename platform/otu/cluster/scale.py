@@ -111,7 +111,7 @@ def plan(exp: Experiment, sizes: Sequence[Size], stages: Sequence[int], workers:
                                  f"compute.workers={n}", f"compute.offload={offload}", f"method.steps={steps}"]
                         try:
                             raw = apply_overrides(copy.deepcopy(raw_base), items)
-                            out.append((combo, parse_experiment(raw, check_files=False)))
+                            out.append((combo, parse_experiment(raw)))
                         except SpecError as err:
                             errors.append(f"{combo.key}: {err}")
     if errors:
