@@ -1,12 +1,15 @@
 """Sweep throughput: the same 8 quickstart trials (a 4×2 grid over α and the OT weight) run
 through Ray Tune (`run_sweep`, 1 and 2 concurrent trials) and in a plain sequential loop of
-`run_experiment`; prints wall times, speed-up and the per-trial overhead Ray adds.
+`run_experiment`; prints wall times, each sweep's ratio to the loop and the per-trial overhead Ray
+adds, side by side, with the load average (the machine may be shared). Ray starts as `otu sweep`
+starts it (workers preloading the trial's modules), before the sweeps are timed.
 
     python benchmarks/bench_sweep_overhead.py
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -14,7 +17,8 @@ from pathlib import Path
 import ray
 
 from otu.runtime.experiment import prepare, run_experiment
-from otu.runtime.sweep import run_sweep
+from otu.runtime.ray_session import init_ray
+from otu.runtime.sweep import run_sweep, trial_modules
 from otu.spec import load_yaml, parse_sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,12 +41,15 @@ def main() -> None:
         for w in GRID["method.ot_weight"]
     ]
 
+    load_start = os.getloadavg()
     start = time.perf_counter()
     for i, config in enumerate(configs):
         run_experiment(exp.with_overrides(config), root / "sequential" / str(i))
     t_seq = time.perf_counter() - start
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    start = time.perf_counter()
+    init_ray(None, preload=trial_modules(exp), num_cpus=2, log_to_driver=False)
+    t_ray = time.perf_counter() - start
     uri = f"sqlite:///{root / 'mlflow.db'}"
     walls = {}
     for concurrency in (1, 2):
@@ -55,13 +62,15 @@ def main() -> None:
     ray.shutdown()
 
     n = len(configs)
-    print(f"{n} trials (DLFD on digits, prepared once beforehand)")
-    print(f"{'plain sequential loop':<32}{t_seq:8.1f} s")
+    load_end = os.getloadavg()
+    print(f"{n} trials (DLFD on digits, prepared once beforehand); Ray started in {t_ray:.1f} s (not timed)")
+    print(f"load average (1/5/15 min) at start {'/'.join(f'{x:.2f}' for x in load_start)}, "
+          f"at end {'/'.join(f'{x:.2f}' for x in load_end)}")
+    print(f"{'':<28}{'wall s':>8}{'÷ loop':>8}{'overhead/trial s':>18}")
+    print(f"{'plain sequential loop':<28}{t_seq:8.1f}{1.0:8.2f}{'':>18}")
     for c, wall in walls.items():
-        print(
-            f"{f'otu sweep, {c} concurrent':<32}{wall:8.1f} s   speed-up vs loop {t_seq / wall:.2f}x"
-        )
-    print(f"Ray overhead per trial (1 concurrent vs loop): {(walls[1] - t_seq) / n:.2f} s")
+        print(f"{f'otu sweep, {c} concurrent':<28}{wall:8.1f}{wall / t_seq:8.2f}{(wall - t_seq) / n:18.2f}")
+    print("overhead/trial = (sweep wall − loop wall) / trials; with 1 concurrent it is Ray's added cost per trial")
 
 
 if __name__ == "__main__":
