@@ -9,11 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from otu.cli import main
@@ -77,6 +79,45 @@ def test_killed_driver_resumes_with_exactly_one_row_per_trial(tmp_path, ray_loca
     assert set(before["trial_id"]) <= set(table["trial_id"])
     runs = children(uri)
     assert sorted(runs) == sorted(table["trial_id"])
+
+
+def test_children_show_per_step_metrics_while_their_trials_run(tmp_path, ray_local):
+    """The driver follows each running trial's steps.jsonl into its child run (it alone writes the
+    store): a reader sees a RUNNING child that already has per-step losses, and each finished child
+    holds every step its trial wrote."""
+    out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    seen: list[tuple[str, int]] = []  # (status, loss_ce points) of each child, polled during the sweep
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            try:
+                for run in children(uri).values():
+                    points = MlflowClient(uri).get_metric_history(run.info.run_id, "loss_ce")
+                    seen.append((run.info.status, len(points)))
+            except (AttributeError, MlflowException):  # no store or experiment yet
+                pass
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        code = main(["sweep", str(QUICKSTART), "--out", str(out), "--tracking-uri", uri,
+                     *small(tmp_path, "search.num_samples=2", "search.max_concurrent=1",
+                            "experiment.method.epochs=3", "experiment.eval.plots=false")])
+    finally:
+        done.set()
+        watcher.join()
+    assert code == 0
+    assert any(status == "RUNNING" and points > 0 for status, points in seen), seen[-5:]
+    runs = children(uri)
+    assert sorted(runs) == sorted(pd.read_parquet(out / "trials.parquet")["trial_id"])
+    for trial_id, run in runs.items():
+        steps = [json.loads(x) for x in (out / "trials" / trial_id / "steps.jsonl").read_text().splitlines()]
+        history = MlflowClient(uri).get_metric_history(run.info.run_id, "loss_ce")
+        assert len(steps) > 1 and sorted(m.step for m in history) == [r["step"] for r in steps]
+        assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx([r["loss_ce"] for r in steps])
+        assert run.info.status == "FINISHED"
 
 
 def test_multiobjective_sweep_front_matches_parquet(tmp_path, ray_local):

@@ -132,7 +132,7 @@ class SweepRecorder(Callback):
     def _run(self, job: Callable[[], None]) -> None:
         try:
             job()
-        except Exception as err:  # noqa: BLE001 — re-raised by drain(), at the end of the sweep
+        except Exception as err:  # re-raised by drain(), at the end of the sweep
             self._error = self._error or err
 
     def _open_live(self, trial_id: str, config: dict[str, Any]) -> None:
