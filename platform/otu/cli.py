@@ -161,8 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(handler=cmd_data_entities)
 
     from otu.cluster.commands import add_commands
+    from otu.scaling.cli import add_scale_command
 
-    add_commands(sub)  # submit, jobs, scale
+    add_commands(sub)  # submit, jobs
+    add_scale_command(sub)
     return parser
 
 
