@@ -1,10 +1,11 @@
 """The Ray Tune sweep driver.
 
 The driver validates nothing (the spec already is), prepares the data and reference models once per
-seed, then runs one Tune trial per configuration. Each trial runs :func:`run_experiment` for each of
-its seeds and reports the mean (and std) of the unlearned model's metrics once, at the end. The
-driver alone writes ``trials.parquet`` and MLflow (see :mod:`otu.runtime.recorder`), so trials never
-race on a SQLite file.
+seed, then runs one Tune trial per configuration (:func:`otu.runtime.trial.sweep_trial`: the
+experiment for each of its seeds, the mean (and std) of the unlearned model's metrics reported once,
+at the end). The driver alone writes ``trials.parquet`` and MLflow (see :mod:`otu.runtime.recorder`:
+child runs open as trials start and follow their per-step metrics), so trials never race on a
+SQLite file.
 
 Layout of a sweep directory::
 
