@@ -95,7 +95,6 @@ def run_sweep(
         _trial_resources(sweep, base),
     )
     storage = storage or str(out_dir / "ray")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial CSV/JSON/TensorBoard logs
     work = plan(sweep, out_dir, resume)
     if resume:  # never restored (pickles): the table says what is left
         shutil.rmtree(out_dir / "ray" / TUNE_NAME, ignore_errors=True)
