@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,18 +23,14 @@ def attach_address(flag: str | None) -> str | None:
     return flag or os.environ.get("RAY_ADDRESS") or None
 
 
-def init_ray(address: str | None = None, preload: Sequence[str] = (), **kwargs: Any) -> None:
-    """``ray.init`` on ``address`` (probed first), or on a new embedded local instance whose worker
-    processes import the ``preload`` modules as they start (Ray starts idle workers ahead of need,
-    so a task or actor then finds torch and otu imported)."""
+def init_ray(address: str | None = None, **kwargs: Any) -> None:
+    """``ray.init`` on ``address`` (probed first), or on a new embedded local instance."""
     import ray
 
     if ray.is_initialized():
         return
     target = attach_address(address)
     if target is None:
-        if preload:
-            kwargs["_system_config"] = {"preload_python_modules": list(preload)}
         ray.init(address="local", include_dashboard=False, configure_logging=False, **kwargs)
         return
     probe(target, "--address" if address else "RAY_ADDRESS")

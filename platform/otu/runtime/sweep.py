@@ -29,7 +29,6 @@ import numpy as np
 from ray import tune
 
 from otu.errors import SpecError
-from otu.registry import family_api
 from otu.report.summary import write_report
 from otu.runtime.evaluation import start_pool
 from otu.runtime.experiment import prepare
@@ -67,7 +66,7 @@ def run_sweep(
         dump_yaml(sweep, out_dir / "sweep.yaml")
 
     # trials keep the driver's working directory (a swept path resolves as in the driver)
-    init_ray(address, preload=trial_modules(base), runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}})
+    init_ray(address, runtime_env={"env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}})
     check_fits(sweep, ray.cluster_resources())
     prepare_here = check_gpus(sweep)
     timings: dict[str, float] = {}
@@ -137,11 +136,6 @@ def run_sweep(
     report_files = write_report(out_dir, sweep, timings)
     recorder.finish(report_files, timings)
     return out_dir / TRIALS_FILE
-
-
-def trial_modules(exp: Experiment) -> list[str]:
-    """What a trial process imports: the trial function and the experiment's family."""
-    return ["otu.runtime.trial", family_api(exp.task.family).__name__]
 
 
 def trial_count(sweep: Sweep) -> int:
