@@ -235,3 +235,19 @@ def test_a_failing_trial_is_retried_recorded_and_the_sweep_goes_on(tmp_path, ray
     assert runs[bad["trial_id"]].info.status == "FAILED"
     assert "diverged" in runs[bad["trial_id"]].data.tags["otu.error"]
     assert runs[good["trial_id"]].info.status == "FINISHED"
+
+
+def test_step_tail_reads_complete_new_lines_and_restarts_on_a_rewritten_file(tmp_path):
+    from otu.runtime.recorder import StepTail
+
+    steps = tmp_path / "steps.jsonl"
+    steps.write_text('{"step": 0, "loss": 1.0}\n{"step": 1, "lo')  # the trial is mid-write
+    tail = StepTail(tmp_path)
+    assert tail.new_rows() == [{"step": 0, "loss": 1.0}]
+    with steps.open("a") as fh:
+        fh.write('ss": 0.5}\n')
+    assert tail.new_rows() == [{"step": 1, "loss": 0.5}] and tail.new_rows() == []
+    steps.write_text('{"step": 0, "loss": 2.0}\n')  # a retried trial starts its file again
+    (tmp_path / "seed-1").mkdir()
+    (tmp_path / "seed-1" / "steps.jsonl").write_text('{"step": 0, "loss": 3.0}\n')
+    assert tail.new_rows() == [{"step": 0, "loss": 3.0}, {"step": 0, "loss": 2.0}]

@@ -43,20 +43,18 @@ class StepTail:
 
     def __init__(self, trial_dir: Path):
         self.trial_dir = trial_dir
-        self.offsets: dict[Path, int] = {}
+        self.read: dict[Path, bytes] = {}  # file → the complete lines already returned
 
     def new_rows(self) -> list[dict[str, float]]:
         rows = []
         for path in sorted([*self.trial_dir.glob("steps.jsonl"), *self.trial_dir.glob("seed-*/steps.jsonl")]):
-            with path.open("rb") as fh:
-                data = fh.read()
-            start = self.offsets.get(path, 0)
-            if len(data) < start:  # rewritten (a retried trial): from the top
-                start = 0
+            data = path.read_bytes()
+            seen = self.read.get(path, b"")
+            start = len(seen) if data.startswith(seen) else 0  # else rewritten (a retried trial)
             end = data.rfind(b"\n") + 1  # complete lines only
             if end > start:
                 rows += [json.loads(line) for line in data[start:end].splitlines() if line.strip()]
-                self.offsets[path] = end
+                self.read[path] = data[:end]
         return rows
 
 
