@@ -156,8 +156,8 @@ class SweepRecorder(Callback):
         row.update({f"config/{k}": v for k, v in trial.config.items()})
         row.update(metrics if status == "TERMINATED" else {})
         TrialsTable(Path(self.sweep_dir) / TRIALS_FILE).upsert(row)
-        config, logged = dict(trial.config), metrics if status == "TERMINATED" else {}
-        self._submit(lambda: self._log_child(trial.trial_id, config, logged, status, error))
+        trial_id, config, logged = trial.trial_id, dict(trial.config), metrics if status == "TERMINATED" else {}
+        self._submit(lambda: self._log_child(trial_id, config, logged, status, error))
 
     def _log_child(self, trial_id: str, config, metrics, status: str, error: str | None) -> None:
         """Close a finished trial's child run: its steps not logged yet, checkpoint and final
