@@ -103,8 +103,8 @@ def test_children_show_per_step_metrics_while_their_trials_run(tmp_path, ray_loc
     watcher.start()
     try:
         code = main(["sweep", str(QUICKSTART), "--out", str(out), "--tracking-uri", uri,
-                     *small(tmp_path, "search.num_samples=2", "search.max_concurrent=1",
-                            "experiment.method.epochs=3", "experiment.eval.plots=false")])
+                     *small(tmp_path, "search.num_samples=1", "experiment.method.epochs=3",
+                            "experiment.eval.plots=false")])
     finally:
         done.set()
         watcher.join()
