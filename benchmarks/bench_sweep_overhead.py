@@ -1,12 +1,18 @@
 """Sweep throughput: the same 8 quickstart trials (a 4×2 grid over α and the OT weight) run
 through Ray Tune (`run_sweep`, 1 and 2 concurrent trials) and in a plain sequential loop of
-`run_experiment`; prints wall times, speed-up and the per-trial overhead Ray adds.
+`run_experiment`; prints wall times, each sweep's ratio to the loop and the per-trial overhead Ray
+adds, side by side, with the load average (the machine may be shared). From Tune's own per-trial
+start/end times (``result.json``) each sweep's overhead is split into start-up + shutdown (before the
+first trial runs: the trial processes start and import torch/otu; after the last: the report) and
+what remains per trial. Ray is started before the sweeps are timed.
 
     python benchmarks/bench_sweep_overhead.py
 """
 
 from __future__ import annotations
 
+import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -37,31 +43,51 @@ def main() -> None:
         for w in GRID["method.ot_weight"]
     ]
 
+    load_start = os.getloadavg()
     start = time.perf_counter()
     for i, config in enumerate(configs):
         run_experiment(exp.with_overrides(config), root / "sequential" / str(i))
     t_seq = time.perf_counter() - start
 
+    start = time.perf_counter()
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    t_ray = time.perf_counter() - start
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    walls = {}
+    walls, fixed = {}, {}
     for concurrency in (1, 2):
         s = sweep.model_copy(
             update={"search": sweep.search.model_copy(update={"max_concurrent": concurrency})}
         )
-        start = time.perf_counter()
+        start, start_epoch = time.perf_counter(), time.time()
         run_sweep(s, root / f"sweep-{concurrency}", uri)
         walls[concurrency] = time.perf_counter() - start
+        first, last = trial_span(root / f"sweep-{concurrency}")
+        fixed[concurrency] = (first - start_epoch) + (start_epoch + walls[concurrency] - last)
     ray.shutdown()
 
     n = len(configs)
-    print(f"{n} trials (DLFD on digits, prepared once beforehand)")
-    print(f"{'plain sequential loop':<32}{t_seq:8.1f} s")
+    load_end = os.getloadavg()
+    print(f"{n} trials (DLFD on digits, prepared once beforehand); Ray started in {t_ray:.1f} s (not timed)")
+    print(f"load average (1/5/15 min) at start {'/'.join(f'{x:.2f}' for x in load_start)}, "
+          f"at end {'/'.join(f'{x:.2f}' for x in load_end)}")
+    print(f"{'':<28}{'wall s':>8}{'÷ loop':>8}{'overhead/trial s':>18}{'start-up+shutdown s':>21}{'rest/trial s':>14}")
+    print(f"{'plain sequential loop':<28}{t_seq:8.1f}{1.0:8.2f}")
     for c, wall in walls.items():
-        print(
-            f"{f'otu sweep, {c} concurrent':<32}{wall:8.1f} s   speed-up vs loop {t_seq / wall:.2f}x"
-        )
-    print(f"Ray overhead per trial (1 concurrent vs loop): {(walls[1] - t_seq) / n:.2f} s")
+        print(f"{f'otu sweep, {c} concurrent':<28}{wall:8.1f}{wall / t_seq:8.2f}{(wall - t_seq) / n:18.2f}"
+              f"{fixed[c]:21.1f}{(wall - fixed[c] - t_seq / c) / n:14.2f}")
+    print("overhead/trial = (sweep wall − loop wall) / trials; start-up+shutdown = run_sweep's time before the "
+          "first trial runs and after the last ends; rest/trial = (wall − start-up+shutdown − loop/concurrency) / trials")
+
+
+def trial_span(sweep_dir: Path) -> tuple[float, float]:
+    """Epoch seconds when the sweep's first trial function started and its last one ended (Tune's
+    ``result.json``: ``timestamp`` at the report, ``time_total_s`` of the function)."""
+    starts, ends = [], []
+    for path in (sweep_dir / "ray" / "tune").glob("*/result.json"):
+        result = json.loads(path.read_text().splitlines()[-1])
+        starts.append(result["timestamp"] - result["time_total_s"])
+        ends.append(result["timestamp"])
+    return min(starts), max(ends)
 
 
 if __name__ == "__main__":

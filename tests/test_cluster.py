@@ -23,11 +23,11 @@ from mlflow.tracking import MlflowClient
 
 import otu.cli
 from otu.cluster import client as cluster_client
-from otu.cluster.estimate import PRESETS, estimate, estimate_table, resolve_models
-from otu.cluster.scale import SPEC, Size, parse_size, plan, summarise
-from otu.cluster.scale_report import scaling_markdown, zero3_vs_zero0
 from otu.cluster.submit import build_submission
 from otu.errors import SpecError
+from otu.scaling.estimate import PRESETS, estimate, estimate_table, resolve_models
+from otu.scaling.report import scaling_markdown, zero3_vs_zero0
+from otu.scaling.study import SPEC, Size, parse_size, plan, summarise
 from otu.spec import parse_experiment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -359,11 +359,11 @@ def test_estimate_cli_writes_table_and_plot(otu_main, tmp_path, capsys):
     code = otu_main(["scale", "--estimate", "--models", f"llama-3.1-8b,13B,{config.parent}",
                      "--gpus-per-node", "4", "--out", str(tmp_path / "est")])
     assert code == 0
-    df = pd.read_parquet(tmp_path / "est" / "estimates.parquet")
-    assert set(df["model"]) == {"llama-3.1-8b", "13B", "ckpt"}
-    assert df.loc[df["model"] == "ckpt", "params"].iloc[0] == pytest.approx(6.74e9, rel=1e-3)  # Llama-2-7B
-    assert (tmp_path / "est" / "estimates.png").stat().st_size > 10_000
-    assert "| llama-3.1-8b | 8.03B | 3 | params |" in capsys.readouterr().out
+    df = pd.read_parquet(tmp_path / "est" / "scaling.parquet")
+    assert set(df["size"]) == {"llama-3.1-8b", "13B", "ckpt"} and set(df["kind"]) == {"estimate"}
+    assert df.loc[df["size"] == "ckpt", "params"].iloc[0] == pytest.approx(6.74e9, rel=1e-3)  # Llama-2-7B
+    assert (tmp_path / "est" / "scaling.png").stat().st_size > 10_000
+    assert "| llama-3.1-8b | 8.03B | 3 | 4 | params |" in capsys.readouterr().out
     assert otu_main(["scale", "--estimate", "--models", "huge-model"]) == 2
     assert "--models: 'huge-model' is not a preset" in capsys.readouterr().err
     assert resolve_models(["1.5e9"])[0].params == 1_500_000_000
@@ -431,6 +431,18 @@ def test_scale_cli_measures_one_combination(otu_main, tmp_path, capsys):
     table = capsys.readouterr().out
     assert "| spec | " in table and "| 0 | 1 | none | spec | " in table
     assert "| 13B | 13.00B | 3 | 8 | none |  | – |" in table  # DeepSpeed's estimate, same table
+    # `otu scale --estimate` into the study's directory: its rows join the same table and plot
+    assert otu_main(["scale", "--estimate", "--models", "llama-3.2-1b,13B", "--gpus-per-node", "8",
+                     "--out", str(out)]) == 0
+    df = pd.read_parquet(out / "scaling.parquet")
+    assert (df["kind"] == "measured").sum() == 1 and df.loc[df["kind"] == "measured", "step_time_s"].iloc[0] > 0
+    estimates = df[df["kind"] == "estimate"]
+    assert set(estimates["size"]) == {"llama-3.2-1b", "13B"}
+    assert not estimates.duplicated(["size", "zero_stage", "offload", "workers"]).any()  # 13B replaced, not doubled
+    assert (estimates["estimate_gib"] > 0).all() and (estimates["host_gib"] > 0).all()
+    md = (out / "scaling.md").read_text()
+    assert "| 0 | 1 | none | spec | " in md and "| llama-3.2-1b | 1.24B | 3 | 8 | none |  | – |" in md
+    assert (out / "scaling.png").stat().st_size > 10_000
 
 
 ZERO3_LIMITS = {  # DeepSpeed's ZeRO-3 gather/bucket limits at the scale of a 62M model (docs/scaling.md)
@@ -444,7 +456,7 @@ def test_zero3_uses_less_memory_per_worker_than_zero0_on_two_cpu_workers(tmp_pat
     """The must-hold: 2 CPU workers, the same 62M-parameter model, ZeRO-3 per-worker peak below
     ZeRO-0's (measured here: 1.672 vs 1.977 GiB). Needs the ZeRO-3 limits in the spec: with
     DeepSpeed's defaults every rank keeps the whole gathered model (+275 MiB over ZeRO-0)."""
-    from otu.cluster.scale import run_study
+    from otu.scaling.study import run_study
     raw = tiny_llm(tmp_path)
     raw["task"]["model"]["tiny"] = {"layers": 8, "hidden": 768, "heads": 12, "intermediate": 2304, "vocab": 512}
     raw["compute"] = {"zero3": ZERO3_LIMITS}

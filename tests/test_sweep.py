@@ -9,12 +9,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from otu.cli import main
@@ -78,6 +80,45 @@ def test_killed_driver_resumes_with_exactly_one_row_per_trial(tmp_path, ray_loca
     assert set(before["trial_id"]) <= set(table["trial_id"])
     runs = children(uri)
     assert sorted(runs) == sorted(table["trial_id"])
+
+
+def test_children_show_per_step_metrics_while_their_trials_run(tmp_path, ray_local):
+    """The driver follows each running trial's steps.jsonl into its child run (it alone writes the
+    store): a reader sees a RUNNING child that already has per-step losses, and each finished child
+    holds every step its trial wrote."""
+    out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    seen: list[tuple[str, int]] = []  # (status, loss_ce points) of each child, polled during the sweep
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            try:
+                for run in children(uri).values():
+                    points = MlflowClient(uri).get_metric_history(run.info.run_id, "loss_ce")
+                    seen.append((run.info.status, len(points)))
+            except (AttributeError, MlflowException):  # no store or experiment yet
+                pass
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        code = main(["sweep", str(QUICKSTART), "--out", str(out), "--tracking-uri", uri,
+                     *small(tmp_path, "search.num_samples=1", "experiment.method.epochs=3",
+                            "experiment.eval.plots=false")])
+    finally:
+        done.set()
+        watcher.join()
+    assert code == 0
+    assert any(status == "RUNNING" and points > 0 for status, points in seen), seen[-5:]
+    runs = children(uri)
+    assert sorted(runs) == sorted(pd.read_parquet(out / "trials.parquet")["trial_id"])
+    for trial_id, run in runs.items():
+        steps = [json.loads(x) for x in (out / "trials" / trial_id / "steps.jsonl").read_text().splitlines()]
+        history = MlflowClient(uri).get_metric_history(run.info.run_id, "loss_ce")
+        assert len(steps) > 1 and sorted(m.step for m in history) == [r["step"] for r in steps]
+        assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx([r["loss_ce"] for r in steps])
+        assert run.info.status == "FINISHED"
 
 
 def test_multiobjective_sweep_front_matches_parquet(tmp_path, ray_local):
@@ -195,3 +236,19 @@ def test_a_failing_trial_is_retried_recorded_and_the_sweep_goes_on(tmp_path, ray
     assert runs[bad["trial_id"]].info.status == "FAILED"
     assert "diverged" in runs[bad["trial_id"]].data.tags["otu.error"]
     assert runs[good["trial_id"]].info.status == "FINISHED"
+
+
+def test_step_tail_reads_complete_new_lines_and_restarts_on_a_rewritten_file(tmp_path):
+    from otu.runtime.recorder import StepTail
+
+    steps = tmp_path / "steps.jsonl"
+    steps.write_text('{"step": 0, "loss": 1.0}\n{"step": 1, "lo')  # the trial is mid-write
+    tail = StepTail(tmp_path)
+    assert tail.new_rows() == [{"step": 0, "loss": 1.0}]
+    with steps.open("a") as fh:
+        fh.write('ss": 0.5}\n')
+    assert tail.new_rows() == [{"step": 1, "loss": 0.5}] and tail.new_rows() == []
+    steps.write_text('{"step": 0, "loss": 2.0}\n')  # a retried trial starts its file again
+    (tmp_path / "seed-1").mkdir()
+    (tmp_path / "seed-1" / "steps.jsonl").write_text('{"step": 0, "loss": 3.0}\n')
+    assert tail.new_rows() == [{"step": 0, "loss": 3.0}, {"step": 0, "loss": 2.0}]

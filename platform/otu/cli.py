@@ -163,8 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
             load_object(commands)(data_sub)
 
     from otu.cluster.commands import add_commands
+    from otu.scaling.cli import add_scale_command
 
-    add_commands(sub)  # submit, jobs, scale
+    add_commands(sub)  # submit, jobs
+    add_scale_command(sub)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""``otu submit``, ``otu jobs list|status|logs|stop`` and ``otu scale``: argparse wiring and handlers.
+"""``otu submit`` and ``otu jobs list|status|logs|stop``: argparse wiring and handlers.
 
 :func:`add_commands` takes the ``otu`` parser's sub-parsers object; every handler takes the parsed
 namespace and raises :class:`otu.errors.OtuError` subclasses for anything a user can fix.
@@ -17,7 +17,7 @@ console = Console(stderr=True)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Add ``submit``, ``jobs`` and ``scale`` to the ``otu`` command line."""
+    """Add ``submit`` and ``jobs`` to the ``otu`` command line."""
 
     def cluster_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--address", help="the head's dashboard URL, e.g. http://HEAD:8265 "
@@ -63,10 +63,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         if name == "logs":
             j.add_argument("--follow", "-f", action="store_true", help="stream until the job ends")
         j.set_defaults(handler=handler)
-
-    from otu.cluster.scale_cli import add_scale_command
-
-    add_scale_command(sub)
 
 
 # ---------------------------------------------------------------- submit

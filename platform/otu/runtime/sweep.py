@@ -1,10 +1,11 @@
 """The Ray Tune sweep driver.
 
 The driver validates nothing (the spec already is), prepares the data and reference models once per
-seed, then runs one Tune trial per configuration. Each trial runs :func:`run_experiment` for each of
-its seeds and reports the mean (and std) of the unlearned model's metrics once, at the end. The
-driver alone writes ``trials.parquet`` and MLflow (see :mod:`otu.runtime.recorder`), so trials never
-race on a SQLite file.
+seed, then runs one Tune trial per configuration (:func:`otu.runtime.trial.sweep_trial`: the
+experiment for each of its seeds, the mean (and std) of the unlearned model's metrics reported once,
+at the end). The driver alone writes ``trials.parquet`` and MLflow (see :mod:`otu.runtime.recorder`:
+child runs open as trials start and follow their per-step metrics), so trials never race on a
+SQLite file.
 
 Layout of a sweep directory::
 
@@ -28,14 +29,14 @@ import numpy as np
 from ray import tune
 
 from otu.errors import SpecError
-from otu.paths import resolve_paths
 from otu.report.summary import write_report
-from otu.runtime.evaluation import CheckpointEvaluator, start_pool
-from otu.runtime.experiment import prepare, run_experiment
+from otu.runtime.evaluation import start_pool
+from otu.runtime.experiment import prepare
 from otu.runtime.ray_session import init_ray
 from otu.runtime.recorder import SweepRecorder
 from otu.runtime.resources import check_fits
 from otu.runtime.resume import Plan, plan, remove_unrecorded
+from otu.runtime.trial import seed_values, sweep_trial
 from otu.runtime.trial_lines import TrialLines
 from otu.spec import Experiment, Param, Sweep, dump_yaml, parse_experiment
 from otu.tracking.results import TRIALS_FILE
@@ -70,7 +71,7 @@ def run_sweep(
     prepare_here = check_gpus(sweep)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    for seed in _seeds(base, sweep.search.seeds):
+    for seed in seed_values(base, sweep.search.seeds):
         seeded = base.with_overrides({"seed": seed})
         if prepare_here:
             prepare(seeded)
@@ -137,46 +138,10 @@ def run_sweep(
     return out_dir / TRIALS_FILE
 
 
-def sweep_trial(
-    config: dict[str, Any], *, base: dict[str, Any], sweep_dir: str, seeds: int, pool: str, cwd: str
-) -> None:
-    """One Tune trial: the base experiment with ``config``'s dotted keys set, over ``seeds`` seeds.
-    Checkpoint metrics (``dynamics.every``) are reported to Tune as they arrive (ASHA stops on
-    them); the final report holds the unlearned model's metrics, averaged over seeds. Paths a
-    swept value names resolve against ``cwd``, the driver's working directory."""
-    trial_id = tune.get_context().get_trial_id()
-    exp = resolve_paths(parse_experiment(base, check_files=False).with_overrides(config, check_files=False), Path(cwd))
-    trial_dir = Path(sweep_dir) / "trials" / trial_id
-    per_seed = []
-    for seed in _seeds(exp, seeds):
-        run_exp = exp.with_overrides({"seed": seed}, check_files=False)
-        evaluator = CheckpointEvaluator.attach(run_exp, pool) if exp.dynamics.every > 0 else None
-        run_dir = trial_dir if seeds == 1 else trial_dir / f"seed-{seed}"
-        result = run_experiment(
-            run_exp,
-            run_dir,
-            evaluator=evaluator,
-            on_checkpoint=lambda step, metrics: tune.report({**metrics, "step": step}),
-        )
-        per_seed.append(result.metrics["unlearned"])
-    tune.report(aggregate(per_seed))
-
-
 def trial_count(sweep: Sweep) -> int:
     """Trials the sweep runs: ``num_samples``, times the grid's size when it has grid keys."""
     grid = [len(p.grid) for p in sweep.space.values() if p.grid is not None]
     return sweep.search.num_samples * int(np.prod(grid)) if grid else sweep.search.num_samples
-
-
-def aggregate(per_seed: list[dict[str, float]]) -> dict[str, float]:
-    """Mean over seeds under the metric's own name; ``<name>_std`` when there are several seeds."""
-    out: dict[str, float] = {}
-    for name in per_seed[0]:
-        values = np.array([m[name] for m in per_seed], dtype=float)
-        out[name] = float(values.mean())
-        if len(per_seed) > 1:
-            out[f"{name}_std"] = float(values.std(ddof=1))
-    return out
 
 
 def to_tune(param: Param) -> Any:
@@ -266,8 +231,3 @@ def check_gpus(sweep: Sweep) -> bool:
 
 def _prepare_remote(exp_dict: dict[str, Any]) -> None:
     prepare(parse_experiment(exp_dict, check_files=False))
-
-
-def _seeds(exp: Experiment, count: int) -> list[int]:
-    return [exp.seed + i for i in range(count)]
-

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import math
 import os
@@ -206,7 +207,9 @@ def default_tags() -> dict[str, str]:
     return tags
 
 
+@functools.cache
 def _git_commit() -> str | None:
+    """The commit otu runs from (asked once per process)."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from otu.cluster.scale_worker import DEFAULT_MMAP_THRESHOLD
 from otu.errors import SpecError
+from otu.scaling.worker import DEFAULT_MMAP_THRESHOLD
 
 console = Console(stderr=True)
 
@@ -48,7 +48,8 @@ def add_scale_command(sub: argparse._SubParsersAction) -> None:
                    help="glibc MALLOC_MMAP_THRESHOLD_ in the workers, so freed tensors leave the RSS "
                    f"(default {DEFAULT_MMAP_THRESHOLD}; 0: glibc's dynamic threshold)")
     p.add_argument("--estimate", action="store_true",
-                   help="only DeepSpeed's model-state estimates for --models (no spec, no GPU needed)")
+                   help="only DeepSpeed's model-state estimates for --models (no spec, no GPU needed); "
+                   "into a study's --out they join its measured rows in the one table and plot")
     p.add_argument("--models", type=_words, default=None,
                    help="presets (llama-3.2-1b … llama-3.1-70b), config.json paths or counts like 13B; "
                    "with a spec, their estimates join the measured table and plot")
@@ -67,8 +68,8 @@ def cmd_scale(args: argparse.Namespace) -> None:
 
 
 def _estimate(args: argparse.Namespace, out_dir: Path) -> None:
-    from otu.cluster.estimate import DEFAULT_MODELS, estimate_table, resolve_models
-    from otu.cluster.scale_report import estimates_frame, estimates_markdown, write_estimates
+    from otu.scaling.estimate import DEFAULT_MODELS, estimate_table, resolve_models
+    from otu.scaling.report import read_table, with_estimates, write_scaling_report
 
     if args.spec is not None:
         raise SpecError("--estimate takes no spec: give --models (presets, config.json paths or counts)")
@@ -76,15 +77,16 @@ def _estimate(args: argparse.Namespace, out_dir: Path) -> None:
         raise SpecError(f"--gpus-per-node/--nodes: must be >= 1 (got {args.gpus_per_node}, {args.nodes})")
     models = resolve_models(args.models or list(DEFAULT_MODELS))
     estimates = estimate_table(models, args.gpus_per_node, args.nodes)
-    files = write_estimates(estimates, out_dir)
-    print(estimates_markdown(estimates_frame(estimates)), end="")
+    # into a study's directory: the estimates join its measured rows (one table, one plot)
+    files = write_scaling_report(with_estimates(read_table(out_dir), estimates), out_dir)
+    print((out_dir / "scaling.md").read_text(), end="")
     console.print(f"wrote {', '.join(str(f) for f in files)}")
 
 
 def _measure(args: argparse.Namespace, out_dir: Path) -> None:
-    from otu.cluster.estimate import estimate_table, resolve_models
-    from otu.cluster.scale import SCALING_FILE, SPEC, StudyFailed, parse_size, plan, run_study
-    from otu.cluster.scale_report import with_estimates, write_scaling_report
+    from otu.scaling.estimate import estimate_table, resolve_models
+    from otu.scaling.report import with_estimates, write_scaling_report
+    from otu.scaling.study import SPEC, StudyFailed, parse_size, plan, run_study
     from otu.spec import load_experiment
 
     if args.spec is None:
@@ -115,6 +117,6 @@ def _measure(args: argparse.Namespace, out_dir: Path) -> None:
     df = run_study(items, out_dir, args.timeout, mmap_threshold=args.mmap_threshold, on_row=show)
     files = write_scaling_report(with_estimates(df, estimates), out_dir)
     print((out_dir / "scaling.md").read_text(), end="")
-    console.print(f"wrote {out_dir / SCALING_FILE}, {', '.join(str(f) for f in files)}")
+    console.print(f"wrote {', '.join(str(f) for f in files)}")
     if (df["status"] != "ok").all():
         raise StudyFailed(f"every combination failed; first error: {df['error'].iloc[0]}")

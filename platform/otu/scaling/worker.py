@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_MMAP_THRESHOLD = 65536
-"""Bytes; ``MALLOC_MMAP_THRESHOLD_`` for the ranks (see :func:`otu.cluster.scale.run_study`)."""
+"""Bytes; ``MALLOC_MMAP_THRESHOLD_`` for the ranks (see :func:`otu.scaling.study.run_study`)."""
 
 
 def run_rank(rank: int, world: int, port: int, exp_dict: dict[str, Any], out_dir: str) -> None:

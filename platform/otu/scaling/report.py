@@ -1,11 +1,12 @@
-"""Tables and plots of a scaling study: measured rows beside DeepSpeed's estimates.
+"""The one table and the one plot of a scaling study: measured rows beside DeepSpeed's estimates.
 
-Files written: ``scaling.md`` (one table: the measured rows — every size, ZeRO stage, worker
-count, offload and variant such as with/without SW or LoRA — each beside DeepSpeed's model-state
-estimate for it, then DeepSpeed's estimates for the ``--models`` given, and the ZeRO-3 vs ZeRO-0
-memory comparison) and ``scaling.png`` (one figure: per-worker peak memory and step time against
-parameters; measured solid, their estimates dashed, ``--models`` estimates as open markers); for
-``--estimate`` alone: ``estimates.parquet``, ``estimates.md`` and ``estimates.png``.
+A study directory holds ``scaling.parquet`` and ``scaling.md`` (one table whose ``kind`` is
+``measured`` — every size, ZeRO stage, worker count, offload and variant such as with/without SW or
+LoRA, each beside DeepSpeed's model-state estimate for it — or ``estimate``: DeepSpeed's estimates
+for the ``--models`` given, from a measured study or from ``otu scale --estimate`` run into the same
+directory; then the ZeRO-3 vs ZeRO-0 memory comparison) and ``scaling.png`` (one figure:
+per-worker peak memory and step time against parameters; measured solid, their estimates dashed,
+``--models`` estimates as open markers).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from otu.cluster.estimate import Estimate
 from otu.figures import plt, save_figure
+from otu.scaling.estimate import Estimate
+from otu.scaling.study import SCALING_FILE
 
 MIB = 1024.0
 
@@ -37,21 +39,30 @@ def zero3_vs_zero0(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def with_estimates(df: pd.DataFrame, estimates: list[Estimate]) -> pd.DataFrame:
-    """The measured rows followed by DeepSpeed's estimates as rows of the same table (``kind``)."""
-    rows = [
+    """``df``'s rows followed by DeepSpeed's estimates as rows of the same table (``kind``); an
+    earlier estimate of the same model, stage, offload and GPUs is replaced."""
+    rows = pd.DataFrame([
         {"size": e.model, "params": e.params, "zero_stage": e.zero_stage, "offload": e.offload,
          "workers": e.gpus_per_node * e.nodes, "variant": "", "kind": "estimate", "status": "estimate",
-         "error": "", "estimate_gib": e.total_gpu_gb}
+         "error": "", "estimate_gib": e.total_gpu_gb, "host_gib": e.cpu_gb, "gpus_per_node": e.gpus_per_node,
+         "nodes": e.nodes, "source": e.source}
         for e in estimates
-    ]
-    return pd.concat([df, pd.DataFrame(rows)], ignore_index=True) if rows else df
+    ])
+    if not len(rows):
+        return df
+    if not len(df):
+        return rows
+    key = ["size", "zero_stage", "offload", "workers"]
+    new = pd.MultiIndex.from_frame(rows[key])
+    stale = (df["kind"] == "estimate") & pd.MultiIndex.from_frame(df[key]).isin(new)
+    return pd.concat([df[~stale], rows], ignore_index=True)
 
 
 def scaling_markdown(df: pd.DataFrame) -> str:
     lines = [
         "| size | params | ZeRO | workers | offload | variant | peak/worker GiB | loop GiB | GPU peak GiB | "
-        "estimate GiB | step s | SW s | SW share | tokens/s | status |",
-        "|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "estimate GiB | step s | SW s | SW share | tokens/s | status | estimate: host GiB/node |",
+        "|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in df.to_dict("records"):
         status = r["status"] if r["status"] in ("ok", "estimate") else f"error: {r['error']}"
@@ -60,7 +71,7 @@ def scaling_markdown(df: pd.DataFrame) -> str:
             f"{r.get('variant', 'spec')} | "
             f"{_f(r.get('peak_rss_gib'), 3)} | {_f(r.get('loop_rss_gib'), 3)} | {_f(r.get('gpu_peak_gib'), 3)} | "
             f"{_f(r.get('estimate_gib'), 3)} | {_f(r.get('step_time_s'), 3)} | {_f(r.get('reg_time_s'), 3)} | "
-            f"{_pct(r.get('sw_share'))} | {_f(r.get('tokens_per_s'), 0)} | {status} |"
+            f"{_pct(r.get('sw_share'))} | {_f(r.get('tokens_per_s'), 0)} | {status} | {_f(r.get('host_gib'), 1)} |"
         )
     variants = df["variant"].dropna().unique() if "variant" in df else ["spec"]
     for variant in variants:
@@ -80,55 +91,22 @@ def scaling_markdown(df: pd.DataFrame) -> str:
 
 
 def write_scaling_report(df: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """``scaling.md`` and, when anything was measured or estimated, ``scaling.png``."""
+    """``scaling.parquet``, ``scaling.md`` and, when anything was measured or estimated, ``scaling.png``."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    table = out_dir / SCALING_FILE
+    df.to_parquet(table, index=False)
     md = out_dir / "scaling.md"
     md.write_text(scaling_markdown(df))
-    files = [md]
+    files = [table, md]
     if df["status"].isin(["ok", "estimate"]).any():
         files.append(_scaling_plot(df, out_dir / "scaling.png"))
     return files
 
 
-def estimates_frame(estimates: list[Estimate]) -> pd.DataFrame:
-    return pd.DataFrame([e.to_row() for e in estimates])
-
-
-def estimates_markdown(df: pd.DataFrame) -> str:
-    first = df.iloc[0]
-    lines = [
-        f"Model-state memory per GPU for {int(first['nodes'])} node(s) × {int(first['gpus_per_node'])} GPUs "
-        "(GiB; θ₀ = OPT-OUT's frozen 16-bit reference):",
-        "",
-        "| model | params | ZeRO | offload | GPU states | + θ₀ | GPU total | CPU per node | source |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---|",
-    ]
-    for r in df.to_dict("records"):
-        lines.append(
-            f"| {r['model']} | {_count(r['params'])} | {r['zero_stage']} | {r['offload']} | {r['gpu_gb']:.1f} | "
-            f"{r['reference_gpu_gb']:.1f} | {r['total_gpu_gb']:.1f} | {r['cpu_gb']:.1f} | {r['source']} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def write_estimates(estimates: list[Estimate], out_dir: Path) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    df = estimates_frame(estimates)
-    table = out_dir / "estimates.parquet"
-    df.to_parquet(table, index=False)
-    md = out_dir / "estimates.md"
-    md.write_text(estimates_markdown(df))
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for (stage, offload), group in df.groupby(["zero_stage", "offload"], sort=True):
-        group = group.sort_values("params")
-        ax.plot(group["params"], group["total_gpu_gb"], marker="o", label=f"ZeRO-{stage}, offload {offload}")
-    ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="GiB per GPU (states + θ₀)",
-           title=f"{int(df['nodes'].iloc[0])}×{int(df['gpus_per_node'].iloc[0])} GPUs: model-state estimates")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    plot = out_dir / "estimates.png"
-    save_figure(fig, plot)
-    return [table, md, plot]
+def read_table(out_dir: Path) -> pd.DataFrame:
+    """The study table already in ``out_dir`` (empty when there is none)."""
+    path = out_dir / SCALING_FILE
+    return pd.read_parquet(path) if path.is_file() else pd.DataFrame()
 
 
 def _scaling_plot(df: pd.DataFrame, path: Path) -> Path:
@@ -148,10 +126,10 @@ def _scaling_plot(df: pd.DataFrame, path: Path) -> Path:
         mem_ax.plot(group["params"], group["estimate_gib"], ls="--", color=line.get_color(), alpha=0.6)
         time_ax.plot(group["params"], group["step_time_s"], marker="o", color=line.get_color(), label=label)
         time_ax.plot(group["params"], group["reg_time_s"], ls=":", color=line.get_color(), alpha=0.8)
-    for (stage, offload), group in est.groupby(["zero_stage", "offload"], sort=True):
+    for (stage, workers, offload), group in est.groupby(["zero_stage", "workers", "offload"], sort=True):
         group = group.sort_values("params")
         mem_ax.plot(group["params"], group["estimate_gib"], ls=":", marker="s", mfc="none",
-                    label=f"estimate ZeRO-{stage} ×{int(group['workers'].iloc[0])} {offload}")
+                    label=f"estimate ZeRO-{stage} ×{int(workers)} {offload}")
     mem_ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="GiB per worker",
                title="peak memory (solid) · its model-state estimate (dashed)")
     time_ax.set(xscale="log", xlabel="parameters", ylabel="seconds",

@@ -3,7 +3,7 @@
 Every combination is validated as a full experiment first (a bad size override or a batch size
 that does not split over the workers fails before anything runs). Each size is prepared once (the
 family caches its models); each combination then runs in ``workers`` fresh processes
-(:mod:`otu.cluster.scale_worker`) so that every per-worker peak-memory number starts from zero.
+(:mod:`otu.scaling.worker`) so that every per-worker peak-memory number starts from zero.
 A combination that fails (out of memory, a DeepSpeed error) becomes a row with its error; the
 others still run.
 """
@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from otu.cluster.estimate import GIB, estimate
-from otu.cluster.scale_worker import DEFAULT_MMAP_THRESHOLD
 from otu.errors import OtuError, SpecError
 from otu.family import DistributedUnlearning
 from otu.registry import family_api
+from otu.scaling.estimate import GIB, estimate
+from otu.scaling.worker import DEFAULT_MMAP_THRESHOLD
 from otu.spec import Experiment, apply_overrides, parse_experiment
 
 OFFLOAD_STAGES = {"none": (0, 1, 2, 3), "optimizer": (1, 2, 3), "params": (3,)}
@@ -143,7 +143,7 @@ def measure(combo: Combo, exp: Experiment, run_dir: Path, timeout_s: float,
             env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Run one combination in ``combo.workers`` fresh processes (``env`` added to their
     environment); return its measured row."""
-    from otu.cluster import scale_worker
+    from otu.scaling import worker as scale_worker
 
     run_dir.mkdir(parents=True, exist_ok=True)
     ctx = mp.get_context("spawn")
