@@ -72,7 +72,7 @@ class SweepRecorder(Callback):
         self.__dict__.update(state)
         self._tracker: Tracker | None = None
         self._parent: str | None = None
-        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._jobs: queue.Queue[Callable[[], object] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._live: dict[str, tuple[str, StepTail]] = {}  # trial id → (child run id, its steps)
         self._error: BaseException | None = None
@@ -127,7 +127,7 @@ class SweepRecorder(Callback):
                 self._run(self._poll_live)
                 last_poll = time.monotonic()
 
-    def _run(self, job: Callable[[], None]) -> None:
+    def _run(self, job: Callable[[], object]) -> None:
         try:
             job()
         except Exception as err:  # re-raised by drain(), at the end of the sweep
