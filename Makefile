@@ -19,6 +19,7 @@ quickstart: install  # extra otu flags: make quickstart ARGS="--set search.num_s
 
 lint: install  # ruff (lint and format) and mypy
 	$(VENV)/bin/ruff check platform tests benchmarks
+	$(VENV)/bin/ruff format --check platform tests benchmarks
 	$(VENV)/bin/mypy
 
 test: lint  # the default suite, then the slow fault tests (CI runs this)

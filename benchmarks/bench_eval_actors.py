@@ -68,8 +68,14 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=int, default=8)
     parser.add_argument("--pool", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="timings are medians over repeats")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="spec overrides, e.g. task.model.arch=resnet18")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="spec overrides, e.g. task.model.arch=resnet18",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     cache = tempfile.mkdtemp(prefix="otu-bench-")
@@ -92,7 +98,10 @@ def main() -> None:
     in_processes, t_mp = plain_processes(overrides, checkpoints, args.pool, args.repeats)
 
     ray.init(
-        address="local", num_cpus=args.pool, include_dashboard=False, configure_logging=False,
+        address="local",
+        num_cpus=args.pool,
+        include_dashboard=False,
+        configure_logging=False,
         log_to_driver=False,
     )
     evaluator = CheckpointEvaluator(exp, start_pool("bench", args.pool, cpus=1))

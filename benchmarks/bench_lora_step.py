@@ -42,9 +42,7 @@ def _storages(module: torch.nn.Module) -> dict[int, int]:
 
 def memory_mib(exp: Experiment, model_dir: Path) -> tuple[float, float]:
     """(θ₀ bytes not shared with the trained model, trainable bytes) of an engine, in MiB."""
-    settings = EngineSettings(
-        exp.job(), exp.compute, model_dir, torch.device("cpu"), needs_ref=True, total_steps=1
-    )
+    settings = EngineSettings(exp.job(), exp.compute, model_dir, torch.device("cpu"), needs_ref=True, total_steps=1)
     engine = PlainEngine(settings)
     trained = _storages(engine.model)
     ref = {k: v for k, v in _storages(engine.ref).items() if k not in trained}

@@ -2,9 +2,10 @@
 
 Runs the family's real per-rank loop (:func:`otu.llm.loop.run_worker`, one process) on a randomly
 initialised Llama of a given size, twice: OPT-OUT (NPO + retain + world + λ·SW in one optimizer step,
-``alternate: false``) and NPO+RT (exactly the same without the regulariser). From the loop's own per-step timings (``step_time_s``,
-``reg_time_s``; the first ``--warmup`` steps dropped) it prints the mean step time of each, the SW
-time and its share of the OPT-OUT step, and the peak memory (CPU: max RSS; GPU: max allocated).
+``alternate: false``) and NPO+RT (exactly the same without the regulariser). From the loop's own
+per-step timings (``step_time_s``, ``reg_time_s``; the first ``--warmup`` steps dropped) it prints
+the mean step time of each, the SW time and its share of the OPT-OUT step,
+and the peak memory (CPU: max RSS; GPU: max allocated).
 
     python benchmarks/bench_optout_step.py --sizes tiny small               # CPU
     python benchmarks/bench_optout_step.py --sizes 1b --device cuda --zero-stage 3 --precision bf16
@@ -83,9 +84,7 @@ def build_checkpoint(size: str, exp: Experiment, out: Path) -> int:
     layers, hidden, heads, intermediate, vocab = SIZES[size]
     job: LLMJob = exp.job()
     splits = load_splits(job.data, exp.seed)
-    tokenizer = train_tokenizer(
-        corpus([r for s in splits.values() for r in s], job.data.prompt), min(vocab, 1024)
-    )
+    tokenizer = train_tokenizer(corpus([r for s in splits.values() for r in s], job.data.prompt), min(vocab, 1024))
     config = LlamaConfig(
         vocab_size=max(vocab, len(tokenizer)),
         hidden_size=hidden,
@@ -125,9 +124,7 @@ def run(exp: Experiment, model_dir: Path, work: Path, warmup: int) -> dict[str, 
     return {
         "step_s": float(np.mean([r["step_time_s"] for r in timed])),
         "reg_s": float(np.mean([r.get("reg_time_s", 0.0) for r in timed])),
-        "gpu_peak_gib": torch.cuda.max_memory_allocated() / 2**30
-        if torch.cuda.is_available()
-        else float("nan"),
+        "gpu_peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan"),
     }
 
 

@@ -76,9 +76,7 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str)
         }
     )
     torch.set_num_threads(1)
-    torch.distributed.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     import deepspeed
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -147,9 +145,7 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str)
 
 def measure(world: int, args: argparse.Namespace) -> list[dict]:
     with tempfile.TemporaryDirectory() as out:
-        mp.start_processes(
-            worker, args=(world, free_port(), args, out), nprocs=world, start_method="spawn"
-        )
+        mp.start_processes(worker, args=(world, free_port(), args, out), nprocs=world, start_method="spawn")
         return [json.loads(Path(out, f"rank{r}.json").read_text()) for r in range(world)]
 
 

@@ -38,9 +38,7 @@ def main() -> None:
     exp = sweep.experiment
     prepare(exp)
     configs = [
-        {"method.alpha": a, "method.ot_weight": w}
-        for a in GRID["method.alpha"]
-        for w in GRID["method.ot_weight"]
+        {"method.alpha": a, "method.ot_weight": w} for a in GRID["method.alpha"] for w in GRID["method.ot_weight"]
     ]
 
     load_start = os.getloadavg()
@@ -55,9 +53,7 @@ def main() -> None:
     uri = f"sqlite:///{root / 'mlflow.db'}"
     walls, fixed = {}, {}
     for concurrency in (1, 2):
-        s = sweep.model_copy(
-            update={"search": sweep.search.model_copy(update={"max_concurrent": concurrency})}
-        )
+        s = sweep.model_copy(update={"search": sweep.search.model_copy(update={"max_concurrent": concurrency})})
         start, start_epoch = time.perf_counter(), time.time()
         run_sweep(s, root / f"sweep-{concurrency}", uri)
         walls[concurrency] = time.perf_counter() - start
@@ -68,15 +64,21 @@ def main() -> None:
     n = len(configs)
     load_end = os.getloadavg()
     print(f"{n} trials (DLFD on digits, prepared once beforehand); Ray started in {t_ray:.1f} s (not timed)")
-    print(f"load average (1/5/15 min) at start {'/'.join(f'{x:.2f}' for x in load_start)}, "
-          f"at end {'/'.join(f'{x:.2f}' for x in load_end)}")
+    print(
+        f"load average (1/5/15 min) at start {'/'.join(f'{x:.2f}' for x in load_start)}, "
+        f"at end {'/'.join(f'{x:.2f}' for x in load_end)}"
+    )
     print(f"{'':<28}{'wall s':>8}{'÷ loop':>8}{'overhead/trial s':>18}{'start-up+shutdown s':>21}{'rest/trial s':>14}")
     print(f"{'plain sequential loop':<28}{t_seq:8.1f}{1.0:8.2f}")
     for c, wall in walls.items():
-        print(f"{f'otu sweep, {c} concurrent':<28}{wall:8.1f}{wall / t_seq:8.2f}{(wall - t_seq) / n:18.2f}"
-              f"{fixed[c]:21.1f}{(wall - fixed[c] - t_seq / c) / n:14.2f}")
-    print("overhead/trial = (sweep wall − loop wall) / trials; start-up+shutdown = run_sweep's time before the "
-          "first trial runs and after the last ends; rest/trial = (wall − start-up+shutdown − loop/concurrency) / trials")
+        print(
+            f"{f'otu sweep, {c} concurrent':<28}{wall:8.1f}{wall / t_seq:8.2f}{(wall - t_seq) / n:18.2f}"
+            f"{fixed[c]:21.1f}{(wall - fixed[c] - t_seq / c) / n:14.2f}"
+        )
+    print(
+        "overhead/trial = (sweep wall − loop wall) / trials; start-up+shutdown = run_sweep's time before the "
+        "first trial runs and after the last ends; rest/trial = (wall − start-up+shutdown − loop/concurrency) / trials"
+    )
 
 
 def trial_span(sweep_dir: Path) -> tuple[float, float]:

@@ -57,18 +57,23 @@ def vision_npz(tmp: Path) -> Path:
 
 
 def sweep_file(tmp: Path, space: str, extra: str = "") -> Path:
-    return write(tmp / "sweep.yaml", f"""\
+    return write(
+        tmp / "sweep.yaml",
+        f"""\
 name: s
 experiment: {VISION}
 space:
   {space}
 objectives: [{{metric: test_acc, mode: max}}]
-{extra}""")
+{extra}""",
+    )
 
 
-BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8)
-) + "name: *i\n"
+BOMB = (
+    "a: &a [x, x, x, x, x, x, x, x, x]\n"
+    + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8))
+    + "name: *i\n"
+)
 
 # (id, argv builder given a scratch folder, exit code, text the one line must contain)
 Case = tuple[str, Callable[[Path], list[str]], int, str]
@@ -94,8 +99,12 @@ CASES: list[Case] = [
     ("vision-markup-text", run(VISION, "name='[/x]'"), 2, "name"),
     ("vision-fraction", run(VISION, "task.data.forget_fraction=1.5"), 2, "task.data.forget_fraction"),
     ("vision-unknown-key", run(VISION, "method.alpah=0.1"), 2, "method.alpah"),
-    ("vision-nan-pixel", lambda tmp: ["run", str(vision_npz(tmp)), "--set", "task.model.epochs=1"], 2,
-     "task.data.image_column"),
+    (
+        "vision-nan-pixel",
+        lambda tmp: ["run", str(vision_npz(tmp)), "--set", "task.model.epochs=1"],
+        2,
+        "task.data.image_column",
+    ),
     # ---- llm
     ("llm-beta-inf", run(LLM, "method.beta=.inf"), 2, "method.beta"),
     ("llm-weight-nan", run(LLM, "method.reg_weight=.nan"), 2, "method.reg_weight"),
@@ -115,18 +124,42 @@ CASES: list[Case] = [
     ("generative-class", run(GENERATIVE, "task.data.forget_class=42"), 2, "forget_class"),
     ("generative-steps-float", run(GENERATIVE, "method.steps=2.5"), 2, "method.steps"),
     # ---- sweep files
-    ("sweep-int-uniform", lambda tmp: ["sweep", str(sweep_file(tmp, "method.perturb_steps: {uniform: [1, 4]}"))],
-     2, "space.method.perturb_steps"),
-    ("sweep-int-loguniform", lambda tmp: ["sweep", str(sweep_file(tmp, "method.epochs: {loguniform: [1, 8]}"))],
-     2, "space.method.epochs"),
-    ("sweep-bound-inf", lambda tmp: ["sweep", str(sweep_file(tmp, "method.alpha: {uniform: [0.1, .inf]}"))],
-     2, "space.method.alpha"),
-    ("sweep-bound-nan", lambda tmp: ["sweep", str(sweep_file(tmp, "method.alpha: {uniform: [.nan, 1]}"))],
-     2, "space.method.alpha"),
-    ("sweep-choice-inf", lambda tmp: ["sweep", str(sweep_file(tmp, "method.alpha: {choice: [0.1, .inf]}"))],
-     2, "space.method.alpha"),
-    ("sweep-duplicate-key", lambda tmp: ["sweep", str(sweep_file(tmp, "method.alpha: {choice: [0.1]}",
-                                                                 "name: again\n"))], 2, "duplicate key 'name'"),
+    (
+        "sweep-int-uniform",
+        lambda tmp: ["sweep", str(sweep_file(tmp, "method.perturb_steps: {uniform: [1, 4]}"))],
+        2,
+        "space.method.perturb_steps",
+    ),
+    (
+        "sweep-int-loguniform",
+        lambda tmp: ["sweep", str(sweep_file(tmp, "method.epochs: {loguniform: [1, 8]}"))],
+        2,
+        "space.method.epochs",
+    ),
+    (
+        "sweep-bound-inf",
+        lambda tmp: ["sweep", str(sweep_file(tmp, "method.alpha: {uniform: [0.1, .inf]}"))],
+        2,
+        "space.method.alpha",
+    ),
+    (
+        "sweep-bound-nan",
+        lambda tmp: ["sweep", str(sweep_file(tmp, "method.alpha: {uniform: [.nan, 1]}"))],
+        2,
+        "space.method.alpha",
+    ),
+    (
+        "sweep-choice-inf",
+        lambda tmp: ["sweep", str(sweep_file(tmp, "method.alpha: {choice: [0.1, .inf]}"))],
+        2,
+        "space.method.alpha",
+    ),
+    (
+        "sweep-duplicate-key",
+        lambda tmp: ["sweep", str(sweep_file(tmp, "method.alpha: {choice: [0.1]}", "name: again\n"))],
+        2,
+        "duplicate key 'name'",
+    ),
     ("sweep-seeds-overflow", sweep(QUICKSTART, "experiment.seed=4294967295", "search.seeds=2"), 2, "search.seeds"),
     ("sweep-grid-uniform", sweep(QUICKSTART, "search.algorithm=grid"), 2, "search.algorithm"),
     ("sweep-metric", sweep(QUICKSTART, "objectives.0.metric=acc"), 2, "objectives.0.metric"),
@@ -135,8 +168,12 @@ CASES: list[Case] = [
     ("spec-not-utf8", lambda tmp: ["run", str(write(tmp / "s.yaml", b"name: \xff\xfe\n"))], 2, "not UTF-8"),
     ("spec-directory", lambda tmp: ["run", str(tmp)], 2, "is a directory"),
     ("spec-missing", lambda tmp: ["run", str(tmp / "nope.yaml")], 2, "not found"),
-    ("spec-duplicate-key", lambda tmp: ["validate", str(write(tmp / "d.yaml", VISION.read_text() + "seed: 3\n"))],
-     2, "duplicate key 'seed'"),
+    (
+        "spec-duplicate-key",
+        lambda tmp: ["validate", str(write(tmp / "d.yaml", VISION.read_text() + "seed: 3\n"))],
+        2,
+        "duplicate key 'seed'",
+    ),
     ("spec-alias-bomb", lambda tmp: ["run", str(write(tmp / "b.yaml", BOMB))], 2, "expands to more than"),
     ("spec-alias-cycle", lambda tmp: ["run", str(write(tmp / "c.yaml", "a: &a [*a]\n"))], 2, "refers to itself"),
     ("spec-is-sweep", run(QUICKSTART), 2, "otu sweep"),
@@ -145,20 +182,35 @@ CASES: list[Case] = [
     ("flag-set-bad-yaml", run(VISION, "method.alpha=[1"), 2, "--set method.alpha"),
     ("flag-out-file", lambda tmp: ["run", str(VISION), "--out", str(write(tmp / "f", "x"))], 2, "--out"),
     ("flag-out-under-file", lambda tmp: ["run", str(VISION), "--out", str(write(tmp / "f", "x") / "o")], 2, "--out"),
-    ("flag-cache-under-file", lambda tmp: ["run", str(VISION), "--set",
-                                           f"tracking.cache_dir={write(tmp / 'f', 'x') / 'c'}"], 2,
-     "tracking.cache_dir"),
-    ("flag-uri-unreachable", lambda tmp: ["run", str(VISION), "--tracking-uri", "http://127.0.0.1:9"], 2,
-     "http://127.0.0.1:9"),
+    (
+        "flag-cache-under-file",
+        lambda tmp: ["run", str(VISION), "--set", f"tracking.cache_dir={write(tmp / 'f', 'x') / 'c'}"],
+        2,
+        "tracking.cache_dir",
+    ),
+    (
+        "flag-uri-unreachable",
+        lambda tmp: ["run", str(VISION), "--tracking-uri", "http://127.0.0.1:9"],
+        2,
+        "http://127.0.0.1:9",
+    ),
     ("flag-uri-unknown", lambda tmp: ["run", str(VISION), "--tracking-uri", "foo://bar"], 2, "foo://bar"),
-    ("flag-uri-unwritable", lambda tmp: ["run", str(VISION), "--tracking-uri",
-                                         f"sqlite:///{write(tmp / 'f', 'x')}/m.db"], 2, "tracking URI"),
+    (
+        "flag-uri-unwritable",
+        lambda tmp: ["run", str(VISION), "--tracking-uri", f"sqlite:///{write(tmp / 'f', 'x')}/m.db"],
+        2,
+        "tracking URI",
+    ),
     ("flag-entities-out-file", lambda tmp: ["data", "entities", "--out", str(write(tmp / "f", "x"))], 2, "--out"),
     ("flag-entities-seed", lambda tmp: ["data", "entities", "--out", str(tmp / "e"), "--seed", "-1"], 2, "--seed"),
     ("flag-unknown", lambda tmp: ["run", str(VISION), "--sett", "x=1"], 2, "--sett"),
     ("flag-resume-not-sweep", lambda tmp: ["sweep", "--resume", str(tmp)], 2, "--resume"),
-    ("flag-resume-corrupt", lambda tmp: ["sweep", "--resume", str(resumable(tmp, b"PAR1 not really"))], 2,
-     "trials.parquet"),
+    (
+        "flag-resume-corrupt",
+        lambda tmp: ["sweep", "--resume", str(resumable(tmp, b"PAR1 not really"))],
+        2,
+        "trials.parquet",
+    ),
     ("flag-resume-empty", lambda tmp: ["sweep", "--resume", str(resumable(tmp, b""))], 2, "trials.parquet"),
 ]
 
@@ -255,8 +307,10 @@ def test_requests_larger_than_the_cluster_fail_before_any_trial(tmp_path, capsys
     cases = [
         (["sweep", str(QUICKSTART), *common, "--set", "resources.cpus=64"], "resources.cpus"),
         (["sweep", str(QUICKSTART), *common, "--set", "resources.gpus=1"], "resources.gpus"),
-        (["run", str(LLM), *common, "--set", "compute.workers=4", "--set", f"tracking.cache_dir={tmp_path}"],
-         "compute.workers"),
+        (
+            ["run", str(LLM), *common, "--set", "compute.workers=4", "--set", f"tracking.cache_dir={tmp_path}"],
+            "compute.workers",
+        ),
     ]
     for argv, field in cases:
         start = time.perf_counter()
@@ -271,8 +325,9 @@ def test_requests_larger_than_the_cluster_fail_before_any_trial(tmp_path, capsys
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO / "platform")}
-    return subprocess.run([sys.executable, "-m", "otu.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "otu.cli", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
+    )
 
 
 def test_as_processes_an_alias_bomb_and_an_unreachable_server_fail_in_seconds(tmp_path):

@@ -52,11 +52,20 @@ def test_validate_ok_and_bad(tmp_path, capsys):
 def test_bad_spec_leaves_no_output(tmp_path, tracking):
     out = tmp_path / "run"
     spec = REPO / "sweeps/experiments/dlfd_digits.yaml"
-    code = main(["run", str(spec), "--out", str(out), "--tracking-uri", tracking,
-                 "--set", "method.alpha=-1"])
+    code = main(["run", str(spec), "--out", str(out), "--tracking-uri", tracking, "--set", "method.alpha=-1"])
     assert code == 2 and not out.exists()
-    code = main(["sweep", str(REPO / "sweeps/quickstart.yaml"), "--out", str(out),
-                 "--tracking-uri", tracking, "--set", "objectives.0.metric=acc"])
+    code = main(
+        [
+            "sweep",
+            str(REPO / "sweeps/quickstart.yaml"),
+            "--out",
+            str(out),
+            "--tracking-uri",
+            tracking,
+            "--set",
+            "objectives.0.metric=acc",
+        ]
+    )
     assert code == 2 and not out.exists()
 
 
@@ -73,9 +82,7 @@ def test_run_writes_metrics_spec_and_one_mlflow_run(tmp_path, tracking, cache):
     resolved = yaml.safe_load((out / "spec.yaml").read_text())
     assert resolved["task"]["model"]["epochs"] == 3
     assert (out / "steps.jsonl").read_text().strip()
-    runs = MlflowClient(tracking).search_runs(
-        [MlflowClient(tracking).get_experiment_by_name("otu").experiment_id]
-    )
+    runs = MlflowClient(tracking).search_runs([MlflowClient(tracking).get_experiment_by_name("otu").experiment_id])
     assert len(runs) == 1
     run = runs[0]
     assert run.data.metrics["test_acc"] == pytest.approx(metrics["unlearned"]["test_acc"])
@@ -86,8 +93,9 @@ def test_run_writes_metrics_spec_and_one_mlflow_run(tmp_path, tracking, cache):
 def test_two_trial_sweep_writes_parquet_report_and_mlflow(tmp_path, tracking, cache, ray_local, capsys):
     out = tmp_path / "sweep"
     overrides = [f"experiment.{s}" for s in [*SMALL, cache]] + ["search.num_samples=2"]
-    code = main(["sweep", str(REPO / "sweeps/quickstart.yaml"), "--out", str(out),
-                 "--tracking-uri", tracking, *sets(overrides)])
+    code = main(
+        ["sweep", str(REPO / "sweeps/quickstart.yaml"), "--out", str(out), "--tracking-uri", tracking, *sets(overrides)]
+    )
     assert code == 0
     table = pd.read_parquet(out / "trials.parquet")
     assert len(table) == 2 and table["trial_id"].is_unique

@@ -52,8 +52,7 @@ def tiny_llm(tmp_path: Path, **method) -> dict:
         "task": {
             "family": "llm",
             "data": {"synthetic": True},
-            "model": {"tiny": {"layers": 2, "hidden": 64, "heads": 4, "intermediate": 128, "vocab": 400},
-                      "epochs": 1},
+            "model": {"tiny": {"layers": 2, "hidden": 64, "heads": 4, "intermediate": 128, "vocab": 400}, "epochs": 1},
         },
         "method": {"name": "optout", "steps": 2, "batch_size": 4, **method},
         "eval": {"plots": False},
@@ -80,10 +79,27 @@ def ray_head(tmp_path_factory):
     }
     env.pop("RAY_ADDRESS", None)
     cmd = [
-        str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
-        "--port", str(free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-        "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
-        "--num-cpus", "2", "--object-store-memory", str(200 * 1024**2), "--temp-dir", str(temp_dir),
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--head",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--port",
+        str(free_port()),
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(dashboard),
+        "--ray-client-server-port",
+        str(free_port()),
+        "--dashboard-agent-listen-port",
+        str(free_port()),
+        "--num-cpus",
+        "2",
+        "--object-store-memory",
+        str(200 * 1024**2),
+        "--temp-dir",
+        str(temp_dir),
         "--disable-usage-stats",
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, start_new_session=True)
@@ -126,15 +142,36 @@ def _sid(pid: int) -> int | None:
 def test_submit_wait_runs_the_sweep_and_logs_trials_to_mlflow(ray_head, otu_main, tmp_path, capsys):
     db = tmp_path / "mlflow.db"
     out = tmp_path / "sweep"
-    code = otu_main([
-        "submit", str(QUICKSTART), "--working-dir", str(REPO),
-        "--address", ray_head["address"], "--token", ray_head["token"], "--no-install", "--wait",
-        "--tracking-uri", f"sqlite:///{db}", "--out", str(out),
-        "--set", "search.num_samples=2", "--set", "search.max_concurrent=2",
-        "--set", "experiment.task.model.epochs=2", "--set", "experiment.task.data.forget_size=30",
-        "--set", "experiment.method.perturb_steps=1",
-        "--set", f"experiment.tracking.cache_dir={tmp_path / 'cache'}",
-    ])
+    code = otu_main(
+        [
+            "submit",
+            str(QUICKSTART),
+            "--working-dir",
+            str(REPO),
+            "--address",
+            ray_head["address"],
+            "--token",
+            ray_head["token"],
+            "--no-install",
+            "--wait",
+            "--tracking-uri",
+            f"sqlite:///{db}",
+            "--out",
+            str(out),
+            "--set",
+            "search.num_samples=2",
+            "--set",
+            "search.max_concurrent=2",
+            "--set",
+            "experiment.task.model.epochs=2",
+            "--set",
+            "experiment.task.data.forget_size=30",
+            "--set",
+            "experiment.method.perturb_steps=1",
+            "--set",
+            f"experiment.tracking.cache_dir={tmp_path / 'cache'}",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err[-3000:]
     job_id = captured.out.splitlines()[0].strip()
@@ -163,8 +200,19 @@ def test_bad_token_and_missing_token_fail_fast(ray_head, otu_main, tmp_path, mon
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token
-    base = ["submit", str(QUICKSTART), "--working-dir", str(REPO), "--address", ray_head["address"], "--no-install",
-            "--out", str(tmp_path / "sweep"), "--tracking-uri", "http://mlflow:5000"]
+    base = [
+        "submit",
+        str(QUICKSTART),
+        "--working-dir",
+        str(REPO),
+        "--address",
+        ray_head["address"],
+        "--no-install",
+        "--out",
+        str(tmp_path / "sweep"),
+        "--tracking-uri",
+        "http://mlflow:5000",
+    ]
 
     start = time.perf_counter()
     assert otu_main([*base, "--token", "not-the-token"]) == 2
@@ -184,11 +232,22 @@ def test_bad_token_and_missing_token_fail_fast(ray_head, otu_main, tmp_path, mon
 
 def test_stop_a_running_job(ray_head, otu_main, tmp_path, capsys):
     auth = ["--address", ray_head["address"], "--token", ray_head["token"]]
-    code = otu_main([
-        "submit", str(QUICKSTART), "--working-dir", str(REPO), *auth, "--no-install",
-        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(tmp_path / "sweep"),
-        "--set", f"experiment.tracking.cache_dir={tmp_path / 'cache'}",
-    ])
+    code = otu_main(
+        [
+            "submit",
+            str(QUICKSTART),
+            "--working-dir",
+            str(REPO),
+            *auth,
+            "--no-install",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--out",
+            str(tmp_path / "sweep"),
+            "--set",
+            f"experiment.tracking.cache_dir={tmp_path / 'cache'}",
+        ]
+    )
     assert code == 0
     job_id = capsys.readouterr().out.splitlines()[0].strip()
     assert otu_main(["jobs", "stop", job_id, *auth]) == 0
@@ -201,9 +260,24 @@ def test_stop_a_running_job(ray_head, otu_main, tmp_path, capsys):
 def test_unreachable_address_fails_fast(otu_main, capsys):
     port = free_port()  # nothing listens here
     start = time.perf_counter()
-    assert otu_main(["submit", str(QUICKSTART), "--working-dir", str(REPO), "--no-install",
-                     "--address", f"http://127.0.0.1:{port}", "--out", "/shared/q",
-                     "--tracking-uri", "http://mlflow:5000"]) == 2
+    assert (
+        otu_main(
+            [
+                "submit",
+                str(QUICKSTART),
+                "--working-dir",
+                str(REPO),
+                "--no-install",
+                "--address",
+                f"http://127.0.0.1:{port}",
+                "--out",
+                "/shared/q",
+                "--tracking-uri",
+                "http://mlflow:5000",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert f"cannot connect to the Ray dashboard at http://127.0.0.1:{port}" in err
     assert "connection refused" in err
@@ -231,20 +305,30 @@ def test_missing_spec_and_bad_override_fail_before_contacting_the_cluster(otu_ma
     unreachable = ["--address", f"http://127.0.0.1:{free_port()}"]
     assert otu_main(["submit", str(tmp_path / "nope.yaml"), *unreachable]) == 2
     assert f"spec file not found: {tmp_path / 'nope.yaml'}" in capsys.readouterr().err
-    assert otu_main(["submit", str(QUICKSTART), "--working-dir", str(REPO), *unreachable,
-                     "--set", "experiment.method.alpha=-1"]) == 2
+    assert (
+        otu_main(
+            ["submit", str(QUICKSTART), "--working-dir", str(REPO), *unreachable, "--set", "experiment.method.alpha=-1"]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "method.alpha" in err and "cannot connect" not in err
 
 
 def test_submission_dry_run_describes_the_job(tmp_path):
     sub = build_submission(
-        QUICKSTART, ["search.num_samples=2"], working_dir=REPO, tracking_uri="http://mlflow:5000",
-        env=["OMP_NUM_THREADS=1"], out="/shared/quickstart",
+        QUICKSTART,
+        ["search.num_samples=2"],
+        working_dir=REPO,
+        tracking_uri="http://mlflow:5000",
+        env=["OMP_NUM_THREADS=1"],
+        out="/shared/quickstart",
     )
     assert sub.kind == "sweep" and sub.name == "quickstart"
-    assert sub.entrypoint == ("python -m otu.cli sweep sweeps/quickstart.yaml --set search.num_samples=2 "
-                              "--tracking-uri http://mlflow:5000 --out /shared/quickstart")
+    assert sub.entrypoint == (
+        "python -m otu.cli sweep sweeps/quickstart.yaml --set search.num_samples=2 "
+        "--tracking-uri http://mlflow:5000 --out /shared/quickstart"
+    )
     env = sub.runtime_env
     assert env["working_dir"] == str(REPO) and ".venv" in env["excludes"]
     assert env["env_vars"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
@@ -321,8 +405,13 @@ def test_kuberay_manifests_run_an_otu_sweep_with_token_auth():
 
 
 def test_llama_presets_have_their_published_sizes():
-    expected = {"llama-3.2-1b": 1_235_814_400, "llama-3.2-3b": 3_212_749_824, "llama-3.1-8b": 8_030_261_248,
-                "llama-2-13b": 13_015_864_320, "llama-3.1-70b": 70_553_706_496}  # the checkpoints' counts
+    expected = {
+        "llama-3.2-1b": 1_235_814_400,
+        "llama-3.2-3b": 3_212_749_824,
+        "llama-3.1-8b": 8_030_261_248,
+        "llama-2-13b": 13_015_864_320,
+        "llama-3.1-70b": 70_553_706_496,
+    }  # the checkpoints' counts
     for name, count in expected.items():
         assert PRESETS[name].params == count, name
 
@@ -335,8 +424,9 @@ def test_estimates_are_deepspeeds_and_zero3_is_smallest():
     rows = {(e.zero_stage, e.offload): e for e in estimate_table([m], gpus_per_node=8, nodes=1)}
     cpu, gpu = estimate_zero2_model_states_mem_needs(m.params, 8, 1, cpu_offload=False)
     assert rows[(2, "none")].gpu_gb == pytest.approx(gpu / GIB) and rows[(2, "none")].cpu_gb == pytest.approx(cpu / GIB)
-    cpu, gpu, _ = estimate_zero3_model_states_mem_needs(m.params, m.largest_layer_params, 8, 1, cpu_offload=False,
-                                                        cpu_offload_params=False)
+    cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
+        m.params, m.largest_layer_params, 8, 1, cpu_offload=False, cpu_offload_params=False
+    )
     assert rows[(3, "none")].gpu_gb == pytest.approx(gpu / GIB)
     # ZeRO-0 holds 20 bytes per parameter, nothing partitioned
     assert rows[(0, "none")].gpu_gb == pytest.approx(20 * m.params / GIB)
@@ -354,10 +444,29 @@ def test_estimates_are_deepspeeds_and_zero3_is_smallest():
 def test_estimate_cli_writes_table_and_plot(otu_main, tmp_path, capsys):
     config = tmp_path / "ckpt" / "config.json"
     config.parent.mkdir()
-    config.write_text(json.dumps({"vocab_size": 32000, "hidden_size": 4096, "num_hidden_layers": 32,
-                                  "intermediate_size": 11008, "num_attention_heads": 32}))
-    code = otu_main(["scale", "--estimate", "--models", f"llama-3.1-8b,13B,{config.parent}",
-                     "--gpus-per-node", "4", "--out", str(tmp_path / "est")])
+    config.write_text(
+        json.dumps(
+            {
+                "vocab_size": 32000,
+                "hidden_size": 4096,
+                "num_hidden_layers": 32,
+                "intermediate_size": 11008,
+                "num_attention_heads": 32,
+            }
+        )
+    )
+    code = otu_main(
+        [
+            "scale",
+            "--estimate",
+            "--models",
+            f"llama-3.1-8b,13B,{config.parent}",
+            "--gpus-per-node",
+            "4",
+            "--out",
+            str(tmp_path / "est"),
+        ]
+    )
     assert code == 0
     df = pd.read_parquet(tmp_path / "est" / "scaling.parquet")
     assert set(df["size"]) == {"llama-3.1-8b", "13B", "ckpt"} and set(df["kind"]) == {"estimate"}
@@ -376,8 +485,16 @@ def test_plan_validates_every_combination(tmp_path):
     exp = parse_experiment(tiny_llm(tmp_path))
     items = plan(exp, [Size("s", ())], [0, 3], [1, 2], ["none", "optimizer", "params"], steps=2)
     keys = [c.key for c, _ in items]
-    assert keys == ["s-z0-w1-none", "s-z0-w2-none", "s-z3-w1-none", "s-z3-w1-optimizer", "s-z3-w1-params",
-                    "s-z3-w2-none", "s-z3-w2-optimizer", "s-z3-w2-params"]
+    assert keys == [
+        "s-z0-w1-none",
+        "s-z0-w2-none",
+        "s-z3-w1-none",
+        "s-z3-w1-optimizer",
+        "s-z3-w1-params",
+        "s-z3-w2-none",
+        "s-z3-w2-optimizer",
+        "s-z3-w2-params",
+    ]
     combo, e = items[-1]
     assert (e.compute.zero_stage, e.compute.workers, e.compute.offload, e.method.steps) == (3, 2, "params", 2)
     with pytest.raises(SpecError, match=r"s-z0-w3-none: method.batch_size: 4 is not divisible"):
@@ -396,19 +513,42 @@ def test_plan_validates_every_combination(tmp_path):
 
 def test_summarise_and_table_report_zero3_saving():
     ranks = [
-        {"rank": r, "world": 2, "baseline_rss_bytes": 1 * GIB, "peak_rss_bytes": (3 + r) * GIB, "gpu_peak_bytes": None,
-         "steps": [{"step": 0, "step_time_s": 9.0, "reg_time_s": 1.0, "tokens": 100.0},
-                   {"step": 1, "step_time_s": 2.0, "reg_time_s": 0.5, "tokens": 100.0}] if r == 0 else []}
+        {
+            "rank": r,
+            "world": 2,
+            "baseline_rss_bytes": 1 * GIB,
+            "peak_rss_bytes": (3 + r) * GIB,
+            "gpu_peak_bytes": None,
+            "steps": [
+                {"step": 0, "step_time_s": 9.0, "reg_time_s": 1.0, "tokens": 100.0},
+                {"step": 1, "step_time_s": 2.0, "reg_time_s": 0.5, "tokens": 100.0},
+            ]
+            if r == 0
+            else [],
+        }
         for r in range(2)
     ]
     s = summarise(ranks)
     assert s["peak_rss_gib"] == 4.0 and s["loop_rss_gib"] == 3.0
     assert s["step_time_s"] == 2.0 and s["sw_share"] == 0.25  # warm-up step 0 excluded
     assert s["tokens_per_s"] == 100.0  # 100 tokens per rank × 2 ranks / 2 s
-    base = {"size": "m", "params": 10**8, "largest_tensor": 10**7, "workers": 2, "offload": "none",
-            "status": "ok", "error": "", "device": "cpu", "precision": "fp32"}
-    df = pd.DataFrame([{**base, **s, "zero_stage": 0, "estimate_gib": 1.0},
-                       {**base, **s, "zero_stage": 3, "peak_rss_gib": 3.0, "estimate_gib": 0.5}])
+    base = {
+        "size": "m",
+        "params": 10**8,
+        "largest_tensor": 10**7,
+        "workers": 2,
+        "offload": "none",
+        "status": "ok",
+        "error": "",
+        "device": "cpu",
+        "precision": "fp32",
+    }
+    df = pd.DataFrame(
+        [
+            {**base, **s, "zero_stage": 0, "estimate_gib": 1.0},
+            {**base, **s, "zero_stage": 3, "peak_rss_gib": 3.0, "estimate_gib": 0.5},
+        ]
+    )
     cmp = zero3_vs_zero0(df)
     assert cmp["saved_mib"].iloc[0] == pytest.approx(1024.0) and cmp["saved_pct"].iloc[0] == pytest.approx(25.0)
     assert "ZeRO-3 3.000 GiB vs ZeRO-0 4.000 GiB — 1024 MiB (25.0 %) below ZeRO-0" in scaling_markdown(df)
@@ -420,8 +560,12 @@ def test_scale_cli_measures_one_combination(otu_main, tmp_path, capsys):
     spec = tmp_path / "optout.yaml"
     spec.write_text(yaml.safe_dump(tiny_llm(tmp_path)))
     out = tmp_path / "scale"
-    assert otu_main(["scale", str(spec), "--zero", "0", "--workers", "1", "--steps", "2",
-                     "--models", "13B", "--out", str(out)]) == 0
+    assert (
+        otu_main(
+            ["scale", str(spec), "--zero", "0", "--workers", "1", "--steps", "2", "--models", "13B", "--out", str(out)]
+        )
+        == 0
+    )
     df = pd.read_parquet(out / "scaling.parquet")
     row = df.iloc[0]
     assert row["status"] == "ok", row["error"]
@@ -432,8 +576,10 @@ def test_scale_cli_measures_one_combination(otu_main, tmp_path, capsys):
     assert "| spec | " in table and "| 0 | 1 | none | spec | " in table
     assert "| 13B | 13.00B | 3 | 8 | none |  | – |" in table  # DeepSpeed's estimate, same table
     # `otu scale --estimate` into the study's directory: its rows join the same table and plot
-    assert otu_main(["scale", "--estimate", "--models", "llama-3.2-1b,13B", "--gpus-per-node", "8",
-                     "--out", str(out)]) == 0
+    assert (
+        otu_main(["scale", "--estimate", "--models", "llama-3.2-1b,13B", "--gpus-per-node", "8", "--out", str(out)])
+        == 0
+    )
     df = pd.read_parquet(out / "scaling.parquet")
     assert (df["kind"] == "measured").sum() == 1 and df.loc[df["kind"] == "measured", "step_time_s"].iloc[0] > 0
     estimates = df[df["kind"] == "estimate"]
@@ -446,8 +592,11 @@ def test_scale_cli_measures_one_combination(otu_main, tmp_path, capsys):
 
 
 ZERO3_LIMITS = {  # DeepSpeed's ZeRO-3 gather/bucket limits at the scale of a 62M model (docs/scaling.md)
-    "max_live_parameters": 2_000_000, "prefetch_bucket_size": 2_000_000, "reduce_bucket_size": 2_000_000,
-    "max_reuse_distance": 0, "param_persistence_threshold": 10_000,
+    "max_live_parameters": 2_000_000,
+    "prefetch_bucket_size": 2_000_000,
+    "reduce_bucket_size": 2_000_000,
+    "max_reuse_distance": 0,
+    "param_persistence_threshold": 10_000,
 }
 
 
@@ -457,6 +606,7 @@ def test_zero3_uses_less_memory_per_worker_than_zero0_on_two_cpu_workers(tmp_pat
     ZeRO-0's (measured here: 1.672 vs 1.977 GiB). Needs the ZeRO-3 limits in the spec: with
     DeepSpeed's defaults every rank keeps the whole gathered model (+275 MiB over ZeRO-0)."""
     from otu.scaling.study import run_study
+
     raw = tiny_llm(tmp_path)
     raw["task"]["model"]["tiny"] = {"layers": 8, "hidden": 768, "heads": 12, "intermediate": 2304, "vocab": 512}
     raw["compute"] = {"zero3": ZERO3_LIMITS}

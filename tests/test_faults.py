@@ -21,14 +21,25 @@ from otu.tracking.mlflow_store import Tracker, store_lock
 
 REPO = Path(__file__).resolve().parents[1]
 TABULAR = REPO / "sweeps/experiments/barycenter_tabular.yaml"
-FAST = ["eval.classifiers=[logistic]", "method.variant=gaussian",
-        f"task.data.path={REPO / 'platform/otu/tabular/data/diabetes.csv'}"]
+FAST = [
+    "eval.classifiers=[logistic]",
+    "method.variant=gaussian",
+    f"task.data.path={REPO / 'platform/otu/tabular/data/diabetes.csv'}",
+]
 
 
 def otu(*args: str, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO / "platform"), "RAY_ADDRESS": "local"}
-    return subprocess.Popen([sys.executable, "-m", "otu.cli", *args], cwd=REPO, env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "otu.cli", *args],
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
 
 
 def sets(items: list[str]) -> list[str]:
@@ -46,8 +57,15 @@ def runs(uri: str) -> list:
 def test_four_concurrent_runs_on_a_fresh_store_all_finish(tmp_path):
     uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
     procs = [
-        otu("run", str(TABULAR), "--out", str(tmp_path / f"run{i}"), "--tracking-uri", uri,
-            *sets([*FAST, f"tracking.cache_dir={tmp_path / 'cache'}", f"method.t={i / 4}"]))
+        otu(
+            "run",
+            str(TABULAR),
+            "--out",
+            str(tmp_path / f"run{i}"),
+            "--tracking-uri",
+            uri,
+            *sets([*FAST, f"tracking.cache_dir={tmp_path / 'cache'}", f"method.t={i / 4}"]),
+        )
         for i in range(4)
     ]
     logs = [p.communicate(timeout=600)[0] for p in procs]
@@ -63,15 +81,24 @@ def test_killed_runs_end_killed_never_running(tmp_path):
 
     def start(i: int) -> subprocess.Popen:
         # a sweep spec's experiment trained for a long time: it is RUNNING until killed
-        return otu("run", str(REPO / "sweeps/experiments/dlfd_digits.yaml"), "--out", str(tmp_path / f"o{i}"),
-                   "--tracking-uri", uri, *sets([f"tracking.cache_dir={tmp_path / 'cache'}",
-                                                 "task.model.epochs=1000"]))
+        return otu(
+            "run",
+            str(REPO / "sweeps/experiments/dlfd_digits.yaml"),
+            "--out",
+            str(tmp_path / f"o{i}"),
+            "--tracking-uri",
+            uri,
+            *sets([f"tracking.cache_dir={tmp_path / 'cache'}", "task.model.epochs=1000"]),
+        )
 
     for i, sig in enumerate((signal.SIGTERM, signal.SIGKILL)):
         proc = start(i)
         try:
-            wait_for(lambda: (tmp_path / "mlflow.db").exists() and
-                     any(r.info.status == "RUNNING" for r in runs(uri)), 120, "a RUNNING run")
+            wait_for(
+                lambda: (tmp_path / "mlflow.db").exists() and any(r.info.status == "RUNNING" for r in runs(uri)),
+                120,
+                "a RUNNING run",
+            )
         finally:
             os.killpg(proc.pid, sig)
             proc.communicate(timeout=60)
@@ -88,13 +115,25 @@ def test_killed_runs_end_killed_never_running(tmp_path):
 def sweep_args(tmp_path: Path, out: Path, uri: str, algorithm: str) -> list[str]:
     space = ["search.num_samples=4"] if algorithm != "grid" else ["search.num_samples=1"]
     spec = tmp_path / f"{algorithm}.yaml"
-    grid = "  method.t: {grid: [0.0, 0.25, 0.5, 0.75]}\n" if algorithm == "grid" else \
-        "  method.t: {uniform: [0.0, 1.0]}\n  method.cov_reg: {loguniform: [1.0e-6, 1.0e-2]}\n"
-    spec.write_text(f"name: kill-{algorithm}\nexperiment: {TABULAR}\nspace:\n{grid}"
-                    "objectives:\n  - {metric: utility_auc, mode: max}\n  - {metric: leakage_auc, mode: min}\n"
-                    f"search: {{algorithm: {algorithm}, max_concurrent: 1}}\n")
-    return ["sweep", str(spec), "--out", str(out), "--tracking-uri", uri,
-            *sets([f"experiment.{s}" for s in [*FAST, f"tracking.cache_dir={tmp_path / 'cache'}"]] + space)]
+    grid = (
+        "  method.t: {grid: [0.0, 0.25, 0.5, 0.75]}\n"
+        if algorithm == "grid"
+        else "  method.t: {uniform: [0.0, 1.0]}\n  method.cov_reg: {loguniform: [1.0e-6, 1.0e-2]}\n"
+    )
+    spec.write_text(
+        f"name: kill-{algorithm}\nexperiment: {TABULAR}\nspace:\n{grid}"
+        "objectives:\n  - {metric: utility_auc, mode: max}\n  - {metric: leakage_auc, mode: min}\n"
+        f"search: {{algorithm: {algorithm}, max_concurrent: 1}}\n"
+    )
+    return [
+        "sweep",
+        str(spec),
+        "--out",
+        str(out),
+        "--tracking-uri",
+        uri,
+        *sets([f"experiment.{s}" for s in [*FAST, f"tracking.cache_dir={tmp_path / 'cache'}"]] + space),
+    ]
 
 
 def rows(out: Path) -> int:
@@ -120,10 +159,15 @@ class Marker:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("algorithm", "point"), [
-    ("optuna", "before-the-first-trial-ends"), ("optuna", "mid-way"), ("random", "after-the-last"),
-    ("grid", "mid-way"),
-])
+@pytest.mark.parametrize(
+    ("algorithm", "point"),
+    [
+        ("optuna", "before-the-first-trial-ends"),
+        ("optuna", "mid-way"),
+        ("random", "after-the-last"),
+        ("grid", "mid-way"),
+    ],
+)
 def test_a_killed_sweep_resumes_exactly_once(tmp_path, ray_local, algorithm, point):
     out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'mlflow.db'}"
     driver = otu(*sweep_args(tmp_path, out, uri, algorithm))
@@ -164,14 +208,22 @@ def test_a_killed_sweep_resumes_exactly_once(tmp_path, ray_local, algorithm, poi
 def grid_sweep(tmp_path: Path, algorithm: str = "grid", num_samples: int = 2):
     from otu.spec import parse_sweep
 
-    space = ({"method.t": {"grid": [0.0, 0.5]}, "method.variant": {"choice": ["gaussian", "empirical"]}}
-             if algorithm == "grid" else {"method.t": {"uniform": [0.0, 1.0]}})
-    return parse_sweep({
-        "name": "plan", "experiment": str(TABULAR), "space": space,
-        "objectives": [{"metric": "utility_auc", "mode": "max"}, {"metric": "leakage_auc", "mode": "min"}],
-        "search": {"algorithm": algorithm, "num_samples": num_samples},
-        "overrides": {"task.data.path": str(REPO / "platform/otu/tabular/data/diabetes.csv")},
-    }, REPO)
+    space = (
+        {"method.t": {"grid": [0.0, 0.5]}, "method.variant": {"choice": ["gaussian", "empirical"]}}
+        if algorithm == "grid"
+        else {"method.t": {"uniform": [0.0, 1.0]}}
+    )
+    return parse_sweep(
+        {
+            "name": "plan",
+            "experiment": str(TABULAR),
+            "space": space,
+            "objectives": [{"metric": "utility_auc", "mode": "max"}, {"metric": "leakage_auc", "mode": "min"}],
+            "search": {"algorithm": algorithm, "num_samples": num_samples},
+            "overrides": {"task.data.path": str(REPO / "platform/otu/tabular/data/diabetes.csv")},
+        },
+        REPO,
+    )
 
 
 def write_trials(folder: Path, rows: list[dict]) -> None:
@@ -187,13 +239,28 @@ def test_the_resume_plan_counts_finished_rows_and_drops_the_rest(tmp_path):
 
     sweep = grid_sweep(tmp_path)  # 2 grid points × 2 repeats
     assert plan(sweep, tmp_path, resume=False).num_samples == 2  # Tune repeats its own grid twice
-    write_trials(tmp_path, [
-        {"trial_id": "a", "status": "TERMINATED", "config/method.t": 0.0, "config/method.variant": "gaussian",
-         "utility_auc": 0.8, "leakage_auc": 0.6},
-        {"trial_id": "b", "status": "TERMINATED", "config/method.t": 0.0, "config/method.variant": "empirical",
-         "utility_auc": 0.7, "leakage_auc": 0.5},
-        {"trial_id": "c", "status": "ERROR", "config/method.t": 0.5, "config/method.variant": "gaussian"},
-    ])
+    write_trials(
+        tmp_path,
+        [
+            {
+                "trial_id": "a",
+                "status": "TERMINATED",
+                "config/method.t": 0.0,
+                "config/method.variant": "gaussian",
+                "utility_auc": 0.8,
+                "leakage_auc": 0.6,
+            },
+            {
+                "trial_id": "b",
+                "status": "TERMINATED",
+                "config/method.t": 0.0,
+                "config/method.variant": "empirical",
+                "utility_auc": 0.7,
+                "leakage_auc": 0.5,
+            },
+            {"trial_id": "c", "status": "ERROR", "config/method.t": 0.5, "config/method.variant": "gaussian"},
+        ],
+    )
     (tmp_path / "trials" / "killed-mid-trial").mkdir()
     work = plan(sweep, tmp_path, resume=True)
     assert work.grid_points == [{"method.t": 0.5}, {"method.t": 0.5}] and work.num_samples == 2
@@ -206,13 +273,18 @@ def test_the_resume_plan_warm_starts_optuna_with_finished_results(tmp_path):
     from otu.runtime.sweep import search_algorithm
 
     sweep = grid_sweep(tmp_path, "optuna", num_samples=5)
-    write_trials(tmp_path, [
-        {"trial_id": "a", "status": "TERMINATED", "config/method.t": 0.25, "utility_auc": 0.8, "leakage_auc": 0.6},
-        {"trial_id": "b", "status": "TERMINATED", "config/method.t": 0.75, "utility_auc": 0.7, "leakage_auc": 0.5},
-    ])
+    write_trials(
+        tmp_path,
+        [
+            {"trial_id": "a", "status": "TERMINATED", "config/method.t": 0.25, "utility_auc": 0.8, "leakage_auc": 0.6},
+            {"trial_id": "b", "status": "TERMINATED", "config/method.t": 0.75, "utility_auc": 0.7, "leakage_auc": 0.5},
+        ],
+    )
     work = plan(sweep, tmp_path, resume=True)
     assert work.num_samples == 3
     assert work.warm == [({"method.t": 0.25}, [0.8, 0.6]), ({"method.t": 0.75}, [0.7, 0.5])]
     study = search_algorithm(sweep, work)._ot_study
-    assert [(t.params, t.values) for t in study.trials] == [({"method.t": 0.25}, [0.8, 0.6]),
-                                                             ({"method.t": 0.75}, [0.7, 0.5])]
+    assert [(t.params, t.values) for t in study.trials] == [
+        ({"method.t": 0.25}, [0.8, 0.6]),
+        ({"method.t": 0.75}, [0.7, 0.5]),
+    ]

@@ -74,9 +74,7 @@ def test_min_k_plus_plus_clamps_the_variance_at_1e_minus_6():
     p0, p1 = math.exp(logp0), math.exp(logp1)
     mu = p0 * logp0 + p1 * logp1
     assert p0 * logp0**2 + p1 * logp1**2 - mu**2 < 1e-6
-    logp, z = token_log_probs(
-        torch.tensor([[[0.0, 20.0]]], dtype=torch.float64), torch.tensor([[1]])
-    )
+    logp, z = token_log_probs(torch.tensor([[[0.0, 20.0]]], dtype=torch.float64), torch.tensor([[1]]))
     assert logp.item() == pytest.approx(logp1)
     assert z.item() == pytest.approx((logp1 - mu) / 1e-3, rel=1e-6)
 
@@ -122,9 +120,7 @@ def test_npo_reduction_matches_its_definition(reduction):
     beta = 0.5
     method = SimpleNamespace(beta=beta, reduction=reduction)
     batch = _two_answers()
-    got = NPOObjective(method).forget_term(
-        _model(math.log(3)), _model(0.0), StepBatches(batch, batch, batch)
-    )
+    got = NPOObjective(method).forget_term(_model(math.log(3)), _model(0.0), StepBatches(batch, batch, batch))
     diffs = NPO_CASES[reduction]
     want = -2 / beta * np.mean([-math.log1p(math.exp(-beta * d)) for d in diffs])
     assert got.item() == pytest.approx(want, rel=1e-6)
@@ -132,9 +128,7 @@ def test_npo_reduction_matches_its_definition(reduction):
 
 def test_npo_reduction_of_sums_and_batch_means_by_hand():
     batch, model = _two_answers(), _model(math.log(3))
-    assert reduced_nll(model, batch, "sequence_sum").tolist() == pytest.approx(
-        [math.log(4), 3 * math.log(4)]
-    )
+    assert reduced_nll(model, batch, "sequence_sum").tolist() == pytest.approx([math.log(4), 3 * math.log(4)])
     # batch token mean: (log 4 + 3 log 4) / 4 tokens
     assert reduced_nll(model, batch, "batch_mean").tolist() == pytest.approx([math.log(4)])
 
@@ -150,9 +144,7 @@ def test_simnpo_follows_the_official_form_and_coefficient():
     method = SimNPO(name="simnpo", gamma=0.5)
     assert (method.beta, method.npo_coeff) == (2.5, 0.1375)
     batch = _two_answers()
-    got = SimNPOObjective(method).forget_term(
-        _model(math.log(3)), None, StepBatches(batch, batch, batch)
-    )
+    got = SimNPOObjective(method).forget_term(_model(math.log(3)), None, StepBatches(batch, batch, batch))
     # per-token mean NLL ℓ̄ = log 4 for both; −c·(2/β)·log σ(β(ℓ̄ − γ))
     t = 2.5 * (math.log(4) - 0.5)
     assert got.item() == pytest.approx(0.1375 * -(2 / 2.5) * -math.log1p(math.exp(-t)), rel=1e-6)
@@ -174,13 +166,9 @@ def test_val_split_is_disjoint_and_unseen_identities_are_whole():
 
     identities = np.repeat([f"p{i}" for i in range(10)], 4)  # 10 people × 4 images
     labels = np.tile([0, 1], 20)
-    data = VisionData(
-        source="file", path="x.npz", forget_identities=["p0"], test_fraction=0.25, val_fraction=0.1
-    )
+    data = VisionData(source="file", path="x.npz", forget_identities=["p0"], test_fraction=0.25, val_fraction=0.1)
     forget, retain, val, test = split_indices(data, labels, identities, seed=1)
-    people = {
-        k: set(identities[v]) for k, v in zip("frvt", (forget, retain, val, test), strict=True)
-    }
+    people = {k: set(identities[v]) for k, v in zip("frvt", (forget, retain, val, test), strict=True)}
     assert people["f"] == {"p0"}
     # 36 non-forget images: test takes whole people until ≥ round(0.25·36) = 9 → 3 people (12);
     # val until ≥ round(0.1·36) = 4 → 1 person
@@ -201,15 +189,11 @@ def test_dlfd_default_sinkhorn_gradient_signs_agree_with_a_converged_solve():
     y = 3 * torch.randn(32, 10, generator=gen, dtype=torch.float64) + 1
 
     def cosine(a):
-        return (
-            1 - torch.nn.functional.normalize(a, dim=1) @ torch.nn.functional.normalize(y, dim=1).T
-        )
+        return 1 - torch.nn.functional.normalize(a, dim=1) @ torch.nn.functional.normalize(y, dim=1).T
 
     # converged plan (POT, log domain); envelope theorem: ∇_x OT = ∇_x Σ π_ij C(x_i, y_j)
     w = torch.full((32,), 1 / 32, dtype=torch.float64)
-    plan = ot.sinkhorn(
-        w, w, cosine(x), reg=spec.ot_eps, method="sinkhorn_log", numItermax=20000, stopThr=1e-6
-    )
+    plan = ot.sinkhorn(w, w, cosine(x), reg=spec.ot_eps, method="sinkhorn_log", numItermax=20000, stopThr=1e-6)
     xr = x.clone().requires_grad_()
     (want,) = torch.autograd.grad((plan * cosine(xr)).sum(), xr)
     xs = x.clone().requires_grad_()
@@ -313,9 +297,7 @@ def _non_gaussian_table(path, n: int = 1200, seed: int = 0):
     b = np.where(z == 0, rng.uniform(-1, 1, n), rng.standard_normal(n) ** 2)
     shade = np.where(rng.random(n) < np.where(z == 0, 0.75, 0.3), "dark", "light")
     kind = rng.choice(["p", "q", "r"], size=n, p=[0.5, 0.3, 0.2])
-    score = (
-        np.abs(a) - b + 1.5 * (shade == "dark") - 1.0 * (kind == "r") + 0.5 * rng.standard_normal(n)
-    )
+    score = np.abs(a) - b + 1.5 * (shade == "dark") - 1.0 * (kind == "r") + 0.5 * rng.standard_normal(n)
     frame = pd.DataFrame({"a": a, "b": b, "shade": shade, "kind": kind, "group": z})
     frame["label"] = (score > np.median(score)).astype(int)
     frame.to_csv(path, index=False)
@@ -364,9 +346,7 @@ def test_authors_budget_stops_after_two_of_three_scheduled_epochs():
     # 10 forget items, batch 4 → 3 steps an epoch; the schedule spans 9, training stops after 6
     assert steps_for(method, 10) == 9 and steps_run(method, 10, 9) == 6
     assert steps_run(OptOut(name="optout", epochs=3, batch_size=4), 10, 9) == 9
-    raw = yaml.safe_load(
-        (Path(__file__).parents[1] / "sweeps/experiments/optout_llama.yaml").read_text()
-    )
+    raw = yaml.safe_load((Path(__file__).parents[1] / "sweeps/experiments/optout_llama.yaml").read_text())
     llama = OptOut(**raw["method"])  # the checkpoint and data paths exist on the cluster only
     assert (llama.batch_size, llama.epochs, llama.stop_after_epochs) == (8, 3, 2)
 

@@ -48,26 +48,31 @@ def scatter_points(ax, label: str) -> np.ndarray:
 def synthetic_sweep(n: int, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     alpha = rng.uniform(0.01, 1, n)
-    return pd.DataFrame({
-        "trial_id": [f"t{i:03d}" for i in range(n)],
-        "status": "TERMINATED",
-        "config/method.alpha": alpha,
-        "config/method.ot_weight": rng.choice([0.5, 1.0, 3.0], n),
-        "test_acc": 0.95 - 0.2 * alpha + rng.normal(0, 0.01, n),
-        "test_acc_std": 0.01,
-        "forgetting_score": 0.3 * np.exp(-3 * alpha) + rng.normal(0, 0.01, n),
-        "forgetting_score_std": 0.008,
-    })
+    return pd.DataFrame(
+        {
+            "trial_id": [f"t{i:03d}" for i in range(n)],
+            "status": "TERMINATED",
+            "config/method.alpha": alpha,
+            "config/method.ot_weight": rng.choice([0.5, 1.0, 3.0], n),
+            "test_acc": 0.95 - 0.2 * alpha + rng.normal(0, 0.01, n),
+            "test_acc_std": 0.01,
+            "forgetting_score": 0.3 * np.exp(-3 * alpha) + rng.normal(0, 0.01, n),
+            "forgetting_score_std": 0.008,
+        }
+    )
 
 
 @pytest.mark.parametrize("trials", [6, 150])
 def test_pareto_plot_has_references_error_bars_and_labels_that_do_not_overlap(trials):
     table = synthetic_sweep(trials)
     front = pareto_front(table, METRICS, ["max", "min"])
-    refs = {"original": {"test_acc": (0.97, 0.0), "forgetting_score": (0.3, 0.01)},
-            "retrained": {"test_acc": (0.955, 0.004), "forgetting_score": (0.02, 0.005)}}
-    fig = front_figure(table, front, METRICS, ["max", "min"], ["config/method.alpha", "config/method.ot_weight"],
-                       "synthetic", refs)
+    refs = {
+        "original": {"test_acc": (0.97, 0.0), "forgetting_score": (0.3, 0.01)},
+        "retrained": {"test_acc": (0.955, 0.004), "forgetting_score": (0.02, 0.005)},
+    }
+    fig = front_figure(
+        table, front, METRICS, ["max", "min"], ["config/method.alpha", "config/method.ot_weight"], "synthetic", refs
+    )
     ax = fig.axes[0]
     assert scatter_points(ax, "original model").tolist() == [[0.97, 0.3]]
     assert scatter_points(ax, "retrained oracle").tolist() == [[0.955, 0.02]]
@@ -95,8 +100,9 @@ def test_labels_on_coinciding_points_are_dropped_rather_than_overlapping():
 def test_vision_panel_shows_every_model_on_the_same_bins():
     torch.manual_seed(0)
     images, labels = torch.rand(40, 1, 8, 8), torch.arange(40) % 4
-    probe = MIAProbe((images[:20], labels[:20]), (images[20:], labels[20:]), n_splits=2, test_size=0.5,
-                     feature="loss", seed=0)
+    probe = MIAProbe(
+        (images[:20], labels[:20]), (images[20:], labels[20:]), n_splits=2, test_size=0.5, feature="loss", seed=0
+    )
     models = {name: build_model("cnn", 4, width=4) for name in ("original", "retrained", "unlearned")}
     fig = loss_histogram_figure(models, probe)
     assert [ax.get_title() for ax in fig.axes] == ["original", "retrained", "unlearned"]
@@ -111,8 +117,11 @@ def test_llm_panel_has_the_oracle_beside_the_original_and_unlearned():
 
     def stats(level: float) -> ModelStats:
         return ModelStats(
-            prob={s: np.full(5, level) for s in splits}, rouge={s: np.full(5, level / 2) for s in splits},
-            truth_ratio={"forget": rng.uniform(0.2, 2, 5)}, mia={}, generations={},
+            prob={s: np.full(5, level) for s in splits},
+            rouge={s: np.full(5, level / 2) for s in splits},
+            truth_ratio={"forget": rng.uniform(0.2, 2, 5)},
+            mia={},
+            generations={},
         )
 
     fig = splits_figure({"original": stats(0.9), "retrained": stats(0.3), "unlearned": stats(0.2)})
@@ -139,10 +148,24 @@ def test_tabular_frontier_draws_both_variants_and_marks_the_original():
 
 def _run(tmp_path: Path, out: Path, t: float) -> None:
     spec = REPO / "sweeps/experiments/barycenter_tabular.yaml"
-    sets = [f"task.data.path={REPO / 'platform/otu/tabular/data/diabetes.csv'}", "eval.frontier_points=3",
-            "eval.classifiers=[logistic]", f"method.t={t}", f"tracking.cache_dir={tmp_path / 'cache'}"]
-    code = main(["run", str(spec), "--out", str(out), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-                 *(arg for s in sets for arg in ("--set", s))])
+    sets = [
+        f"task.data.path={REPO / 'platform/otu/tabular/data/diabetes.csv'}",
+        "eval.frontier_points=3",
+        "eval.classifiers=[logistic]",
+        f"method.t={t}",
+        f"tracking.cache_dir={tmp_path / 'cache'}",
+    ]
+    code = main(
+        [
+            "run",
+            str(spec),
+            "--out",
+            str(out),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            *(arg for s in sets for arg in ("--set", s)),
+        ]
+    )
     assert code == 0
 
 
@@ -157,7 +180,8 @@ def test_tiny_runs_give_one_diagnostic_each_and_a_self_contained_report(tmp_path
         assert [p.name for p in (run_dir / "plots").iterdir()] == ["frontier.png"]
         metrics = json.loads((run_dir / "metrics.json").read_text())["unlearned"]
         TrialsTable(sweep_dir / TRIALS_FILE).upsert(
-            {"trial_id": trial_id, "status": "TERMINATED", "config/method.t": t, **metrics})
+            {"trial_id": trial_id, "status": "TERMINATED", "config/method.t": t, **metrics}
+        )
 
     refs = reference_metrics(sweep_dir)
     assert set(refs) == {"original"} and refs["original"]["utility_auc"][1] == 0.0

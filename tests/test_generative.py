@@ -90,9 +90,7 @@ def test_semi_dual_losses_and_r1() -> None:
     # v(y) = w·y has ∇v = w everywhere: the penalty is γ/2·‖w‖².
     linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 1), torch.nn.Flatten(0))
     _, penalty = r1_penalty(linear, torch.randn(5, 1, 2, 2), gamma=0.2)
-    assert float(penalty.detach()) == pytest.approx(
-        0.1 * float(linear[1].weight.detach().square().sum())
-    )
+    assert float(penalty.detach()) == pytest.approx(0.1 * float(linear[1].weight.detach().square().sum()))
 
 
 def test_frechet_distance_equals_pot_bures_wasserstein() -> None:
@@ -218,7 +216,8 @@ def test_uot_unlearn_forgets_and_keeps_quality(runs: dict) -> None:
 def _cache_entries(cache: Path) -> dict[str, set[str]]:
     return {
         p.name: {f.name for f in p.iterdir() if not f.name.startswith(".")}  # not .otu-digest.json
-        for p in cache.iterdir() if not p.name.startswith(".")
+        for p in cache.iterdir()
+        if not p.name.startswith(".")
     }
 
 
@@ -234,9 +233,7 @@ def test_cache_is_shared_and_reused(runs: dict) -> None:
     assert _cache_entries(cache) == entries
     assert sorted(prepared.cache_paths) == sorted(cache / name for name in entries)
     z = torch.randn(4, prepared.original.latent_dim)
-    assert torch.equal(
-        prepared.original.sample(z), runs["uot_unlearn"]["prepared"].original.sample(z)
-    )
+    assert torch.equal(prepared.original.sample(z), runs["uot_unlearn"]["prepared"].original.sample(z))
 
 
 def test_unlearned_checkpoint_is_a_usable_generator_checkpoint(runs: dict) -> None:

@@ -102,14 +102,9 @@ def test_synthetic_entities_have_neighbours_sharing_attributes_and_false_answers
     assert generate_entities(3) == data and generate_entities(4) != data
     by_entity: dict[str, dict[str, str]] = {}
     for row in data["records"]:
-        by_entity.setdefault(row["entity"], {})[row["question"].split(row["entity"])[0]] = row[
-            "answer"
-        ]
+        by_entity.setdefault(row["entity"], {})[row["question"].split(row["entity"])[0]] = row["answer"]
         assert row["paraphrased_answer"] != row["answer"]
-        assert (
-            len(set(row["perturbed_answer"])) == 3
-            and row["paraphrased_answer"] not in row["perturbed_answer"]
-        )
+        assert len(set(row["perturbed_answer"])) == 3 and row["paraphrased_answer"] not in row["perturbed_answer"]
     for target in data["targets"]:
         for neighbour in data["neighbours"][target]:
             shared = [q for q, a in by_entity[target].items() if by_entity[neighbour][q] == a]
@@ -128,15 +123,11 @@ def test_records_load_alike_from_jsonl_parquet_and_hf_directory(tmp_path):
     Dataset.from_list(rows).save_to_disk(str(tmp_path / "hf"))
 
     def splits(records: Path):
-        return load_splits(
-            LLMData(records=str(records), world=str(files["world"]), target=target), 0
-        )
+        return load_splits(LLMData(records=str(records), world=str(files["world"]), target=target), 0)
 
     first = splits(files["records"])
     assert [r.entity for r in first["forget"]] == [target] * 8
-    assert {r.entity for r in first["retain"] + first["retain_eval"]} == set(
-        meta["neighbours"][target]
-    )
+    assert {r.entity for r in first["retain"] + first["retain_eval"]} == set(meta["neighbours"][target])
     assert not set(first["retain"]) & set(first["retain_eval"])  # evaluation items never trained
     assert {r.entity for r in first["holdout"]} == {
         meta["targets"][0],
@@ -151,9 +142,7 @@ def test_elude_layout_with_a_separate_retain_file(tmp_path):
     files = write_entities(tmp_path / "set", seed=2, targets=2, neighbours=2, world=3)
     rows = [json.loads(line) for line in files["records"].read_text().splitlines()]
     forget_qa = [r | {"neighbour_of": None} for r in rows if not r["neighbour_of"]]
-    retain_qa = [
-        r | {"entity": r["neighbour_of"], "neighbour_of": None} for r in rows if r["neighbour_of"]
-    ]
+    retain_qa = [r | {"entity": r["neighbour_of"], "neighbour_of": None} for r in rows if r["neighbour_of"]]
     pd.DataFrame(forget_qa).to_parquet(tmp_path / "forget.parquet")
     pd.DataFrame(retain_qa).to_parquet(tmp_path / "retain.parquet")
     target = forget_qa[0]["entity"]
@@ -219,15 +208,9 @@ def test_records_missing_fields_are_named(records_spec, tmp_path):
     make, files = records_spec
     rows = [json.loads(line) for line in files["records"].read_text().splitlines()]
     broken = tmp_path / "broken.jsonl"
-    broken.write_text(
-        "".join(
-            json.dumps({k: v for k, v in r.items() if k != "perturbed_answer"}) + "\n" for r in rows
-        )
-    )
+    broken.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "perturbed_answer"}) + "\n" for r in rows))
     message = error_of(make(records=broken))
-    assert message.startswith(
-        "task.data.records: records lack required field(s) ['perturbed_answer']"
-    )
+    assert message.startswith("task.data.records: records lack required field(s) ['perturbed_answer']")
     rows[3]["perturbed_answer"] = []
     broken.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert "record 3: perturbed_answer must be a non-empty list" in error_of(make(records=broken))
@@ -239,9 +222,7 @@ def test_model_path_must_be_a_causal_lm_checkpoint(tmp_path):
     assert "task.model.path: not a directory" in error_of(raw)
     encoder = tmp_path / "bert"
     encoder.mkdir()
-    (encoder / "config.json").write_text(
-        json.dumps({"architectures": ["BertModel"], "model_type": "bert"})
-    )
+    (encoder / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert"}))
     raw["task"]["model"] = {"path": str(encoder)}
     message = error_of(raw)
     assert message.startswith(f"task.model.path: {encoder} is not a causal-LM checkpoint")
@@ -251,10 +232,7 @@ def test_model_path_must_be_a_causal_lm_checkpoint(tmp_path):
 def test_compute_and_method_combinations_are_checked(tmp_path):
     raw = tiny_spec(tmp_path / "cache")
     raw["compute"] = {"workers": 3}
-    assert (
-        "method.batch_size: 8 is not divisible by compute.workers × compute.grad_accum = 3"
-        in error_of(raw)
-    )
+    assert "method.batch_size: 8 is not divisible by compute.workers × compute.grad_accum = 3" in error_of(raw)
     raw = tiny_spec(tmp_path / "cache", retain_weight=0.0, world_weight=0.0)
     assert error_of(raw).startswith("method.alternate:")
     raw = tiny_spec(tmp_path / "cache")
@@ -332,9 +310,7 @@ def test_regulariser_adds_lambda_times_the_autograd_gradient_to_each_tensor(resa
         value = reg.apply(step=step)
         expected = 0.0
         for i, (p, p0) in enumerate(zip(params, refs, strict=True)):
-            u = random_projections(
-                as_rows(p).shape[1], 20, projection_seed(7, step if resample else 0, i)
-            )
+            u = random_projections(as_rows(p).shape[1], 20, projection_seed(7, step if resample else 0, i))
             w = p.detach().clone().requires_grad_()
             sw = sw_regulariser_autograd(w, p0, u)
             sw.backward()
@@ -344,9 +320,7 @@ def test_regulariser_adds_lambda_times_the_autograd_gradient_to_each_tensor(resa
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_optout_sw_is_zero_at_the_starting_weights_in_every_precision(
-    prepared, llm_cache, tmp_path, precision
-):
+def test_optout_sw_is_zero_at_the_starting_weights_in_every_precision(prepared, llm_cache, tmp_path, precision):
     """θ₀ is the fp32 master weights themselves (not a re-loaded or 16-bit copy): before the first
     optimizer step (one step, no alternation) SW = 0 exactly, in fp32 and under bf16 autocast."""
     _, prep = prepared
@@ -380,9 +354,7 @@ def test_optout_forgets_the_target_and_keeps_the_neighbours(prepared, tmp_path):
     unlearned = FAMILY.evaluate(exp.job(), prep, model)
 
     assert [s for s, _ in steps] == list(range(30))
-    assert steps[0][1]["forget_loss"] == pytest.approx(
-        2 / 2.0 * math.log(2), rel=1e-5
-    )  # NPO at θ = θ₀
+    assert steps[0][1]["forget_loss"] == pytest.approx(2 / 2.0 * math.log(2), rel=1e-5)  # NPO at θ = θ₀
     assert steps[0][1]["reg"] < steps[-1][1]["reg"]  # θ moved away from θ₀
     assert unlearned["forget_rouge"] <= original["forget_rouge"] - 0.4
     assert unlearned["forget_rouge"] <= oracle["forget_rouge"] + 0.15

@@ -157,10 +157,7 @@ def save_elude(root: Path, splits=("train", "validation", "test")) -> tuple[Path
 
     instructions = root / "alpaca.jsonl"
     instructions.write_text(
-        "".join(
-            json.dumps({"instruction": w["question"], "input": "", "output": w["answer"]}) + "\n"
-            for w in world
-        )
+        "".join(json.dumps({"instruction": w["question"], "input": "", "output": w["answer"]}) + "\n" for w in world)
     )
     return save(forget_rows, root / "forget_qa"), save(retain_rows, root / "retain_qa"), instructions, target
 
@@ -203,10 +200,7 @@ def save_tofu(root: Path, skip: str | None = None) -> Path:
     """TOFU's configurations as the hub serves them (one ``train`` split each), from synthetic rows."""
     rows, world, _ = entity_rows()
     qa = [{"question": r["question"], "answer": r["answer"]} for r in rows]
-    perturbed = [
-        {k: r[k] for k in ("question", "answer", "paraphrased_answer", "perturbed_answer")}
-        for r in rows
-    ]
+    perturbed = [{k: r[k] for k in ("question", "answer", "paraphrased_answer", "perturbed_answer")} for r in rows]
     facts = [{k: w[k] for k in ("question", "answer", "perturbed_answer")} for w in world]
     configs = {
         "forget01": qa[:4],
@@ -354,8 +348,19 @@ def test_lora_optout_run_forgets_and_otu_eval_reproduces_the_original_row(chat_p
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(raw))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert cli("run", str(spec), "--out", str(tmp_path / "run"), "--tracking-uri", uri,
-               "--set", "method.lora.save_merged=true") == 0
+    assert (
+        cli(
+            "run",
+            str(spec),
+            "--out",
+            str(tmp_path / "run"),
+            "--tracking-uri",
+            uri,
+            "--set",
+            "method.lora.save_merged=true",
+        )
+        == 0
+    )
     run = json.loads((tmp_path / "run" / "metrics.json").read_text())
     original, unlearned = run["original"], run["unlearned"]
     assert unlearned["forget_rouge"] <= original["forget_rouge"] - 0.4
@@ -372,8 +377,21 @@ def test_lora_optout_run_forgets_and_otu_eval_reproduces_the_original_row(chat_p
     for (name, p), (_, q) in zip(merged.named_parameters(), unlearned_model.named_parameters(), strict=True):
         torch.testing.assert_close(p, q, msg=name)
 
-    assert cli("eval", str(spec), "--model", f"original={prep.target_path}", "--model",
-               f"unlearned={checkpoint}", "--out", str(tmp_path / "eval"), "--tracking-uri", uri) == 0
+    assert (
+        cli(
+            "eval",
+            str(spec),
+            "--model",
+            f"original={prep.target_path}",
+            "--model",
+            f"unlearned={checkpoint}",
+            "--out",
+            str(tmp_path / "eval"),
+            "--tracking-uri",
+            uri,
+        )
+        == 0
+    )
     both = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     evaluated = both["original"]
     assert set(evaluated) == set(original)
@@ -407,13 +425,9 @@ def lora_zero3_worker(rank: int, world: int, port: int, model_dir: str, cache: s
     the full gradients of the adapters (and their values) from rank 0."""
     import os
 
-    os.environ.update(
-        {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "DS_ACCELERATOR": "cpu"}
-    )
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "DS_ACCELERATOR": "cpu"})
     torch.set_num_threads(1)
-    torch.distributed.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     import deepspeed
     from deepspeed.utils import safe_get_full_grad
 
@@ -425,9 +439,7 @@ def lora_zero3_worker(rank: int, world: int, port: int, model_dir: str, cache: s
     raw["compute"] = {"workers": world, "zero_stage": 3, "zero3": ZERO3_ALL}
     exp = parse_experiment(raw)
     engine = DeepSpeedEngine(
-        EngineSettings(
-            exp.job(), exp.compute, Path(model_dir), torch.device("cpu"), needs_ref=True, total_steps=1
-        )
+        EngineSettings(exp.job(), exp.compute, Path(model_dir), torch.device("cpu"), needs_ref=True, total_steps=1)
     )
     layers = adapted_layers(engine.model.module)
     adapters = [p for layer in layers for p in (layer.a, layer.b)]
@@ -462,8 +474,13 @@ def test_lora_regulariser_under_zero3_two_workers_equals_the_full_weight_closed_
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=32,
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=32,
     )
     LlamaForCausalLM(config).save_pretrained(tmp_path / "theta0")
     with socket.socket() as s:

@@ -74,9 +74,7 @@ def sharded_regulariser_worker(
         }
     )
     torch.set_num_threads(1)
-    torch.distributed.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     from deepspeed.utils import (
         safe_get_full_fp32_param,
         safe_get_full_grad,
@@ -93,9 +91,7 @@ def sharded_regulariser_worker(
         raw["compute"]["zero3"] = PARTITION_ALL
     exp = parse_experiment(raw)
     engine = DeepSpeedEngine(
-        EngineSettings(
-            exp.job(), exp.compute, Path(model_dir), torch.device("cpu"), needs_ref=True, total_steps=1
-        )
+        EngineSettings(exp.job(), exp.compute, Path(model_dir), torch.device("cpu"), needs_ref=True, total_steps=1)
     )
     params = list(engine.model.module.parameters())
     if stage == 3:
@@ -193,17 +189,13 @@ def test_ray_train_zero3_first_steps_equal_single_process(ray_local, llm_cache, 
     prepared = FAMILY.prepare(single.job(), single.context())
 
     ref_steps: list[dict] = []
-    ref_model = unlearn(
-        single, prepared, lambda s, m: ref_steps.append(dict(m)), tmp_path / "single"
-    )
+    ref_model = unlearn(single, prepared, lambda s, m: ref_steps.append(dict(m)), tmp_path / "single")
     steps: list[tuple[int, dict]] = []
     model = unlearn_distributed(
         distributed,
         FAMILY,
         prepared,
-        distributed.context(
-            StepReporter(lambda s, m: steps.append((s, dict(m)))), tmp_path / "run" / "checkpoint"
-        ),
+        distributed.context(StepReporter(lambda s, m: steps.append((s, dict(m)))), tmp_path / "run" / "checkpoint"),
     )
 
     assert [s for s, _ in steps] == [0, 1, 2]
@@ -246,8 +238,9 @@ def test_multi_worker_checkpoints_are_evaluated_on_actors(ray_local, llm_cache, 
     single = run("single", {"workers": 1})
     zero3 = run("zero3", {"workers": 1, "zero_stage": 3, "zero3": PARTITION_ALL})
     # select the step-0 checkpoint (the most forget-set probability): it becomes the saved model
-    distributed = run("distributed", {"workers": 2, "zero_stage": 3, "zero3": PARTITION_ALL},
-                      select="forget_prob", mode="max")
+    distributed = run(
+        "distributed", {"workers": 2, "zero_stage": 3, "zero3": PARTITION_ALL}, select="forget_prob", mode="max"
+    )
 
     assert [r["step"] for r in distributed] == [0, 1, 2] == [r["step"] for r in single]
     # evaluated checkpoints are deleted (retention), the selected one is moved to DIR/checkpoint
@@ -258,7 +251,9 @@ def test_multi_worker_checkpoints_are_evaluated_on_actors(ray_local, llm_cache, 
     assert chosen["checkpoint_step"] == 0
     exp = parse_experiment(tiny_spec(llm_cache, steps=3, reduction="sequence_mean"))
     prepared = FAMILY.prepare(exp.job(), exp.context())
-    saved = FAMILY.evaluate(exp.job(), prepared, FAMILY.load_unlearned(exp.job(), prepared, tmp_path / "distributed" / "checkpoint"))
+    saved = FAMILY.evaluate(
+        exp.job(), prepared, FAMILY.load_unlearned(exp.job(), prepared, tmp_path / "distributed" / "checkpoint")
+    )
     assert saved["forget_prob"] == pytest.approx(distributed[0]["forget_prob"], rel=1e-3)
     for got_zero3, got, want in zip(zero3, distributed, single, strict=True):
         for key in ("forget_prob", "retain_prob", "world_prob"):
@@ -318,9 +313,7 @@ def test_deepspeed_only_launch_under_torchrun(llm_cache, tmp_path):
     ]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd, check=True, env=env, timeout=600)
-    steps = [
-        json.loads(line) for line in (tmp_path / "out" / "steps.jsonl").read_text().splitlines()
-    ]
+    steps = [json.loads(line) for line in (tmp_path / "out" / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [0, 1, 2]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert set(metrics) == {"original", "retrained", "unlearned"}

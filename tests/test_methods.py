@@ -58,7 +58,10 @@ GENERATOR_STEPS = "steps: 3, batch_size: 32"
 
 CASES: list[tuple[str, str, list[str]]] = [
     *[("llm", "optout_tiny.yaml", llm(name=name)) for name in family_spec("llm").methods],
-    *[("llm", "optout_tiny.yaml", llm(name="optout", regulariser=kind)) for kind in ("euclidean", "manhattan", "cosine")],
+    *[
+        ("llm", "optout_tiny.yaml", llm(name="optout", regulariser=kind))
+        for kind in ("euclidean", "manhattan", "cosine")
+    ],
     ("vision", "dlfd_digits.yaml", [*VISION, *DLFD]),
     ("vision", "dlfd_digits.yaml", [*VISION, "method={name: retrain}"]),
     ("vision", "dlfd_digits.yaml", [*VISION, "method={name: finetune, epochs: 1}"]),
@@ -87,7 +90,9 @@ def load(spec: str, overrides: list[str], cache: Path | None = None) -> Experime
 def case_id(case: tuple[str, str, list[str]]) -> str:
     family, spec, overrides = case
     method = load(spec, overrides).method
-    return "-".join([family, method.name, *([method.regulariser] if family == "llm" and method.name == "optout" else []), spec])
+    return "-".join(
+        [family, method.name, *([method.regulariser] if family == "llm" and method.name == "optout" else []), spec]
+    )
 
 
 @pytest.fixture(scope="module")

@@ -232,9 +232,7 @@ def test_sinkhorn_loss_equals_pot_plus_entropic_term(cost: str, blur: float) -> 
     default = sinkhorn_loss(x_def, y, blur=blur, cost=cost)  # scaling 0.9: annealing error
     (def_grad,) = torch.autograd.grad(default, x_def)
     torch.testing.assert_close(default.detach(), linear + eps * kl, rtol=3e-2, atol=0)
-    assert (
-        torch.nn.functional.cosine_similarity(def_grad.flatten(), ref_grad.flatten(), dim=0) > 0.9
-    )
+    assert torch.nn.functional.cosine_similarity(def_grad.flatten(), ref_grad.flatten(), dim=0) > 0.9
 
 
 def test_sinkhorn_loss_grads_both_inputs_and_debiased_is_zero_on_same_cloud() -> None:

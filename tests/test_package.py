@@ -69,7 +69,9 @@ def test_report_refuses_flags_it_would_ignore(tmp_path, capsys):
 
 
 def test_cli_imports_without_the_llm_stack():
-    code = "import sys, otu.cli; print(sorted(m for m in ('deepspeed', 'transformers', 'datasets') if m in sys.modules))"
+    code = (
+        "import sys, otu.cli; print(sorted(m for m in ('deepspeed', 'transformers', 'datasets') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -77,8 +79,16 @@ def test_cli_imports_without_the_llm_stack():
 def test_llm_run_without_the_extra_names_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(registry.EXTRAS, "llm", ("transformers", "otu_no_such_module"))
     out = tmp_path / "run"
-    code = main(["run", str(REPO / "sweeps/experiments/optout_tiny.yaml"), "--out", str(out),
-                 "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    code = main(
+        [
+            "run",
+            str(REPO / "sweeps/experiments/optout_tiny.yaml"),
+            "--out",
+            str(out),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and not out.exists()
     assert "otu: error: the llm family needs the 'llm' extra: pip install 'otu[llm]'" in err

@@ -62,17 +62,28 @@ def test_relative_paths_from_another_directory_with_a_sweep(tmp_path):
     exp["task"]["data"]["path"] = "data/table.csv"
     exp["tracking"] = {"cache_dir": "cache"}
     (work / "exp.yaml").write_text(yaml.safe_dump(exp))
-    (work / "sweep.yaml").write_text(yaml.safe_dump({
-        "name": "rel", "experiment": "exp.yaml",
-        "space": {"method.t": {"grid": [0.5, 1.0]}},
-        "objectives": [{"metric": exp_metric(), "mode": "max"}],
-        "search": {"algorithm": "grid", "num_samples": 1, "max_concurrent": 2},
-    }))
+    (work / "sweep.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "rel",
+                "experiment": "exp.yaml",
+                "space": {"method.t": {"grid": [0.5, 1.0]}},
+                "objectives": [{"metric": exp_metric(), "mode": "max"}],
+                "search": {"algorithm": "grid", "num_samples": 1, "max_concurrent": 2},
+            }
+        )
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO / "platform")}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([*OTU, "sweep", "sweep.yaml", "--out", "out", "--tracking-uri", "sqlite:///ml.db"],
-                          cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [*OTU, "sweep", "sweep.yaml", "--out", "out", "--tracking-uri", "sqlite:///ml.db"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = pd.read_parquet(work / "out" / "trials.parquet")
     assert len(trials) == 2 and (trials["status"] == "TERMINATED").all()
@@ -90,9 +101,17 @@ def exp_metric() -> str:
 
 def test_out_as_a_storage_uri_is_written_when_the_run_ends(tmp_path, capsys):
     target = tmp_path / "bucket" / "run"
-    code = main(["run", str(REPO / "sweeps/experiments/dlfd_digits.yaml"), "--out", f"file://{target}",
-                 "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
-                 *sets([*FAST_DLFD, f"tracking.cache_dir={tmp_path / 'cache'}"])])
+    code = main(
+        [
+            "run",
+            str(REPO / "sweeps/experiments/dlfd_digits.yaml"),
+            "--out",
+            f"file://{target}",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'm.db'}",
+            *sets([*FAST_DLFD, f"tracking.cache_dir={tmp_path / 'cache'}"]),
+        ]
+    )
     assert code == 0, capsys.readouterr().err[-2000:]
     assert (target / "metrics.json").is_file() and (target / "spec.yaml").is_file()
     assert main(["run", str(REPO / "sweeps/experiments/dlfd_digits.yaml"), "--out", "nosuch://x/y"]) == 2
@@ -115,12 +134,30 @@ def _stale_default_head():
     env.pop("RAY_ADDRESS", None)
     port = _free_port()
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
-         "--port", str(port), "--num-cpus", "1", "--include-dashboard", "false",
-         "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=120,
-        start_new_session=True)
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "1",
+            "--include-dashboard",
+            "false",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        start_new_session=True,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    head = [p for p in psutil.process_iter(["cmdline"]) if f"--gcs_server_port={port}" in " ".join(p.info["cmdline"] or [])]
+    head = [
+        p for p in psutil.process_iter(["cmdline"]) if f"--gcs_server_port={port}" in " ".join(p.info["cmdline"] or [])
+    ]
     session = os.getsid(head[0].pid)
     try:
         for p in psutil.process_iter():
@@ -144,15 +181,43 @@ def test_a_stale_ray_head_does_not_capture_run_or_sweep(tmp_path):
     tracking = ["--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
     with _stale_default_head():
         run = subprocess.run(
-            [*OTU, "run", str(REPO / "sweeps/experiments/dlfd_digits.yaml"), "--out", str(tmp_path / "run"),
-             "--set", "dynamics.every=1", "--set", "dynamics.pool_size=1", *tracking, *sets(keys)],
-            env=env, capture_output=True, text=True, timeout=300)
+            [
+                *OTU,
+                "run",
+                str(REPO / "sweeps/experiments/dlfd_digits.yaml"),
+                "--out",
+                str(tmp_path / "run"),
+                "--set",
+                "dynamics.every=1",
+                "--set",
+                "dynamics.pool_size=1",
+                *tracking,
+                *sets(keys),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert run.returncode == 0, run.stderr[-2000:]
         assert (tmp_path / "run" / "dynamics.jsonl").is_file()  # the evaluation actors ran on local Ray
         sweep = subprocess.run(
-            [*OTU, "sweep", str(REPO / "sweeps/quickstart.yaml"), "--out", str(tmp_path / "sweep"),
-             "--set", "search.num_samples=1", *tracking, *sets([f"experiment.{k}" for k in keys])],
-            env=env, capture_output=True, text=True, timeout=300)
+            [
+                *OTU,
+                "sweep",
+                str(REPO / "sweeps/quickstart.yaml"),
+                "--out",
+                str(tmp_path / "sweep"),
+                "--set",
+                "search.num_samples=1",
+                *tracking,
+                *sets([f"experiment.{k}" for k in keys]),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert sweep.returncode == 0, sweep.stderr[-2000:]
         assert (tmp_path / "sweep" / "trials.parquet").is_file()
 
@@ -162,14 +227,39 @@ def test_an_unreachable_address_fails_in_seconds_naming_it(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / "platform")}
     env.pop("RAY_ADDRESS", None)
     start = time.perf_counter()
-    sweep = subprocess.run([*OTU, "sweep", str(REPO / "sweeps/quickstart.yaml"), "--out", str(tmp_path / "s"),
-                            "--address", f"127.0.0.1:{port}"], env=env, capture_output=True, text=True, timeout=120)
+    sweep = subprocess.run(
+        [
+            *OTU,
+            "sweep",
+            str(REPO / "sweeps/quickstart.yaml"),
+            "--out",
+            str(tmp_path / "s"),
+            "--address",
+            f"127.0.0.1:{port}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     error = [line for line in sweep.stderr.splitlines() if line.startswith("otu: error:")]
     assert sweep.returncode == 2 and len(error) == 1, sweep.stderr[-2000:]
     assert f"--address: cannot reach a Ray cluster at 127.0.0.1:{port}" in error[0]
-    run = subprocess.run([*OTU, "run", str(REPO / "sweeps/experiments/dlfd_digits.yaml"), "--out",
-                          str(tmp_path / "r"), "--set", "dynamics.every=1"],
-                         env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [
+            *OTU,
+            "run",
+            str(REPO / "sweeps/experiments/dlfd_digits.yaml"),
+            "--out",
+            str(tmp_path / "r"),
+            "--set",
+            "dynamics.every=1",
+        ],
+        env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 2 and "RAY_ADDRESS: cannot reach a Ray cluster" in run.stderr, run.stderr[-2000:]
     assert "Traceback" not in sweep.stderr + run.stderr
     assert time.perf_counter() - start < 60
@@ -189,11 +279,17 @@ def test_submit_refuses_results_that_die_with_the_job_and_defers_cluster_files()
     assert not sub.deferred
 
     # the 8B checkpoint lives on the cluster: the schema is checked here, its files in the job
-    llama = build_submission(REPO / "sweeps" / "optout_llama.yaml", working_dir=REPO,
-                             tracking_uri="http://mlflow:5000", out="/shared/llama")
+    llama = build_submission(
+        REPO / "sweeps" / "optout_llama.yaml", working_dir=REPO, tracking_uri="http://mlflow:5000", out="/shared/llama"
+    )
     assert llama.deferred["experiment.task.model.path"] == "/models/Llama-3.1-8B-Instruct"
     # data/elude/… is not in this checkout: as far as this machine knows, a hub dataset id
     assert llama.deferred["experiment.task.data.records"] == "data/elude/forget_qa"
     with pytest.raises(SpecError, match="method.beta"):  # schema errors still fail here
-        build_submission(REPO / "sweeps" / "optout_llama.yaml", ["experiment.method.beta=-1"],
-                         working_dir=REPO, tracking_uri="http://mlflow:5000", out="/shared/llama")
+        build_submission(
+            REPO / "sweeps" / "optout_llama.yaml",
+            ["experiment.method.beta=-1"],
+            working_dir=REPO,
+            tracking_uri="http://mlflow:5000",
+            out="/shared/llama",
+        )

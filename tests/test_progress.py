@@ -43,9 +43,14 @@ def test_quiet_shows_nothing():
 
 
 def test_loop_announces_its_total_and_the_record_stays_clean(tmp_path):
-    exp = load_experiment(REPO / "sweeps/experiments/marginal_digits.yaml", [
-        "method.epochs=2", "task.model.epochs=1", f"tracking.cache_dir={tmp_path / 'cache'}",
-    ])
+    exp = load_experiment(
+        REPO / "sweeps/experiments/marginal_digits.yaml",
+        [
+            "method.epochs=2",
+            "task.model.epochs=1",
+            f"tracking.cache_dir={tmp_path / 'cache'}",
+        ],
+    )
     seen: list[tuple[dict, int | None]] = []
     run_experiment(exp, tmp_path / "run", progress=lambda m, total: seen.append((dict(m), total)))
     assert [total for _, total in seen] == [2, 2] and all("total_steps" not in m for m, _ in seen)
@@ -64,7 +69,9 @@ def test_trial_lines_name_knobs_objectives_and_the_last_error_line():
 def test_a_worker_traceback_is_reduced_to_its_last_lines():
     from otu.errors import last_lines
 
-    text = ("Training failed due to worker errors:\n[Rank 0,1 Error Snippet]:\nTraceback (most recent call last):\n"
-            '  File "loop.py", line 9, in step\n    load()\nOSError: no such checkpoint: /models/x\n')
+    text = (
+        "Training failed due to worker errors:\n[Rank 0,1 Error Snippet]:\nTraceback (most recent call last):\n"
+        '  File "loop.py", line 9, in step\n    load()\nOSError: no such checkpoint: /models/x\n'
+    )
     assert last_lines(RuntimeError(text), 2) == "load() | OSError: no such checkpoint: /models/x"
     assert last_lines(RuntimeError("")) == "RuntimeError"

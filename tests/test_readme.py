@@ -47,8 +47,9 @@ def shown_commands(path: Path) -> list[str]:
 def checkout(tmp_path_factory) -> Path:
     """The tracked files of this checkout, copied with their times, and the project's .venv linked."""
     copy = tmp_path_factory.mktemp("clone") / "otu"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, text=True,
-                           capture_output=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, text=True, capture_output=True, check=True
+    ).stdout.split()
     for name in files:
         if (ROOT / name).is_file():
             (copy / name).parent.mkdir(parents=True, exist_ok=True)
@@ -62,8 +63,7 @@ def checkout(tmp_path_factory) -> Path:
 def run_shown(command: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, text=True, capture_output=True,
-                          timeout=900)
+    return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, text=True, capture_output=True, timeout=900)
 
 
 def concrete(command: str, cwd: Path) -> str:

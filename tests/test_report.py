@@ -37,9 +37,7 @@ def test_brute_force_agreement_on_random_points():
     mask = pareto_mask(values, modes)
     signed = values * np.array([1, -1, 1])
     for i in range(len(values)):
-        dominated = any(
-            np.all(signed[j] >= signed[i]) and np.any(signed[j] > signed[i]) for j in range(len(values))
-        )
+        dominated = any(np.all(signed[j] >= signed[i]) and np.any(signed[j] > signed[i]) for j in range(len(values)))
         assert mask[i] == (not dominated)
 
 

@@ -55,11 +55,23 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 def test_killed_driver_resumes_with_exactly_one_row_per_trial(tmp_path, ray_local):
     out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = ["sweep", str(QUICKSTART), "--out", str(out), "--tracking-uri", uri,
-            *small(tmp_path, "search.num_samples=4", "search.max_concurrent=1")]
+    args = [
+        "sweep",
+        str(QUICKSTART),
+        "--out",
+        str(out),
+        "--tracking-uri",
+        uri,
+        *small(tmp_path, "search.num_samples=4", "search.max_concurrent=1"),
+    ]
     log = (tmp_path / "driver.log").open("w")
-    driver = subprocess.Popen([sys.executable, "-m", "otu.cli", *args], stdout=log, stderr=log,
-                              start_new_session=True, env={**os.environ, "RAY_ADDRESS": ""})
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "otu.cli", *args],
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
 
     def one_row() -> bool:
         path = out / "trials.parquet"
@@ -103,9 +115,17 @@ def test_children_show_per_step_metrics_while_their_trials_run(tmp_path, ray_loc
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        code = main(["sweep", str(QUICKSTART), "--out", str(out), "--tracking-uri", uri,
-                     *small(tmp_path, "search.num_samples=1", "experiment.method.epochs=3",
-                            "experiment.eval.plots=false")])
+        code = main(
+            [
+                "sweep",
+                str(QUICKSTART),
+                "--out",
+                str(out),
+                "--tracking-uri",
+                uri,
+                *small(tmp_path, "search.num_samples=1", "experiment.method.epochs=3", "experiment.eval.plots=false"),
+            ]
+        )
     finally:
         done.set()
         watcher.join()
@@ -123,8 +143,17 @@ def test_children_show_per_step_metrics_while_their_trials_run(tmp_path, ray_loc
 
 def test_multiobjective_sweep_front_matches_parquet(tmp_path, ray_local):
     out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = main(["sweep", str(QUICKSTART), "--out", str(out), "--tracking-uri", uri,
-                 *small(tmp_path, "search.num_samples=6", "search.algorithm=nsga2")])
+    code = main(
+        [
+            "sweep",
+            str(QUICKSTART),
+            "--out",
+            str(out),
+            "--tracking-uri",
+            uri,
+            *small(tmp_path, "search.num_samples=6", "search.algorithm=nsga2"),
+        ]
+    )
     assert code == 0
     table = pd.read_parquet(out / "trials.parquet")
     assert len(table) == 6
@@ -132,7 +161,9 @@ def test_multiobjective_sweep_front_matches_parquet(tmp_path, ray_local):
     front = pareto_front(table, [o.metric for o in sweep.objectives], [o.mode for o in sweep.objectives])
     summary = (out / "summary.md").read_text()
     section = summary.split("## Pareto front")[1].split("##")[0]
-    listed = {line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ") and "trial_id" not in line}
+    listed = {
+        line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ") and "trial_id" not in line
+    }
     assert listed == set(front["trial_id"])
 
 
@@ -146,11 +177,23 @@ def _free_port() -> int:
 def mlflow_server(tmp_path):
     port = _free_port()
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
 
@@ -175,14 +218,22 @@ def mlflow_server(tmp_path):
 
 def test_seed_repeats_log_to_a_real_mlflow_server(tmp_path, ray_local, mlflow_server):
     out = tmp_path / "sweep"
-    code = main(["sweep", str(QUICKSTART), "--out", str(out), "--tracking-uri", mlflow_server,
-                 *small(tmp_path, "search.num_samples=2", "search.seeds=2")])
+    code = main(
+        [
+            "sweep",
+            str(QUICKSTART),
+            "--out",
+            str(out),
+            "--tracking-uri",
+            mlflow_server,
+            *small(tmp_path, "search.num_samples=2", "search.seeds=2"),
+        ]
+    )
     assert code == 0
     table = pd.read_parquet(out / "trials.parquet")
     assert len(table) == 2 and {"test_acc", "test_acc_std"} <= set(table.columns)
     for trial_id in table["trial_id"]:
-        per_seed = [json.loads((out / "trials" / trial_id / f"seed-{s}" / "metrics.json").read_text())
-                    for s in (0, 1)]
+        per_seed = [json.loads((out / "trials" / trial_id / f"seed-{s}" / "metrics.json").read_text()) for s in (0, 1)]
         mean = sum(m["unlearned"]["test_acc"] for m in per_seed) / 2
         assert table.set_index("trial_id").loc[trial_id, "test_acc"] == pytest.approx(mean)
     runs = children(mlflow_server)
@@ -195,10 +246,25 @@ def test_seed_repeats_log_to_a_real_mlflow_server(tmp_path, ray_local, mlflow_se
 
 def test_checkpoint_dynamics_on_actors_with_asha(tmp_path, ray_local):
     out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = main(["sweep", str(QUICKSTART), "--out", str(out), "--tracking-uri", uri,
-                 *small(tmp_path, "search.num_samples=2", "search.max_concurrent=1",
-                        "search.scheduler=asha", "objectives=[{metric: nomus, mode: max}]",
-                        "experiment.dynamics.every=2", "experiment.dynamics.select=nomus")])
+    code = main(
+        [
+            "sweep",
+            str(QUICKSTART),
+            "--out",
+            str(out),
+            "--tracking-uri",
+            uri,
+            *small(
+                tmp_path,
+                "search.num_samples=2",
+                "search.max_concurrent=1",
+                "search.scheduler=asha",
+                "objectives=[{metric: nomus, mode: max}]",
+                "experiment.dynamics.every=2",
+                "experiment.dynamics.select=nomus",
+            ),
+        ]
+    )
     assert code == 0
     table = pd.read_parquet(out / "trials.parquet")
     assert len(table) == 2 and table["nomus"].notna().all()
@@ -219,9 +285,24 @@ def test_a_failing_trial_is_retried_recorded_and_the_sweep_goes_on(tmp_path, ray
     """lr = 1e12 makes DLFD diverge on every attempt: the trial is retried max_failures times, then
     recorded as ERROR with the reason; the other trial finishes and both are in MLflow."""
     out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = main(["sweep", str(QUICKSTART), "--out", str(out), "--tracking-uri", uri,
-                 *small(tmp_path, "search.algorithm=grid", "search.num_samples=1", "search.max_failures=1",
-                        "space={method.lr: {grid: [0.0005, 1.0e12]}}", "experiment.eval.plots=false")])
+    code = main(
+        [
+            "sweep",
+            str(QUICKSTART),
+            "--out",
+            str(out),
+            "--tracking-uri",
+            uri,
+            *small(
+                tmp_path,
+                "search.algorithm=grid",
+                "search.num_samples=1",
+                "search.max_failures=1",
+                "space={method.lr: {grid: [0.0005, 1.0e12]}}",
+                "experiment.eval.plots=false",
+            ),
+        ]
+    )
     assert code == 0
     table = pd.read_parquet(out / "trials.parquet").set_index("config/method.lr")
     assert sorted(table.index) == [0.0005, 1e12]

@@ -144,7 +144,13 @@ def test_empirical_variant_handles_a_one_hot_column(tmp_path):
         "categorical": ["colour"],
     }
     exp = parse_experiment(experiment(data))
-    assert family.FAMILY.prepare(exp.job(), context(exp, tmp_path)).feature_names == ("a", "b", "c", "colour=green", "colour=red")
+    assert family.FAMILY.prepare(exp.job(), context(exp, tmp_path)).feature_names == (
+        "a",
+        "b",
+        "c",
+        "colour=green",
+        "colour=red",
+    )
     ev = {"classifiers": ["logistic", "forest"], "forest_trees": 50}
     _, gaussian, _ = run(experiment(data, {"variant": "gaussian"}, eval=ev), tmp_path)
     original, empirical, _ = run(experiment(data, {"variant": "empirical", "support_size": 100}, eval=ev), tmp_path)
@@ -198,7 +204,12 @@ def test_run_writes_metrics_and_frontier_plot(tmp_path):
     written = json.loads((tmp_path / "out/metrics.json").read_text())
     assert set(written) == {"original", "unlearned"}
     assert set(written["unlearned"]) == {
-        "utility_auc", "utility_acc", "leakage_auc", "leakage_bacc", "discrimination", "mi_estimate"
+        "utility_auc",
+        "utility_acc",
+        "leakage_auc",
+        "leakage_bacc",
+        "discrimination",
+        "mi_estimate",
     }
     assert [p.name for p in result.plots] == ["frontier.png"]
     assert result.plots[0].read_bytes()[:4] == b"\x89PNG"
@@ -229,9 +240,7 @@ def test_representations_lose_ink_and_keep_the_digit(digits_cache):
 
 
 def test_marginal_unlearning_forgets_and_keeps_retain(digits_cache):
-    raw = experiment(
-        {"source": "digits"}, {"name": "marginal", "gamma": 4.0, "epochs": 3}, model=DIGITS_MODEL
-    )
+    raw = experiment({"source": "digits"}, {"name": "marginal", "gamma": 4.0, "epochs": 3}, model=DIGITS_MODEL)
     exp = parse_experiment(raw)
     job = exp.job()
     prepared = family.FAMILY.prepare(job, context(exp, digits_cache))

@@ -133,9 +133,7 @@ def test_identity_forget_request_on_a_file(tmp_path, fmt):
             "person": table["person"],
         }
         pq.write_table(pa.table(cols), path)
-    exp = parse_experiment(
-        experiment(_file_data(path, forget_identities=["p1", "p4"], test_fraction=0.3))
-    )
+    exp = parse_experiment(experiment(_file_data(path, forget_identities=["p1", "p4"], test_fraction=0.3)))
     splits = make_splits(exp.task.data, exp.seed)
     people = table["person"]
     assert sorted(set(people[splits.forget.numpy()])) == ["p1", "p4"] and len(splits.forget) == 10
@@ -173,9 +171,7 @@ def test_bad_data_fails_up_front_with_precise_messages(tmp_path):
         parse_experiment(experiment({"forget_size": 10, "forget_fraction": 0.1}))
     with pytest.raises(SpecError, match="forget_identities needs source 'file'"):
         parse_experiment(experiment({"forget_identities": ["a"]}))
-    with pytest.raises(
-        SpecError, match="method.name: unknown method 'scrub'.*dlfd, finetune, neggrad, retrain"
-    ):
+    with pytest.raises(SpecError, match="method.name: unknown method 'scrub'.*dlfd, finetune, neggrad, retrain"):
         parse_experiment(experiment(method={"name": "scrub"}))
 
 
@@ -244,14 +240,10 @@ def test_dlfd_forgets_and_keeps_accuracy(digits, tmp_path):
     assert before["forgetting_score"] > 0.15 > oracle["forgetting_score"]  # memorised / not seen
     assert after["forgetting_score"] < before["forgetting_score"] - 0.05
     assert after["test_acc"] > before["test_acc"] - 0.02
-    assert len(steps) == 9 and {"loss_ce", "loss_ot", "lambda", "forgetting_score"} <= set(
-        steps[0][1]
-    )
+    assert len(steps) == 9 and {"loss_ce", "loss_ot", "lambda", "forgetting_score"} <= set(steps[0][1])
     assert steps[0][1]["lambda"] == 0.0 and steps[-1][1]["lambda"] == 1.0
     assert (tmp_path / "unlearned.pt").is_file()
-    paths = family.FAMILY.plots(
-        exp.job(), prepared, {"original": prepared.original, "unlearned": model}, tmp_path
-    )
+    paths = family.FAMILY.plots(exp.job(), prepared, {"original": prepared.original, "unlearned": model}, tmp_path)
     assert [p.name for p in paths] == ["loss_histograms.png"]
     assert all(p.stat().st_size > 0 for p in paths)
 

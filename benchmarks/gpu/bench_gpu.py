@@ -119,9 +119,7 @@ class Plain:
         self.optimizer = torch.optim.AdamW(self.params, lr=1e-5)
         self.shards = LocalShards()
         bf16 = device.type == "cuda"
-        self.autocast = (
-            torch.autocast(device.type, torch.bfloat16) if bf16 else contextlib.nullcontext()
-        )
+        self.autocast = torch.autocast(device.type, torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
@@ -294,9 +292,7 @@ def init_single_rank() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    os.environ.update(
-        {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
-    )
+    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"})
     os.environ["MASTER_PORT"] = str(port)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     torch.distributed.init_process_group(backend, rank=0, world_size=1)
@@ -307,9 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU (a smoke test)")
     parser.add_argument("--out", type=Path, default=Path("gpu-results"))
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 5; tiny 2)")
-    parser.add_argument(
-        "--warmup", type=int, default=None, help="untimed steps (default 2; tiny 1)"
-    )
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps (default 2; tiny 1)")
     args = parser.parse_args(argv)
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     if args.tiny:

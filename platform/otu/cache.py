@@ -111,7 +111,6 @@ def remove_stale_temps(folder: Path) -> list[Path]:
     return removed
 
 
-
 def file_digest(path: Path) -> str:
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()

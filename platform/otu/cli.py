@@ -66,8 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say("otu: interrupted", "", debug)
         return 130
     except Exception as err:  # noqa: BLE001 — the last line of defence: one line, not a traceback
-        _say("otu: run failed:", f"{type(err).__name__}: {err}" + ("" if debug else " (--debug shows the traceback)"),
-             debug)
+        _say(
+            "otu: run failed:",
+            f"{type(err).__name__}: {err}" + ("" if debug else " (--debug shows the traceback)"),
+            debug,
+        )
         return 1
     finally:
         if previous is not None:
@@ -105,49 +108,81 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--out", help="output directory, or a storage URI (s3://…, gs://…, "
-                       "file:///…) written when the command ends (default otu-runs/<name>-<time>/)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a dotted spec key, e.g. --set method.alpha=0.02 (repeatable)")
-        p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI "
-                       "or sqlite:///otu-runs/mlflow.db)")
+        p.add_argument(
+            "--out",
+            help="output directory, or a storage URI (s3://…, gs://…, "
+            "file:///…) written when the command ends (default otu-runs/<name>-<time>/)",
+        )
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a dotted spec key, e.g. --set method.alpha=0.02 (repeatable)",
+        )
+        p.add_argument(
+            "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///otu-runs/mlflow.db)"
+        )
 
     p = sub.add_parser("run", help="run one experiment spec")
     p.add_argument("spec", type=Path, help="experiment spec (YAML)")
     common(p)
-    p.add_argument("--address", help="Ray cluster to attach to, host:port or ray://host:10001 "
-                   "(default: $RAY_ADDRESS, else start an embedded local Ray when the run needs one)")
+    p.add_argument(
+        "--address",
+        help="Ray cluster to attach to, host:port or ray://host:10001 "
+        "(default: $RAY_ADDRESS, else start an embedded local Ray when the run needs one)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress display (for CI logs)")
-    p.add_argument("--log-checkpoint", action="store_true",
-                   help="also log the unlearned model's weights to MLflow (default: its path only)")
+    p.add_argument(
+        "--log-checkpoint",
+        action="store_true",
+        help="also log the unlearned model's weights to MLflow (default: its path only)",
+    )
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("eval", help="evaluate checkpoints with the family's metrics (no unlearning)")
     p.add_argument("spec", type=Path, help="experiment spec (its data and evaluation settings)")
-    p.add_argument("--model", dest="models", action="append", default=[], metavar="[NAME=]PATH",
-                   help="checkpoint directory or hub id (repeatable; default: the spec's reference models)")
+    p.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="checkpoint directory or hub id (repeatable; default: the spec's reference models)",
+    )
     common(p)
     p.set_defaults(handler=cmd_eval)
 
     p = sub.add_parser("sweep", help="run a hyperparameter sweep with Ray Tune")
     p.add_argument("spec", type=Path, nargs="?", help="sweep spec (omit with --resume)")
     common(p)
-    p.add_argument("--address", help="Ray cluster to attach to, host:port or ray://host:10001 "
-                   "(default: $RAY_ADDRESS, else start an embedded local Ray)")
+    p.add_argument(
+        "--address",
+        help="Ray cluster to attach to, host:port or ray://host:10001 "
+        "(default: $RAY_ADDRESS, else start an embedded local Ray)",
+    )
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue the sweep in DIR")
     p.add_argument("--quiet", action="store_true", help="no Tune status table and no per-trial lines")
     p.set_defaults(handler=cmd_sweep)
 
     p = sub.add_parser("validate", help="check an experiment or sweep spec without running it")
     p.add_argument("spec", type=Path, help="experiment or sweep spec (YAML)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a dotted spec key before checking (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a dotted spec key before checking (repeatable)",
+    )
     p.set_defaults(handler=cmd_validate)
 
     p = sub.add_parser("report", help="summarise run or sweep directories")
     p.add_argument("dirs", type=Path, nargs="+", help="run or sweep directories")
-    p.add_argument("--out", type=Path, help="where a comparison of several sweeps goes "
-                   "(default otu-runs/compare-<time>/)")
+    p.add_argument(
+        "--out", type=Path, help="where a comparison of several sweeps goes (default otu-runs/compare-<time>/)"
+    )
     p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser("spec", help="every spec key of a family: type, default, bounds, description")
@@ -208,14 +243,22 @@ def _run(args: argparse.Namespace, exp, uri: str, out_dir: Path) -> None:
         with _guard_output(out_dir), RunProgress(console, quiet=args.quiet) as progress:
             progress.phase("starting")
             evaluator = _ray_and_evaluator(exp, args.address)
-            result = run_experiment(exp, out_dir, report, phase=progress.phase, evaluator=evaluator,
-                                    on_checkpoint=on_checkpoint, progress=progress.step)
+            result = run_experiment(
+                exp,
+                out_dir,
+                report,
+                phase=progress.phase,
+                evaluator=evaluator,
+                on_checkpoint=on_checkpoint,
+                progress=progress.step,
+            )
         for model, metrics in result.metrics.items():
             prefix = "" if model == "unlearned" else f"{model}/"
             tracker.log_metrics(run_id, {f"{prefix}{k}": v for k, v in metrics.items()})
         tracker.log_metrics(run_id, result.timings)
-        tracker.log_artifacts(run_id, [out_dir / "metrics.json", out_dir / "spec.yaml", out_dir / "plots",
-                                       out_dir / "generations.jsonl"])
+        tracker.log_artifacts(
+            run_id, [out_dir / "metrics.json", out_dir / "spec.yaml", out_dir / "plots", out_dir / "generations.jsonl"]
+        )
         checkpoint = out_dir / "checkpoint"
         if checkpoint.is_dir():
             tracker.set_tags(run_id, {"otu.checkpoint": str(checkpoint.resolve())})
@@ -254,8 +297,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     tracker.log_params(run_id, flatten({**exp.to_dict(), "models": checkpoints}))
     status = "FAILED"
     try:
-        with staged(location, f"{exp.name}-eval") as out_dir, _guard_output(out_dir), \
-                console.status("starting") as spinner:
+        with (
+            staged(location, f"{exp.name}-eval") as out_dir,
+            _guard_output(out_dir),
+            console.status("starting") as spinner,
+        ):
             metrics = evaluate_checkpoints(exp, out_dir, checkpoints, phase=lambda s: spinner.update(s))
             tracker.log_artifacts(run_id, [out_dir / f for f in ("metrics.json", "spec.yaml", "generations.jsonl")])
         for model, values in metrics.items():
@@ -289,30 +335,46 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     require_extra(sweep.experiment.task.family)
     writable_dir(Path(sweep.experiment.tracking.cache_dir), "experiment.tracking.cache_dir")
     uri = resolve_tracking_uri(args.tracking_uri, sweep.experiment.tracking.uri)
-    console.print(f"sweep [bold]{sweep.name}[/]: {sweep.search.num_samples} trials, "
-                  f"{sweep.search.algorithm} search → {escape(location)}", highlight=False)
+    console.print(
+        f"sweep [bold]{sweep.name}[/]: {sweep.search.num_samples} trials, "
+        f"{sweep.search.algorithm} search → {escape(location)}",
+        highlight=False,
+    )
     start = time.perf_counter()
     storage = f"{location.rstrip('/')}/ray" if is_uri(location) else None
     with staged(location, sweep.name) as out_dir, _guard_output(out_dir, keep=bool(args.resume)):
-        run_sweep(sweep, out_dir, uri, address=args.address, resume=bool(args.resume), storage=storage,
-                  quiet=args.quiet)
-    console.print(f"done in {time.perf_counter() - start:.0f} s: {location} (trials.parquet, summary.md), "
-                  f"MLflow at {uri}", highlight=False, markup=False)
+        run_sweep(
+            sweep, out_dir, uri, address=args.address, resume=bool(args.resume), storage=storage, quiet=args.quiet
+        )
+    console.print(
+        f"done in {time.perf_counter() - start:.0f} s: {location} (trials.parquet, summary.md), MLflow at {uri}",
+        highlight=False,
+        markup=False,
+    )
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
     parsed, deferred = load_deferring(args.spec, args.overrides, Path.cwd())
     if isinstance(parsed, Sweep):
         exp = parsed.experiment
-        console.print(f"ok: sweep {parsed.name!r} over {', '.join(parsed.space)} "
-                      f"({exp.task.family}/{exp.method.name}), hash {parsed.hash}", markup=False)
+        console.print(
+            f"ok: sweep {parsed.name!r} over {', '.join(parsed.space)} "
+            f"({exp.task.family}/{exp.method.name}), hash {parsed.hash}",
+            markup=False,
+        )
     else:
-        console.print(f"ok: experiment {parsed.name!r} ({parsed.task.family}/{parsed.method.name}), "
-                      f"hash {parsed.hash}", markup=False)
+        console.print(
+            f"ok: experiment {parsed.name!r} ({parsed.task.family}/{parsed.method.name}), hash {parsed.hash}",
+            markup=False,
+        )
     if deferred:
         listed = ", ".join(f"{k}={v}" for k, v in deferred.items())
-        console.print(f"not checked here (a hub id or a file outside this directory; the run checks "
-                      f"them before any work): {listed}", markup=False, highlight=False)
+        console.print(
+            f"not checked here (a hub id or a file outside this directory; the run checks "
+            f"them before any work): {listed}",
+            markup=False,
+            highlight=False,
+        )
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -344,12 +406,14 @@ def cmd_spec(args: argparse.Namespace) -> None:
         raise SpecError(f"family: unknown family {args.family!r}; known: {', '.join(known_families())}")
     methods = family_spec(args.family).methods
     if args.method is not None and args.method not in methods:
-        raise SpecError(f"method: unknown method {args.method!r} for family {args.family!r}; "
-                        f"known: {', '.join(sorted(methods))}")
+        raise SpecError(
+            f"method: unknown method {args.method!r} for family {args.family!r}; known: {', '.join(sorted(methods))}"
+        )
     out = Console()
     for block in [*common_blocks(), *family_blocks(args.family, args.method)]:
-        table = Table(title=block.title, title_justify="left", caption=block.about or None,
-                      caption_justify="left", expand=False)
+        table = Table(
+            title=block.title, title_justify="left", caption=block.about or None, caption_justify="left", expand=False
+        )
         for column in ("key", "type", "default", "bounds", "description"):
             table.add_column(column, overflow="fold")
         for key in block.keys:

@@ -187,4 +187,3 @@ class ItemOutputs(Protocol):
     """The family writes per-item outputs (e.g. generations) beside the run's metrics."""
 
     def outputs(self, job: Any, prepared: Any, models: dict[str, Any], out_dir: Path) -> list[Path]: ...
-

@@ -40,7 +40,11 @@ PAD = 1.5
 
 
 def place_labels(
-    ax: Axes, xs: Iterable[float], ys: Iterable[float], texts: Iterable[str], fontsize: float = 7,
+    ax: Axes,
+    xs: Iterable[float],
+    ys: Iterable[float],
+    texts: Iterable[str],
+    fontsize: float = 7,
     taken: list[Bbox] | None = None,
 ) -> list[Annotation]:
     """Annotate each (x, y) with its text where it overlaps nothing placed so far (``taken`` boxes
@@ -96,8 +100,14 @@ def _first_free(ax, x, y, text, fontsize, renderer, frame: Bbox, boxes: list[Bbo
             inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
             if inside and not any(box.overlaps(other) for other in boxes):
                 return ax.annotate(
-                    text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
-                    ha=ha, va=va, gid=LABEL_GID,
+                    text,
+                    (x, y),
+                    xytext=(dx, dy),
+                    textcoords="offset points",
+                    fontsize=fontsize,
+                    ha=ha,
+                    va=va,
+                    gid=LABEL_GID,
                     bbox={"boxstyle": "square,pad=0.05", "fc": "white", "ec": "none", "alpha": 0.75},
                     arrowprops={"arrowstyle": "-", "color": "0.55", "lw": 0.5} if ring > RINGS[0] else None,
                 )

@@ -44,10 +44,12 @@ class Tracking(Section):
     """Where results go: MLflow and the cache of prepared data and reference models."""
 
     experiment: str = Field("otu", description="MLflow experiment name")
-    uri: str | None = Field(None, description="MLflow tracking URI; the CLI's --tracking-uri and "
-                            "MLFLOW_TRACKING_URI take precedence")
-    cache_dir: LocalPath = Field("otu-runs/cache", description="where prepared data and original/oracle "
-                                 "models are cached by content hash")
+    uri: str | None = Field(
+        None, description="MLflow tracking URI; the CLI's --tracking-uri and MLFLOW_TRACKING_URI take precedence"
+    )
+    cache_dir: LocalPath = Field(
+        "otu-runs/cache", description="where prepared data and original/oracle models are cached by content hash"
+    )
 
 
 class Zero3(Section):
@@ -57,10 +59,12 @@ class Zero3(Section):
     max_live_parameters: int = Field(1_000_000_000, ge=0, description="parameters kept gathered per rank")
     prefetch_bucket_size: int = Field(50_000_000, ge=0, description="parameters fetched ahead of use")
     reduce_bucket_size: int = Field(500_000_000, ge=1, description="elements per gradient reduction")
-    max_reuse_distance: int = Field(1_000_000_000, ge=0, description="keep a parameter gathered if "
-                                    "it is used again within this many parameters")
-    param_persistence_threshold: int = Field(100_000, ge=0, description="tensors smaller than this "
-                                             "stay whole on every rank")
+    max_reuse_distance: int = Field(
+        1_000_000_000, ge=0, description="keep a parameter gathered if it is used again within this many parameters"
+    )
+    param_persistence_threshold: int = Field(
+        100_000, ge=0, description="tensors smaller than this stay whole on every rank"
+    )
 
 
 class Compute(Section):
@@ -81,8 +85,9 @@ class Dynamics(Section):
     """Checkpoint evaluation during unlearning, on a pool of evaluation actors."""
 
     every: int = Field(0, ge=0, description="evaluate a checkpoint every this many steps (0: off)")
-    select: str | None = Field(None, description="metric by which to select the best checkpoint "
-                               "(its metrics become `unlearned`)")
+    select: str | None = Field(
+        None, description="metric by which to select the best checkpoint (its metrics become `unlearned`)"
+    )
     mode: Literal["max", "min"] = Field("max", description="whether select maximises or minimises")
     pool_size: int = Field(2, ge=1, description="evaluation actors")
     actor_cpus: float = Field(0.0, ge=0, description="CPUs reserved per actor (0: share the trials')")

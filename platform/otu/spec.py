@@ -53,15 +53,17 @@ class Task(Section):
     model: SerializeAsAny[BaseModel]
 
 
-
-
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class Experiment(Section):
     name: str = Field(pattern=NAME_PATTERN, description="names the run directory and MLflow run")
-    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of data splits, models and the unlearning "
-                      "loop (numpy/torch take 0..2**32-1)")
+    seed: int = Field(
+        0,
+        ge=0,
+        le=MAX_SEED,
+        description="seed of data splits, models and the unlearning loop (numpy/torch take 0..2**32-1)",
+    )
     task: Task
     method: SerializeAsAny[MethodSpec]
     eval: SerializeAsAny[BaseModel]
@@ -153,8 +155,10 @@ class Search(Section):
     max_concurrent: int = Field(2, ge=1, description="trials running at once")
     seeds: int = Field(1, ge=1, description="seed repeats per configuration")
     max_failures: int = Field(1, ge=0, description="retries of a failing trial")
-    scheduler: Literal["none", "asha"] = Field("none", description="ASHA early stopping on checkpoint "
-                                               "metrics (single objective; needs experiment.dynamics.every)")
+    scheduler: Literal["none", "asha"] = Field(
+        "none",
+        description="ASHA early stopping on checkpoint metrics (single objective; needs experiment.dynamics.every)",
+    )
 
 
 class Resources(Section):
@@ -169,10 +173,10 @@ class Sweep(Section):
 
     name: str = Field(pattern=NAME_PATTERN, description="names the sweep directory and MLflow parent run")
     experiment: SerializeAsAny[Experiment]
-    space: dict[str, Param] = Field(description="dotted key → one of choice, grid, uniform, "
-                                    "loguniform, randint")
-    objectives: list[Objective] = Field(min_length=1, description="list of {metric, mode: max|min}; "
-                                        "two or more give a Pareto front")
+    space: dict[str, Param] = Field(description="dotted key → one of choice, grid, uniform, loguniform, randint")
+    objectives: list[Objective] = Field(
+        min_length=1, description="list of {metric, mode: max|min}; two or more give a Pareto front"
+    )
     search: Search = Search()
     resources: Resources = Resources()
 
@@ -262,9 +266,7 @@ def parse_experiment(raw: Any, check_files: bool = True) -> Experiment:
     select = exp.dynamics.select
     known = fam.metrics_for(exp.method.name)
     if select is not None and select not in known:
-        raise SpecError(
-            f"dynamics.select: unknown metric {select!r} for method {name!r}; known: {', '.join(known)}"
-        )
+        raise SpecError(f"dynamics.select: unknown metric {select!r} for method {name!r}; known: {', '.join(known)}")
     if check_files:
         check_environment(exp)
     return exp
@@ -316,7 +318,9 @@ def parse_sweep(raw: Any, base_dir: Path | None = None, check_files: bool = True
                 break
     last_seed = exp.seed + sweep.search.seeds - 1
     if last_seed > MAX_SEED:
-        errors.append(f"search.seeds: seeds {exp.seed}..{last_seed} pass {MAX_SEED} (the largest seed numpy and torch take)")
+        errors.append(
+            f"search.seeds: seeds {exp.seed}..{last_seed} pass {MAX_SEED} (the largest seed numpy and torch take)"
+        )
     algo = sweep.search.algorithm
     kinds = {key: p.kind for key, p in sweep.space.items()}
     if algo == "grid" and any(k not in ("grid", "choice") for k in kinds.values()):
@@ -329,9 +333,7 @@ def parse_sweep(raw: Any, base_dir: Path | None = None, check_files: bool = True
                 "search.scheduler: 'asha' needs a single objective (early-stopped trials bias a Pareto front)"
             )
         if exp.dynamics.every == 0:
-            errors.append(
-                "search.scheduler: 'asha' stops on checkpoint metrics; set experiment.dynamics.every > 0"
-            )
+            errors.append("search.scheduler: 'asha' stops on checkpoint metrics; set experiment.dynamics.every > 0")
     if errors:
         raise SpecError("; ".join(errors))
     return sweep
@@ -348,9 +350,7 @@ class SpecLoader(yaml.SafeLoader):
                 continue
             line = key_node.start_mark.line + 1
             if key_node.value in seen:
-                raise SpecError(
-                    f"duplicate key {excerpt(key_node.value)} (lines {seen[key_node.value]} and {line})"
-                )
+                raise SpecError(f"duplicate key {excerpt(key_node.value)} (lines {seen[key_node.value]} and {line})")
             seen[key_node.value] = line
         return super().construct_mapping(node, deep)
 

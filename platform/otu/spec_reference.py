@@ -48,9 +48,13 @@ def keys(model: type[BaseModel], prefix: str) -> Iterator[Key]:
         nested = _nested_model(field.annotation)
         if nested is not None:
             optional = _is_optional(field.annotation)
-            yield Key(path, "section" + (" | null" if optional else ""),
-                      "null" if optional and field.default is None else "—", "",
-                      field.description or _doc(nested))
+            yield Key(
+                path,
+                "section" + (" | null" if optional else ""),
+                "null" if optional and field.default is None else "—",
+                "",
+                field.description or _doc(nested),
+            )
             yield from keys(nested, path)
             continue
         yield Key(path, type_name(field.annotation), _default(field), bounds(field), field.description or "")
@@ -68,8 +72,7 @@ def family_blocks(family: str, method: str | None = None) -> list[Block]:
         model = fam.methods[name].spec
         about = _doc(model)
         metrics = ", ".join(f"`{m}`" for m in fam.metrics_for(name))
-        blocks.append(Block(f"method: {name}", f"{about}\n\nMetrics: {metrics}.".strip(),
-                            list(keys(model, "method"))))
+        blocks.append(Block(f"method: {name}", f"{about}\n\nMetrics: {metrics}.".strip(), list(keys(model, "method"))))
     return blocks
 
 
@@ -197,7 +200,11 @@ def _literal(value: Any) -> str:
 
 
 def _nested_model(annotation: Any) -> type[BaseModel] | None:
-    candidates = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    candidates = (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        else (annotation,)
+    )
     models = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel) and c is not BaseModel]
     return models[0] if len(models) == 1 else None
 

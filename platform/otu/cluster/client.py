@@ -92,29 +92,38 @@ def probe(address: str, token: str | None, token_source: str | None, timeout: fl
     try:
         response = requests.get(url, headers=conn.headers, timeout=timeout)
     except requests.exceptions.ConnectTimeout:
-        raise ClusterError(f"--address: {address} did not answer within {timeout:g} s "
-                           "(is the head up and its dashboard port reachable from here?)") from None
+        raise ClusterError(
+            f"--address: {address} did not answer within {timeout:g} s "
+            "(is the head up and its dashboard port reachable from here?)"
+        ) from None
     except requests.exceptions.ConnectionError as err:
-        raise ClusterError(f"--address: cannot connect to the Ray dashboard at {address} "
-                           f"({_reason(err)}); is the head running with its dashboard on that port?") from None
+        raise ClusterError(
+            f"--address: cannot connect to the Ray dashboard at {address} "
+            f"({_reason(err)}); is the head running with its dashboard on that port?"
+        ) from None
     except requests.exceptions.Timeout:
-        raise ClusterError(f"--address: {address} accepted the connection but sent no answer "
-                           f"within {timeout:g} s") from None
+        raise ClusterError(
+            f"--address: {address} accepted the connection but sent no answer within {timeout:g} s"
+        ) from None
     if response.status_code == 401:
         raise ClusterError(
             f"--token: the Ray cluster at {address} requires token authentication and no token was "
             f"given (pass --token, or set ${TOKEN_ENV} / ${TOKEN_PATH_ENV}, or write ~/.ray/auth_token)"
         )
     if response.status_code == 403:
-        raise ClusterError(f"--token: the Ray cluster at {address} rejected the token from "
-                           f"{token_source} (403 Forbidden: invalid authentication token)")
+        raise ClusterError(
+            f"--token: the Ray cluster at {address} rejected the token from "
+            f"{token_source} (403 Forbidden: invalid authentication token)"
+        )
     try:
         version = response.json()["ray_version"] if response.ok else None
     except (ValueError, KeyError, TypeError):
         version = None
     if version is None:
-        raise ClusterError(f"--address: {address} answered HTTP {response.status_code} to /api/version "
-                           "without a Ray version; is this the head's dashboard port (default 8265)?")
+        raise ClusterError(
+            f"--address: {address} answered HTTP {response.status_code} to /api/version "
+            "without a Ray version; is this the head's dashboard port (default 8265)?"
+        )
     return Connection(address, token, token_source, version)
 
 
@@ -132,8 +141,13 @@ def connect(address: str | None, token: str | None) -> tuple[JobSubmissionClient
 
 def _reason(err: Exception) -> str:
     text = str(err)
-    for marker in ("Connection refused", "Name or service not known", "No route to host",
-                   "Temporary failure in name resolution", "Network is unreachable"):
+    for marker in (
+        "Connection refused",
+        "Name or service not known",
+        "No route to host",
+        "Temporary failure in name resolution",
+        "Network is unreachable",
+    ):
         if marker in text:
             return marker.lower()
     return _first_line(err)

@@ -64,14 +64,20 @@ def call(conn: Connection, fn: Callable[[], T], job_id: str | None = None) -> T:
 
 
 def submit(client: JobSubmissionClient, conn: Connection, sub: Submission, submission_id: str | None = None) -> str:
-    return call(conn, lambda: client.submit_job(
-        entrypoint=sub.entrypoint, runtime_env=sub.runtime_env, metadata=sub.metadata,
-        submission_id=submission_id,
-    ))
+    return call(
+        conn,
+        lambda: client.submit_job(
+            entrypoint=sub.entrypoint,
+            runtime_env=sub.runtime_env,
+            metadata=sub.metadata,
+            submission_id=submission_id,
+        ),
+    )
 
 
-def follow(client: JobSubmissionClient, conn: Connection, job_id: str, write: Callable[[str], Any],
-           poll_s: float = 1.0) -> str:
+def follow(
+    client: JobSubmissionClient, conn: Connection, job_id: str, write: Callable[[str], Any], poll_s: float = 1.0
+) -> str:
     """Stream the job's logs until it ends; return its final status."""
 
     async def tail() -> None:
@@ -92,8 +98,10 @@ def raise_for_outcome(client: JobSubmissionClient, conn: Connection, job_id: str
         return
     info = call(conn, lambda: client.get_job_info(job_id), job_id)
     message = (info.message or "").strip().splitlines()
-    raise JobFailed(f"job {job_id} {status}: {message[-1] if message else 'no message'} "
-                    f"(full logs: otu jobs logs {job_id} --address {conn.address})")
+    raise JobFailed(
+        f"job {job_id} {status}: {message[-1] if message else 'no message'} "
+        f"(full logs: otu jobs logs {job_id} --address {conn.address})"
+    )
 
 
 def list_jobs(client: JobSubmissionClient, conn: Connection) -> list[JobView]:
@@ -110,8 +118,7 @@ def logs(client: JobSubmissionClient, conn: Connection, job_id: str) -> str:
     return call(conn, lambda: client.get_job_logs(job_id), job_id)
 
 
-def stop(client: JobSubmissionClient, conn: Connection, job_id: str, wait_s: float = 30.0,
-         poll_s: float = 0.5) -> str:
+def stop(client: JobSubmissionClient, conn: Connection, job_id: str, wait_s: float = 30.0, poll_s: float = 0.5) -> str:
     """Ask the job to stop and wait (up to ``wait_s``) for a terminal status; return it."""
     call(conn, lambda: client.stop_job(job_id), job_id)
     deadline = time.monotonic() + wait_s

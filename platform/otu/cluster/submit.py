@@ -33,8 +33,16 @@ from otu.spec import Sweep, is_sweep, load_deferring, load_yaml
 from otu.tracking.storage import check_uri, is_uri
 
 DEFAULT_EXCLUDES = (
-    ".git", ".venv", "**/__pycache__", "*.pyc", "otu-runs", "mlruns", "mlartifacts", "*.egg-info",
-    ".pytest_cache", ".ruff_cache",
+    ".git",
+    ".venv",
+    "**/__pycache__",
+    "*.pyc",
+    "otu-runs",
+    "mlruns",
+    "mlartifacts",
+    "*.egg-info",
+    ".pytest_cache",
+    ".ruff_cache",
 )
 """Never uploaded with the working directory (Ray also honours ``.gitignore`` and ``.rayignore``)."""
 JOB_ENV = {"PYTHONUNBUFFERED": "1"}
@@ -117,8 +125,15 @@ def build_submission(
         runtime_env["py_modules"] = [str(Path(otu.__file__).resolve().parent)]
     if packages:
         runtime_env["pip"] = {"packages": packages, "pip_check": False}
-    metadata = {"otu.kind": kind, "otu.name": name, "otu.spec": rel_spec, "otu.spec_hash": parsed.hash,
-                "otu.version": otu.__version__, "otu.results": out, "otu.tracking": uri}
+    metadata = {
+        "otu.kind": kind,
+        "otu.name": name,
+        "otu.spec": rel_spec,
+        "otu.spec_hash": parsed.hash,
+        "otu.version": otu.__version__,
+        "otu.results": out,
+        "otu.tracking": uri,
+    }
     return Submission(kind, name, shlex.join(args), runtime_env, metadata, deferred)
 
 
@@ -161,8 +176,10 @@ def otu_requirements() -> list[str]:
     try:
         requires = importlib.metadata.requires("otu") or []
     except importlib.metadata.PackageNotFoundError:
-        raise SpecError("otu is not installed as a package here (pip install -e .), so its "
-                        "dependencies are unknown; use --no-install on a cluster that has otu") from None
+        raise SpecError(
+            "otu is not installed as a package here (pip install -e .), so its "
+            "dependencies are unknown; use --no-install on a cluster that has otu"
+        ) from None
     out = []
     for req in requires:
         spec, _, marker = req.partition(";")
@@ -187,8 +204,10 @@ def _inside(path: Path, root: Path, what: str) -> str:
     try:
         return path.relative_to(root).as_posix()
     except ValueError:
-        raise SpecError(f"{what}: {path} is outside the working directory {root}, which is all the "
-                        "cluster receives (move it inside, or pass --working-dir)") from None
+        raise SpecError(
+            f"{what}: {path} is outside the working directory {root}, which is all the "
+            "cluster receives (move it inside, or pass --working-dir)"
+        ) from None
 
 
 @contextmanager

@@ -39,9 +39,7 @@ class Reference:
 
 
 @torch.no_grad()
-def classify(
-    model: nn.Module, images: torch.Tensor, batch_size: int = 512
-) -> tuple[np.ndarray, torch.Tensor]:
+def classify(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> tuple[np.ndarray, torch.Tensor]:
     """``(penultimate features as float64, softmax probabilities)`` of an ``otu.classifiers`` net
     (whose logits are ``head(features(x))``), in one pass."""
     model.eval()
@@ -53,9 +51,7 @@ def gaussian_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return feats.mean(0), np.cov(feats, rowvar=False)
 
 
-def frechet_distance(
-    m1: np.ndarray, c1: np.ndarray, m2: np.ndarray, c2: np.ndarray, eps: float = 1e-6
-) -> float:
+def frechet_distance(m1: np.ndarray, c1: np.ndarray, m2: np.ndarray, c2: np.ndarray, eps: float = 1e-6) -> float:
     """FID formula (= W₂² between N(m1, c1) and N(m2, c2)), computed as pytorch-fid does: scipy's
     ``sqrtm(c1 c2)``, retried with ``eps·I`` added to both covariances when it is not finite (dead
     ReLU features make the covariances singular); the real part of the root is kept."""
@@ -93,9 +89,7 @@ def pul(before: int, after: int) -> float:
     return (before - after) / before if before else float("nan")
 
 
-def generator_metrics(
-    generator: MLPGenerator, evaluator: nn.Module, ref: Reference
-) -> dict[str, float]:
+def generator_metrics(generator: MLPGenerator, evaluator: nn.Module, ref: Reference) -> dict[str, float]:
     """``pul``, ``ufid``, ``forget_share``, ``mean_confidence``, ``class_share_<c>`` (module docstring)."""
     feats, probs = classify(evaluator, generator.sample(ref.noise))
     predicted = probs.argmax(1)

@@ -104,9 +104,7 @@ def load_generator(path: str | Path) -> MLPGenerator:
         generator = MLPGenerator(config)
         generator.load_state_dict(raw["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise DataError(
-            f"{CHECKPOINT_FIELD}: {path} has an inconsistent config or weights: {err}"
-        ) from None
+        raise DataError(f"{CHECKPOINT_FIELD}: {path} has an inconsistent config or weights: {err}") from None
     return generator
 
 

@@ -21,9 +21,7 @@ def sample_grids(
 ) -> Path:
     """One panel per generator: the first ``size²`` samples of the evaluation noise, tiled."""
     noise = ref.noise[: size * size]
-    fig, axes = plt.subplots(
-        1, len(generators), figsize=(3.2 * len(generators), 3.5), squeeze=False
-    )
+    fig, axes = plt.subplots(1, len(generators), figsize=(3.2 * len(generators), 3.5), squeeze=False)
     for ax, (name, generator) in zip(axes[0], generators.items(), strict=True):
         images = generator.sample(noise)
         forgotten = predict_logits(evaluator, images).argmax(1) == ref.forget_class
@@ -41,9 +39,7 @@ def sample_grids(
                     lw=1,
                 )
             )
-        ax.set_title(
-            f"{name}: {int(forgotten.sum())}/{len(noise)} → class {ref.forget_class}", fontsize=9
-        )
+        ax.set_title(f"{name}: {int(forgotten.sum())}/{len(noise)} → class {ref.forget_class}", fontsize=9)
         ax.axis("off")
     return save_figure(fig, path, dpi=130)
 
@@ -54,9 +50,7 @@ def class_histogram(shares: dict[str, list[float]], forget_class: int, path: Pat
     x = np.arange(num_classes)
     width = 0.8 / len(shares)
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.axvspan(
-        forget_class - 0.45, forget_class + 0.45, color="red", alpha=0.08, label="forgotten class"
-    )
+    ax.axvspan(forget_class - 0.45, forget_class + 0.45, color="red", alpha=0.08, label="forgotten class")
     for i, (name, values) in enumerate(shares.items()):
         ax.bar(x - 0.4 + (i + 0.5) * width, values, width, label=name)
     ax.set_xticks(x)

@@ -60,9 +60,7 @@ def cache_keys(job: GenerativeJob, seed: int) -> dict[str, str]:
         )
     }
     if model.generator.checkpoint is None:
-        keys["generator"] = content_hash(
-            {**base, "generator": model.generator.model_dump(mode="json")}
-        )
+        keys["generator"] = content_hash({**base, "generator": model.generator.model_dump(mode="json")})
     return keys
 
 
@@ -70,9 +68,7 @@ def prepare(job: GenerativeJob, ctx: RunContext) -> Prepared:
     """Load the data; load the models from the cache or train and cache them; fix the evaluation noise."""
     data = load_class_data(job.data)
     spec, seed, checkpoint = job.model, ctx.seed, job.model.generator.checkpoint
-    paths = {
-        name: Path(ctx.cache_dir) / f"generative-{name}-{key}" for name, key in cache_keys(job, seed).items()
-    }
+    paths = {name: Path(ctx.cache_dir) / f"generative-{name}-{key}" for name, key in cache_keys(job, seed).items()}
     cached_dir(paths["classifiers"], lambda tmp: _train_classifiers(data, spec, seed, tmp))
     if checkpoint is None:
         cached_dir(paths["generator"], lambda tmp: _train_generator(data, spec.generator, seed, tmp))
@@ -120,9 +116,7 @@ def new_classifier(spec: ClassifierSpec, data: ClassData, seed: int) -> nn.Modul
 def new_generator(spec: GeneratorSpec, data: ClassData, seed: int) -> MLPGenerator:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return MLPGenerator(
-            GeneratorConfig(spec.latent_dim, spec.hidden, spec.layers, data.image_shape)
-        )
+        return MLPGenerator(GeneratorConfig(spec.latent_dim, spec.hidden, spec.layers, data.image_shape))
 
 
 def _train_classifiers(data: ClassData, spec: GenerativeModel, seed: int, out: Path) -> None:

@@ -65,9 +65,7 @@ class GenerativeModel(Section):
 
 
 class GenerativeEval(Section):
-    num_samples: int = Field(
-        2000, ge=10, description="generated samples per evaluation (fixed noise)"
-    )
+    num_samples: int = Field(2000, ge=10, description="generated samples per evaluation (fixed noise)")
     grid_size: int = Field(10, ge=1, description="the sample grid shows grid_size² samples")
     plots: bool = True
 

@@ -28,9 +28,7 @@ def check(job: LLMJob, ctx: RunContext) -> None:
         check_causal_lm(path, "model.path")
         check_prompts(job, path)
     if model.retain_path is not None:
-        check_causal_lm(
-            checkpoint_files(model.retain_path, None, "model.retain_path"), "model.retain_path"
-        )
+        check_causal_lm(checkpoint_files(model.retain_path, None, "model.retain_path"), "model.retain_path")
     if job.eval.lm_eval is not None:
         check_lm_eval(job.eval.lm_eval)
     if method.lora is not None:
@@ -49,9 +47,7 @@ def check_lm_eval(spec: LmEval) -> None:
     try:
         import lm_eval  # noqa: F401
     except ImportError:
-        raise SpecError(
-            "eval.lm_eval: lm-evaluation-harness is not installed (pip install 'otu[lm-eval]')"
-        ) from None
+        raise SpecError("eval.lm_eval: lm-evaluation-harness is not installed (pip install 'otu[lm-eval]')") from None
     if spec.include_path is not None and not Path(spec.include_path).is_dir():
         raise SpecError(f"eval.lm_eval.include_path: not a directory: {spec.include_path}")
 
@@ -119,17 +115,13 @@ def check_compute(method: LLMMethod, c: Compute) -> None:
     if c.offload == "optimizer" and c.zero_stage < 1:
         raise SpecError("compute.offload: 'optimizer' needs compute.zero_stage >= 1 (got 0)")
     if c.offload == "params" and c.zero_stage != 3:
-        raise SpecError(
-            f"compute.offload: 'params' needs compute.zero_stage 3 (got {c.zero_stage})"
-        )
+        raise SpecError(f"compute.offload: 'params' needs compute.zero_stage 3 (got {c.zero_stage})")
 
 
 def check_causal_lm(path: Path, field: str) -> None:
     """A local HF checkpoint directory whose config names a causal-LM architecture, with a tokenizer."""
     if not path.is_dir():
-        raise SpecError(
-            f"task.{field}: not a directory: {path} (need a local HF checkpoint or a hub id)"
-        )
+        raise SpecError(f"task.{field}: not a directory: {path} (need a local HF checkpoint or a hub id)")
     config_file = path / "config.json"
     if not config_file.is_file():
         raise SpecError(f"task.{field}: {path} has no config.json (not a HF checkpoint)")
@@ -149,9 +141,5 @@ def check_causal_lm(path: Path, field: str) -> None:
             f"task.{field}: {path} is not a causal-LM checkpoint (architectures {archs}, "
             f"model_type {config.get('model_type')!r}); need e.g. LlamaForCausalLM"
         )
-    if not any(
-        (path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-    ):
-        raise SpecError(
-            f"task.{field}: {path} has no tokenizer files (tokenizer.json / tokenizer_config.json)"
-        )
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        raise SpecError(f"task.{field}: {path} has no tokenizer files (tokenizer.json / tokenizer_config.json)")

@@ -13,9 +13,7 @@ from otu.errors import SpecError
 def add_data_commands(subparsers: argparse._SubParsersAction) -> None:
     d = subparsers.add_parser("entities", help="synthetic fictitious-entity QA set (ELUDe format)")
     d.add_argument("--out", type=Path, required=True, help="directory for the JSON files")
-    d.add_argument(
-        "--seed", type=seed_arg, default=0, help="random seed of the generator (default 0)"
-    )
+    d.add_argument("--seed", type=seed_arg, default=0, help="random seed of the generator (default 0)")
     d.set_defaults(handler=cmd_entities)
 
 

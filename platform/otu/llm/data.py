@@ -113,27 +113,20 @@ def parse_records(
     missing = [name for name in required if name not in rows[0]]
     if missing:
         raise DataError(
-            f"{field}: records lack required field(s) {missing}; required: {list(required)} "
-            f"(got {sorted(rows[0])})"
+            f"{field}: records lack required field(s) {missing}; required: {list(required)} (got {sorted(rows[0])})"
         )
     out = []
     for i, row in enumerate(rows):
         for name in required:
             value = row.get(name)
             if name == "perturbed_answer":
-                if (
-                    _is_list(value)
-                    and len(value) > 0
-                    and all(isinstance(v, str) and v for v in value)
-                ):
+                if _is_list(value) and len(value) > 0 and all(isinstance(v, str) and v for v in value):
                     continue
                 raise DataError(
                     f"{field}: record {i}: perturbed_answer must be a non-empty list of strings (got {value!r})"
                 )
             if not isinstance(value, str) or not value.strip():
-                raise DataError(
-                    f"{field}: record {i}: {name} must be a non-empty string (got {value!r})"
-                )
+                raise DataError(f"{field}: record {i}: {name} must be a non-empty string (got {value!r})")
         perturbed = row.get("perturbed_answer")
         out.append(
             Record(
@@ -175,36 +168,25 @@ def make_splits(
     entities = list(dict.fromkeys(r.entity for r in records))
     known = ", ".join(map(str, entities[:8])) + (" …" if len(entities) > 8 else "")
     if target not in entities:
-        raise SpecError(
-            f"task.data.target: entity {target!r} is not in {source}; entities there: {known}"
-        )
+        raise SpecError(f"task.data.target: entity {target!r} is not in {source}; entities there: {known}")
     forget = [r for r in records if r.entity == target]
 
     if retain_records is not None:
         if neighbours != "auto":
-            raise SpecError(
-                "task.data.neighbours: give 'auto' with retain_records (its rows name the target)"
-            )
+            raise SpecError("task.data.neighbours: give 'auto' with retain_records (its rows name the target)")
         retain = [r for r in retain_records if r.entity == target]
         if not retain:
-            raise DataError(
-                f"task.data.retain_records: no record has entity {target!r} (empty retain set)"
-            )
+            raise DataError(f"task.data.retain_records: no record has entity {target!r} (empty retain set)")
         retain_entities: list = []
     else:
         if neighbours == "auto":
             if not any(r.neighbour_of for r in records):
                 raise SpecError(
-                    f"task.data.neighbours: 'auto' needs a neighbour_of field in {source}; "
-                    "list the neighbour entities"
+                    f"task.data.neighbours: 'auto' needs a neighbour_of field in {source}; list the neighbour entities"
                 )
-            retain_entities = list(
-                dict.fromkeys(r.entity for r in records if r.neighbour_of == target)
-            )
+            retain_entities = list(dict.fromkeys(r.entity for r in records if r.neighbour_of == target))
             if not retain_entities:
-                raise DataError(
-                    f"task.data.neighbours: no record in {source} has neighbour_of={target!r}"
-                )
+                raise DataError(f"task.data.neighbours: no record in {source} has neighbour_of={target!r}")
         else:
             _check_entities("task.data.neighbours", neighbours, entities, target, source, known)
             retain_entities = list(neighbours)
@@ -222,9 +204,7 @@ def make_splits(
         holdout_entities = list(holdout)
         overlap = sorted(map(str, set(holdout_entities) & set(retain_entities)))
         if overlap:
-            raise SpecError(
-                f"task.data.holdout: entities {overlap} are also neighbours (retain set)"
-            )
+            raise SpecError(f"task.data.holdout: entities {overlap} are also neighbours (retain set)")
     return {
         "forget": forget,
         "retain": retain,
@@ -233,9 +213,7 @@ def make_splits(
     }
 
 
-def _check_entities(
-    field: str, names: Sequence[str], entities: list, target: str, source: str, known: str
-) -> None:
+def _check_entities(field: str, names: Sequence[str], entities: list, target: str, source: str, known: str) -> None:
     if not names:
         raise SpecError(f"{field}: empty list; give entity names or 'auto'")
     absent = [n for n in names if n not in entities]
@@ -257,10 +235,7 @@ def write_splits(splits: Splits, path: Path) -> None:
 
 def read_splits(path: Path) -> Splits:
     raw = json.loads(path.read_text())
-    return {
-        k: [Record(**{**r, "perturbed_answer": tuple(r["perturbed_answer"])}) for r in v]
-        for k, v in raw.items()
-    }
+    return {k: [Record(**{**r, "perturbed_answer": tuple(r["perturbed_answer"])}) for r in v] for k, v in raw.items()}
 
 
 def load_splits(data: LLMData, seed: int) -> Splits:
@@ -272,9 +247,7 @@ def load_splits(data: LLMData, seed: int) -> Splits:
     if data.synthetic:
         from otu.llm.synthetic import generate_entities
 
-        gen = generate_entities(
-            seed if data.synthetic_seed is None else data.synthetic_seed, data.sizes
-        )
+        gen = generate_entities(seed if data.synthetic_seed is None else data.synthetic_seed, data.sizes)
         records = parse_records(gen["records"], "task.data.synthetic", REQUIRED)
         world = parse_records(gen["world"], "task.data.synthetic", WORLD_REQUIRED)
         target = data.target or gen["targets"][0]
@@ -284,13 +257,9 @@ def load_splits(data: LLMData, seed: int) -> Splits:
         source = given(data.records, "task.data.records")
         records = given(_read(source, "task.data.records", REQUIRED, data.fields), "task.data.records")
         world = given(_read_world(data, "task.data.world"), "task.data.world")
-        retain_records = _read(
-            data.retain_records, "task.data.retain_records", REQUIRED, data.fields
-        )
+        retain_records = _read(data.retain_records, "task.data.retain_records", REQUIRED, data.fields)
         target = given(data.target, "task.data.target")
-    splits = make_splits(
-        records, world, target, data.neighbours, data.holdout, source, retain_records
-    )
+    splits = make_splits(records, world, target, data.neighbours, data.holdout, source, retain_records)
     retain, retain_eval = hold_out(splits["retain"], data.eval_fraction, seed, "task.data.retain")
     world, world_eval = hold_out(splits["world"], data.eval_fraction, seed + 1, "task.data.world")
     return {
@@ -311,14 +280,10 @@ def given(value: T | None, key: str) -> T:
     return value
 
 
-def hold_out(
-    records: Sequence[Record], fraction: float, seed: int, field: str
-) -> tuple[list[Record], list[Record]]:
+def hold_out(records: Sequence[Record], fraction: float, seed: int, field: str) -> tuple[list[Record], list[Record]]:
     """A seeded split into (training, held-out) records, ``fraction`` held out (≥ 1 of each)."""
     if len(records) < 2:
-        raise DataError(
-            f"{field}: {len(records)} record(s); need at least 2 to hold some out for evaluation"
-        )
+        raise DataError(f"{field}: {len(records)} record(s); need at least 2 to hold some out for evaluation")
     order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
     n_eval = min(len(records) - 1, max(1, round(fraction * len(records))))
     held = set(order[:n_eval])
@@ -336,9 +301,7 @@ def _elude_splits(data: LLMData, seed: int) -> Splits:
 
     def rows(source: str, key: str, split_key: str) -> list[Record]:
         split = getattr(names, split_key)
-        raw = read_split(
-            source, None, split, f"task.data.{key}", f"task.data.elude_splits.{split_key}"
-        )
+        raw = read_split(source, None, split, f"task.data.{key}", f"task.data.elude_splits.{split_key}")
         return parse_records(raw, f"task.data.{key}", REQUIRED, fields)
 
     source = given(data.records, "task.data.records")
@@ -348,7 +311,9 @@ def _elude_splits(data: LLMData, seed: int) -> Splits:
     retain_train = rows(retain_source, "retain_records", "train")
     retain_eval = rows(retain_source, "retain_records", "eval")
     world, world_eval = hold_out(
-        given(_read_world(data, "task.data.world"), "task.data.world"), data.eval_fraction, seed,
+        given(_read_world(data, "task.data.world"), "task.data.world"),
+        data.eval_fraction,
+        seed,
         "task.data.world",
     )
     train = make_splits(forget_train, world, target, "auto", "auto", source, retain_train)
@@ -373,7 +338,10 @@ def _tofu_splits(data: LLMData, seed: int) -> Splits:
     def config(key: str, required: Sequence[str] = QA) -> list[Record]:
         name = getattr(tofu, key)
         raw = read_split(
-            given(data.records, "task.data.records"), name, tofu.split, "task.data.records",
+            given(data.records, "task.data.records"),
+            name,
+            tofu.split,
+            "task.data.records",
             f"task.data.tofu.{key}",
         )
         return parse_records(raw, f"task.data.tofu.{key} ({name})", required, fields)
@@ -397,9 +365,7 @@ def _tofu_splits(data: LLMData, seed: int) -> Splits:
     }
 
 
-def read_split(
-    source: str, config: str | None, split: str, field: str, split_field: str
-) -> list[dict[str, Any]]:
+def read_split(source: str, config: str | None, split: str, field: str, split_field: str) -> list[dict[str, Any]]:
     """Rows of ``split`` of a ``datasets`` source: a local directory saved with ``save_to_disk``
     (with ``config``: its sub-directory ``config``) or a hub id (``load_dataset(source, config)``)."""
     from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
@@ -446,11 +412,7 @@ def _read_world(data: LLMData, field: str) -> list[Record] | None:
         return None
     rows = read_rows(Path(data.world), field)
     names = data.instruction_fields
-    if (
-        rows
-        and names.instruction in rows[0]
-        and data.fields.get("question", "question") not in rows[0]
-    ):
+    if rows and names.instruction in rows[0] and data.fields.get("question", "question") not in rows[0]:
         return parse_records([_instruction_qa(row, names, field) for row in rows], field, QA)
     return parse_records(rows, field, WORLD_REQUIRED, data.fields)
 
@@ -468,8 +430,4 @@ def _instruction_qa(row: dict[str, Any], names: InstructionFields, field: str) -
 def _read(
     path: str | None, field: str, required: Sequence[str], names: dict[str, str] | None = None
 ) -> list[Record] | None:
-    return (
-        None
-        if path is None
-        else parse_records(read_rows(Path(path), field), field, required, names)
-    )
+    return None if path is None else parse_records(read_rows(Path(path), field), field, required, names)

@@ -77,13 +77,9 @@ class PlainEngine:
             self.ref = (
                 lora.Reference(self.model, self.model)
                 if self.lora
-                else _frozen(
-                    load_model(model_path, torch_dtype(compute.precision), device, **options)
-                )
+                else _frozen(load_model(model_path, torch_dtype(compute.precision), device, **options))
             )
-        self.optimizer = torch.optim.AdamW(
-            _trainable(self.model), lr=method.lr, weight_decay=method.weight_decay
-        )
+        self.optimizer = torch.optim.AdamW(_trainable(self.model), lr=method.lr, weight_decay=method.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(method.lr_schedule, settings.total_steps)
         )
@@ -161,9 +157,7 @@ class DeepSpeedEngine:
         model = _adapted(load_model(model_path, dtype, place, **options), method)
         if compute.grad_checkpointing:
             _enable_checkpointing(model)
-        optimizer = torch.optim.AdamW(
-            _trainable(model), lr=method.lr, weight_decay=method.weight_decay
-        )
+        optimizer = torch.optim.AdamW(_trainable(model), lr=method.lr, weight_decay=method.weight_decay)
         schedule = lr_lambda(method.lr_schedule, settings.total_steps)
         self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,
@@ -236,9 +230,7 @@ class DeepSpeedEngine:
 
     def save(self, out_dir: Path, tokenizer) -> None:
         if self.lora:
-            lora.save_adapter(
-                self.model.module, out_dir, tokenizer, self.gather, self.rank, self.merged_from
-            )
+            lora.save_adapter(self.model.module, out_dir, tokenizer, self.gather, self.rank, self.merged_from)
             if self.world > 1:
                 dist.barrier()
         else:
@@ -265,9 +257,7 @@ class DeepSpeedShards:
             mapping = getattr(p, "_hp_mapping", None)
             if mapping is not None:
                 address = mapping.lp_fragment_address
-                view.view(-1).narrow(0, address.start, address.numel).copy_(
-                    mapping.get_hp_fragment().reshape(-1)
-                )
+                view.view(-1).narrow(0, address.start, address.numel).copy_(mapping.get_hp_fragment().reshape(-1))
             elif not hasattr(p, "_hp_mapping") and self.rank == 0:  # replicated fp32 weights
                 view.copy_(p.data)
         if self.world > 1:
@@ -277,9 +267,7 @@ class DeepSpeedShards:
     def _gather_zero3(self, params: Sequence[nn.Parameter]) -> list[Tensor]:
         from deepspeed.utils import safe_get_local_fp32_param
 
-        local = torch.cat(
-            [safe_get_local_fp32_param(p).reshape(-1).to(self.device) for p in params]
-        )
+        local = torch.cat([safe_get_local_fp32_param(p).reshape(-1).to(self.device) for p in params])
         parts = [torch.empty_like(local) for _ in range(self.world)]
         dist.all_gather(parts, local)
         pieces = [part.split([p.ds_tensor.numel() for p in params]) for part in parts]

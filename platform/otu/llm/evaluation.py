@@ -44,9 +44,7 @@ def cap(splits: Splits, max_items: int | None) -> Splits:
     return {k: v if max_items is None else v[:max_items] for k, v in splits.items()}
 
 
-def model_stats(
-    model: nn.Module, encoder: Encoder, splits: Splits, eval_spec: LLMEval
-) -> ModelStats:
+def model_stats(model: nn.Module, encoder: Encoder, splits: Splits, eval_spec: LLMEval) -> ModelStats:
     """Per-item numbers; world probability is normalised over the perturbed answers (TOFU)."""
     bs, k = eval_spec.batch_size, eval_spec.mink_fraction
     lengths = {"forget": eval_spec.max_new_tokens, "retain": eval_spec.max_new_tokens}
@@ -103,26 +101,18 @@ def metrics(stats: ModelStats, oracle: ModelStats | None) -> dict[str, float]:
         out[f"{name}_prob"] = float(stats.prob[name].mean())
         out[f"{name}_rouge"] = float(stats.rouge[name].mean())
         out[f"{name}_truth_ratio"] = float(np.nanmean(tr)) if np.isfinite(tr).any() else math.nan
-    out["fq"] = harmonic_mean(
-        [1 - out["forget_prob"], 1 - out["forget_rouge"], out["forget_truth_ratio"]]
-    )
-    retained = [
-        out[f"{s}_{m}"] for s in ("retain", "world") for m in ("prob", "rouge", "truth_ratio")
-    ]
+    out["fq"] = harmonic_mean([1 - out["forget_prob"], 1 - out["forget_rouge"], out["forget_truth_ratio"]])
+    retained = [out[f"{s}_{m}"] for s in ("retain", "world") for m in ("prob", "rouge", "truth_ratio")]
     # instruction data (world) has no truth ratio: rq is over the numbers there are
     out["rq"] = harmonic_mean([v for v in retained if not math.isnan(v)])
-    aucs = {
-        a: mia_auc(stats.mia["forget"][a], stats.mia["holdout"][a]) for a in stats.mia["forget"]
-    }
+    aucs = {a: mia_auc(stats.mia["forget"][a], stats.mia["holdout"][a]) for a in stats.mia["forget"]}
     for attack, auc in aucs.items():
         out[f"mia_auc_{attack}"] = auc
     if oracle is None:
         out["ks_forget_quality"] = float("nan")
         out["privleak"] = float("nan")
     else:
-        out["ks_forget_quality"] = float(
-            ks_2samp(stats.truth_ratio["forget"], oracle.truth_ratio["forget"]).pvalue
-        )
+        out["ks_forget_quality"] = float(ks_2samp(stats.truth_ratio["forget"], oracle.truth_ratio["forget"]).pvalue)
         base = mia_auc(oracle.mia["forget"]["mink"], oracle.mia["holdout"]["mink"])
         out["privleak"] = privleak(aucs["mink"], base)
     return out

@@ -57,9 +57,7 @@ class LLMFamily(DistributedUnlearning, ItemOutputs):
 
     def evaluate(self, job: LLMJob, prepared: Prepared, model: nn.Module) -> dict[str, float]:
         stats = prepared.stats(model, job.eval)
-        oracle = (
-            prepared.stats(prepared.model("retrained"), job.eval) if prepared.oracle_path else None
-        )
+        oracle = prepared.stats(prepared.model("retrained"), job.eval) if prepared.oracle_path else None
         metrics = evaluation.metrics(stats, oracle)
         if job.eval.lm_eval is not None:
             from otu.llm.harness import lm_eval_metrics
@@ -68,15 +66,11 @@ class LLMFamily(DistributedUnlearning, ItemOutputs):
             metrics |= lm_eval_metrics(model, tokenizer, job.eval.lm_eval, job.data.max_length)
         return metrics
 
-    def plots(
-        self, job: LLMJob, prepared: Prepared, models: dict[str, nn.Module], out_dir: Path
-    ) -> list[Path]:
+    def plots(self, job: LLMJob, prepared: Prepared, models: dict[str, nn.Module], out_dir: Path) -> list[Path]:
         stats = {name: prepared.stats(model, job.eval) for name, model in models.items()}
         return write_plots(stats, out_dir)
 
-    def outputs(
-        self, job: LLMJob, prepared: Prepared, models: dict[str, nn.Module], out_dir: Path
-    ) -> list[Path]:
+    def outputs(self, job: LLMJob, prepared: Prepared, models: dict[str, nn.Module], out_dir: Path) -> list[Path]:
         """``generations.jsonl``: per evaluated model and QA item, the question, the reference, the
         greedy generation and its prob / rouge / truth_ratio (the numbers behind the metrics)."""
         splits = evaluation.cap(prepared.splits, job.eval.max_items)
@@ -92,9 +86,7 @@ class LLMFamily(DistributedUnlearning, ItemOutputs):
 
 def _checkpoint_dir(ctx: RunContext) -> Path:
     if ctx.checkpoint_dir is None:
-        raise ValueError(
-            "the LLM family saves the unlearned model: give the context a checkpoint_dir"
-        )
+        raise ValueError("the LLM family saves the unlearned model: give the context a checkpoint_dir")
     return Path(ctx.checkpoint_dir)
 
 

@@ -17,9 +17,7 @@ def lm_eval_metrics(model: nn.Module, tokenizer, spec: LmEval, max_length: int) 
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    lm = HFLM(
-        pretrained=model, tokenizer=tokenizer, batch_size=spec.batch_size, max_length=max_length
-    )
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=spec.batch_size, max_length=max_length)
     results = simple_evaluate(
         model=lm,
         tasks=list(spec.tasks),
@@ -33,10 +31,6 @@ def lm_eval_metrics(model: nn.Module, tokenizer, spec: LmEval, max_length: int) 
     for task, values in (results or {}).get("results", {}).items():
         for key, value in values.items():
             name = key.split(",")[0]
-            if (
-                isinstance(value, (int, float))
-                and not name.endswith("_stderr")
-                and name != "sample_len"
-            ):
+            if isinstance(value, (int, float)) and not name.endswith("_stderr") and name != "sample_len":
                 out[f"lm_eval/{task}/{name}"] = float(value) if math.isfinite(value) else math.nan
     return out

@@ -199,9 +199,7 @@ def _micro_batches(
             if name not in pick:
                 return None
             records = [splits[name][i] for i in pick[name]]
-            return encoder.batch(
-                [r.question for r in records], answers or [r.answer for r in records]
-            ).to(device)
+            return encoder.batch([r.question for r in records], answers or [r.answer for r in records]).to(device)
 
         answers = objective.forget_answers(pick["forget"])
         relabelled = batch("forget", answers) if answers is not None else None

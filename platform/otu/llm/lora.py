@@ -60,15 +60,11 @@ def check_targets(model: nn.Module, spec: Lora) -> None:
 
     config = LoraConfig(target_modules=spec.target_modules)
     hits = [
-        (name, module)
-        for name, module in model.named_modules()
-        if name and check_target_module_exists(config, name)
+        (name, module) for name, module in model.named_modules() if name and check_target_module_exists(config, name)
     ]
     linear = [name for name, module in hits if isinstance(module, nn.Linear)]
     if not linear:
-        names = sorted(
-            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-        )
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
         raise SpecError(
             f"method.lora.target_modules: {spec.target_modules!r} matches no linear layer of the "
             f"model; its linear layers are named {names}"
@@ -107,9 +103,7 @@ def load_merged(base: nn.Module, adapter_dir: Path) -> nn.Module:
     return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
 
 
-def save_adapter(
-    peft_model: nn.Module, out_dir: Path, tokenizer, gather: Gather, rank: int, merged_from=None
-) -> None:
+def save_adapter(peft_model: nn.Module, out_dir: Path, tokenizer, gather: Gather, rank: int, merged_from=None) -> None:
     """The adapter (``adapter_config.json`` + weights) and the tokenizer, written by rank 0; the
     adapter tensors are gathered first (collective under ZeRO-3). ``merged_from``: a function
     loading the base model (on the CPU), to also write the merged model to ``out_dir/merged``."""
@@ -208,9 +202,7 @@ class LoraRegulariser:
                 self.add_grad(layer.b, grad_b.mul_(self.weight))
         return total
 
-    def _value_and_grads(
-        self, index: int, step: int, layer: Adapted
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def _value_and_grads(self, index: int, step: int, layer: Adapted) -> tuple[Tensor, Tensor, Tensor]:
         a, b = layer.a.data.float(), layer.b.data.float()
         if self.kind != "wasserstein":
             from otu.llm.regulariser import PLAIN

@@ -10,7 +10,8 @@ term except NPO's ``batch_mean`` is a mean over sequences, so a global batch spl
   method's ``reduction``: ``sequence_sum`` (summed answer log-likelihood per sequence, the NPO
   paper and open-unlearning), ``sequence_mean`` (per-token mean per sequence), ``batch_mean`` (one
   token mean over the micro-batch, log σ taken once — the OPT-OUT authors' code).
-* SimNPO (Fan et al. 2024, official code): :math:`-\frac{2}{\beta}\,\mathrm{mean}\log\sigma(\beta(\bar\ell_\theta - \gamma))`
+* SimNPO (Fan et al. 2024, official code):
+  :math:`-\frac{2}{\beta}\,\mathrm{mean}\log\sigma(\beta(\bar\ell_\theta - \gamma))`
   with :math:`\bar\ell` the per-token mean NLL.
 """
 
@@ -29,9 +30,7 @@ def token_nll(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
     """Per-token NLL (B×T−1, zero off the answer) and the answer mask."""
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     targets = batch.labels[:, 1:]
-    nll = F.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none"
-    )
+    nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
     return nll, targets != IGNORE
 
 
@@ -62,9 +61,7 @@ class StepBatches:
     """The forget questions with the objective's own answers (:meth:`Objective.forget_answers`)."""
 
 
-def npo_forget(
-    model: nn.Module, ref: nn.Module | None, forget: Batch, beta: float, reduction: str
-) -> Tensor:
+def npo_forget(model: nn.Module, ref: nn.Module | None, forget: Batch, beta: float, reduction: str) -> Tensor:
     """NPO's loss on the forget batch against the frozen reference ``ref``."""
     assert ref is not None, "NPO needs the reference model (needs_reference)"
     with torch.no_grad():

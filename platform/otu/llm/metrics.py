@@ -57,14 +57,8 @@ def score_answers(
     device = next(model.parameters()).device
     nll, mink, minkpp = [], [], []
     for start in range(0, len(questions), batch_size):
-        batch = encoder.batch(
-            questions[start : start + batch_size], answers[start : start + batch_size]
-        ).to(device)
-        logits = (
-            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-            .logits[:, :-1]
-            .float()
-        )
+        batch = encoder.batch(questions[start : start + batch_size], answers[start : start + batch_size]).to(device)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
         targets = batch.labels[:, 1:]
         mask = targets != IGNORE
         logp, z = token_log_probs(logits, targets)
@@ -129,10 +123,7 @@ def rouge_recall(predictions: Sequence[str], references: Sequence[str]) -> np.nd
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     return np.array(
-        [
-            scorer.score(ref, pred)["rougeL"].recall
-            for pred, ref in zip(predictions, references, strict=True)
-        ]
+        [scorer.score(ref, pred)["rougeL"].recall for pred, ref in zip(predictions, references, strict=True)]
     )
 
 
@@ -148,14 +139,10 @@ class OptionScores:
         return np.exp(self.paraphrased - np.array([p.mean() for p in self.perturbed]))
 
 
-def option_scores(
-    model: nn.Module, encoder: Encoder, records: Sequence[Record], batch_size: int
-) -> OptionScores:
+def option_scores(model: nn.Module, encoder: Encoder, records: Sequence[Record], batch_size: int) -> OptionScores:
     """Mean answer NLLs of every record's paraphrased and perturbed answers."""
     questions = [r.question for r in records]
-    para = score_answers(
-        model, encoder, questions, [r.paraphrased_answer for r in records], batch_size, 1.0
-    ).nll
+    para = score_answers(model, encoder, questions, [r.paraphrased_answer for r in records], batch_size, 1.0).nll
     flat_q = [r.question for r in records for _ in r.perturbed_answer]
     flat_a = [a for r in records for a in r.perturbed_answer]
     pert = score_answers(model, encoder, flat_q, flat_a, batch_size, 1.0).nll

@@ -51,8 +51,7 @@ def encoder_for(tokenizer, data, field: str = "task.model.path") -> Encoder:
         return Encoder(tokenizer, data.prompt, data.max_length, chat)
     except TemplateError as err:
         raise SpecError(
-            f"{field}: {err}; fix the tokenizer's chat_template or set "
-            "task.data.prompt_format: plain"
+            f"{field}: {err}; fix the tokenizer's chat_template or set task.data.prompt_format: plain"
         ) from None
 
 
@@ -142,9 +141,7 @@ def resolve_checkpoint(path: str, revision: str | None, field: str = "task.model
 
     try:
         return Path(snapshot_download(path, revision=revision))
-    except (
-        Exception
-    ) as err:  # offline, unknown id, gated repo, bad revision: one cause for the user
+    except Exception as err:  # offline, unknown id, gated repo, bad revision: one cause for the user
         cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SpecError(
             f"{field}: {path!r} is neither a local directory nor a hub id that can be fetched or "

@@ -39,9 +39,7 @@ def splits_figure(stats: dict[str, ModelStats]):
     values = np.concatenate([np.log(s.truth_ratio["forget"]) for s in stats.values()])
     bins = np.linspace(values.min(), values.max(), 20) if np.ptp(values) > 0 else 10
     for k, (name, s) in enumerate(stats.items()):
-        axes[2].hist(
-            np.log(s.truth_ratio["forget"]), bins=bins, alpha=0.5, label=name, color=f"C{k}"
-        )
+        axes[2].hist(np.log(s.truth_ratio["forget"]), bins=bins, alpha=0.5, label=name, color=f"C{k}")
     axes[2].set_xlabel("log truth ratio on forget (perturbed / paraphrased)")
     axes[2].set_ylabel("items")
     axes[2].yaxis.set_major_locator(MaxNLocator(integer=True))

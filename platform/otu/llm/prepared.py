@@ -161,11 +161,7 @@ def _build(job: LLMJob, ctx: RunContext, tmp: Path) -> None:
     else:
         assert source is not None
         target = source
-        oracle = (
-            resolve_checkpoint(spec.retain_path, None, "task.model.retain_path")
-            if spec.retain_path
-            else None
-        )
+        oracle = resolve_checkpoint(spec.retain_path, None, "task.model.retain_path") if spec.retain_path else None
     info = {
         "target": str(target),
         "oracle": str(oracle) if oracle else None,

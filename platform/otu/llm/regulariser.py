@@ -157,9 +157,7 @@ class ParameterRegulariser:
         for bucket in self.buckets:
             params = [self.params[i] for i in bucket]
             masters = self.shards.fetch_fp32(params)
-            flat = torch.zeros(
-                sum(m.numel() for m in masters), dtype=torch.float32, device=masters[0].device
-            )
+            flat = torch.zeros(sum(m.numel() for m in masters), dtype=torch.float32, device=masters[0].device)
             grads = split_flat(flat, [m.shape for m in masters])
             for i, w, grad in zip(bucket, masters, grads, strict=True):
                 if self.owner[i] == self.shards.rank:

@@ -19,9 +19,7 @@ class SyntheticSizes(Section):
     """Sizes of the generated fictitious-entity set (``otu data entities``)."""
 
     targets: int = Field(3, ge=1, description="target entities (each a possible forget request)")
-    neighbours: int = Field(
-        3, ge=1, description="neighbour entities per target (shared attributes)"
-    )
+    neighbours: int = Field(3, ge=1, description="neighbour entities per target (shared attributes)")
     perturbed: int = Field(3, ge=1, description="perturbed (false) answers per question")
     world: int = Field(24, ge=1, description="general-knowledge QA pairs in the world file")
 
@@ -102,9 +100,7 @@ class LLMData(Section):
     instruction_fields: InstructionFields = InstructionFields()
     elude_splits: EludeSplits = EludeSplits()
     tofu: Tofu = Tofu()
-    eval_fraction: float = Field(
-        0.2, gt=0, lt=1, description="retain / world records held out for evaluation (seeded)"
-    )
+    eval_fraction: float = Field(0.2, gt=0, lt=1, description="retain / world records held out for evaluation (seeded)")
     prompt_format: Literal["auto", "chat", "plain"] = "auto"
     """``auto``: the tokenizer's chat template when it has one, else ``prompt``."""
     prompt: str = "Question: {question}\nAnswer: "
@@ -134,9 +130,7 @@ class LLMData(Section):
             if missing:
                 raise ValueError(f"layout elude needs {', '.join(missing)}")
         elif self.target is not None or self.retain_records is not None:
-            raise ValueError(
-                "layout tofu has no target or retain_records (tofu.forget is the request)"
-            )
+            raise ValueError("layout tofu has no target or retain_records (tofu.forget is the request)")
 
     @field_validator("fields")
     @classmethod
@@ -191,9 +185,7 @@ class LLMModel(Section):
     """``eager``, ``sdpa``, ``flash_attention_2``…; None: transformers' default."""
     trust_remote_code: bool = False
     tiny: TinyModel | None = None
-    epochs: int = Field(
-        0, ge=0, description="fine-tuning passes that make the target / retain-only models"
-    )
+    epochs: int = Field(0, ge=0, description="fine-tuning passes that make the target / retain-only models")
     lr: float = Field(3e-3, gt=0, description="fine-tuning learning rate")
     batch_size: int = Field(16, ge=1)
     weight_decay: float = Field(0.0, ge=0)
@@ -205,9 +197,7 @@ class LLMModel(Section):
         if (self.path is None) == (self.tiny is None):
             raise ValueError("give exactly one of path (a local HF checkpoint) or tiny (a config)")
         if self.tiny is not None and self.epochs < 1:
-            raise ValueError(
-                f"epochs: a tiny model must be fine-tuned, need >= 1 (got {self.epochs})"
-            )
+            raise ValueError(f"epochs: a tiny model must be fine-tuned, need >= 1 (got {self.epochs})")
         if self.retain_path is not None and self.epochs > 0:
             raise ValueError("retain_path: only with epochs 0 (otherwise the oracle is fine-tuned)")
         return self
@@ -381,8 +371,7 @@ class OptOut(Retaining):
     def _second_step_has_terms(cls, alternate: bool, info: ValidationInfo) -> bool:
         if alternate and not (info.data.get("retain_weight") or info.data.get("world_weight")):
             raise ValueError(
-                "the second (retain + regulariser) step needs retain_weight or world_weight > 0 "
-                "(both are 0)"
+                "the second (retain + regulariser) step needs retain_weight or world_weight > 0 (both are 0)"
             )
         return alternate
 

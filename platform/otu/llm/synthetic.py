@@ -187,8 +187,7 @@ class _Generator:
     def word(self, syllables: int) -> str:
         while True:
             text = "".join(
-                self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS) + self.rng.choice(_CODAS)
-                for _ in range(syllables)
+                self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS) + self.rng.choice(_CODAS) for _ in range(syllables)
             ).capitalize()
             if text not in self.used:
                 self.used.add(text)
@@ -298,9 +297,7 @@ def _world(rng: random.Random, count: int, n_perturbed: int) -> list[dict[str, A
     return rows
 
 
-def _arithmetic(
-    rng: random.Random, word: str, op: Callable[[int, int], int], n: int
-) -> dict[str, Any]:
+def _arithmetic(rng: random.Random, word: str, op: Callable[[int, int], int], n: int) -> dict[str, Any]:
     a, b = rng.randint(2, 12), rng.randint(2, 12)
     value = op(a, b)
     wrong = rng.sample([value + d for d in (-3, -2, -1, 1, 2, 3, 10)], n)

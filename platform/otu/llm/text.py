@@ -31,9 +31,7 @@ class Batch:
     labels: Tensor
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(
-            self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device)
-        )
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -58,25 +56,17 @@ class Encoder:
             raise ValueError("the tokenizer has no eos token")
         if self.chat and not has_chat_template(tokenizer):
             raise TemplateError("the tokenizer has no chat template")
-        self.pad_id = (
-            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        )
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if self.chat:
             self._check_chat_template()
 
     def _chat_texts(self, question: str, answer: str) -> tuple[str, str]:
         """(prompt text, answer text): the chat with the generation prompt, and what the answer adds."""
         user = [{"role": "user", "content": question}]
-        prompt = self.tokenizer.apply_chat_template(
-            user, tokenize=False, add_generation_prompt=True
-        )
-        full = self.tokenizer.apply_chat_template(
-            [*user, {"role": "assistant", "content": answer}], tokenize=False
-        )
+        prompt = self.tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        full = self.tokenizer.apply_chat_template([*user, {"role": "assistant", "content": answer}], tokenize=False)
         if not full.startswith(prompt):
-            raise TemplateError(
-                "the chat template's assistant turn does not extend its generation prompt"
-            )
+            raise TemplateError("the chat template's assistant turn does not extend its generation prompt")
         return prompt, full[len(prompt) :]
 
     def _check_chat_template(self) -> None:
@@ -85,17 +75,13 @@ class Encoder:
         if question not in prompt:
             raise TemplateError("the chat template drops the user's question")
         if answer not in rest:
-            raise TemplateError(
-                f"the chat template drops the assistant's answer (renders {rest!r})"
-            )
+            raise TemplateError(f"the chat template drops the assistant's answer (renders {rest!r})")
 
     def prompt_ids(self, question: str) -> list[int]:
         if self.chat:
             text = self._chat_texts(question, "")[0]
             return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self.tokenizer(self.prompt.format(question=question), add_special_tokens=True)[
-            "input_ids"
-        ]
+        return self.tokenizer(self.prompt.format(question=question), add_special_tokens=True)["input_ids"]
 
     def answer_ids(self, question: str, answer: str) -> list[int]:
         if self.chat:

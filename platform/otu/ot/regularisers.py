@@ -79,9 +79,7 @@ def sw_regulariser_sorted(
     _check_projections(rows, projections)
     n_dirs = projections.shape[1]
     if w0_sorted.shape != (rows.shape[0], n_dirs):
-        raise ValueError(
-            f"w0_sorted must be (n, L) = {(rows.shape[0], n_dirs)}; got {tuple(w0_sorted.shape)}"
-        )
+        raise ValueError(f"w0_sorted must be (n, L) = {(rows.shape[0], n_dirs)}; got {tuple(w0_sorted.shape)}")
     proj = rows.to(projections.dtype) @ projections  # P = W U, (n, L)
     proj_sorted, rank = torch.sort(proj, dim=0)
     gap = proj_sorted.sub_(w0_sorted)  # (P − Q̃) with rows in sorted order
@@ -111,9 +109,7 @@ def sw_regulariser_autograd(w: Tensor, w0: Tensor, projections: Tensor) -> Tenso
 
 def _flat_pair(w: Tensor, w0: Tensor) -> tuple[Tensor, Tensor]:
     if w.shape != w0.shape:
-        raise ValueError(
-            f"w and w0 must have the same shape; got {tuple(w.shape)} and {tuple(w0.shape)}"
-        )
+        raise ValueError(f"w and w0 must have the same shape; got {tuple(w.shape)} and {tuple(w0.shape)}")
     dtype = torch.promote_types(w.dtype, torch.float32)
     return w.reshape(-1).to(dtype), w0.reshape(-1).to(dtype)
 

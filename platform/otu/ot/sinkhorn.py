@@ -88,9 +88,7 @@ def sinkhorn_loss(
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {sorted(COSTS)}, got {cost!r}")
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(
-            f"x and y must be (n, D) and (m, D); got {tuple(x.shape)} and {tuple(y.shape)}"
-        )
+        raise ValueError(f"x and y must be (n, D) and (m, D); got {tuple(x.shape)} and {tuple(y.shape)}")
     if blur <= 0 or not 0 < scaling < 1:
         raise ValueError(f"need blur > 0 and 0 < scaling < 1; got blur={blur}, scaling={scaling}")
     # The annealing starts at ε = diameter**p: the largest cost. For cosine that is 2 whatever the

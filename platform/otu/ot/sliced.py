@@ -62,17 +62,13 @@ def sliced_wasserstein(
         A scalar tensor, :math:`(\frac{1}{L}\sum_l W_p^p)^{1/p}`.
     """
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(
-            f"x and y must be (n, d) and (m, d); got {tuple(x.shape)} and {tuple(y.shape)}"
-        )
+        raise ValueError(f"x and y must be (n, d) and (m, d); got {tuple(x.shape)} and {tuple(y.shape)}")
     if p < 1:
         raise ValueError(f"p must be >= 1, got {p}")
     if projections is None:
         projections = random_projections(x.shape[1], n_projections, seed, x.device, x.dtype)
     elif projections.ndim != 2 or projections.shape[0] != x.shape[1]:
-        raise ValueError(
-            f"projections must be (d, L) with d={x.shape[1]}; got {tuple(projections.shape)}"
-        )
+        raise ValueError(f"projections must be (d, L) with d={x.shape[1]}; got {tuple(projections.shape)}")
     x_proj, y_proj = x @ projections, y @ projections
     if a is None and b is None and x.shape[0] == y.shape[0]:
         gap = torch.sort(x_proj, dim=0).values - torch.sort(y_proj, dim=0).values

@@ -42,8 +42,14 @@ def compare_sweeps(sweep_dirs: list[Path], out_dir: Path) -> list[Path]:
         order = pd.Series(list(fx)).argsort()
         ax.plot(pd.Series(list(fx)).iloc[order], front[y].iloc[order], "o-", color=f"C{i}", label=label)
         for _, row in front.iterrows():
-            rows.append({"sweep": s.name, "method": s.experiment.method.name,
-                         "trial_id": row["trial_id"], **{m: row[m] for m in metrics}})
+            rows.append(
+                {
+                    "sweep": s.name,
+                    "method": s.experiment.method.name,
+                    "trial_id": row["trial_id"],
+                    **{m: row[m] for m in metrics},
+                }
+            )
     ax.set_xlabel(f"{metrics[0]} ({modes[0]})" if len(metrics) > 1 else "trial")
     ax.set_ylabel(f"{metrics[-1]} ({modes[-1]})")
     ax.legend(loc="best")

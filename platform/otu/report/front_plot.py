@@ -70,11 +70,19 @@ def front_figure(
         x_err = done[f"{x_name}_std"].to_numpy(float) if f"{x_name}_std" in done else None
         y_err = done[f"{y_name}_std"].to_numpy(float) if f"{y_name}_std" in done else None
         if x_err is not None or y_err is not None:
-            ax.errorbar(x, y, xerr=x_err, yerr=y_err, fmt="none", ecolor="0.75", lw=0.8, zorder=1,
-                        label="± std over seeds")
+            ax.errorbar(
+                x, y, xerr=x_err, yerr=y_err, fmt="none", ecolor="0.75", lw=0.8, zorder=1, label="± std over seeds"
+            )
         many = len(done) > 50
-        ax.scatter(x, y, s=10 if many else 22, color="0.55", alpha=0.6 if many else 0.9, zorder=2,
-                   label=f"trials (n={len(done)})")
+        ax.scatter(
+            x,
+            y,
+            s=10 if many else 22,
+            color="0.55",
+            alpha=0.6 if many else 0.9,
+            zorder=2,
+            label=f"trials (n={len(done)})",
+        )
         fx, fy = xy(front)
         ax.plot(fx, fy, "o-" if two else "o", color="C3", ms=5, zorder=3, label="Pareto front")
         markers += list(zip(fx, fy, strict=True))
@@ -86,8 +94,16 @@ def front_figure(
         (ry, ry_std) = ref[y_name]
         if two:
             rx, rx_std = ref[x_name]
-            ax.errorbar([rx], [ry], xerr=[rx_std] if rx_std else None, yerr=[ry_std] if ry_std else None,
-                        fmt="none", ecolor=style["color"], lw=0.8, zorder=4)
+            ax.errorbar(
+                [rx],
+                [ry],
+                xerr=[rx_std] if rx_std else None,
+                yerr=[ry_std] if ry_std else None,
+                fmt="none",
+                ecolor=style["color"],
+                lw=0.8,
+                zorder=4,
+            )
             ax.scatter([rx], [ry], zorder=5, edgecolors="white", linewidths=0.6, **style)
             ref_points.append((rx, ry, name))
             markers.append((rx, ry))
@@ -105,8 +121,14 @@ def front_figure(
 
     taken = _marker_boxes(ax, markers)
     if ref_points:
-        place_labels(ax, [p[0] for p in ref_points], [p[1] for p in ref_points], [p[2] for p in ref_points],
-                     fontsize=8, taken=taken)
+        place_labels(
+            ax,
+            [p[0] for p in ref_points],
+            [p[1] for p in ref_points],
+            [p[2] for p in ref_points],
+            fontsize=8,
+            taken=taken,
+        )
     if not front.empty:
         fx, fy = xy(front)
         place_labels(ax, fx, fy, [str(i + 1) for i in range(len(front))], taken=taken)
@@ -139,8 +161,13 @@ def _draw_table(side, rows: list[list[str]]) -> None:
         cell.set_linewidth(0.3)
         cell.set_height(0.035 * 5.0 / max(5.0, 0.22 * (len(shown) + 1) + 1.5))
     if len(rows) > len(shown):
-        side.text(0, 0, f"… and {len(rows) - len(shown)} more front trials in summary.md", fontsize=7,
-                  transform=side.transAxes)
+        side.text(
+            0,
+            0,
+            f"… and {len(rows) - len(shown)} more front trials in summary.md",
+            fontsize=7,
+            transform=side.transAxes,
+        )
 
 
 def _marker_boxes(ax, points: list[tuple[float, float]], half: float = 4.0) -> list[Bbox]:

@@ -45,12 +45,14 @@ class Page:
     def image(self, path: Path, caption: str = "") -> Page:
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-        self.parts.append(f'<figure><img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">{cap}</figure>')
+        self.parts.append(
+            f'<figure><img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">{cap}</figure>'
+        )
         return self
 
     def write(self, path: Path) -> Path:
         text = (
-            f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(self.title)}</title>"
+            f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(self.title)}</title>'
             f"<style>{STYLE}</style></head><body>\n" + "\n".join(self.parts) + "\n</body></html>\n"
         )
         replace_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -18,6 +18,6 @@ def plot_dynamics(rows: list[dict[str, float]], path: Path) -> Path:
         ax.plot(steps, [r[name] for r in rows], "o-")
         ax.set_title(name)
         ax.set_xlabel("step")
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     return save_figure(fig, path, dpi=110)

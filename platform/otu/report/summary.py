@@ -30,8 +30,9 @@ def write_report(sweep_dir: Path, sweep: Sweep, timings: dict[str, float] | None
     references = reference_metrics(sweep_dir)
     summary = sweep_dir / "summary.md"
     summary.write_text(summary_markdown(sweep, table, front, timings or {}, references))
-    plot = plot_front(table, front, metrics, modes, knobs(table), sweep_dir / "pareto.png",
-                      title=sweep.name, references=references)
+    plot = plot_front(
+        table, front, metrics, modes, knobs(table), sweep_dir / "pareto.png", title=sweep.name, references=references
+    )
     page = sweep_html(sweep_dir, sweep, table, front, references, plot)
     return [summary, plot, page]
 
@@ -91,13 +92,13 @@ def summary_markdown(
     )
     if timings:
         lines.append("")
-        lines.append(
-            "Time: " + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in timings.items())
-        )
+        lines.append("Time: " + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in timings.items()))
     lines += ["", "## Objectives", ""]
     lines += [f"- `{o.metric}` ({o.mode})" for o in sweep.objectives]
     lines += ["", "## Pareto front", ""]
-    lines.append(_table(_mean_std(front.sort_values(metrics[0]), metrics), cols) if not front.empty else "_no finished trials_")
+    lines.append(
+        _table(_mean_std(front.sort_values(metrics[0]), metrics), cols) if not front.empty else "_no finished trials_"
+    )
     if references:
         lines += ["", "## Reference models", ""]
         lines.append(_table(references_frame(references, metrics), ["model", *metrics]))
@@ -130,8 +131,6 @@ def _table(df: pd.DataFrame, cols: list[str]) -> str:
     sep = "|" + "|".join("---" for _ in cols) + "|"
     rows = ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for _, r in df.iterrows()]
     return "\n".join([head, sep, *rows])
-
-
 
 
 def sweep_html(

@@ -225,8 +225,11 @@ class _StepRecorder:
 
     def _prune(self) -> None:
         """Delete evaluated checkpoint directories, except the best so far by ``select``."""
-        best = select_checkpoint(self.checkpoints, self.select, self.mode)["step"] if (
-            self.select is not None and self.checkpoints) else None
+        best = (
+            select_checkpoint(self.checkpoints, self.select, self.mode)["step"]
+            if (self.select is not None and self.checkpoints)
+            else None
+        )
         for row in self.checkpoints:
             step = int(row["step"])
             if step != best and step in self.stored:

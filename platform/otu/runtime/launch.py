@@ -71,9 +71,7 @@ def launcher_for(exp: Experiment) -> Launcher:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         if world != exp.compute.workers:
-            raise SpecError(
-                f"compute.workers: is {exp.compute.workers} but the launcher started {world} ranks"
-            )
+            raise SpecError(f"compute.workers: is {exp.compute.workers} but the launcher started {world} ranks")
         return ProcessGroup(int(os.environ.get("RANK", "0")), world)
     return RayTrain() if exp.compute.workers > 1 else InProcess()
 

@@ -31,9 +31,21 @@ STATE_FILE = "mlflow.json"
 LIVE_EVERY_S = 2.0
 """How often the running trials' new steps go to MLflow."""
 RESULT_NOISE = {
-    "time_this_iter_s", "time_total_s", "timestamp", "training_iteration", "time_since_restore",
-    "iterations_since_restore", "done", "pid", "hostname", "node_ip", "date", "trial_id",
-    "experiment_tag", "checkpoint_dir_name", "should_checkpoint",
+    "time_this_iter_s",
+    "time_total_s",
+    "timestamp",
+    "training_iteration",
+    "time_since_restore",
+    "iterations_since_restore",
+    "done",
+    "pid",
+    "hostname",
+    "node_ip",
+    "date",
+    "trial_id",
+    "experiment_tag",
+    "checkpoint_dir_name",
+    "should_checkpoint",
 }
 _TRANSIENT = ("_tracker", "_parent", "_jobs", "_thread", "_live", "_error")
 
@@ -151,7 +163,10 @@ class SweepRecorder(Callback):
         metrics = {k: v for k, v in (trial.last_result or {}).items() if k not in RESULT_NOISE}
         metrics = {k: v for k, v in flatten(metrics).items() if k != "config" and not k.startswith("config.")}
         row: dict[str, Any] = {
-            "trial_id": trial.trial_id, "status": status, "error": error, "failures": trial.num_failures,
+            "trial_id": trial.trial_id,
+            "status": status,
+            "error": error,
+            "failures": trial.num_failures,
         }
         row.update({f"config/{k}": v for k, v in trial.config.items()})
         row.update(metrics if status == "TERMINATED" else {})

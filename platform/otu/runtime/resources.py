@@ -17,8 +17,7 @@ def check_device(exp: Experiment) -> None:
 
     if not torch.cuda.is_available():
         raise SpecError(
-            f"compute.device: 'cuda' but CUDA is not available here (torch {torch.__version__}); "
-            "use cpu or auto"
+            f"compute.device: 'cuda' but CUDA is not available here (torch {torch.__version__}); use cpu or auto"
         )
 
 

@@ -172,9 +172,7 @@ def search_algorithm(sweep: Sweep, work: Plan | None = None):
 
     warm = work.warm if work is not None else []
     seed = sweep.experiment.seed + len(warm)  # a resumed study does not replay the first suggestions
-    sampler = (
-        optuna.samplers.NSGAIISampler(seed=seed) if algo == "nsga2" else optuna.samplers.TPESampler(seed=seed)
-    )
+    sampler = optuna.samplers.NSGAIISampler(seed=seed) if algo == "nsga2" else optuna.samplers.TPESampler(seed=seed)
     metrics = [o.metric for o in sweep.objectives]
     modes: list[str] = [o.mode for o in sweep.objectives]
     space = OptunaSearch.convert_search_space({key: to_tune(param) for key, param in sweep.space.items()})

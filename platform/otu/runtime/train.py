@@ -61,9 +61,7 @@ def unlearn_distributed(exp: Experiment, family: DistributedUnlearning, prepared
             use_gpu=use_gpu,
             resources_per_worker={"CPU": exp.compute.threads, **({"GPU": 1} if use_gpu else {})},
         ),
-        run_config=RunConfig(
-            name=f"train-{exp.hash}", storage_path=str(checkpoint_dir.parent / "ray-train")
-        ),
+        run_config=RunConfig(name=f"train-{exp.hash}", storage_path=str(checkpoint_dir.parent / "ray-train")),
     )
     outcome: dict[str, Any] = {}
 
@@ -144,8 +142,9 @@ class _WorkerReporter:
         from ray.train.collective import barrier
 
         path = Path(checkpoint)
-        ray.train.report(dict(self.last), checkpoint=ray.train.Checkpoint.from_directory(path),
-                         checkpoint_dir_name=path.name)
+        ray.train.report(
+            dict(self.last), checkpoint=ray.train.Checkpoint.from_directory(path), checkpoint_dir_name=path.name
+        )
         barrier()  # every rank's part is in storage
         shutil.rmtree(path, ignore_errors=True)
         if self.rank == 0:

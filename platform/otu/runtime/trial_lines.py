@@ -29,8 +29,9 @@ class TrialLines(Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._print(self.line(trial.trial_id, trial.config, {}, error=str(trial.get_error() or "error")))
 
-    def line(self, trial_id: str, config: Mapping[str, Any], result: Mapping[str, Any],
-             error: str | None = None) -> str:
+    def line(
+        self, trial_id: str, config: Mapping[str, Any], result: Mapping[str, Any], error: str | None = None
+    ) -> str:
         self.finished += 1
         took = time.time() - self.started.pop(trial_id, time.time())
         knobs = " ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in config.items())

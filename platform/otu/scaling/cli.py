@@ -27,32 +27,63 @@ def _words(text: str) -> list[str]:
 
 def add_scale_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "scale", help="memory / throughput scaling of the unlearning loop over model size, ZeRO stage, "
+        "scale",
+        help="memory / throughput scaling of the unlearning loop over model size, ZeRO stage, "
         "workers and offload; or --estimate DeepSpeed's model-state memory for given models",
     )
     p.add_argument("spec", type=Path, nargs="?", help="LLM experiment spec (not needed with --estimate)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a dotted spec key (repeatable)")
-    p.add_argument("--size", dest="sizes", action="append", default=[], metavar="LABEL:KEY=VALUE,...",
-                   help="a model size as spec overrides, e.g. "
-                   "m:task.model.tiny.hidden=512,task.model.tiny.layers=4 (repeatable; default: the spec's)")
-    p.add_argument("--variant", dest="variants", action="append", default=[], metavar="LABEL:KEY=VALUE,...",
-                   help="a method/compute variant measured beside the spec, e.g. nosw:method.reg_weight=0 "
-                   "(repeatable; the spec itself is the variant 'spec' unless variants are given)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a dotted spec key (repeatable)",
+    )
+    p.add_argument(
+        "--size",
+        dest="sizes",
+        action="append",
+        default=[],
+        metavar="LABEL:KEY=VALUE,...",
+        help="a model size as spec overrides, e.g. "
+        "m:task.model.tiny.hidden=512,task.model.tiny.layers=4 (repeatable; default: the spec's)",
+    )
+    p.add_argument(
+        "--variant",
+        dest="variants",
+        action="append",
+        default=[],
+        metavar="LABEL:KEY=VALUE,...",
+        help="a method/compute variant measured beside the spec, e.g. nosw:method.reg_weight=0 "
+        "(repeatable; the spec itself is the variant 'spec' unless variants are given)",
+    )
     p.add_argument("--zero", type=_ints, default=[0, 3], help="ZeRO stages, e.g. 0,1,2,3 (default 0,3)")
     p.add_argument("--workers", type=_ints, default=[1, 2], help="worker counts (default 1,2)")
     p.add_argument("--offload", type=_words, default=["none"], help="none,optimizer,params (default none)")
     p.add_argument("--steps", type=int, default=3, help="optimizer steps per run; the first is warm-up")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per combination")
-    p.add_argument("--mmap-threshold", type=int, default=DEFAULT_MMAP_THRESHOLD, metavar="BYTES",
-                   help="glibc MALLOC_MMAP_THRESHOLD_ in the workers, so freed tensors leave the RSS "
-                   f"(default {DEFAULT_MMAP_THRESHOLD}; 0: glibc's dynamic threshold)")
-    p.add_argument("--estimate", action="store_true",
-                   help="only DeepSpeed's model-state estimates for --models (no spec, no GPU needed); "
-                   "into a study's --out they join its measured rows in the one table and plot")
-    p.add_argument("--models", type=_words, default=None,
-                   help="presets (llama-3.2-1b … llama-3.1-70b), config.json paths or counts like 13B; "
-                   "with a spec, their estimates join the measured table and plot")
+    p.add_argument(
+        "--mmap-threshold",
+        type=int,
+        default=DEFAULT_MMAP_THRESHOLD,
+        metavar="BYTES",
+        help="glibc MALLOC_MMAP_THRESHOLD_ in the workers, so freed tensors leave the RSS "
+        f"(default {DEFAULT_MMAP_THRESHOLD}; 0: glibc's dynamic threshold)",
+    )
+    p.add_argument(
+        "--estimate",
+        action="store_true",
+        help="only DeepSpeed's model-state estimates for --models (no spec, no GPU needed); "
+        "into a study's --out they join its measured rows in the one table and plot",
+    )
+    p.add_argument(
+        "--models",
+        type=_words,
+        default=None,
+        help="presets (llama-3.2-1b … llama-3.1-70b), config.json paths or counts like 13B; "
+        "with a spec, their estimates join the measured table and plot",
+    )
     p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node for --estimate (default 8)")
     p.add_argument("--nodes", type=int, default=1, help="nodes for --estimate (default 1)")
     p.add_argument("--out", type=Path, help="output directory (default otu-runs/scale-<time>/)")
@@ -104,13 +135,19 @@ def _measure(args: argparse.Namespace, out_dir: Path) -> None:
 
     def show(row: dict) -> None:
         if row["status"] == "ok":
-            console.print(f"  {row['size']} ZeRO-{row['zero_stage']} ×{row['workers']} offload {row['offload']} "
-                          f"{row['variant']}: "
-                          f"peak {row['peak_rss_gib']:.3f} GiB/worker, step {row['step_time_s']:.2f} s, "
-                          f"SW {100 * row['sw_share']:.0f} %", highlight=False)
+            console.print(
+                f"  {row['size']} ZeRO-{row['zero_stage']} ×{row['workers']} offload {row['offload']} "
+                f"{row['variant']}: "
+                f"peak {row['peak_rss_gib']:.3f} GiB/worker, step {row['step_time_s']:.2f} s, "
+                f"SW {100 * row['sw_share']:.0f} %",
+                highlight=False,
+            )
         else:
-            console.print(f"  {row['size']} ZeRO-{row['zero_stage']} ×{row['workers']} offload "
-                          f"{row['offload']}: [red]{row['error']}[/]", highlight=False)
+            console.print(
+                f"  {row['size']} ZeRO-{row['zero_stage']} ×{row['workers']} offload "
+                f"{row['offload']}: [red]{row['error']}[/]",
+                highlight=False,
+            )
 
     if args.mmap_threshold < 0:
         raise SpecError(f"--mmap-threshold: must be >= 0 (got {args.mmap_threshold})")

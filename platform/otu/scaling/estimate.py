@@ -116,8 +116,10 @@ def resolve_models(names: list[str]) -> list[LlamaShape | CountOnly]:
         elif re.fullmatch(r"[0-9.eE+-]+[kKmMbBtT]?", name.strip()):
             out.append(CountOnly(name.strip(), parse_count(name)))
         else:
-            raise SpecError(f"--models: {name!r} is not a preset ({', '.join(PRESETS)}), a config.json "
-                            "path or a parameter count such as 13B")
+            raise SpecError(
+                f"--models: {name!r} is not a preset ({', '.join(PRESETS)}), a config.json "
+                "path or a parameter count such as 13B"
+            )
     return out
 
 
@@ -149,12 +151,21 @@ class Estimate:
 OFFLOADS_BY_STAGE = {0: ("none",), 1: ("none",), 2: ("none", "optimizer"), 3: ("none", "optimizer", "params")}
 
 
-def estimate(shape_params: int, largest_layer: int, stage: int, offload: str, gpus_per_node: int,
-             nodes: int, model: str = "", buffer_factor: float = 1.5) -> Estimate:
+def estimate(
+    shape_params: int,
+    largest_layer: int,
+    stage: int,
+    offload: str,
+    gpus_per_node: int,
+    nodes: int,
+    model: str = "",
+    buffer_factor: float = 1.5,
+) -> Estimate:
     """One model-state estimate; ``offload`` must be valid for the stage (see OFFLOADS_BY_STAGE)."""
     if offload not in OFFLOADS_BY_STAGE[stage]:
-        raise SpecError(f"offload: {offload!r} has no estimate for ZeRO-{stage} "
-                        f"(allowed: {', '.join(OFFLOADS_BY_STAGE[stage])})")
+        raise SpecError(
+            f"offload: {offload!r} has no estimate for ZeRO-{stage} (allowed: {', '.join(OFFLOADS_BY_STAGE[stage])})"
+        )
     psi, n = shape_params, gpus_per_node * nodes
     if stage in (0, 1):
         gpu = 20 * psi if stage == 0 else 8 * psi + math.ceil(12 * psi / n)
@@ -164,22 +175,31 @@ def estimate(shape_params: int, largest_layer: int, stage: int, offload: str, gp
         from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
         cpu, gpu = estimate_zero2_model_states_mem_needs(
-            psi, gpus_per_node, nodes, cpu_offload=offload == "optimizer", additional_buffer_factor=buffer_factor)
+            psi, gpus_per_node, nodes, cpu_offload=offload == "optimizer", additional_buffer_factor=buffer_factor
+        )
         source = "deepspeed"
     else:
         from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
         cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
-            psi, largest_layer, gpus_per_node, nodes, cpu_offload=offload != "none",
-            cpu_offload_params=offload == "params", zero_init=True, additional_buffer_factor=buffer_factor)
+            psi,
+            largest_layer,
+            gpus_per_node,
+            nodes,
+            cpu_offload=offload != "none",
+            cpu_offload_params=offload == "params",
+            zero_init=True,
+            additional_buffer_factor=buffer_factor,
+        )
         source = "deepspeed"
     partitioned = 0.0 if offload == "params" else 2 * psi / n  # ZeRO-3 partitions (or offloads) θ₀
     reference = partitioned if stage == 3 else 2.0 * psi
     return Estimate(model, psi, stage, offload, gpus_per_node, nodes, gpu / GIB, cpu / GIB, reference / GIB, source)
 
 
-def estimate_table(models: list[LlamaShape | CountOnly], gpus_per_node: int = 8, nodes: int = 1,
-                   stages: tuple[int, ...] = (0, 1, 2, 3)) -> list[Estimate]:
+def estimate_table(
+    models: list[LlamaShape | CountOnly], gpus_per_node: int = 8, nodes: int = 1, stages: tuple[int, ...] = (0, 1, 2, 3)
+) -> list[Estimate]:
     """Every (model, stage, valid offload) estimate for one cluster shape."""
     return [
         estimate(m.params, m.largest_layer_params, stage, offload, gpus_per_node, nodes, m.name)

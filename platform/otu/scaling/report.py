@@ -32,22 +32,44 @@ def zero3_vs_zero0(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for key in both:
         a, b = float(z0.loc[key, "peak_rss_gib"]), float(z3.loc[key, "peak_rss_gib"])
-        rows.append({"size": key[0], "workers": key[1], "params": int(z0.loc[key, "params"]),
-                     "zero0_gib": a, "zero3_gib": b, "saved_mib": (a - b) * MIB,
-                     "saved_pct": 100.0 * (a - b) / a})
+        rows.append(
+            {
+                "size": key[0],
+                "workers": key[1],
+                "params": int(z0.loc[key, "params"]),
+                "zero0_gib": a,
+                "zero3_gib": b,
+                "saved_mib": (a - b) * MIB,
+                "saved_pct": 100.0 * (a - b) / a,
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def with_estimates(df: pd.DataFrame, estimates: list[Estimate]) -> pd.DataFrame:
     """``df``'s rows followed by DeepSpeed's estimates as rows of the same table (``kind``); an
     earlier estimate of the same model, stage, offload and GPUs is replaced."""
-    rows = pd.DataFrame([
-        {"size": e.model, "params": e.params, "zero_stage": e.zero_stage, "offload": e.offload,
-         "workers": e.gpus_per_node * e.nodes, "variant": "", "kind": "estimate", "status": "estimate",
-         "error": "", "estimate_gib": e.total_gpu_gb, "host_gib": e.cpu_gb, "gpus_per_node": e.gpus_per_node,
-         "nodes": e.nodes, "source": e.source}
-        for e in estimates
-    ])
+    rows = pd.DataFrame(
+        [
+            {
+                "size": e.model,
+                "params": e.params,
+                "zero_stage": e.zero_stage,
+                "offload": e.offload,
+                "workers": e.gpus_per_node * e.nodes,
+                "variant": "",
+                "kind": "estimate",
+                "status": "estimate",
+                "error": "",
+                "estimate_gib": e.total_gpu_gb,
+                "host_gib": e.cpu_gb,
+                "gpus_per_node": e.gpus_per_node,
+                "nodes": e.nodes,
+                "source": e.source,
+            }
+            for e in estimates
+        ]
+    )
     if not len(rows):
         return df
     if not len(df):
@@ -128,12 +150,24 @@ def _scaling_plot(df: pd.DataFrame, path: Path) -> Path:
         time_ax.plot(group["params"], group["reg_time_s"], ls=":", color=line.get_color(), alpha=0.8)
     for (stage, workers, offload), group in est.groupby(["zero_stage", "workers", "offload"], sort=True):
         group = group.sort_values("params")
-        mem_ax.plot(group["params"], group["estimate_gib"], ls=":", marker="s", mfc="none",
-                    label=f"estimate ZeRO-{stage} ×{int(workers)} {offload}")
-    mem_ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="GiB per worker",
-               title="peak memory (solid) · its model-state estimate (dashed)")
-    time_ax.set(xscale="log", xlabel="parameters", ylabel="seconds",
-                title="step time (solid) · SW regulariser part (dotted)")
+        mem_ax.plot(
+            group["params"],
+            group["estimate_gib"],
+            ls=":",
+            marker="s",
+            mfc="none",
+            label=f"estimate ZeRO-{stage} ×{int(workers)} {offload}",
+        )
+    mem_ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="parameters",
+        ylabel="GiB per worker",
+        title="peak memory (solid) · its model-state estimate (dashed)",
+    )
+    time_ax.set(
+        xscale="log", xlabel="parameters", ylabel="seconds", title="step time (solid) · SW regulariser part (dotted)"
+    )
     for ax in (mem_ax, time_ax):
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

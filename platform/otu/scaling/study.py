@@ -81,13 +81,21 @@ class Combo:
         return key if self.variant == SPEC else f"{key}-{self.variant.label}"
 
 
-def plan(exp: Experiment, sizes: Sequence[Size], stages: Sequence[int], workers: Sequence[int],
-         offloads: Sequence[str], steps: int,
-         variants: Sequence[Size] = (SPEC,)) -> list[tuple[Combo, Experiment]]:
+def plan(
+    exp: Experiment,
+    sizes: Sequence[Size],
+    stages: Sequence[int],
+    workers: Sequence[int],
+    offloads: Sequence[str],
+    steps: int,
+    variants: Sequence[Size] = (SPEC,),
+) -> list[tuple[Combo, Experiment]]:
     """Every valid combination as a validated experiment; all problems raised as one SpecError."""
     if not isinstance(family_api(exp.task.family), DistributedUnlearning):
-        raise SpecError(f"task.family: {exp.task.family!r} has no multi-worker loop (unlearn_worker); "
-                        "otu scale measures the LLM family")
+        raise SpecError(
+            f"task.family: {exp.task.family!r} has no multi-worker loop (unlearn_worker); "
+            "otu scale measures the LLM family"
+        )
     for stage in stages:
         if stage not in (0, 1, 2, 3):
             raise SpecError(f"--zero: ZeRO stages are 0-3 (got {stage})")
@@ -107,8 +115,14 @@ def plan(exp: Experiment, sizes: Sequence[Size], stages: Sequence[int], workers:
                         continue
                     for variant in variants:
                         combo = Combo(size, stage, n, offload, variant)
-                        items = [*size.overrides, *variant.overrides, f"compute.zero_stage={stage}",
-                                 f"compute.workers={n}", f"compute.offload={offload}", f"method.steps={steps}"]
+                        items = [
+                            *size.overrides,
+                            *variant.overrides,
+                            f"compute.zero_stage={stage}",
+                            f"compute.workers={n}",
+                            f"compute.offload={offload}",
+                            f"method.steps={steps}",
+                        ]
                         try:
                             raw = apply_overrides(copy.deepcopy(raw_base), items)
                             out.append((combo, parse_experiment(raw)))
@@ -117,8 +131,9 @@ def plan(exp: Experiment, sizes: Sequence[Size], stages: Sequence[int], workers:
     if errors:
         raise SpecError("; ".join(errors))
     if not out:
-        raise SpecError("--zero/--offload: no valid combination (optimizer offload needs ZeRO >= 1, "
-                        "params offload needs ZeRO-3)")
+        raise SpecError(
+            "--zero/--offload: no valid combination (optimizer offload needs ZeRO >= 1, params offload needs ZeRO-3)"
+        )
     return out
 
 
@@ -139,8 +154,9 @@ def _count_parameters(exp_dict: dict[str, Any]) -> tuple[int, int]:
     return sum(counts), max(counts)
 
 
-def measure(combo: Combo, exp: Experiment, run_dir: Path, timeout_s: float,
-            env: Mapping[str, str] | None = None) -> dict[str, Any]:
+def measure(
+    combo: Combo, exp: Experiment, run_dir: Path, timeout_s: float, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Run one combination in ``combo.workers`` fresh processes (``env`` added to their
     environment); return its measured row."""
     from otu.scaling import worker as scale_worker
@@ -149,8 +165,11 @@ def measure(combo: Combo, exp: Experiment, run_dir: Path, timeout_s: float,
     ctx = mp.get_context("spawn")
     port = _free_port()
     procs = [
-        ctx.Process(target=_rank_main, args=(scale_worker.run_rank, r, combo.workers, port, exp.to_dict(), str(run_dir)),
-                    name=f"otu-scale-{combo.key}-r{r}")
+        ctx.Process(
+            target=_rank_main,
+            args=(scale_worker.run_rank, r, combo.workers, port, exp.to_dict(), str(run_dir)),
+            name=f"otu-scale-{combo.key}-r{r}",
+        )
         for r in range(combo.workers)
     ]
     start = time.perf_counter()
@@ -196,9 +215,13 @@ def summarise(ranks: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def run_study(plan_items: list[tuple[Combo, Experiment]], out_dir: Path, timeout_s: float,
-              mmap_threshold: int = DEFAULT_MMAP_THRESHOLD,
-              on_row: Callable[[dict[str, Any]], None] = lambda _row: None) -> pd.DataFrame:
+def run_study(
+    plan_items: list[tuple[Combo, Experiment]],
+    out_dir: Path,
+    timeout_s: float,
+    mmap_threshold: int = DEFAULT_MMAP_THRESHOLD,
+    on_row: Callable[[dict[str, Any]], None] = lambda _row: None,
+) -> pd.DataFrame:
     """Measure every combination; ``scaling.parquet`` is rewritten after each, so partial results stay.
 
     ``mmap_threshold`` > 0 fixes glibc's mmap threshold in the workers (``MALLOC_MMAP_THRESHOLD_``),
@@ -215,9 +238,17 @@ def run_study(plan_items: list[tuple[Combo, Experiment]], out_dir: Path, timeout
         params, largest = sizes[combo.size.label]
         measured = measure(combo, exp, out_dir / "runs" / combo.key, timeout_s, env)
         row = {
-            "size": combo.size.label, "params": params, "largest_tensor": largest,
-            "zero_stage": combo.zero_stage, "workers": combo.workers, "offload": combo.offload,
-            "variant": combo.variant.label, "kind": "measured", "device": exp.compute.device, "precision": exp.compute.precision, "mmap_threshold": mmap_threshold,
+            "size": combo.size.label,
+            "params": params,
+            "largest_tensor": largest,
+            "zero_stage": combo.zero_stage,
+            "workers": combo.workers,
+            "offload": combo.offload,
+            "variant": combo.variant.label,
+            "kind": "measured",
+            "device": exp.compute.device,
+            "precision": exp.compute.precision,
+            "mmap_threshold": mmap_threshold,
             **measured,
             "estimate_gib": estimated_gib(params, largest, combo),
         }

@@ -24,10 +24,16 @@ DEFAULT_MMAP_THRESHOLD = 65536
 
 def run_rank(rank: int, world: int, port: int, exp_dict: dict[str, Any], out_dir: str) -> None:
     """Entry point of a spawned rank; writes ``out_dir/rank-<rank>.json``."""
-    os.environ.update({
-        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-        "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world),
-    })
+    os.environ.update(
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_WORLD_SIZE": str(world),
+        }
+    )
     import torch
     import torch.distributed as dist
 

@@ -118,9 +118,7 @@ def gaussian_barycenter(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance of the Bures–Wasserstein barycenter of N(means[k], covs[k]) (POT's
     fixed point, stopped when the Frobenius change is ≤ ``tol``)."""
-    mean, cov = ot.gaussian.bures_wasserstein_barycenter(
-        means, covs, weights=weights, num_iter=max_iter, eps=tol
-    )
+    mean, cov = ot.gaussian.bures_wasserstein_barycenter(means, covs, weights=weights, num_iter=max_iter, eps=tol)
     return np.asarray(mean), np.asarray(cov)
 
 
@@ -129,9 +127,7 @@ def fit_gaussian(x: np.ndarray, z: np.ndarray, *, cov_reg: float, max_iter: int,
     groups = range(int(z.max()) + 1)
     eye = np.eye(x.shape[1])
     means = np.stack([x[z == g].mean(axis=0) for g in groups])
-    covs = np.stack(
-        [np.cov(x[z == g], rowvar=False, bias=True).reshape(eye.shape) + cov_reg * eye for g in groups]
-    )
+    covs = np.stack([np.cov(x[z == g], rowvar=False, bias=True).reshape(eye.shape) + cov_reg * eye for g in groups])
     mean, cov = gaussian_barycenter(means, covs, group_weights(z), max_iter=max_iter, tol=tol)
     maps = [ot.gaussian.bures_wasserstein_mapping(means[g], mean, covs[g], cov) for g in groups]
     return GaussianMaps(
@@ -201,9 +197,7 @@ class Transported:
         return self.at(self.t)
 
 
-def transport(
-    source: Features, z_train: np.ndarray, z_test: np.ndarray, maps: GroupMaps, t: float
-) -> Transported:
+def transport(source: Features, z_train: np.ndarray, z_test: np.ndarray, maps: GroupMaps, t: float) -> Transported:
     """Apply the group maps to both splits."""
     return Transported(source, Features(maps(source.train, z_train), maps(source.test, z_test)), t)
 

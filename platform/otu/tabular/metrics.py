@@ -73,12 +73,8 @@ def discrimination(probs: np.ndarray, z: np.ndarray) -> float:
 def feature_metrics(task: FeatureTask, features: Features, ev: TabularEval, seed: int) -> dict[str, float]:
     """Utility, leakage, discrimination and Î of ``features`` (see the module docstring)."""
     n_classes, n_groups = len(task.classes), len(task.groups)
-    utility = {
-        kind: fit_predict(kind, ev, seed, features, task.y_train, n_classes) for kind in ev.classifiers
-    }
-    leakage = {
-        kind: fit_predict(kind, ev, seed, features, task.z_train, n_groups) for kind in ev.classifiers
-    }
+    utility = {kind: fit_predict(kind, ev, seed, features, task.y_train, n_classes) for kind in ev.classifiers}
+    leakage = {kind: fit_predict(kind, ev, seed, features, task.z_train, n_groups) for kind in ev.classifiers}
     utility_auc = {kind: auc(task.y_test, p) for kind, p in utility.items()}
     leakage_auc = {kind: auc(task.z_test, p) for kind, p in leakage.items()}
     best_utility = max(utility_auc, key=utility_auc.__getitem__)

@@ -26,15 +26,11 @@ NUM_CLASSES = 10
 
 
 def cache_entry(data: TabularData, model: TabularModel, seed: int, cache_dir: Path) -> Path:
-    key = content_hash(
-        {"seed": seed, "data": data.model_dump(mode="json"), "model": model.model_dump(mode="json")}
-    )
+    key = content_hash({"seed": seed, "data": data.model_dump(mode="json"), "model": model.model_dump(mode="json")})
     return cache_dir / f"tabular-{key}"
 
 
-def digits_network(
-    name: str, splits: DigitsSplits, model: TabularModel, seed: int, entry: Path
-) -> nn.Module:
+def digits_network(name: str, splits: DigitsSplits, model: TabularModel, seed: int, entry: Path) -> nn.Module:
     """The ``original`` or ``retrained`` classifier (eval mode), from ``entry`` or trained now."""
     net = build_model(model.arch, NUM_CLASSES)
     path = entry / f"{name}.pt"

@@ -11,30 +11,45 @@ from matplotlib.figure import Figure
 from otu.figures import place_labels, plt, save_figure
 
 
-def frontier(
-    curves: Mapping[str, Sequence[Mapping[str, float]]], variant: str, current_t: float, path: Path
-) -> Path:
+def frontier(curves: Mapping[str, Sequence[Mapping[str, float]]], variant: str, current_t: float, path: Path) -> Path:
     return save_figure(frontier_figure(curves, variant, current_t), path, layout=False)
 
 
-def frontier_figure(
-    curves: Mapping[str, Sequence[Mapping[str, float]]], variant: str, current_t: float
-) -> Figure:
+def frontier_figure(curves: Mapping[str, Sequence[Mapping[str, float]]], variant: str, current_t: float) -> Figure:
     """Utility AUC against leakage AUC over t, one curve per barycenter variant (``curves`` hold
     t, utility_auc, leakage_auc per point): t = 0 is the original features (marked), the run's
     own variant and t are starred, and its points carry their t."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for k, (name, points) in enumerate(curves.items()):
         style = "o-" if name == variant else "s--"
-        ax.plot([p["leakage_auc"] for p in points], [p["utility_auc"] for p in points], style,
-                color=f"C{k}", ms=4, label=f"{name} barycenter")
+        ax.plot(
+            [p["leakage_auc"] for p in points],
+            [p["utility_auc"] for p in points],
+            style,
+            color=f"C{k}",
+            ms=4,
+            label=f"{name} barycenter",
+        )
     points = curves[variant]
     start = points[0]
-    ax.scatter([start["leakage_auc"]], [start["utility_auc"]], marker="*", s=190, color="black",
-               zorder=5, label="original (t = 0)")
+    ax.scatter(
+        [start["leakage_auc"]],
+        [start["utility_auc"]],
+        marker="*",
+        s=190,
+        color="black",
+        zorder=5,
+        label="original (t = 0)",
+    )
     here = min(points, key=lambda p: abs(p["t"] - current_t))
-    ax.plot(here["leakage_auc"], here["utility_auc"], "*", ms=14, color="tab:red",
-            label=f"this run ({variant}, t = {current_t:.2g})")
+    ax.plot(
+        here["leakage_auc"],
+        here["utility_auc"],
+        "*",
+        ms=14,
+        color="tab:red",
+        label=f"this run ({variant}, t = {current_t:.2g})",
+    )
     ax.axvline(0.5, color="grey", ls=":", lw=1)
     ax.set_xlabel("leakage AUC (adversary predicting the sensitive group)")
     ax.set_ylabel("utility AUC (predicting the target)")
@@ -43,8 +58,9 @@ def frontier_figure(
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     fig.canvas.draw()
-    place_labels(ax, [p["leakage_auc"] for p in points], [p["utility_auc"] for p in points],
-                 [f"t={p['t']:.2g}" for p in points])
+    place_labels(
+        ax, [p["leakage_auc"] for p in points], [p["utility_auc"] for p in points], [f"t={p['t']:.2g}" for p in points]
+    )
     return fig
 
 

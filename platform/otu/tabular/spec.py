@@ -151,7 +151,12 @@ class Finetune(_Training):
 
 
 FEATURE_METRICS = (
-    "utility_auc", "utility_acc", "leakage_auc", "leakage_bacc", "discrimination", "mi_estimate",
+    "utility_auc",
+    "utility_acc",
+    "leakage_auc",
+    "leakage_bacc",
+    "discrimination",
+    "mi_estimate",
 )
 DATAPOINT_METRICS = ("mi", "retain_acc", "forget_acc", "test_acc")
 

@@ -71,15 +71,12 @@ def load_table(data: TabularData, seed: int) -> FeatureTask:
     for field in ("target", "sensitive"):
         column = getattr(data, field)
         if column not in names:
-            raise DataError(
-                f"task.data.{field}: column {column!r} not in {path}; available: {', '.join(names)}"
-            )
+            raise DataError(f"task.data.{field}: column {column!r} not in {path}; available: {', '.join(names)}")
     features = data.columns or [c for c in names if c not in (data.target, data.sensitive)]
     absent = [c for c in [*features, *data.categorical] if c not in names]
     if absent:
         raise DataError(
-            f"task.data.columns: column(s) {', '.join(map(repr, absent))} not in {path}; "
-            f"available: {', '.join(names)}"
+            f"task.data.columns: column(s) {', '.join(map(repr, absent))} not in {path}; available: {', '.join(names)}"
         )
     if not features:
         raise DataError(f"task.data: {path} has no feature columns besides target and sensitive")
@@ -155,8 +152,7 @@ def _codes(column: pd.Series, field: str, name: str, what: str) -> tuple[np.ndar
     values, codes, counts = np.unique(column.astype(str).to_numpy(), return_inverse=True, return_counts=True)
     if len(values) < 2:
         raise DataError(
-            f"task.data.{field}: column {name!r} has a single value {values[0]!r}; "
-            f"it needs two or more {what}"
+            f"task.data.{field}: column {name!r} has a single value {values[0]!r}; it needs two or more {what}"
         )
     if counts.min() < 2:
         raise DataError(
@@ -211,9 +207,7 @@ def digits_splits(data: TabularData, seed: int) -> DigitsSplits:
     ``forget_class`` (at least one) are the forget set, the other training images the retain set."""
     images, labels = load_digits()
     rows = np.arange(len(labels))
-    train, test = train_test_split(
-        rows, test_size=data.test_fraction, random_state=seed, stratify=labels.numpy()
-    )
+    train, test = train_test_split(rows, test_size=data.test_fraction, random_state=seed, stratify=labels.numpy())
     pool = train[labels.numpy()[train] == data.forget_class]
     n_forget = max(1, round(data.forget_fraction * len(pool)))
     forget = np.random.default_rng(seed).choice(pool, n_forget, replace=False)

@@ -29,8 +29,10 @@ def check_uri(location: str, flag: str = "--out") -> None:
     (checked without contacting the store: a laptop may not reach the cluster's bucket)."""
     scheme, _, rest = location.partition("://")
     if scheme not in SCHEMES or not rest.strip("/"):
-        raise SpecError(f"{flag}: cannot use {location!r} as storage (a path, or a URI with a path "
-                        f"and one of the schemes {', '.join(SCHEMES)})")
+        raise SpecError(
+            f"{flag}: cannot use {location!r} as storage (a path, or a URI with a path "
+            f"and one of the schemes {', '.join(SCHEMES)})"
+        )
 
 
 @contextmanager

@@ -150,8 +150,7 @@ def read_columns(path: Path, required: list[str], read: list[str]) -> dict[str, 
     missing = [c for c in required if c not in available]
     if missing:
         raise DataError(
-            f"task.data: column(s) {', '.join(map(repr, missing))} not in {path}; "
-            f"available: {', '.join(available)}"
+            f"task.data: column(s) {', '.join(map(repr, missing))} not in {path}; available: {', '.join(available)}"
         )
     return found
 

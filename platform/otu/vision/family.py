@@ -51,9 +51,7 @@ class VisionFamily(Family, SavedModels):
         """``test_acc``, ``top2_acc``, ``mia_acc``, ``forgetting_score``, ``nomus``."""
         return classifier_metrics(model, prepared.splits.part("test"), _probe(job, prepared))
 
-    def plots(
-        self, job: VisionJob, prepared: Prepared, models: dict[str, nn.Module], out_dir: Path
-    ) -> list[Path]:
+    def plots(self, job: VisionJob, prepared: Prepared, models: dict[str, nn.Module], out_dir: Path) -> list[Path]:
         """``loss_histograms.png``: a panel per model (nothing when ``eval.plots`` is false)."""
         if not job.eval.plots:
             return []

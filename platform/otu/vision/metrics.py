@@ -64,9 +64,7 @@ def mia_accuracy(
     :func:`balanced_members`)."""
     x = np.concatenate([member_losses, nonmember_losses]).astype(np.float64)[:, None]
     if not np.isfinite(x).all():
-        raise RunFailed(
-            "the model's per-sample losses hold NaN/inf: it diverged; a smaller method.lr usually helps"
-        )
+        raise RunFailed("the model's per-sample losses hold NaN/inf: it diverged; a smaller method.lr usually helps")
     if feature == "log_loss":
         x = np.log(np.maximum(x, np.finfo(np.float64).tiny))
     y = np.concatenate([np.ones(len(member_losses)), np.zeros(len(nonmember_losses))])

@@ -29,13 +29,12 @@ def loss_histogram_figure(models: dict[str, nn.Module], probe: MIAProbe) -> Figu
     }
     values = np.concatenate([v for parts in logs.values() for v in parts.values()])
     bins = np.linspace(values.min(), values.max(), 40)
-    fig, axes = plt.subplots(1, len(logs), figsize=(4.2 * len(logs), 3.4), sharex=True, sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(logs), figsize=(4.2 * len(logs), 3.4), sharex=True, sharey=True, squeeze=False)
     for ax, (name, parts) in zip(axes[0], logs.items(), strict=True):
-        ax.hist(parts["unseen"], bins=bins, alpha=0.6, color="tab:blue",
-                label=f"unseen test (n={len(parts['unseen'])})")
-        ax.hist(parts["forget"], bins=bins, alpha=0.6, color="tab:red",
-                label=f"forget (n={len(parts['forget'])})")
+        ax.hist(
+            parts["unseen"], bins=bins, alpha=0.6, color="tab:blue", label=f"unseen test (n={len(parts['unseen'])})"
+        )
+        ax.hist(parts["forget"], bins=bins, alpha=0.6, color="tab:red", label=f"forget (n={len(parts['forget'])})")
         ax.set_title(name)
         ax.set_xlabel("log10 cross-entropy loss")
     axes[0][0].set_ylabel("samples")

@@ -68,9 +68,7 @@ def train_fresh(prepared: Prepared, spec: VisionModel, part: str) -> nn.Module:
     return _fit(prepared.new_model, prepared.splits, spec, part, prepared.seed)
 
 
-def _fit(
-    new_model: Callable[[], nn.Module], splits: Splits, spec: VisionModel, part: str, seed: int
-) -> nn.Module:
+def _fit(new_model: Callable[[], nn.Module], splits: Splits, spec: VisionModel, part: str, seed: int) -> nn.Module:
     return train_classifier(
         new_model(),
         *splits.part(part),

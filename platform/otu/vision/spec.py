@@ -24,15 +24,11 @@ class VisionData(Section):
     """Per row an H×W or C×H×W numeric array (integer pixels 0–255 are scaled by 1/255)."""
     label_column: str = "label"
     identity_column: str = "identity"
-    forget_size: int | None = Field(
-        None, ge=1, description="forget this many random training samples"
-    )
+    forget_size: int | None = Field(None, ge=1, description="forget this many random training samples")
     forget_fraction: float | None = Field(None, gt=0, lt=1, description="…or this fraction of them")
     forget_identities: list[str | int] | None = None
     """Forget every sample whose identity column takes one of these values (file source)."""
-    test_fraction: float = Field(
-        0.25, gt=0, lt=1, description="test share (of each label; of identities for a file)"
-    )
+    test_fraction: float = Field(0.25, gt=0, lt=1, description="test share (of each label; of identities for a file)")
     val_fraction: float = Field(
         0.1,
         gt=0,
@@ -43,11 +39,7 @@ class VisionData(Section):
 
     @model_validator(mode="after")
     def _one_forget_request(self) -> VisionData:
-        given = [
-            k
-            for k in ("forget_size", "forget_fraction", "forget_identities")
-            if getattr(self, k) is not None
-        ]
+        given = [k for k in ("forget_size", "forget_fraction", "forget_identities") if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError(f"give one forget request, not {given}")
         if not given:
@@ -58,8 +50,7 @@ class VisionData(Section):
             raise ValueError("source 'file' needs path (a .parquet or .npz file)")
         if self.test_fraction + self.val_fraction >= 1:
             raise ValueError(
-                f"test_fraction + val_fraction must be < 1 (got {self.test_fraction} + "
-                f"{self.val_fraction})"
+                f"test_fraction + val_fraction must be < 1 (got {self.test_fraction} + {self.val_fraction})"
             )
         if self.forget_identities is not None and self.source != "file":
             raise ValueError("forget_identities needs source 'file' with an identity column")
@@ -78,9 +69,7 @@ class VisionModel(Section):
 
 
 class VisionEval(Section):
-    mia_splits: int = Field(
-        10, ge=2, description="StratifiedShuffleSplit folds of the MIA classifier"
-    )
+    mia_splits: int = Field(10, ge=2, description="StratifiedShuffleSplit folds of the MIA classifier")
     mia_test_size: float = Field(0.1, gt=0, lt=1, description="held-out share in each MIA split")
     mia_feature: Literal["loss", "log_loss"] = "loss"
     """Attack input: the cross-entropy loss (the unlearning-challenge kit DLFD uses) or its log."""
@@ -129,8 +118,7 @@ class DLFD(SGDMethod):
     select_max_fs: float | None = Field(
         None,
         ge=0,
-        description="forgetting-score bound of best_val (the authors' "
-        "max_forgetting_score); None: threshold",
+        description="forgetting-score bound of best_val (the authors' max_forgetting_score); None: threshold",
     )
 
 

@@ -26,8 +26,10 @@ def run(job: TabularJob, prepared: FeatureTask, ctx: RunContext) -> Transported:
 
 def transported(method: Barycenter, task: FeatureTask) -> Transported:
     """The features (or scores) of ``task`` and their images under ``method``'s maps, at ``method.t``."""
-    source = task.features if method.apply_to == "features" else prediction_scores(
-        task, method.score_c, method.score_with_group
+    source = (
+        task.features
+        if method.apply_to == "features"
+        else prediction_scores(task, method.score_c, method.score_with_group)
     )
     maps: GroupMaps
     if method.variant == "gaussian":

@@ -16,9 +16,7 @@ from otu.vision.spec import SGDMethod, VisionJob
 
 
 def sgd(model: nn.Module, spec: SGDMethod) -> torch.optim.SGD:
-    return torch.optim.SGD(
-        model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
-    )
+    return torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
 
 
 def fresh_copy(model: nn.Module) -> nn.Module:

@@ -75,9 +75,7 @@ def run(job: VisionJob, prepared: Prepared, ctx: RunContext) -> nn.Module:
             inputs = x[idx]
             if perturbing:
                 xf_batch = xf[next(forget_batches)]
-                inputs, metrics["loss_ot"] = perturb(
-                    model, inputs, y[idx], xf_batch, lam, spec, lo, hi
-                )
+                inputs, metrics["loss_ot"] = perturb(model, inputs, y[idx], xf_batch, lam, spec, lo, hi)
             model.train()
             loss = F.cross_entropy(model(inputs), y[idx])
             opt.zero_grad(set_to_none=True)
@@ -137,9 +135,7 @@ def perturb(
     for _ in range(spec.perturb_steps):
         x_star.requires_grad_(True)
         feats, logits = _features(model, x_star, spec.features)
-        ot = sinkhorn_loss(
-            feats, target, blur=spec.ot_eps**0.5, cost=spec.ot_cost, p=2, scaling=spec.ot_scaling
-        )
+        ot = sinkhorn_loss(feats, target, blur=spec.ot_eps**0.5, cost=spec.ot_cost, p=2, scaling=spec.ot_scaling)
         objective = spec.ot_weight * ot - lam * F.cross_entropy(logits, y)
         (grad,) = torch.autograd.grad(objective, x_star)
         x_star = (x_star.detach() + spec.alpha * grad.sign()).clamp_(lo, hi)
