@@ -22,8 +22,8 @@ lint: install  # ruff (lint and format) and mypy
 	$(VENV)/bin/ruff format --check platform tests benchmarks
 	$(VENV)/bin/mypy
 
-test: lint  # the default suite, then the slow fault tests (CI runs this)
-	$(VENV)/bin/pytest -q
+test: lint  # the default suite on two workers, then the slow fault tests (CI runs this)
+	$(VENV)/bin/pytest -q -n 2
 	$(VENV)/bin/pytest -q -m slow tests/test_faults.py
 
 test-slow: install

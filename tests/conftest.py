@@ -20,3 +20,16 @@ def ray_local():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+LONGEST_FIRST = ("test_readme.py", "test_llm_distributed.py", "test_paths.py", "test_sweep.py", "test_cluster.py")
+"""Modules with the longest tests, collected first: with ``pytest -n 2`` (``make test``) the two
+workers then finish together instead of one running the README smoke test alone at the end."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside each module is kept
