@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from otu.cli_args import writable_dir
+from otu.cli_args import add_overrides, writable_dir
 from otu.errors import OtuError, RunFailed, SpecError
 from otu.family import load_object
 from otu.paths import resolve_paths
@@ -113,14 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="output directory, or a storage URI (s3://…, gs://…, "
             "file:///…) written when the command ends (default otu-runs/<name>-<time>/)",
         )
-        p.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override a dotted spec key, e.g. --set method.alpha=0.02 (repeatable)",
-        )
+        add_overrides(p, "override a dotted spec key, e.g. --set method.alpha=0.02 (repeatable)")
         p.add_argument(
             "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///otu-runs/mlflow.db)"
         )
@@ -168,14 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check an experiment or sweep spec without running it")
     p.add_argument("spec", type=Path, help="experiment or sweep spec (YAML)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a dotted spec key before checking (repeatable)",
-    )
+    add_overrides(p, "override a dotted spec key before checking (repeatable)")
     p.set_defaults(handler=cmd_validate)
 
     p = sub.add_parser("report", help="summarise run or sweep directories")

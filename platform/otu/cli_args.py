@@ -28,3 +28,8 @@ def writable_dir(path: Path, what: str) -> Path:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise SpecError(f"{what}: {probe} is not writable")
     return path
+
+
+def add_overrides(parser: argparse.ArgumentParser, help: str = "override a dotted spec key (repeatable)") -> None:
+    """The ``--set KEY=VALUE`` option (repeatable) into ``args.overrides``."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)

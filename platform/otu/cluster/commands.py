@@ -13,6 +13,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from otu.cli_args import add_overrides
+
 console = Console(stderr=True)
 
 
@@ -32,14 +34,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submit", help="submit a sweep or experiment spec to a Ray cluster as a job")
     p.add_argument("spec", type=Path, help="sweep or experiment spec inside the working directory")
     cluster_args(p)
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a dotted spec key (repeatable); validated here, passed to the job",
-    )
+    add_overrides(p, "override a dotted spec key (repeatable); validated here, passed to the job")
     p.add_argument(
         "--tracking-uri",
         help="MLflow URI the job logs to: http://MLFLOW:5000, or an absolute sqlite:////path on a disk the head shares",

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from otu.cli_args import add_overrides
 from otu.errors import OtuError, SpecError
 from otu.family import DistributedUnlearning, Family, RunContext
 from otu.registry import family_api
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m otu.runtime.launch", description=__doc__.split("\n")[0])
     parser.add_argument("spec", type=Path)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_overrides(parser)
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed's
     args = parser.parse_args(argv)
     try:

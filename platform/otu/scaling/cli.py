@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from otu.cli_args import add_overrides
 from otu.errors import SpecError
 from otu.scaling.worker import DEFAULT_MMAP_THRESHOLD
 
@@ -32,14 +33,7 @@ def add_scale_command(sub: argparse._SubParsersAction) -> None:
         "workers and offload; or --estimate DeepSpeed's model-state memory for given models",
     )
     p.add_argument("spec", type=Path, nargs="?", help="LLM experiment spec (not needed with --estimate)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a dotted spec key (repeatable)",
-    )
+    add_overrides(p, "override a dotted spec key (repeatable)")
     p.add_argument(
         "--size",
         dest="sizes",
