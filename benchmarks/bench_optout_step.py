@@ -18,7 +18,6 @@ import platform
 import resource
 import sys
 import tempfile
-from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from otu.family import NullReporter
+from otu.family import StepCallback
 from otu.llm.data import load_splits
 from otu.llm.loop import run_worker
 from otu.llm.models import corpus, resolve_device, torch_dtype, train_tokenizer
@@ -39,16 +38,6 @@ SIZES = {  # layers, hidden, heads, intermediate, vocab
     "small": (4, 512, 8, 1536, 8192),  # 21 M
     "1b": (16, 2048, 16, 5632, 32000),  # 0.95 B (TinyLlama-like)
 }
-
-
-class StepRows(NullReporter):
-    """A reporter that keeps every step's metrics (and wants no checkpoints)."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict[str, float]] = []
-
-    def on_step(self, step: int, metrics: Mapping[str, float]) -> None:
-        self.rows.append(dict(metrics))
 
 
 def experiment(method: str, args: argparse.Namespace, cache: Path) -> Experiment:
@@ -116,11 +105,12 @@ def run(exp: Experiment, model_dir: Path, work: Path, warmup: int) -> dict[str, 
         device=resolve_device(exp.compute.device),
         dtype=torch_dtype(exp.compute.precision),
     )
-    reporter = StepRows()
+    rows: list[dict[str, float]] = []
+    reporter = StepCallback(lambda _step, metrics: rows.append(dict(metrics)))
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     run_worker(job, prepared, exp.context(reporter), work / f"out-{exp.method.name}")
-    timed = reporter.rows[warmup:]
+    timed = rows[warmup:]
     return {
         "step_s": float(np.mean([r["step_time_s"] for r in timed])),
         "reg_s": float(np.mean([r.get("reg_time_s", 0.0) for r in timed])),

@@ -5,7 +5,6 @@ small (fast) recipe."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import torch
 from scipy.optimize import minimize_scalar
 
 from otu.errors import DataError, SpecError
-from otu.family import NullReporter
+from otu.family import StepCallback
 from otu.generative import family
 from otu.generative.metrics import frechet_distance
 from otu.generative.models import GeneratorConfig, MLPGenerator, load_generator, save_generator
@@ -161,14 +160,9 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- the family, end to end
 
 
-class Rows(NullReporter):
+def collect(rows: list[dict]) -> StepCallback:
     """A reporter that keeps each step's metrics in ``rows``."""
-
-    def __init__(self, rows: list[dict]) -> None:
-        self.rows = rows
-
-    def on_step(self, step: int, metrics: Mapping[str, float]) -> None:
-        self.rows.append(dict(metrics))
+    return StepCallback(lambda _step, metrics: rows.append(dict(metrics)))
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +176,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
         exp = experiment(cache, {"name": name, **SMALL_METHOD, **extra})
         prepared = family.FAMILY.prepare(exp.job(), exp.context())
         steps: list[dict] = []
-        model = family.FAMILY.unlearn(exp.job(), prepared, exp.context(Rows(steps), root / name))
+        model = family.FAMILY.unlearn(
+            exp.job(),
+            prepared,
+            exp.context(collect(steps), root / name),
+        )
         out[name] = {"exp": exp, "prepared": prepared, "model": model, "steps": steps}
         out[name]["metrics"] = family.FAMILY.evaluate(exp.job(), prepared, model)
     out["original"] = family.FAMILY.evaluate(exp.job(), prepared, prepared.original)
@@ -252,7 +250,11 @@ def test_finetune_baseline_runs_and_plots(runs: dict) -> None:
     exp = experiment(runs["cache"], {"name": "finetune", "steps": 20, "batch_size": 64})
     prepared = runs["uot_unlearn"]["prepared"]
     steps: list[dict] = []
-    model = family.FAMILY.unlearn(exp.job(), prepared, exp.context(Rows(steps), runs["root"] / "ft"))
+    model = family.FAMILY.unlearn(
+        exp.job(),
+        prepared,
+        exp.context(collect(steps), runs["root"] / "ft"),
+    )
     assert len(steps) == 20 and "sinkhorn_divergence" in steps[0]
     models = {
         "original": prepared.original,

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from otu.errors import DataError, OtuError, SpecError
-from otu.family import NullReporter
+from otu.family import StepCallback
 from otu.llm import evaluation
 from otu.llm.data import load_splits
 from otu.llm.family import FAMILY
@@ -71,16 +71,9 @@ def tiny_spec(cache_dir: Path, **method) -> dict:
     }
 
 
-class StepReporter(NullReporter):
-    """Calls ``on_step(step, metrics)`` on every step."""
-
-    def __init__(self, on_step) -> None:
-        self.on_step = on_step
-
-
 def unlearn(exp, prepared, on_step, checkpoint_dir: Path):
     """``FAMILY.unlearn`` of ``exp`` with a reporter calling ``on_step(step, metrics)``."""
-    return FAMILY.unlearn(exp.job(), prepared, exp.context(StepReporter(on_step), checkpoint_dir))
+    return FAMILY.unlearn(exp.job(), prepared, exp.context(StepCallback(on_step), checkpoint_dir))
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from scipy.linalg import sqrtm
 from sklearn.metrics import mutual_info_score
 
 from otu.errors import DataError, OtuError, SpecError
-from otu.family import TOTAL_STEPS, NullReporter, Reporter, RunContext
+from otu.family import TOTAL_STEPS, Reporter, RunContext, StepCallback
 from otu.runtime.experiment import run_experiment
 from otu.spec import load_sweep, parse_experiment
 from otu.tabular import family
@@ -30,14 +30,7 @@ WEIGHTS = np.array([0.5, 0.3, 0.2])
 
 
 def record(steps: list) -> Reporter:
-    return Steps(lambda step, metrics: steps.append((step, dict(metrics))))
-
-
-class Steps(NullReporter):
-    """Hands each step's ``(step, metrics)`` to ``record``."""
-
-    def __init__(self, record) -> None:
-        self.on_step = record
+    return StepCallback(lambda step, metrics: steps.append((step, dict(metrics))))
 
 
 def context(exp, cache: Path, reporter: Reporter | None = None) -> RunContext:

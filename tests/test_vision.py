@@ -15,7 +15,7 @@ from otu.cache import write_atomically
 from otu.classifiers.digits import load_digits
 from otu.classifiers.models import build_model
 from otu.errors import DataError, SpecError
-from otu.family import NullReporter
+from otu.family import StepCallback
 from otu.registry import family_spec
 from otu.spec import load_experiment, parse_experiment
 from otu.vision import family
@@ -232,7 +232,7 @@ def test_dlfd_forgets_and_keeps_accuracy(digits, tmp_path):
     exp, prepared, _, before = digits
     steps: list[tuple[int, dict]] = []
     model = family.FAMILY.unlearn(
-        exp.job(), prepared, exp.context(Steps(lambda s, m: steps.append((s, dict(m)))), tmp_path)
+        exp.job(), prepared, exp.context(StepCallback(lambda s, m: steps.append((s, dict(m)))), tmp_path)
     )
     oracle = family.FAMILY.evaluate(exp.job(), prepared, prepared.retrained)
     after = family.FAMILY.evaluate(exp.job(), prepared, model)
@@ -252,7 +252,7 @@ def test_dlfd_switches_to_plain_ce_below_threshold(digits, tmp_path):
     exp, prepared, _, _ = digits
     steps: list[dict] = []
     high = exp.with_overrides({"method.threshold": 1.0, "method.check_every": 100})  # FS < 1 always
-    family.FAMILY.unlearn(high.job(), prepared, high.context(Steps(lambda s, m: steps.append(dict(m)))))
+    family.FAMILY.unlearn(high.job(), prepared, high.context(StepCallback(lambda s, m: steps.append(dict(m)))))
     assert all(s["perturbed"] == 0.0 and "loss_ot" not in s for s in steps)
 
 
@@ -272,10 +272,3 @@ def test_baselines(digits, tmp_path):
 def unlearn(exp, prepared):
     """The unlearned model of ``exp``, steps ignored, nothing saved."""
     return family.FAMILY.unlearn(exp.job(), prepared, exp.context())
-
-
-class Steps(NullReporter):
-    """Hands each step's ``(step, metrics)`` to ``record``."""
-
-    def __init__(self, record) -> None:
-        self.on_step = record

@@ -17,7 +17,7 @@ Environment checks (files, checkpoints, data columns) are a separate function na
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
@@ -107,6 +107,16 @@ class NullReporter:
 
     def on_checkpoint(self, step: int, checkpoint: Any) -> None:
         pass
+
+
+class StepCallback(NullReporter):
+    """Hands each step's ``(step, metrics)`` to a function; wants no checkpoints."""
+
+    def __init__(self, on_step: Callable[[int, Mapping[str, float]], object]) -> None:
+        self._on_step = on_step
+
+    def on_step(self, step: int, metrics: Mapping[str, float]) -> None:
+        self._on_step(step, metrics)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ def run_rank(rank: int, world: int, port: int, exp_dict: dict[str, Any], out_dir
     import torch
     import torch.distributed as dist
 
-    from otu.family import DistributedUnlearning
+    from otu.family import DistributedUnlearning, StepCallback
     from otu.registry import family_api
     from otu.runtime.launch import configure_process
     from otu.spec import parse_experiment
@@ -59,7 +58,9 @@ def run_rank(rank: int, world: int, port: int, exp_dict: dict[str, Any], out_dir
     baseline = current_rss_bytes()
     start = time.perf_counter()
     out = Path(out_dir)
-    family.unlearn_worker(exp.job(), exp.context(_StepRows(steps), out / "checkpoint"))
+    family.unlearn_worker(
+        exp.job(), exp.context(StepCallback(lambda step, m: steps.append({"step": step, **m})), out / "checkpoint")
+    )
     result = {
         "rank": rank,
         "world": world,
@@ -89,19 +90,3 @@ def peak_rss_bytes() -> int:
                 return int(line.split()[1]) * 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
-class _StepRows:
-    """Collects the loop's step metrics; wants no checkpoints."""
-
-    def __init__(self, rows: list[dict[str, float]]) -> None:
-        self.rows = rows
-
-    def on_step(self, step: int, metrics: Mapping[str, float]) -> None:
-        self.rows.append({"step": step, **metrics})
-
-    def wants_checkpoint(self, step: int) -> bool:
-        return False
-
-    def on_checkpoint(self, step: int, checkpoint: object) -> None:
-        pass
