@@ -22,8 +22,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import yaml
-from test_llm import REPO, StepReporter, tiny_spec, unlearn
+from test_llm import REPO, tiny_spec, unlearn
 
+from otu.family import StepCallback
 from otu.llm.family import FAMILY
 from otu.llm.regulariser import projection_seed
 from otu.ot import as_rows, random_projections, sw_regulariser
@@ -195,7 +196,7 @@ def test_ray_train_zero3_first_steps_equal_single_process(ray_local, llm_cache, 
         distributed,
         FAMILY,
         prepared,
-        distributed.context(StepReporter(lambda s, m: steps.append((s, dict(m)))), tmp_path / "run" / "checkpoint"),
+        distributed.context(StepCallback(lambda s, m: steps.append((s, dict(m)))), tmp_path / "run" / "checkpoint"),
     )
 
     assert [s for s, _ in steps] == [0, 1, 2]
