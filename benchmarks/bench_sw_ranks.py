@@ -7,8 +7,8 @@ initialised Llama of ``--size`` (the sizes of ``bench_optout_step.py``) in DeepS
 (every tensor partitioned under ZeRO-3), run one backward, build the family's
 :class:`otu.llm.regulariser.ParameterRegulariser` (L = 100, resampled projections, as OPT-OUT's
 default) and time ``apply(step)`` ``--repeats`` times after one warm-up call. Per rank: the median
-wall and CPU time of ``apply``, and the CPU time of its two collectives (fetching the fp32 masters,
-summing the gradient buffer); the rest is the rank's own SW values and gradients. A step waits for
+wall and CPU time of ``apply``, and the CPU time of its two collectives (bringing each owner the fp32
+masters of its tensors, bringing every rank its partition's part of the gradients); the rest is the rank's own SW values and gradients. A step waits for
 the slowest rank, so the table reports the maximum over ranks and the speed-up of W workers over
 one. On a shared machine wall time follows the load; CPU time is each rank's own work.
 """
@@ -56,11 +56,11 @@ class Timed:
         self.cpu += time.process_time() - start
         return out
 
-    def fetch_fp32(self, params: Sequence[nn.Parameter]) -> list[Tensor]:
-        return self._timed(self.shards.fetch_fp32, params)
+    def fetch_owned(self, params: Sequence[nn.Parameter], owners: Sequence[int]) -> list[Tensor | None]:
+        return self._timed(self.shards.fetch_owned, params, owners)
 
-    def add_grads(self, params: Sequence[nn.Parameter], flat: Tensor) -> None:
-        self._timed(self.shards.add_grads, params, flat)
+    def add_owned_grads(self, params: Sequence[nn.Parameter], owners: Sequence[int], grads: Sequence[Tensor]) -> None:
+        self._timed(self.shards.add_owned_grads, params, owners, grads)
 
     def all_sum(self, value: Tensor) -> float:
         return self._timed(self.shards.all_sum, value)
@@ -80,8 +80,10 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str)
     import deepspeed
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from otu.llm.engine import DeepSpeedShards
+    from otu.llm.engine import DeepSpeedShards, without_shm_comm_op
     from otu.llm.regulariser import ParameterRegulariser
+
+    without_shm_comm_op()
 
     layers, hidden, heads, intermediate, vocab = SIZES[args.size]
     torch.manual_seed(0)

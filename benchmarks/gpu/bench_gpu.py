@@ -135,8 +135,9 @@ class ZeRO3:
     def __init__(self, model: nn.Module, ref: nn.Module, device: torch.device) -> None:
         import deepspeed
 
-        from otu.llm.engine import DeepSpeedShards
+        from otu.llm.engine import DeepSpeedShards, without_shm_comm_op
 
+        without_shm_comm_op()
         config = {
             "train_batch_size": 8,
             "train_micro_batch_size_per_gpu": 8,

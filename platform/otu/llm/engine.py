@@ -132,6 +132,20 @@ class PlainEngine:
             save_sharded(self.model, out_dir, tokenizer, self.gather, rank=0, world=1)
 
 
+def without_shm_comm_op() -> None:
+    """Keep DeepSpeed from JIT-compiling its shared-memory all-reduce kernel; call before
+    ``deepspeed.init_distributed``.
+
+    DeepSpeed's CPU backend builds it (tens of seconds of C++, redone whenever the install's path
+    changes, and a compiler is required) for ``inference_all_reduce`` alone; training never calls
+    that, so the op is marked unavailable and the process group's collectives carry everything.
+    """
+    import deepspeed.ops
+    from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+
+    deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
+
+
 class DeepSpeedEngine:
     """``deepspeed.initialize`` on an existing process group (Ray Train, torchrun, deepspeed)."""
 
@@ -142,6 +156,7 @@ class DeepSpeedEngine:
         job, compute, device = settings.job, settings.compute, settings.device
         model_path = settings.model_path
         method: LLMMethod = job.method
+        without_shm_comm_op()
         deepspeed.init_distributed(dist_backend=dist.get_backend())  # adopts the existing group
         self.device = device
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
@@ -239,18 +254,78 @@ class DeepSpeedEngine:
 
 class DeepSpeedShards:
     """The regulariser's access to DeepSpeed's fp32 masters and gradient partitions, one collective
-    per bucket: ZeRO-3 all-gathers the fp32 partitions; ZeRO-0–2 all-reduce a buffer into which each
-    rank writes its fp32 fragment (bf16 / ZeRO-1/2 optimizers) or, with replicated fp32 weights,
-    rank 0 the whole tensor. Gradients: the bucket buffer is all-reduced, then every rank adds its
-    part to its own partition (ZeRO-3), fp32 fragment (ZeRO-1/2, bf16) or full gradient."""
+    per bucket each way. ZeRO-3: an all-to-all sends each owner the other ranks' fp32 partitions of
+    its tensors, and a second one sends every rank its partition's slice of the owners' gradients,
+    so a rank moves 1/W of the bucket. ZeRO-0–2: a bucket buffer into which each rank writes its fp32
+    fragment (bf16 / ZeRO-1/2 optimizers) or, with replicated fp32 weights, rank 0 the whole tensor,
+    is all-reduced; the gradients likewise, then each rank adds its fragment or full gradient."""
 
     def __init__(self, rank: int, world: int, device: torch.device) -> None:
         self.rank, self.world, self.device = rank, world, device
 
     @torch.no_grad()
-    def fetch_fp32(self, params: Sequence[nn.Parameter]) -> list[Tensor]:
+    def fetch_owned(self, params: Sequence[nn.Parameter], owners: Sequence[int]) -> list[Tensor | None]:
         if hasattr(params[0], "ds_id"):
-            return self._gather_zero3(params)
+            return self._partitions_to_owners(params, owners)
+        masters = self._all_fp32(params)
+        return [w if owner == self.rank else None for w, owner in zip(masters, owners, strict=True)]
+
+    @torch.no_grad()
+    def add_owned_grads(self, params: Sequence[nn.Parameter], owners: Sequence[int], grads: Sequence[Tensor]) -> None:
+        if hasattr(params[0], "ds_id"):
+            self._grads_to_partitions(params, owners, grads)
+        else:
+            self._add_all(params, owners, grads)
+
+    def _partitions_to_owners(self, params: Sequence[nn.Parameter], owners: Sequence[int]) -> list[Tensor | None]:
+        from deepspeed.utils import safe_get_local_fp32_param
+
+        parts, by_owner = [p.ds_tensor.numel() for p in params], _by_owner(owners, self.world)
+        send = _cat([safe_get_local_fp32_param(params[k]).reshape(-1) for dest in by_owner for k in dest], self.device)
+        mine = by_owner[self.rank]
+        width = sum(parts[k] for k in mine)
+        sizes = [sum(parts[k] for k in dest) for dest in by_owner]
+        rows = self._all_to_all(send, sizes, [width] * self.world).view(self.world, width)  # row s: rank s's
+        out: list[Tensor | None] = [None] * len(params)
+        start = 0
+        for k in mine:
+            p = params[k]
+            out[k] = rows[:, start : start + parts[k]].reshape(-1)[: p.ds_numel].view(p.ds_shape)
+            start += parts[k]
+        return out
+
+    def _grads_to_partitions(
+        self, params: Sequence[nn.Parameter], owners: Sequence[int], grads: Sequence[Tensor]
+    ) -> None:
+        from deepspeed.utils import safe_get_local_grad, safe_set_local_grad
+
+        parts, by_owner = [p.ds_tensor.numel() for p in params], _by_owner(owners, self.world)
+        mine = by_owner[self.rank]
+        width = sum(parts[k] for k in mine)
+        send = torch.zeros(self.world, width, dtype=torch.float32, device=self.device)  # row s: to rank s
+        start = 0
+        for k, grad in zip(mine, grads, strict=True):
+            _scatter_rows(grad.reshape(-1), send[:, start : start + parts[k]])
+            start += parts[k]
+        sizes = [sum(parts[k] for k in dest) for dest in by_owner]
+        received = self._all_to_all(send.view(-1), [width] * self.world, sizes)
+        for k, part in zip(
+            [k for dest in by_owner for k in dest],
+            received.split([parts[k] for dest in by_owner for k in dest]),
+            strict=True,
+        ):
+            local = safe_get_local_grad(params[k])
+            local.view(-1).add_(part.to(local))
+            safe_set_local_grad(params[k], local)
+
+    def _all_to_all(self, send: Tensor, send_sizes: list[int], recv_sizes: list[int]) -> Tensor:
+        if self.world == 1:
+            return send
+        recv = torch.empty(sum(recv_sizes), dtype=send.dtype, device=send.device)
+        dist.all_to_all_single(recv, send, output_split_sizes=recv_sizes, input_split_sizes=send_sizes)
+        return recv
+
+    def _all_fp32(self, params: Sequence[nn.Parameter]) -> list[Tensor]:
         shapes = [p.shape for p in params]
         flat = torch.zeros(sum(s.numel() for s in shapes), dtype=torch.float32, device=self.device)
         for p, view in zip(params, split_flat(flat, shapes), strict=True):
@@ -264,37 +339,19 @@ class DeepSpeedShards:
             dist.all_reduce(flat)
         return split_flat(flat, shapes)
 
-    def _gather_zero3(self, params: Sequence[nn.Parameter]) -> list[Tensor]:
-        from deepspeed.utils import safe_get_local_fp32_param
-
-        local = torch.cat([safe_get_local_fp32_param(p).reshape(-1).to(self.device) for p in params])
-        parts = [torch.empty_like(local) for _ in range(self.world)]
-        dist.all_gather(parts, local)
-        pieces = [part.split([p.ds_tensor.numel() for p in params]) for part in parts]
-        return [
-            torch.cat([rank_pieces[k] for rank_pieces in pieces])[: p.ds_numel].view(p.ds_shape)
-            for k, p in enumerate(params)
-        ]
-
-    @torch.no_grad()
-    def add_grads(self, params: Sequence[nn.Parameter], flat: Tensor) -> None:
-        from deepspeed.utils import safe_get_local_grad, safe_set_local_grad
-
+    def _add_all(self, params: Sequence[nn.Parameter], owners: Sequence[int], grads: Sequence[Tensor]) -> None:
+        flat = torch.zeros(sum(p.numel() for p in params), dtype=torch.float32, device=self.device)
+        views = split_flat(flat, [p.shape for p in params])
+        for k, grad in zip(_by_owner(owners, self.world)[self.rank], grads, strict=True):
+            views[k].copy_(grad)
         if self.world > 1:
             dist.all_reduce(flat)
-        shapes = [getattr(p, "ds_shape", p.shape) for p in params]
-        for p, grad in zip(params, split_flat(flat, shapes), strict=True):
+        for p, grad in zip(params, views, strict=True):
             full = grad.reshape(-1)
             if getattr(p, "_hp_grad", None) is not None:  # bf16 optimizer: its fp32 fragment
                 _add_fragment(p, full)
             elif p.grad is not None:
                 p.grad.add_(grad.to(p.grad.dtype))
-            elif hasattr(p, "ds_id"):  # ZeRO-3: this rank's slice of its gradient partition
-                local = safe_get_local_grad(p)
-                start = min(self.rank * local.numel(), full.numel())
-                part = full[start : start + local.numel()]
-                local.view(-1)[: part.numel()].add_(part.to(local))
-                safe_set_local_grad(p, local)
             elif getattr(p, "_hp_mapping", None) is not None:  # ZeRO-1/2: its fp32 fragment
                 _add_fragment(p, full)
 
@@ -303,6 +360,24 @@ class DeepSpeedShards:
         if self.world > 1:
             dist.all_reduce(value)
         return float(value)
+
+
+def _by_owner(owners: Sequence[int], world: int) -> list[list[int]]:
+    """Indices of the tensors each rank owns, in order."""
+    return [[k for k, owner in enumerate(owners) if owner == rank] for rank in range(world)]
+
+
+def _cat(tensors: list[Tensor], device: torch.device) -> Tensor:
+    return torch.cat([t.to(device) for t in tensors]) if tensors else torch.zeros(0, device=device)
+
+
+def _scatter_rows(flat: Tensor, rows: Tensor) -> None:
+    """Copy ``flat`` into the W×n block ``rows`` row by row (the partitions of ranks 0…W−1); the
+    padding after ``flat`` stays as it is."""
+    full, rest = divmod(flat.numel(), rows.shape[1])
+    rows[:full].copy_(flat[: full * rows.shape[1]].view(full, rows.shape[1]))
+    if rest:
+        rows[full, :rest].copy_(flat[full * rows.shape[1] :])
 
 
 def _add_fragment(param: nn.Parameter, full: Tensor) -> None:

@@ -3,14 +3,15 @@ r"""OPT-OUT's parameter regulariser λ·Σ_tensors D(θ, θ₀), applied as a gr
 The work is shared across data-parallel ranks. The trainable tensors are cut into buckets of
 consecutive tensors (at most ``bucket_numel`` elements, at least one tensor); within a bucket each
 tensor gets one owner rank, largest first to the least-loaded rank (LPT), the cost of a tensor being
-its n·d·L. Per bucket and step: one collective brings every tensor's fp32 master weights (the
-optimizer's copy under bf16/ZeRO, not the low-precision module copy), each rank computes value and
-closed-form gradient (:mod:`otu.ot`) of the tensors it owns into a flat bucket buffer, and one
-collective sums that buffer so every rank adds its partition's part; the values are all-reduced
-once. θ₀ is the fp32 master weights at construction (before the first step, so D = 0 at step 0 in
-every precision), kept by the owner only: as sort(W₀U) when the projections are fixed, else as the
-fp32 tensor. Projections U are drawn on the tensor's device in fp32 from a seed that depends on
-(run seed, step, tensor index) only, so every rank — and a single process — uses the same directions.
+its n·d·L. Per bucket and step: one collective brings each owner the fp32 master weights of its
+tensors (the optimizer's copy under bf16/ZeRO, not the low-precision module copy; under ZeRO-3 an
+all-to-all of the partitions, so a rank receives only what it owns), each rank computes value and
+closed-form gradient (:mod:`otu.ot`) of the tensors it owns, and one collective brings every rank
+its partition's part of those gradients; the values are all-reduced once. θ₀ is the fp32 master
+weights at construction (before the first step, so D = 0 at step 0 in every precision), kept by the
+owner only: as sort(W₀U) when the projections are fixed, else as the fp32 tensor. Projections U are
+drawn on the tensor's device in fp32 from a seed that depends on (run seed, step, tensor index)
+only, so every rank — and a single process — uses the same directions.
 """
 
 from __future__ import annotations
@@ -40,17 +41,19 @@ PLAIN = {
 
 
 class Shards(Protocol):
-    """An engine's view of its trainable tensors for the regulariser (collective on every rank)."""
+    """An engine's view of its trainable tensors for the regulariser (collective on every rank).
+    ``owners[k]`` is the rank that computes ``params[k]``; every rank passes the same lists."""
 
     rank: int
     world: int
 
-    def fetch_fp32(self, params: Sequence[nn.Parameter]) -> list[Tensor]:
-        """The full fp32 master value of each tensor (read-only)."""
+    def fetch_owned(self, params: Sequence[nn.Parameter], owners: Sequence[int]) -> list[Tensor | None]:
+        """The full fp32 master value (read-only) of each tensor this rank owns; None for the others."""
         ...
 
-    def add_grads(self, params: Sequence[nn.Parameter], flat: Tensor) -> None:
-        """Sum ``flat`` (fp32, the tensors' gradients back to back) over ranks; add it to the grads."""
+    def add_owned_grads(self, params: Sequence[nn.Parameter], owners: Sequence[int], grads: Sequence[Tensor]) -> None:
+        """Add ``grads`` (fp32, full shape, one per tensor this rank owns, in order) to the
+        gradients wherever they are kept: each rank receives its partition's part."""
         ...
 
     def all_sum(self, value: Tensor) -> float: ...
@@ -70,11 +73,11 @@ class LocalShards:
 
     rank, world = 0, 1
 
-    def fetch_fp32(self, params: Sequence[nn.Parameter]) -> list[Tensor]:
+    def fetch_owned(self, params: Sequence[nn.Parameter], owners: Sequence[int]) -> list[Tensor | None]:
         return [p.data.float() for p in params]
 
-    def add_grads(self, params: Sequence[nn.Parameter], flat: Tensor) -> None:
-        for p, g in zip(params, split_flat(flat, [p.shape for p in params]), strict=True):
+    def add_owned_grads(self, params: Sequence[nn.Parameter], owners: Sequence[int], grads: Sequence[Tensor]) -> None:
+        for p, g in zip(params, grads, strict=True):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             p.grad.add_(g.to(p.grad.dtype))
@@ -141,9 +144,9 @@ class ParameterRegulariser:
             owners = balance([numels[i] * self.n_projections for i in bucket], self.shards.world)
             self.owner |= dict(zip(bucket, owners, strict=True))
         for bucket in self.buckets:  # θ₀: the fp32 masters before any step, on their owners only
-            masters = self.shards.fetch_fp32([self.params[i] for i in bucket])
+            masters = self.shards.fetch_owned([self.params[i] for i in bucket], [self.owner[i] for i in bucket])
             for i, w0 in zip(bucket, masters, strict=True):
-                if self.owner[i] == self.shards.rank:
+                if w0 is not None:
                     self._theta0[i] = self._reference(i, w0)
 
     def mine(self) -> list[int]:
@@ -155,14 +158,14 @@ class ParameterRegulariser:
         """Add ``weight``·∇D to every tensor's gradient; return Σ D (unweighted, over all ranks)."""
         total = torch.zeros((), dtype=torch.float64)
         for bucket in self.buckets:
-            params = [self.params[i] for i in bucket]
-            masters = self.shards.fetch_fp32(params)
-            flat = torch.zeros(sum(m.numel() for m in masters), dtype=torch.float32, device=masters[0].device)
-            grads = split_flat(flat, [m.shape for m in masters])
-            for i, w, grad in zip(bucket, masters, grads, strict=True):
-                if self.owner[i] == self.shards.rank:
-                    total += float(self._value_and_grad(i, step, w, grad))
-            self.shards.add_grads(params, flat)
+            params, owners = [self.params[i] for i in bucket], [self.owner[i] for i in bucket]
+            masters = self.shards.fetch_owned(params, owners)
+            mine = [(i, w) for i, w in zip(bucket, masters, strict=True) if w is not None]
+            flat = torch.zeros(sum(w.numel() for _, w in mine), dtype=torch.float32, device=params[0].device)
+            grads = split_flat(flat, [w.shape for _, w in mine])
+            for (i, w), grad in zip(mine, grads, strict=True):
+                total += float(self._value_and_grad(i, step, w, grad))
+            self.shards.add_owned_grads(params, owners, grads)
         return self.shards.all_sum(total)
 
     def _projections(self, index: int, step: int, w: Tensor) -> Tensor:
