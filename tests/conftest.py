@@ -27,6 +27,14 @@ LONGEST_FIRST = ("test_readme.py", "test_llm_distributed.py", "test_paths.py", "
 workers then finish together instead of one running the README smoke test alone at the end."""
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Hand xdist workers at most two tests at a time. Its default first hands each worker a quarter
+    of its share in one block, so one worker got every long test above (640 s) while the other ran
+    out of work after 190 s."""
+    if getattr(config.option, "maxschedchunk", 0) is None:
+        config.option.maxschedchunk = 2
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
         name = item.path.name

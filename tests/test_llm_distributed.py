@@ -31,6 +31,7 @@ from otu.ot import as_rows, random_projections, sw_regulariser
 from otu.spec import parse_experiment
 
 LAMBDA = 0.5
+TORCH_LINEAR = torch.nn.functional.linear
 # DeepSpeed keeps tensors below 1e5 elements whole by default; partition every tensor of the tiny models
 PARTITION_ALL = {
     "param_persistence_threshold": 0,
@@ -238,6 +239,8 @@ def test_multi_worker_checkpoints_are_evaluated_on_actors(ray_local, llm_cache, 
 
     single = run("single", {"workers": 1})
     zero3 = run("zero3", {"workers": 1, "zero_stage": 3, "zero3": PARTITION_ALL})
+    # ZeRO-3 swapped F.linear for its memory-efficient version while training; the engine put it back
+    assert torch.nn.functional.linear is TORCH_LINEAR
     # select the step-0 checkpoint (the most forget-set probability): it becomes the saved model
     distributed = run(
         "distributed", {"workers": 2, "zero_stage": 3, "zero3": PARTITION_ALL}, select="forget_prob", mode="max"

@@ -53,6 +53,7 @@ def wait_for(predicate, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow  # CI runs the same kill-and-resume, with more kill points: test_faults.py
 def test_killed_driver_resumes_with_exactly_one_row_per_trial(tmp_path, ray_local):
     out, uri = tmp_path / "sweep", f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = [

@@ -131,6 +131,9 @@ class PlainEngine:
         else:
             save_sharded(self.model, out_dir, tokenizer, self.gather, rank=0, world=1)
 
+    def close(self) -> None:
+        """Nothing to undo in a plain process."""
+
 
 def without_shm_comm_op() -> None:
     """Keep DeepSpeed from JIT-compiling its shared-memory all-reduce kernel; call before
@@ -250,6 +253,16 @@ class DeepSpeedEngine:
                 dist.barrier()
         else:
             save_sharded(self.model.module, out_dir, tokenizer, self.gather, self.rank, self.world)
+
+    def close(self) -> None:
+        """Undo ZeRO-3's process-wide swap of ``torch.nn.functional.linear`` for its memory-efficient
+        version (DeepSpeed: it "will persist unless manually reset"), so that models run after
+        training (evaluation, the next run in this process) compute as without DeepSpeed."""
+        from deepspeed.runtime.zero.partition_parameters import InsertPostInitMethodToModuleSubClasses
+
+        torch.nn.functional.linear = getattr(
+            InsertPostInitMethodToModuleSubClasses, "linear_bk", torch.nn.functional.linear
+        )
 
 
 class DeepSpeedShards:

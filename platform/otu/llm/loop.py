@@ -120,44 +120,47 @@ def _train(
         total_steps=scheduled * len(phases),
     )
     engine = engine_cls(settings)
-    regulariser = objective.regulariser(engine, ctx.seed)
-    encoder = prepared.encoder()
-    tokenizer = prepared.tokenizer()
-    streams = {
-        name: Stream(len(prepared.splits[name]), ctx.seed + k)
-        for k, name in enumerate(("forget", "retain", "world"))
-        if prepared.splits[name]  # TOFU without a world file has no world training set
-    }
-    reporter = ctx.reporter
-    for step in range(steps):
-        start = time.perf_counter()
-        global_idx = {name: s.take(method.batch_size) for name, s in streams.items()}
-        micro = _micro_batches(
-            objective,
-            method.batch_size // (engine.world * ctx.compute.grad_accum),
-            ctx.compute.grad_accum,
-            prepared.splits,
-            encoder,
-            global_idx,
-            engine.rank,
-            engine.world,
-            device,
-        )
-        logs: dict[str, float] = {}
-        for phase in phases:
-            reg = regulariser if phase.regularise else None
-            logs |= _phase(engine, objective, micro, phase, reg, step)
-        logs["loss"] = logs["forget_loss"] + logs.get("retain_loss", 0.0)
-        if regulariser is not None:
-            logs["loss"] += regulariser.weight * logs["reg"]
-        logs["lr"] = engine.lr()
-        logs["tokens"] = float(sum(_tokens(b) for b in micro))
-        logs["step_time_s"] = time.perf_counter() - start
-        logs = engine.all_mean(logs) | {TOTAL_STEPS: steps}
-        reporter.on_step(step, logs)
-        if step < steps - 1 and reporter.wants_checkpoint(step):
-            reporter.on_checkpoint(step, _checkpoint(engine, step, checkpoint_dir, tokenizer))
-    engine.save(checkpoint_dir, tokenizer)
+    try:
+        regulariser = objective.regulariser(engine, ctx.seed)
+        encoder = prepared.encoder()
+        tokenizer = prepared.tokenizer()
+        streams = {
+            name: Stream(len(prepared.splits[name]), ctx.seed + k)
+            for k, name in enumerate(("forget", "retain", "world"))
+            if prepared.splits[name]  # TOFU without a world file has no world training set
+        }
+        reporter = ctx.reporter
+        for step in range(steps):
+            start = time.perf_counter()
+            global_idx = {name: s.take(method.batch_size) for name, s in streams.items()}
+            micro = _micro_batches(
+                objective,
+                method.batch_size // (engine.world * ctx.compute.grad_accum),
+                ctx.compute.grad_accum,
+                prepared.splits,
+                encoder,
+                global_idx,
+                engine.rank,
+                engine.world,
+                device,
+            )
+            logs: dict[str, float] = {}
+            for phase in phases:
+                reg = regulariser if phase.regularise else None
+                logs |= _phase(engine, objective, micro, phase, reg, step)
+            logs["loss"] = logs["forget_loss"] + logs.get("retain_loss", 0.0)
+            if regulariser is not None:
+                logs["loss"] += regulariser.weight * logs["reg"]
+            logs["lr"] = engine.lr()
+            logs["tokens"] = float(sum(_tokens(b) for b in micro))
+            logs["step_time_s"] = time.perf_counter() - start
+            logs = engine.all_mean(logs) | {TOTAL_STEPS: steps}
+            reporter.on_step(step, logs)
+            if step < steps - 1 and reporter.wants_checkpoint(step):
+                reporter.on_checkpoint(step, _checkpoint(engine, step, checkpoint_dir, tokenizer))
+        engine.save(checkpoint_dir, tokenizer)
+    finally:
+        engine.close()
 
 
 def steps_run(method: LLMMethod, forget_size: int, scheduled: int) -> int:
