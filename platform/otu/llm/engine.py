@@ -315,7 +315,7 @@ class DeepSpeedShards:
         parts, by_owner = [p.ds_tensor.numel() for p in params], _by_owner(owners, self.world)
         mine = by_owner[self.rank]
         width = sum(parts[k] for k in mine)
-        send = torch.zeros(self.world, width, dtype=torch.float32, device=self.device)  # row s: to rank s
+        send = torch.empty(self.world, width, dtype=torch.float32, device=self.device)  # row s: to rank s
         start = 0
         for k, grad in zip(mine, grads, strict=True):
             _scatter_rows(grad.reshape(-1), send[:, start : start + parts[k]])
@@ -385,12 +385,15 @@ def _cat(tensors: list[Tensor], device: torch.device) -> Tensor:
 
 
 def _scatter_rows(flat: Tensor, rows: Tensor) -> None:
-    """Copy ``flat`` into the W×n block ``rows`` row by row (the partitions of ranks 0…W−1); the
-    padding after ``flat`` stays as it is."""
-    full, rest = divmod(flat.numel(), rows.shape[1])
-    rows[:full].copy_(flat[: full * rows.shape[1]].view(full, rows.shape[1]))
-    if rest:
-        rows[full, :rest].copy_(flat[full * rows.shape[1] :])
+    """Copy ``flat`` into the W×n block ``rows`` row by row (the partitions of ranks 0…W−1) and
+    zero the padding after it."""
+    width = rows.shape[1]
+    full, rest = divmod(flat.numel(), width)
+    rows[:full].copy_(flat[: full * width].view(full, width))
+    if full < rows.shape[0]:
+        rows[full, :rest].copy_(flat[full * width :])
+        rows[full, rest:].zero_()
+        rows[full + 1 :].zero_()
 
 
 def _add_fragment(param: nn.Parameter, full: Tensor) -> None:
