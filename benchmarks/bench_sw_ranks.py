@@ -8,9 +8,10 @@ initialised Llama of ``--size`` (the sizes of ``bench_optout_step.py``) in DeepS
 :class:`otu.llm.regulariser.ParameterRegulariser` (L = 100, resampled projections, as OPT-OUT's
 default) and time ``apply(step)`` ``--repeats`` times after one warm-up call. Per rank: the median
 wall and CPU time of ``apply``, and the CPU time of its two collectives (bringing each owner the fp32
-masters of its tensors, bringing every rank its partition's part of the gradients); the rest is the rank's own SW values and gradients. A step waits for
-the slowest rank, so the table reports the maximum over ranks and the speed-up of W workers over
-one. On a shared machine wall time follows the load; CPU time is each rank's own work.
+masters of its tensors, bringing every rank its partition's part of the gradients); the rest is the
+rank's own SW values and gradients. A step waits for the slowest rank, so the table reports the
+maximum over ranks and the speed-up of W workers over one. On a shared machine wall time follows the
+load; CPU time is each rank's own work.
 """
 
 from __future__ import annotations
