@@ -31,7 +31,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """Hand xdist workers at most two tests at a time. Its default first hands each worker a quarter
     of its share in one block, so one worker got every long test above (640 s) while the other ran
     out of work after 190 s."""
-    if getattr(config.option, "maxschedchunk", 0) is None:
+    if config.pluginmanager.hasplugin("xdist") and config.option.maxschedchunk is None:
         config.option.maxschedchunk = 2
 
 

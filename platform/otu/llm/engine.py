@@ -293,18 +293,16 @@ class DeepSpeedShards:
     def _partitions_to_owners(self, params: Sequence[nn.Parameter], owners: Sequence[int]) -> list[Tensor | None]:
         from deepspeed.utils import safe_get_local_fp32_param
 
-        parts, by_owner = [p.ds_tensor.numel() for p in params], _by_owner(owners, self.world)
-        send = _cat([safe_get_local_fp32_param(params[k]).reshape(-1) for dest in by_owner for k in dest], self.device)
-        mine = by_owner[self.rank]
-        width = sum(parts[k] for k in mine)
-        sizes = [sum(parts[k] for k in dest) for dest in by_owner]
-        rows = self._all_to_all(send, sizes, [width] * self.world).view(self.world, width)  # row s: rank s's
+        plan = _Exchange.of(params, owners, self.world, self.rank)
+        send = _cat([safe_get_local_fp32_param(params[k]).reshape(-1) for k in plan.order], self.device)
+        width = plan.sizes[self.rank]
+        rows = self._all_to_all(send, plan.sizes, [width] * self.world).view(self.world, width)  # row s: rank s's
         out: list[Tensor | None] = [None] * len(params)
         start = 0
-        for k in mine:
+        for k in plan.mine:
             p = params[k]
-            out[k] = rows[:, start : start + parts[k]].reshape(-1)[: p.ds_numel].view(p.ds_shape)
-            start += parts[k]
+            out[k] = rows[:, start : start + plan.parts[k]].reshape(-1)[: p.ds_numel].view(p.ds_shape)
+            start += plan.parts[k]
         return out
 
     def _grads_to_partitions(
@@ -312,21 +310,15 @@ class DeepSpeedShards:
     ) -> None:
         from deepspeed.utils import safe_get_local_grad, safe_set_local_grad
 
-        parts, by_owner = [p.ds_tensor.numel() for p in params], _by_owner(owners, self.world)
-        mine = by_owner[self.rank]
-        width = sum(parts[k] for k in mine)
+        plan = _Exchange.of(params, owners, self.world, self.rank)
+        width = plan.sizes[self.rank]
         send = torch.empty(self.world, width, dtype=torch.float32, device=self.device)  # row s: to rank s
         start = 0
-        for k, grad in zip(mine, grads, strict=True):
-            _scatter_rows(grad.reshape(-1), send[:, start : start + parts[k]])
-            start += parts[k]
-        sizes = [sum(parts[k] for k in dest) for dest in by_owner]
-        received = self._all_to_all(send.view(-1), [width] * self.world, sizes)
-        for k, part in zip(
-            [k for dest in by_owner for k in dest],
-            received.split([parts[k] for dest in by_owner for k in dest]),
-            strict=True,
-        ):
+        for k, grad in zip(plan.mine, grads, strict=True):
+            _scatter_rows(grad.reshape(-1), send[:, start : start + plan.parts[k]])
+            start += plan.parts[k]
+        received = self._all_to_all(send.view(-1), [width] * self.world, plan.sizes)
+        for k, part in zip(plan.order, received.split([plan.parts[k] for k in plan.order]), strict=True):
             local = safe_get_local_grad(params[k])
             local.view(-1).add_(part.to(local))
             safe_set_local_grad(params[k], local)
@@ -355,7 +347,8 @@ class DeepSpeedShards:
     def _add_all(self, params: Sequence[nn.Parameter], owners: Sequence[int], grads: Sequence[Tensor]) -> None:
         flat = torch.zeros(sum(p.numel() for p in params), dtype=torch.float32, device=self.device)
         views = split_flat(flat, [p.shape for p in params])
-        for k, grad in zip(_by_owner(owners, self.world)[self.rank], grads, strict=True):
+        mine = [k for k, owner in enumerate(owners) if owner == self.rank]
+        for k, grad in zip(mine, grads, strict=True):
             views[k].copy_(grad)
         if self.world > 1:
             dist.all_reduce(flat)
@@ -375,9 +368,23 @@ class DeepSpeedShards:
         return float(value)
 
 
-def _by_owner(owners: Sequence[int], world: int) -> list[list[int]]:
-    """Indices of the tensors each rank owns, in order."""
-    return [[k for k, owner in enumerate(owners) if owner == rank] for rank in range(world)]
+@dataclass(frozen=True)
+class _Exchange:
+    """The ZeRO-3 all-to-alls of one bucket: each tensor's partition size (``parts``), the tensors
+    grouped by owner rank (``order``: what every rank sends and receives, in that order), the number
+    of partition elements each rank owns (``sizes``), and this rank's own tensors (``mine``)."""
+
+    parts: list[int]
+    order: list[int]
+    sizes: list[int]
+    mine: list[int]
+
+    @classmethod
+    def of(cls, params: Sequence[nn.Parameter], owners: Sequence[int], world: int, rank: int) -> _Exchange:
+        parts = [p.ds_tensor.numel() for p in params]
+        by_owner = [[k for k, owner in enumerate(owners) if owner == r] for r in range(world)]
+        sizes = [sum(parts[k] for k in tensors) for tensors in by_owner]
+        return cls(parts, [k for tensors in by_owner for k in tensors], sizes, by_owner[rank])
 
 
 def _cat(tensors: list[Tensor], device: torch.device) -> Tensor:
