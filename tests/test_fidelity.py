@@ -29,6 +29,8 @@ def _stats(forget: list[float], holdout: list[float]) -> evaluation.ModelStats:
         prob=ones,
         rouge=ones,
         truth_ratio=ones,
+        exact_memorization=ones,
+        extraction_strength=ones,
         mia={k: {"mink": v, "loss": v} for k, v in scores.items()},
         generations={},
     )
@@ -56,8 +58,8 @@ def test_world_probability_is_normalised_over_the_false_answers():
 
 
 def test_generation_lengths_default_to_the_authors_per_split():
-    ev = LLMEval()
-    assert (ev.max_new_tokens, ev.world_max_new_tokens) == (128, 512)
+    assert LLMEval().generation_lengths("records") == (128, 512)
+    assert LLMEval().generation_lengths("elude") == (128, 512)
 
 
 def test_min_k_counts_int_k_n_tokens_at_least_one():

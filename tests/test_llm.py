@@ -254,6 +254,8 @@ def test_metric_conventions_on_known_numbers():
         prob={s: np.array([0.2, 0.4]) for s in evaluation.QA_SPLITS},
         rouge={s: np.array([0.0, 1.0]) for s in evaluation.QA_SPLITS},
         truth_ratio={s: ratio for s in evaluation.QA_SPLITS},
+        exact_memorization={s: np.array([0.5, 1.0]) for s in evaluation.QA_SPLITS},
+        extraction_strength={s: np.array([0.25, 1.0]) for s in evaluation.QA_SPLITS},
         mia={"forget": {"loss": np.array([3.0, 4.0])}, "holdout": {"loss": np.array([1.0, 2.0])}},
         generations={},
     )

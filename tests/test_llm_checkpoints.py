@@ -196,57 +196,6 @@ def test_elude_directory_missing_the_named_split_is_one_line(tmp_path):
     parse_experiment(raw)
 
 
-def save_tofu(root: Path, skip: str | None = None) -> Path:
-    """TOFU's configurations as the hub serves them (one ``train`` split each), from synthetic rows."""
-    rows, world, _ = entity_rows()
-    qa = [{"question": r["question"], "answer": r["answer"]} for r in rows]
-    perturbed = [{k: r[k] for k in ("question", "answer", "paraphrased_answer", "perturbed_answer")} for r in rows]
-    facts = [{k: w[k] for k in ("question", "answer", "perturbed_answer")} for w in world]
-    configs = {
-        "forget01": qa[:4],
-        "forget01_perturbed": perturbed[:4],
-        "retain99": qa[4:],
-        "retain_perturbed": perturbed[4:10],
-        "real_authors_perturbed": facts[:10],
-        "world_facts_perturbed": facts[10:],
-        "holdout01": qa[-4:],
-    }
-    for name, items in configs.items():
-        if name != skip:
-            DatasetDict({"train": Dataset.from_list(items)}).save_to_disk(str(root / name))
-    return root
-
-
-def test_tofu_layout_keeps_evaluated_retain_items_out_of_training(tmp_path):
-    source = save_tofu(tmp_path / "tofu")
-    data = LLMData(layout="tofu", records=str(source), tofu={"forget": "forget01"})
-    assert (data.tofu.retain, data.tofu.forget_eval, data.tofu.holdout) == (
-        "retain99",
-        "forget01_perturbed",
-        "holdout01",
-    )
-    splits = load_splits(data, 0)
-    assert len(splits["forget"]) == 4 and len(splits["forget_eval"]) == 4
-    assert splits["forget_eval"][0].perturbed_answer and splits["forget"][0].entity is None
-    assert len(splits["retain_eval"]) == 6
-    assert not {r.question for r in splits["retain"]} & {r.question for r in splits["retain_eval"]}
-    assert len(splits["retain"]) == len(entity_rows()[0]) - 4 - 6
-    world_eval = splits["world_eval"]
-    assert len(world_eval) == 24 and world_eval[0].paraphrased_answer == world_eval[0].answer
-    assert splits["world"] == []
-
-
-def test_tofu_without_world_needs_world_weight_zero_and_missing_configs_are_named(tmp_path):
-    raw = tiny_spec(tmp_path / "cache")
-    raw["task"]["data"] = {"layout": "tofu", "records": str(save_tofu(tmp_path / "t1")), "tofu": {"forget": "forget01"}}
-    assert one_line_error(raw).startswith("task.data.world: the data has no world training set")
-    raw["method"]["world_weight"] = 0.0
-    parse_experiment(raw)
-    raw["task"]["data"]["records"] = str(save_tofu(tmp_path / "t2", skip="holdout01"))
-    message = one_line_error(raw)
-    assert message.startswith("task.data.tofu.holdout:") and "'holdout01'" in message
-
-
 # ---------------------------------------------------------------- LoRA
 
 

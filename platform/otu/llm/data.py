@@ -224,9 +224,26 @@ def _check_entities(field: str, names: Sequence[str], entities: list, target: st
 
 
 def all_records(splits: Splits, names: Iterable[str]) -> list[Record]:
-    """The records of ``names``' training and evaluation splits, each once (what a model should know)."""
-    keys = [k for name in names for k in (name, EVAL[name])]
-    return list(dict.fromkeys(r for k in keys for r in splits[k]))
+    """The question/answer pairs of ``names``' training and evaluation splits, each once (what a
+    model should know)."""
+    return unique_pairs([r for name in names for k in (name, EVAL[name]) for r in splits[k]])
+
+
+def unique_pairs(records: Iterable[Record]) -> list[Record]:
+    """``records`` with each (question, answer) pair once, first occurrence kept: an item and its
+    ``*_perturbed`` evaluation row are one training pair."""
+    first: dict[tuple[str, str], Record] = {}
+    for r in records:
+        first.setdefault((r.question, r.answer), r)
+    return list(first.values())
+
+
+def finetune_sets(splits: Splits) -> tuple[list[Record], list[Record]]:
+    """(target, retain-only oracle) fine-tuning records: the layout's own (TOFU: ``full`` and
+    ``retainNN``), else every forget / retain / world item and every retain / world item."""
+    if "target_train" in splits:
+        return splits["target_train"], splits["oracle_train"]
+    return all_records(splits, ("forget", "retain", "world")), all_records(splits, ("retain", "world"))
 
 
 def write_splits(splits: Splits, path: Path) -> None:
@@ -330,9 +347,12 @@ def _elude_splits(data: LLMData, seed: int) -> Splits:
 
 
 def _tofu_splits(data: LLMData, seed: int) -> Splits:
-    """TOFU: forget on ``forgetNN``, retain on ``retain{100-NN}`` minus the items of
-    ``retain_perturbed`` (evaluated), world training from ``task.data.world`` (none without it),
-    world evaluation on real_authors + world_facts, MIA non-members from ``holdoutNN``."""
+    """TOFU as open-unlearning runs it: the target model is fine-tuned on the fictitious authors
+    (``forgetNN`` + ``retainNN``, TOFU's ``full``), the oracle on ``retainNN``; the loop forgets
+    ``forgetNN`` and retains the whole ``retainNN`` (``tofu.hold_out_retain_eval`` drops the items
+    of ``retain_perturbed`` from the retain term instead); evaluation on ``{forget}_perturbed``,
+    ``retain_perturbed``, ``real_authors_perturbed`` and ``world_facts_perturbed`` (never trained);
+    MIA non-members from ``holdoutNN``; world training from ``task.data.world`` (none without it)."""
     tofu, fields = data.tofu, data.fields
 
     def config(key: str, required: Sequence[str] = QA) -> list[Record]:
@@ -346,22 +366,24 @@ def _tofu_splits(data: LLMData, seed: int) -> Splits:
         )
         return parse_records(raw, f"task.data.tofu.{key} ({name})", required, fields)
 
+    forget, retain_config = config("forget"), config("retain")
     retain_eval = config("retain_eval", WORLD_REQUIRED)
     evaluated = {r.question for r in retain_eval}
-    retain = [r for r in config("retain") if r.question not in evaluated]
-    world = _read_world(data, "task.data.world") or []
+    retain = [r for r in retain_config if r.question not in evaluated] if tofu.hold_out_retain_eval else retain_config
+    options = ("question", "answer", "perturbed_answer")
+    real_authors, world_facts = config("real_authors", options), config("world_facts", options)
     return {
-        "forget": config("forget"),
+        "forget": forget,
         "retain": retain,
-        "world": world,
+        "world": _read_world(data, "task.data.world") or [],
         "forget_eval": config("forget_eval", WORLD_REQUIRED),
         "retain_eval": retain_eval,
-        "world_eval": [
-            r
-            for key in ("real_authors", "world_facts")
-            for r in config(key, ("question", "answer", "perturbed_answer"))
-        ],
+        "world_eval": real_authors + world_facts,
+        "real_authors_eval": real_authors,
+        "world_facts_eval": world_facts,
         "holdout": config("holdout"),
+        "target_train": unique_pairs(forget + retain_config),
+        "oracle_train": unique_pairs(retain_config),
     }
 
 

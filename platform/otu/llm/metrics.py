@@ -18,7 +18,13 @@ Per item, with :math:`\ell` the mean answer-token NLL given the question:
   (:math:`-\ell`), zlib (:math:`-\ell/\text{zlib bytes}`), Min-K% (mean of the lowest
   :math:`\max(1, \lfloor k n\rfloor)` of the n token log-probs, Shi et al. 2024), Min-K%++ (same on
   :math:`(\log p_t-\mu_t)/\sigma_t` with μ, σ² the mean and variance of log p under the model's
-  next-token distribution, σ² clamped at 1e-6 — Zhang et al. 2024, open-unlearning);
+  next-token distribution, σ² clamped at 1e-6 — Zhang et al. 2024, open-unlearning); Min-K% and
+  Min-K%++ read the answer tokens without the final one (the EOS / end-of-turn token), as
+  open-unlearning's ``tokenwise_logprobs`` (src/evals/metrics/utils.py:129-131), LOSS and zlib all;
+* exact memorization :math:`\frac1n\sum_t [\arg\max p_t = a_t]` and extraction strength
+  :math:`1 - k/n`, :math:`k` the start of the shortest greedy-matching suffix, over the same n answer
+  tokens without the EOS (open-unlearning src/evals/metrics/memorization.py:177-269, with its rule
+  that no matching suffix gives :math:`k = n-1`);
 * ``privleak`` on the Min-K% attack in MUSE's convention (see :func:`privleak`).
 """
 
@@ -38,11 +44,14 @@ from otu.llm.text import IGNORE, Encoder
 
 @dataclass
 class AnswerScores:
-    """Per-answer scores: mean NLL, Min-K% and Min-K%++ statistics."""
+    """Per-answer scores: mean NLL, Min-K% and Min-K%++ statistics, exact memorization and
+    extraction strength."""
 
     nll: np.ndarray
     mink: np.ndarray
     minkpp: np.ndarray
+    exact_memorization: np.ndarray
+    extraction_strength: np.ndarray
 
 
 @torch.no_grad()
@@ -55,19 +64,35 @@ def score_answers(
     k: float,
 ) -> AnswerScores:
     device = next(model.parameters()).device
-    nll, mink, minkpp = [], [], []
+    nll, mink, minkpp, em, es = [], [], [], [], []
     for start in range(0, len(questions), batch_size):
         batch = encoder.batch(questions[start : start + batch_size], answers[start : start + batch_size]).to(device)
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
         targets = batch.labels[:, 1:]
         mask = targets != IGNORE
         logp, z = token_log_probs(logits, targets)
+        hits = logits.argmax(-1) == targets
         for i in range(len(batch)):
             lp, zz = logp[i][mask[i]], z[i][mask[i]]
             nll.append(-lp.mean().item())
-            mink.append(_lowest_mean(lp, k))
-            minkpp.append(_lowest_mean(zz, k))
-    return AnswerScores(np.array(nll), np.array(mink), np.array(minkpp))
+            mink.append(_lowest_mean(lp[:-1], k))  # without the EOS (open-unlearning)
+            minkpp.append(_lowest_mean(zz[:-1], k))
+            greedy = hits[i][mask[i]][:-1]
+            em.append(greedy.float().mean().item() if greedy.numel() else float("nan"))
+            es.append(extraction_strength(greedy))
+    return AnswerScores(np.array(nll), np.array(mink), np.array(minkpp), np.array(em), np.array(es))
+
+
+def extraction_strength(hits: Tensor) -> float:
+    """:math:`1 - k/n` for per-token greedy hits of n answer tokens, :math:`k` the first index whose
+    suffix ``hits[k:]`` is all hits; with none, open-unlearning's loop leaves :math:`k = n-1`
+    (memorization.py:237-253), and an empty answer scores 0 (ibid. 242-251)."""
+    n = hits.numel()
+    if n == 0:
+        return 0.0
+    suffix = int(torch.cumprod(hits.flip(0).int(), 0).sum().item())  # length of the all-hit suffix
+    k = n - suffix if suffix else n - 1
+    return 1.0 - k / n
 
 
 def token_log_probs(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -83,7 +108,10 @@ def token_log_probs(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _lowest_mean(values: torch.Tensor, k: float) -> float:
-    """Mean of the ``max(1, int(k·n))`` lowest of ``n`` values (Shi et al.; open-unlearning)."""
+    """Mean of the ``max(1, int(k·n))`` lowest of ``n`` values (Shi et al.; open-unlearning); 0 for no
+    values (open-unlearning's min_k.py:22-23)."""
+    if values.numel() == 0:
+        return 0.0
     count = max(1, int(k * values.numel()))
     return torch.sort(values).values[:count].mean().item()
 

@@ -48,7 +48,7 @@ def encoder_for(tokenizer, data, field: str = "task.model.path") -> Encoder:
     is a :class:`SpecError` naming ``field``."""
     chat = {"auto": None, "chat": True, "plain": False}[data.prompt_format]
     try:
-        return Encoder(tokenizer, data.prompt, data.max_length, chat)
+        return Encoder(tokenizer, data.prompt, data.max_length, chat, data.system_prompt, data.date_string)
     except TemplateError as err:
         raise SpecError(
             f"{field}: {err}; fix the tokenizer's chat_template or set task.data.prompt_format: plain"

@@ -1,6 +1,6 @@
 """The prepared task of an LLM experiment: ``prepare`` caches, under ``cache_dir/llm-<hash of seed,
-task.data, task.model>``, the splits, the target model (fine-tuned on forget + retain + world) and
-the retain-only oracle (retain + world), each a normal HF checkpoint with its tokenizer.
+task.data, task.model>``, the splits, the target model and the retain-only oracle (fine-tuned on the
+layout's sets, :func:`otu.llm.data.finetune_sets`), each a normal HF checkpoint with its tokenizer.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import nn
 from otu.cache import cached_dir, content_hash
 from otu.family import RunContext
 from otu.llm import evaluation
-from otu.llm.data import Splits, all_records, given, load_splits, read_splits, write_splits
+from otu.llm.data import Splits, finetune_sets, given, load_splits, read_splits, write_splits
 from otu.llm.models import (
     build_tiny_model,
     corpus,
@@ -81,14 +81,14 @@ class Prepared:
         if key not in per_model:
             model.to(self.device).eval()
             splits = evaluation.cap(self.splits, eval_spec.max_items)
-            per_model[key] = evaluation.model_stats(model, self.encoder(), splits, eval_spec)
+            per_model[key] = evaluation.model_stats(model, self.encoder(), splits, eval_spec, self.data.layout)
         return per_model[key]
 
 
 def cache_key(job: LLMJob, seed: int) -> str:
     return content_hash(
         {
-            "layout": 2,  # models named relative to the entry (a cache directory can move)
+            "layout": 3,  # 3: fine-tuning sets of unique pairs (TOFU: full / retainNN only)
             "seed": seed,
             "data": job.data.model_dump(mode="json"),
             "model": job.model.model_dump(mode="json"),
@@ -156,8 +156,9 @@ def _build(job: LLMJob, ctx: RunContext, tmp: Path) -> None:
         return Path(name)
 
     if spec.epochs > 0:
-        target = fit("target", all_records(splits, ("forget", "retain", "world")))
-        oracle: Path | None = fit("retain_only", all_records(splits, ("retain", "world")))
+        target_set, oracle_set = finetune_sets(splits)
+        target = fit("target", target_set)
+        oracle: Path | None = fit("retain_only", oracle_set)
     else:
         assert source is not None
         target = source

@@ -44,10 +44,22 @@ class InstructionFields(Section):
 
 
 class EludeSplits(Section):
-    """Split names of ELUDe's forget_qa / retain_qa: train on ``train``, evaluate on ``eval``."""
+    """Where ELUDe's items come from: the configuration and the splits of forget_qa (``records``) and
+    retain_qa (``retain_records``). Defaults as published and as the OPT-OUT authors use them
+    (brightjade/Opt-Out dataset.py): forget_qa has only ``train``, which is forgotten and evaluated;
+    retain_qa trains on ``train`` and is evaluated on ``test``."""
 
-    train: str = "train"
-    eval: str = "test"
+    forget_config: str | None = None
+    """Configuration of a hub id that holds several (``6rightjade/ELUDe``: ``forget_qa``), or the
+    sub-directory of a local directory with one saved ``datasets`` directory per configuration;
+    None: the source is forget_qa itself."""
+    retain_config: str | None = None
+    """Likewise for retain_qa (``6rightjade/ELUDe``: ``retain_qa``)."""
+    forget_train: str = "train"
+    forget_eval: str = "train"
+    """Evaluated forget items (and the other entities' holdout rows, MIA non-members)."""
+    retain_train: str = "train"
+    retain_eval: str = "test"
 
 
 class Tofu(Section):
@@ -55,7 +67,10 @@ class Tofu(Section):
 
     forget: Literal["forget01", "forget05", "forget10"] = "forget10"
     retain: str | None = None
-    """Retain training set; default ``retain{100-NN}`` (minus the evaluated retain items)."""
+    """Retain set of the loop and of both fine-tunings; default ``retain{100-NN}``."""
+    hold_out_retain_eval: bool = False
+    """Drop the ``retain_eval`` items from the loop's retain term (otu's stricter variant; TOFU and
+    open-unlearning retain on the whole ``retainNN``, which contains ``retain_perturbed``)."""
     forget_eval: str | None = None
     """Default ``{forget}_perturbed`` (paraphrased and perturbed answers)."""
     retain_eval: str = "retain_perturbed"
@@ -74,6 +89,11 @@ class Tofu(Section):
         return self
 
 
+TOFU_PROMPT = {"system_prompt": "You are a helpful assistant.", "date_string": "10 Apr 2025", "max_length": 512}
+"""open-unlearning's TOFU prompt for Llama-3 (configs/model/Llama-3.2-1B-Instruct.yaml: system_prompt,
+date_string) and QA length (configs/data/datasets/TOFU_QA_*.yaml: max_length 512)."""
+
+
 class LLMData(Section):
     layout: Literal["records", "elude", "tofu"] = "records"
     """``records``: entity-tagged files; ``elude``: ELUDe's forget_qa / retain_qa with splits;
@@ -86,7 +106,12 @@ class LLMData(Section):
     """``records``: a JSONL/JSON/Parquet file or one-split ``datasets`` directory; ``elude``: forget_qa
     (a ``datasets`` directory or hub id); ``tofu``: a directory of saved configurations or a hub id."""
     world: PathOrHubId | None = None
-    """General QA in the records' format, or an instruction file (instruction / input / output)."""
+    """General QA in the records' format, or an instruction file (instruction / input / output); a
+    non-empty ``input`` is joined to the question as ``question + "\\n\\n" + input`` (the OPT-OUT authors)."""
+    world_eval: PathOrHubId | None = None
+    """World evaluation file (layouts records and elude): QA with paraphrased / perturbed answers (the
+    OPT-OUT authors' Alpaca test file) or instruction rows; world training then uses the whole
+    ``world`` file. None: ``eval_fraction`` of the world file is held out to evaluate."""
     retain_records: PathOrHubId | None = None
     """Neighbour QA in a source of its own whose ``entity`` names the target (ELUDe's retain_qa)."""
     target: str | None = None
@@ -105,7 +130,24 @@ class LLMData(Section):
     """``auto``: the tokenizer's chat template when it has one, else ``prompt``."""
     prompt: str = "Question: {question}\nAnswer: "
     """Plain prompt template; ``{question}`` is replaced by the question, the answer follows as is."""
-    max_length: int = Field(128, ge=8, description="max tokens of prompt + answer")
+    system_prompt: str | None = None
+    """System message of chat prompts (None: none); layout tofu: open-unlearning's
+    ``You are a helpful assistant.``."""
+    date_string: str | None = None
+    """``date_string`` handed to the chat template (Llama-3's "Today Date"); layout tofu: open-unlearning's
+    ``10 Apr 2025``."""
+    max_length: int = Field(
+        128, ge=8, description="max tokens of prompt + answer (layout tofu: 512, open-unlearning's TOFU QA)"
+    )
+
+    @model_validator(mode="after")
+    def _benchmark_prompt(self) -> LLMData:
+        """Layout tofu: open-unlearning's prompt and length where the spec does not set them."""
+        if self.layout == "tofu":
+            for key, value in TOFU_PROMPT.items():
+                if key not in self.model_fields_set:
+                    setattr(self, key, value)
+        return self
 
     @model_validator(mode="after")
     def _one_source(self) -> LLMData:
@@ -131,6 +173,15 @@ class LLMData(Section):
                 raise ValueError(f"layout elude needs {', '.join(missing)}")
         elif self.target is not None or self.retain_records is not None:
             raise ValueError("layout tofu has no target or retain_records (tofu.forget is the request)")
+
+    @model_validator(mode="after")
+    def _world_eval_beside_a_world_file(self) -> LLMData:
+        if self.world_eval is not None and (self.layout == "tofu" or self.world is None):
+            raise ValueError(
+                "world_eval: needs a world file and layout records or elude (tofu evaluates world on "
+                "real_authors / world_facts)"
+            )
+        return self
 
     @field_validator("fields")
     @classmethod
@@ -214,22 +265,40 @@ class LmEval(Section):
     batch_size: int = Field(8, ge=1)
 
 
+GENERATION_LENGTHS = {"tofu": (200, 200)}
+"""Layout → (forget / retain, world) generation caps: open-unlearning's TOFU evaluation generates 200
+tokens everywhere (configs/generation/default.yaml); other layouts the OPT-OUT authors' (128, 512)."""
+
+
 class LLMEval(Section):
-    max_new_tokens: int = Field(
-        128,
+    max_new_tokens: int | None = Field(
+        None,
         ge=1,
-        description="greedy generation cap for ROUGE on forget and retain (OPT-OUT authors: 128); "
-        "generation stops at EOS",
+        description="greedy generation cap for ROUGE on forget and retain, stopped at EOS; None: the "
+        "layout's benchmark value (tofu: 200, open-unlearning; else 128, the OPT-OUT authors')",
     )
-    world_max_new_tokens: int = Field(
-        512, ge=1, description="greedy generation cap for ROUGE on world (OPT-OUT authors: 512)"
+    world_max_new_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="greedy generation cap for ROUGE on world; None: tofu 200 (open-unlearning), else 512 "
+        "(the OPT-OUT authors')",
     )
     batch_size: int = Field(16, ge=1)
     mink_fraction: float = Field(0.4, gt=0, le=1, description="k of Min-K% / Min-K%++ MIAs")
-    max_items: int | None = Field(None, ge=1, description="cap on items per split (None: all)")
+    max_items: int | None = Field(
+        None,
+        ge=1,
+        description="cap on retain and world evaluation items per split (None: all); the forget set and "
+        "the holdout are always evaluated whole, and metrics.json's n_<split> say how many items each covers",
+    )
     plots: bool = True
     lm_eval: LmEval | None = None
     """General benchmarks; their numbers join the metrics as ``lm_eval/<task>/<metric>``."""
+
+    def generation_lengths(self, layout: str) -> tuple[int, int]:
+        """(forget / retain, world) generation caps: the spec's, else the layout's benchmark values."""
+        qa, world = GENERATION_LENGTHS.get(layout, (128, 512))
+        return self.max_new_tokens or qa, self.world_max_new_tokens or world
 
 
 LLMJob = Job[LLMData, LLMModel, LLMEval]
@@ -257,7 +326,9 @@ class Lora(Section):
 
 
 class LLMMethod(MethodSpec):
-    """What every LLM method shares: the optimizer, its schedule and LoRA."""
+    """What every LLM method shares: the optimizer, its schedule and LoRA. The defaults of lr, epochs,
+    batch_size, weight_decay, max_grad_norm and lr_schedule are the OPT-OUT authors' (full fine-tuning);
+    a knob left None takes its layout's value (:mod:`otu.llm.recipe`)."""
 
     lora: Lora | None = None
     lr: float = Field(1e-5, gt=0)
@@ -267,10 +338,17 @@ class LLMMethod(MethodSpec):
         None,
         gt=0,
         description="stop after this many forget-set epochs while the learning-rate schedule spans "
-        "all of them (the OPT-OUT authors stop composite methods after ~2 of 3, single-term ones "
-        "after 1); None: run the whole schedule",
+        "all of them; None: the layout's value — elude: 2 for a method with retain / world terms or a "
+        "regulariser, 1 for a forget term alone (the OPT-OUT authors), else the whole schedule",
     )
     batch_size: int = Field(8, ge=1, description="global batch (all workers × grad_accum)")
+    nll_reduction: Literal["sequence_mean", "batch_mean"] | None = Field(
+        None,
+        description="the NLL of the GA / GradDiff / IDK forget terms and of the retain and world terms: "
+        "sequence_mean (each sequence's token mean, averaged: a global batch split across ranks gives "
+        "one process's loss) or batch_mean (one token mean over the micro-batch, HF's loss); None: "
+        "elude batch_mean (the OPT-OUT authors), else sequence_mean",
+    )
     weight_decay: float = Field(0.01, ge=0)
     max_grad_norm: float = Field(1.0, ge=0, description="0 disables clipping")
     lr_schedule: Literal["linear", "constant"] = "linear"
@@ -281,6 +359,13 @@ class Retaining(LLMMethod):
 
     retain_weight: float = Field(1.0, ge=0, description="weight of NLL on neighbour-entity QA")
     world_weight: float = Field(1.0, ge=0, description="weight of NLL on world QA")
+    retain_sampling: Literal["stream", "paired"] | None = Field(
+        None,
+        description="how a step draws its retain and world items: stream (each set reshuffled on every "
+        "pass, independent of the forget items) or paired (fixed random subsets of the forget set's "
+        "size, item i beside forget item i in every epoch); None: elude paired (the OPT-OUT authors), "
+        "else stream",
+    )
 
 
 class GA(LLMMethod):
@@ -365,6 +450,10 @@ class OptOut(Retaining):
     )
     alternate: bool = Field(True, validate_default=True)
     """Two optimizer steps per step: forget (NPO), then retain + world + regulariser."""
+    clip_forget_step: bool | None = None
+    """With ``alternate``: clip the forget step's gradients to ``max_grad_norm`` like the second
+    step's; None: elude False (the OPT-OUT authors step on the forget loss before the Trainer clips),
+    else True."""
 
     @field_validator("alternate")
     @classmethod
@@ -399,8 +488,19 @@ METRICS = (
     "world_prob",
     "world_rouge",
     "world_truth_ratio",
+    "real_authors_prob",
+    "real_authors_rouge",
+    "real_authors_truth_ratio",
+    "world_facts_prob",
+    "world_facts_rouge",
+    "world_facts_truth_ratio",
+    "forget_exact_memorization",
+    "forget_extraction_strength",
+    "retain_exact_memorization",
+    "retain_extraction_strength",
     "fq",
     "rq",
+    "model_utility",
     "ks_forget_quality",
     "mia_auc_loss",
     "mia_auc_zlib",

@@ -1,9 +1,10 @@
 """QA records → token tensors: prompt + answer sequences with answer-only labels, and prompt batches.
 
 With a chat template (the tokenizer's, when it has one) the prompt is
-``apply_chat_template([user: question], add_generation_prompt=True)`` and the answer is the rest of
-``apply_chat_template([user: question, assistant: answer])`` (the assistant turn with its end-of-turn
-tokens). Without one the prompt is ``template.format(question=...)`` (with the tokenizer's special
+``apply_chat_template([system?, user: question], add_generation_prompt=True, date_string?)`` and the
+answer is the rest of ``apply_chat_template([system?, user: question, assistant: answer])`` (the
+assistant turn with its end-of-turn tokens), as open-unlearning's ``preprocess_chat_instance``
+(src/data/utils.py:51-70). Without one the prompt is ``template.format(question=...)`` (with the tokenizer's special
 tokens) and the answer is ``tokens(answer) + [eos]``: no space is inserted; the template decides.
 Labels are -100 on the prompt, so losses and probabilities are over answer tokens only.
 """
@@ -44,13 +45,24 @@ def has_chat_template(tokenizer) -> bool:
 class Encoder:
     """Encodes questions and answers with one tokenizer and one prompt format.
 
-    ``chat``: use the tokenizer's chat template (None: when it has one), else ``prompt``.
+    ``chat``: use the tokenizer's chat template (None: when it has one), else ``prompt``; ``system`` and
+    ``date_string`` are the chat's system message and the template's date variable (None: none).
     """
 
-    def __init__(self, tokenizer, prompt: str, max_length: int, chat: bool | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer,
+        prompt: str,
+        max_length: int,
+        chat: bool | None = None,
+        system: str | None = None,
+        date_string: str | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.prompt = prompt
         self.max_length = max_length
+        self.system = [{"role": "system", "content": system}] if system else []
+        self.template_vars = {"date_string": date_string} if date_string is not None else {}
         self.chat = has_chat_template(tokenizer) if chat is None else chat
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no eos token")
@@ -62,9 +74,10 @@ class Encoder:
 
     def _chat_texts(self, question: str, answer: str) -> tuple[str, str]:
         """(prompt text, answer text): the chat with the generation prompt, and what the answer adds."""
-        user = [{"role": "user", "content": question}]
-        prompt = self.tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
-        full = self.tokenizer.apply_chat_template([*user, {"role": "assistant", "content": answer}], tokenize=False)
+        user = [*self.system, {"role": "user", "content": question}]
+        render = self.tokenizer.apply_chat_template
+        prompt = render(user, tokenize=False, add_generation_prompt=True, **self.template_vars)
+        full = render([*user, {"role": "assistant", "content": answer}], tokenize=False, **self.template_vars)
         if not full.startswith(prompt):
             raise TemplateError("the chat template's assistant turn does not extend its generation prompt")
         return prompt, full[len(prompt) :]
