@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from datasets import Dataset, DatasetDict
 from test_llm import tiny_spec
 from test_llm_checkpoints import one_line_error
@@ -23,7 +24,7 @@ from otu.llm.data import finetune_sets, load_splits
 from otu.llm.family import FAMILY
 from otu.llm.metrics import extraction_strength, score_answers
 from otu.llm.models import CHAT_TEMPLATE, build_tiny_model, train_tokenizer
-from otu.llm.spec import LLMData, LLMEval, TinyModel
+from otu.llm.spec import SPEC, LLMData, LLMEval, LLMModel, TinyModel
 from otu.llm.synthetic import generate_entities
 from otu.llm.text import IGNORE, Encoder
 from otu.spec import parse_experiment
@@ -245,3 +246,29 @@ def test_tofu_without_world_needs_world_weight_zero_and_missing_configs_are_name
     raw["task"]["data"]["records"] = str(save_tofu(tmp_path / "t2", skip="holdout01"))
     message = one_line_error(raw)
     assert message.startswith("task.data.tofu.holdout:") and "'holdout01'" in message
+
+
+@pytest.mark.parametrize("name, method", [("tofu_ga", "ga"), ("tofu_graddiff", "graddiff"), ("tofu_npo", "npo_rt")])
+def test_tofu_presets_carry_open_unlearnings_recipe(name, method):
+    """scripts/tofu_unlearn.sh:20-24,38-54 and docs/repro.md's setup: open-unlearning's fine-tuned
+    ``tofu_Llama-3.2-1B-Instruct_full`` unlearned at lr 1e-5 for 10 epochs, effective batch 32, weight
+    decay 0.01 (configs/experiment/unlearn/tofu/default.yaml:44-47), retain90 as the oracle, NPO's
+    β 0.1 and α = γ = 1 (configs/trainer/NPO.yaml:5-8)."""
+    from test_llm import REPO
+
+    raw = yaml.safe_load((REPO / f"sweeps/experiments/{name}.yaml").read_text())
+    data, model = LLMData(**raw["task"]["data"]), LLMModel(**raw["task"]["model"])
+    spec = SPEC.methods[method].spec(**raw["method"])
+    assert (
+        data.layout == "tofu"
+        and data.tofu.retain == "retain90"
+        and data.system_prompt == "You are a helpful assistant."
+    )
+    assert model.path == "open-unlearning/tofu_Llama-3.2-1B-Instruct_full" and model.epochs == 0
+    assert model.retain_path == "open-unlearning/tofu_Llama-3.2-1B-Instruct_retain90"
+    assert (spec.lr, spec.epochs, spec.batch_size, spec.weight_decay) == (1e-5, 10, 32, 0.01)
+    assert raw["compute"]["grad_accum"] == 4 and spec.batch_size // raw["compute"]["grad_accum"] == 8
+    if method != "ga":
+        assert (spec.retain_weight, spec.world_weight) == (1.0, 0.0)
+    if method == "npo_rt":
+        assert (spec.beta, spec.reduction) == (0.1, "sequence_sum")
