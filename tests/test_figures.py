@@ -120,6 +120,8 @@ def test_llm_panel_has_the_oracle_beside_the_original_and_unlearned():
             prob={s: np.full(5, level) for s in splits},
             rouge={s: np.full(5, level / 2) for s in splits},
             truth_ratio={"forget": rng.uniform(0.2, 2, 5)},
+            exact_memorization={},
+            extraction_strength={},
             mia={},
             generations={},
         )
