@@ -16,7 +16,7 @@ from otu.llm.losses import StepBatches, reduced_nll
 from otu.llm.metrics import _lowest_mean, normalised_probability, privleak, token_log_probs
 from otu.llm.objectives.npo import NPOObjective
 from otu.llm.objectives.simnpo import SimNPOObjective
-from otu.llm.spec import LLMEval, OptOut, SimNPO
+from otu.llm.spec import SPEC, LLMEval, OptOut, SimNPO
 from otu.llm.text import IGNORE, Batch
 
 # ---------------------------------------------------------------- LLM metrics
@@ -135,11 +135,26 @@ def test_npo_reduction_of_sums_and_batch_means_by_hand():
     assert reduced_nll(model, batch, "batch_mean").tolist() == pytest.approx([math.log(4)])
 
 
-def test_optout_defaults_to_the_authors_batch_mean_and_npo_to_the_paper_sum():
-    assert OptOut(name="optout").reduction == "batch_mean"
-    from otu.llm.spec import NPO
+@pytest.mark.parametrize(
+    "method, layout, want",
+    [
+        ({"name": "npo"}, "records", "sequence_sum"),  # the NPO paper
+        ({"name": "npo"}, "elude", "batch_mean"),  # the OPT-OUT authors' trainer.py:28-41: HF's batch token mean
+        ({"name": "npo", "reduction": "sequence_mean"}, "elude", "sequence_mean"),  # the spec's own choice
+        ({"name": "optout"}, "records", "batch_mean"),  # the OPT-OUT authors, every layout
+    ],
+)
+def test_npo_reduction_defaults_follow_the_layout(method, layout, want):
+    from otu.llm.objectives import objective_for
+    from otu.llm.recipe import recipe_for
 
-    assert NPO(name="npo").reduction == "sequence_sum"
+    spec = SPEC.methods[method["name"]].spec(**method)
+    beta, batch = spec.beta, _two_answers()
+    got = objective_for(spec, recipe_for(spec, layout)).forget_term(
+        _model(math.log(3)), _model(0.0), StepBatches(batch, batch, batch)
+    )
+    expected = -2 / beta * np.mean([-math.log1p(math.exp(-beta * d)) for d in NPO_CASES[want]])
+    assert got.item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_simnpo_follows_the_official_form_and_coefficient():

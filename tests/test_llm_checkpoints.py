@@ -1,7 +1,7 @@
 """LLM family on real-checkpoint terms: a tiny Llama whose tokenizer carries a chat template, saved
-with ``save_pretrained`` and loaded through ``task.model.path``; ELUDe- and TOFU-layout ``datasets``
-directories; ``otu eval``; LoRA (regulariser value and gradients against the full-weight closed form,
-and a LoRA OPT-OUT run that forgets); and the one-line errors of bad input.
+with ``save_pretrained`` and loaded through ``task.model.path``; ``otu eval``; LoRA (regulariser value
+and gradients against the full-weight closed form, and a LoRA OPT-OUT run that forgets); and the
+one-line errors of bad input. ELUDe- and TOFU-layout data: test_elude_protocol.py, test_tofu_protocol.py.
 """
 
 from __future__ import annotations
@@ -13,17 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from datasets import Dataset, DatasetDict
 from test_llm import REPO, tiny_spec
 
 from otu.cli import main
 from otu.errors import OtuError
-from otu.llm.data import load_splits
 from otu.llm.family import FAMILY
 from otu.llm.lora import Adapted, LoraRegulariser, lowrank_sw
 from otu.llm.models import CHAT_TEMPLATE, build_tiny_model, train_tokenizer
 from otu.llm.spec import LLMData, TinyModel
-from otu.llm.synthetic import generate_entities
 from otu.llm.text import IGNORE, Encoder
 from otu.ot import random_projections, sw_regulariser
 from otu.spec import parse_experiment
@@ -135,67 +132,6 @@ def test_hub_id_without_network_is_one_line_naming_the_key(tmp_path, monkeypatch
     assert "revision v1" in message
 
 
-# ---------------------------------------------------------------- data layouts
-
-
-def entity_rows(seed: int = 3) -> tuple[list[dict], list[dict], str]:
-    gen = generate_entities(seed, LLMData(synthetic=True).sizes)
-    return gen["records"], gen["world"], gen["targets"][0]
-
-
-def save_elude(root: Path, splits=("train", "validation", "test")) -> tuple[Path, Path, Path, str]:
-    """forget_qa / retain_qa DatasetDicts (a third of each entity's questions per split) and an
-    Alpaca-style instruction file."""
-    rows, world, target = entity_rows()
-    forget_rows = [r | {"neighbour_of": ""} for r in rows if not r["neighbour_of"]]
-    retain_rows = [r | {"entity": r["neighbour_of"], "neighbour_of": ""} for r in rows if r["neighbour_of"]]
-
-    def save(items: list[dict], path: Path) -> Path:
-        by_split = {s: [r for i, r in enumerate(items) if i % len(splits) == k] for k, s in enumerate(splits)}
-        DatasetDict({s: Dataset.from_list(v) for s, v in by_split.items()}).save_to_disk(str(path))
-        return path
-
-    instructions = root / "alpaca.jsonl"
-    instructions.write_text(
-        "".join(json.dumps({"instruction": w["question"], "input": "", "output": w["answer"]}) + "\n" for w in world)
-    )
-    return save(forget_rows, root / "forget_qa"), save(retain_rows, root / "retain_qa"), instructions, target
-
-
-def test_elude_layout_trains_on_train_and_evaluates_on_test(tmp_path):
-    forget, retain, world, target = save_elude(tmp_path)
-    data = LLMData(layout="elude", records=str(forget), retain_records=str(retain), world=str(world), target=target)
-    splits = load_splits(data, 0)
-    train_q = {r.question for k in ("forget", "retain", "world") for r in splits[k]}
-    eval_q = {r.question for k in ("forget_eval", "retain_eval", "world_eval") for r in splits[k]}
-    assert not train_q & eval_q
-    assert {r.entity for r in splits["forget"] + splits["forget_eval"]} == {target}
-    assert {r.entity for r in splits["retain"] + splits["retain_eval"]} == {target}  # names the target
-    assert splits["holdout"] and target not in {r.entity for r in splits["holdout"]}
-    assert all(r.perturbed_answer for r in splits["forget_eval"] + splits["retain_eval"])
-    assert splits["world"][0].perturbed_answer == ()  # instruction data: no truth ratio
-    first = json.loads(world.read_text().splitlines()[0])
-    assert first["output"] in {r.answer for r in splits["world"] + splits["world_eval"]}
-    assert len(splits["world_eval"]) == round(0.2 * 24)
-
-
-def test_elude_directory_missing_the_named_split_is_one_line(tmp_path):
-    forget, retain, world, target = save_elude(tmp_path, splits=("train", "validation"))
-    raw = tiny_spec(tmp_path / "cache")
-    raw["task"]["data"] = {
-        "layout": "elude",
-        "records": str(forget),
-        "retain_records": str(retain),
-        "world": str(world),
-        "target": target,
-    }
-    message = one_line_error(raw)
-    assert message.startswith("task.data.elude_splits.eval: split 'test' is not in")
-    assert "['train', 'validation']" in message
-    raw["task"]["data"]["elude_splits"] = {"eval": "validation"}
-    parse_experiment(raw)
-
-
 # ---------------------------------------------------------------- LoRA
 
 
@@ -265,7 +201,7 @@ def test_lora_target_modules_matching_nothing_is_one_line(tmp_path):
 def test_shipped_gpu_specs_parse():
     from otu.llm.spec import SPEC, LLMModel
 
-    for name, layout in [("optout_elude", "elude"), ("optout_tofu", "tofu")]:
+    for name, layout in [("optout_elude_lora", "elude"), ("optout_tofu", "tofu")]:
         raw = yaml.safe_load((REPO / f"sweeps/experiments/{name}.yaml").read_text())
         data = LLMData(**raw["task"]["data"])
         model = LLMModel(**raw["task"]["model"])

@@ -134,7 +134,7 @@ def test_sweep_ranges_objectives_and_algorithms():
     assert "num_samples" in error_of(parse_sweep, sweep(search={"num_samples": 0}))
 
 
-GPU_SPECS = {"optout_llama", "optout_elude", "optout_tofu", "tofu_ga", "tofu_graddiff", "tofu_npo"}
+GPU_SPECS = {"optout_llama", "optout_elude", "optout_elude_lora", "optout_tofu", "tofu_ga", "tofu_graddiff", "tofu_npo"}
 
 
 def test_shipped_specs_are_valid(monkeypatch):

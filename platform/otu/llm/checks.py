@@ -9,7 +9,9 @@ from pathlib import Path
 
 from otu.errors import SpecError
 from otu.family import RunContext
-from otu.llm.data import load_splits
+from otu.llm.data import TRAIN, load_splits
+from otu.llm.recipe import recipe_for
+from otu.llm.sampling import StepSampler
 from otu.llm.spec import LLMJob, LLMMethod, LLMModel, LmEval, Retaining
 from otu.sections import Compute
 
@@ -36,6 +38,8 @@ def check(job: LLMJob, ctx: RunContext) -> None:
 
         check_targets(meta_model(model), method.lora)
     splits = load_splits(job.data, ctx.seed)
+    # paired retain / world subsets must fit in their sets
+    StepSampler({k: len(splits[k]) for k in TRAIN}, recipe_for(method, job.data.layout).retain_sampling, ctx.seed)
     if not splits["world"] and isinstance(method, Retaining) and method.world_weight:
         raise SpecError(
             "task.data.world: the data has no world training set (TOFU ships none); give a QA or "

@@ -8,9 +8,12 @@ paraphrased / perturbed answers (no truth ratio). Three layouts (``task.data.lay
 * ``records``: JSONL/JSON/Parquet files or a one-split ``datasets`` directory; the forget set is the
   target entity's records, the retain set its neighbours' (``neighbour_of`` or a ``retain_records``
   file), the world set the world file, the holdout set (MIA non-members) the other entities; a
-  seeded ``eval_fraction`` of the retain and world records is held out for evaluation.
-* ``elude``: ELUDe's ``forget_qa`` / ``retain_qa`` (``datasets`` directories or hub ids with
-  train / validation / test splits): training on the train split, evaluation on the eval split.
+  seeded ``eval_fraction`` of the retain and world records is held out for evaluation (world: unless
+  a ``world_eval`` file evaluates it).
+* ``elude``: ELUDe's ``forget_qa`` / ``retain_qa`` (``datasets`` directories or hub ids, with a
+  configuration each where one source holds both) as published and as the OPT-OUT authors use them:
+  forget_qa's only split ``train`` is forgotten and evaluated, retain_qa trains on ``train`` and is
+  evaluated on ``test`` (``task.data.elude_splits``); world as in ``records``.
 * ``tofu``: TOFU's configurations (forget01/05/10, retain90/95/99, the ``*_perturbed`` evaluation
   sets, real_authors / world_facts); the forget split is the request, so there is no entity.
 
@@ -278,7 +281,7 @@ def load_splits(data: LLMData, seed: int) -> Splits:
         target = given(data.target, "task.data.target")
     splits = make_splits(records, world, target, data.neighbours, data.holdout, source, retain_records)
     retain, retain_eval = hold_out(splits["retain"], data.eval_fraction, seed, "task.data.retain")
-    world, world_eval = hold_out(splits["world"], data.eval_fraction, seed + 1, "task.data.world")
+    world, world_eval = world_splits(data, splits["world"], seed + 1)
     return {
         "forget": splits["forget"],
         "retain": retain,
@@ -311,28 +314,28 @@ def hold_out(records: Sequence[Record], fraction: float, seed: int, field: str) 
 
 
 def _elude_splits(data: LLMData, seed: int) -> Splits:
-    """ELUDe: the target's forget_qa / retain_qa rows (train split to train, eval split to evaluate),
-    the other entities' eval-split forget_qa rows as holdout, the world file split by ``eval_fraction``."""
+    """ELUDe as published and as the OPT-OUT authors use it (dataset.py ``load_data``): the target's
+    forget_qa rows of ``forget_train`` to forget and of ``forget_eval`` to evaluate (both ``train``,
+    the only split), its retain_qa rows of ``retain_train`` / ``retain_eval``, the other entities'
+    ``forget_eval`` rows as holdout (MIA non-members), world as :func:`world_splits`."""
     names = data.elude_splits
-    fields = data.fields
+    read: dict[tuple[str, str], list[Record]] = {}
 
-    def rows(source: str, key: str, split_key: str) -> list[Record]:
-        split = getattr(names, split_key)
-        raw = read_split(source, None, split, f"task.data.{key}", f"task.data.elude_splits.{split_key}")
-        return parse_records(raw, f"task.data.{key}", REQUIRED, fields)
+    def rows(key: str, which: str, stage: str) -> list[Record]:
+        source = given(getattr(data, key), f"task.data.{key}")
+        config, split = getattr(names, f"{which}_config"), getattr(names, f"{which}_{stage}")
+        if (which, split) not in read:
+            _check_config(source, config, f"task.data.elude_splits.{which}_config")
+            raw = read_split(source, config, split, f"task.data.{key}", f"task.data.elude_splits.{which}_{stage}")
+            read[which, split] = parse_records(raw, f"task.data.{key}", REQUIRED, data.fields)
+        return read[which, split]
 
     source = given(data.records, "task.data.records")
-    retain_source = given(data.retain_records, "task.data.retain_records")
     target = given(data.target, "task.data.target")
-    forget_train, forget_eval = rows(source, "records", "train"), rows(source, "records", "eval")
-    retain_train = rows(retain_source, "retain_records", "train")
-    retain_eval = rows(retain_source, "retain_records", "eval")
-    world, world_eval = hold_out(
-        given(_read_world(data, "task.data.world"), "task.data.world"),
-        data.eval_fraction,
-        seed,
-        "task.data.world",
-    )
+    forget_train, forget_eval = rows("records", "forget", "train"), rows("records", "forget", "eval")
+    retain_train = rows("retain_records", "retain", "train")
+    retain_eval = rows("retain_records", "retain", "eval")
+    world, world_eval = world_splits(data, given(_read_world(data, "task.data.world"), "task.data.world"), seed)
     train = make_splits(forget_train, world, target, "auto", "auto", source, retain_train)
     held = make_splits(forget_eval, world, target, "auto", data.holdout, source, retain_eval)
     return {
@@ -429,14 +432,33 @@ def read_split(source: str, config: str | None, split: str, field: str, split_fi
 
 
 def _read_world(data: LLMData, field: str) -> list[Record] | None:
-    """The world file: QA records, or an instruction file (instruction / input / output)."""
+    """The world training file (:func:`_world_file`); question and answer suffice when ``world_eval``
+    evaluates world, otherwise its held-out part needs paraphrased / perturbed answers."""
     if data.world is None:
         return None
-    rows = read_rows(Path(data.world), field)
+    return _world_file(data.world, field, data, QA if data.world_eval else WORLD_REQUIRED)
+
+
+def world_splits(data: LLMData, world: list[Record], seed: int) -> tuple[list[Record], list[Record]]:
+    """World (training, evaluation): all of ``world`` and the ``world_eval`` file when given (the OPT-OUT
+    authors' Alpaca train / test files, dataset.py ``load_json_dataset``), else a seeded
+    ``eval_fraction`` of ``world`` held out."""
+    if data.world_eval is None:
+        return hold_out(world, data.eval_fraction, seed, "task.data.world")
+    return world, _world_file(data.world_eval, "task.data.world_eval", data, WORLD_REQUIRED)
+
+
+def _world_file(path: str, field: str, data: LLMData, required: Sequence[str]) -> list[Record]:
+    """QA records, or an instruction file (instruction / input / output); a row's non-empty ``input``
+    follows its question after a blank line."""
+    rows = read_rows(Path(path), field)
     names = data.instruction_fields
-    if rows and names.instruction in rows[0] and data.fields.get("question", "question") not in rows[0]:
+    question = data.fields.get("question", "question")
+    if rows and names.instruction in rows[0] and question not in rows[0]:
         return parse_records([_instruction_qa(row, names, field) for row in rows], field, QA)
-    return parse_records(rows, field, WORLD_REQUIRED, data.fields)
+    if rows and names.input in rows[0]:
+        rows = [{**r, question: _with_input(r[question], r, names)} if question in r else r for r in rows]
+    return parse_records(rows, field, required, data.fields)
 
 
 def _instruction_qa(row: dict[str, Any], names: InstructionFields, field: str) -> dict[str, Any]:
@@ -444,9 +466,25 @@ def _instruction_qa(row: dict[str, Any], names: InstructionFields, field: str) -
         raise DataError(
             f"{field}: instruction rows lack the {names.output!r} field (task.data.instruction_fields.output)"
         )
+    return {"question": _with_input(row[names.instruction], row, names), "answer": row[names.output]}
+
+
+def _with_input(question: Any, row: dict[str, Any], names: InstructionFields) -> Any:
+    """``question + "\\n\\n" + input`` where the row has a non-empty ``input``, as the OPT-OUT authors
+    prompt (dataset.py ``CustomFormatter.formatting_func``)."""
     context = _optional(row.get(names.input))
-    question = row[names.instruction] + (f"\n\n{context}" if context else "")
-    return {"question": question, "answer": row[names.output]}
+    return f"{question}\n\n{context}" if context and isinstance(question, str) else question
+
+
+def _check_config(source: str, config: str | None, field: str) -> None:
+    """A configuration of a local ``source`` directory must be one of its sub-directories (a hub id's
+    configurations are the hub's to check)."""
+    local = Path(source).expanduser()
+    if config and local.is_dir() and not (local / config).is_dir():
+        raise DataError(
+            f"{field}: {local} has no {config!r} directory (directories there: "
+            f"{sorted(p.name for p in local.iterdir() if p.is_dir())})"
+        )
 
 
 def _read(

@@ -5,8 +5,9 @@ Both expose the same small surface to :mod:`otu.llm.loop`: ``model`` (call it fo
 ``ref`` (frozen θ₀ = NPO reference, or None), ``backward(loss)``, ``boundary()`` (last micro-batch of
 an optimizer step), ``gather(params)`` / ``add_grad(param, g)`` (one tensor at a time, collective
 under ZeRO, between backward and step), ``shards`` (the regulariser's access to the fp32 master
-weights and gradient partitions, :class:`otu.llm.regulariser.Shards`), ``step()``, ``all_mean(x)``
-and ``save(dir)``.
+weights and gradient partitions, :class:`otu.llm.regulariser.Shards`), ``step(clip)`` (the optimizer
+step at a boundary, its gradients clipped to ``max_grad_norm`` unless ``clip`` is False),
+``all_mean(x)`` and ``save(dir)``.
 """
 
 from __future__ import annotations
@@ -110,9 +111,9 @@ class PlainEngine:
             param.grad = torch.zeros_like(param)
         param.grad.add_(grad.to(param.grad.dtype))
 
-    def step(self) -> None:
+    def step(self, clip: bool = True) -> None:
         if self.boundary():
-            if self.max_grad_norm:
+            if clip and self.max_grad_norm:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
@@ -234,8 +235,25 @@ class DeepSpeedEngine:
             current = safe_get_full_grad(param)
             safe_set_full_grad(param, current + grad.to(current.dtype))
 
-    def step(self) -> None:
-        self.model.step()
+    def step(self, clip: bool = True) -> None:
+        with contextlib.nullcontext() if clip else self._unclipped():
+            self.model.step()
+
+    @contextlib.contextmanager
+    def _unclipped(self):
+        """No clipping for one step: DeepSpeed clips in its ZeRO / bf16 optimizer (``clip_grad``) or,
+        fp32 without ZeRO, in the engine (the config's ``gradient_clipping``)."""
+        config, optimizer = self.model._config, self.model.optimizer
+        saved = config.gradient_clipping, getattr(optimizer, "clip_grad", None)
+        config.gradient_clipping = 0.0
+        if saved[1] is not None:
+            optimizer.clip_grad = 0.0
+        try:
+            yield
+        finally:
+            config.gradient_clipping = saved[0]
+            if saved[1] is not None:
+                optimizer.clip_grad = saved[1]
 
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
@@ -424,7 +442,8 @@ def ds_config(method: LLMMethod, compute: Compute, world: int) -> dict:
             "stage3_max_reuse_distance": z3.max_reuse_distance,
             "stage3_param_persistence_threshold": z3.param_persistence_threshold,
         }
-    if compute.offload in ("optimizer", "params"):
+    offload = compute.offload in ("optimizer", "params")
+    if offload:
         zero["offload_optimizer"] = {"device": "cpu"}
     if compute.offload == "params":
         zero["offload_param"] = {"device": "cpu"}
@@ -437,6 +456,8 @@ def ds_config(method: LLMMethod, compute: Compute, world: int) -> dict:
         "bf16": {"enabled": compute.precision == "bf16"},
         "steps_per_print": 2**31 - 1,
     }
+    if offload:  # torch's AdamW steps the offloaded fp32 states (DeepSpeedCPUAdam is a JIT-built op)
+        config["zero_force_ds_cpu_optimizer"] = False
     if method.max_grad_norm:
         config["gradient_clipping"] = method.max_grad_norm
     return config

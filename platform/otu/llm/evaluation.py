@@ -134,10 +134,13 @@ def metrics(stats: ModelStats, oracle: ModelStats | None) -> dict[str, float]:
     ``n_<split>`` how many items each split's metrics read."""
     out: dict[str, float] = {}
     parts = tuple(p for p in WORLD_PARTS if p in stats.prob)
-    for name in (*QA_SPLITS, *parts):
-        out[f"{name}_prob"] = float(stats.prob[name].mean())
-        out[f"{name}_rouge"] = float(stats.rouge[name].mean())
-        out[f"{name}_truth_ratio"] = truth_ratio_score(stats.truth_ratio[name], name == "forget")
+    for name in (*QA_SPLITS, *WORLD_PARTS):  # NaN for the world parts where the layout has none
+        present = name in stats.prob
+        out[f"{name}_prob"] = float(stats.prob[name].mean()) if present else math.nan
+        out[f"{name}_rouge"] = float(stats.rouge[name].mean()) if present else math.nan
+        out[f"{name}_truth_ratio"] = (
+            truth_ratio_score(stats.truth_ratio[name], name == "forget") if present else math.nan
+        )
     for name in ("forget", "retain"):
         out[f"{name}_exact_memorization"] = float(np.nanmean(stats.exact_memorization[name]))
         out[f"{name}_extraction_strength"] = float(stats.extraction_strength[name].mean())

@@ -2,15 +2,17 @@
 
 Single process (plain PyTorch, or DeepSpeed on a one-rank gloo group when ``zero_stage > 0``), under
 ``deepspeed``/``torchrun`` (the process group comes from the environment), or as a Ray Train worker
-(Ray made the group). Every step draws one global batch of forget, retain and world items from seeded
-streams (identical on every rank); rank r takes micro-batch slices ``(m·world + r)`` for accumulation
-step m, so the global step equals the single-process one. What is optimised, and in how many
-optimizer steps, is the method's :class:`~otu.llm.objectives.Objective`. Every rank calls the
-reporter's ``on_step`` with the rank-averaged terms (identical on all ranks; reporters write on
-rank 0). At the steps the reporter ``wants_checkpoint`` (but the last: the final model is evaluated
-anyway) ``on_checkpoint`` gets the model to evaluate: the live model in a plain process (the
-platform snapshots it), otherwise a HF checkpoint ``<checkpoint_dir>-<step>`` that every rank wrote
-its part of (collective, like the final save).
+(Ray made the group). Every step draws one global batch of forget, retain and world items, seeded
+(identical on every rank, :mod:`otu.llm.sampling`); rank r takes micro-batch slices ``(m·world + r)``
+for accumulation step m, so the global step equals the single-process one. What is optimised, and in
+how many optimizer steps, is the method's :class:`~otu.llm.objectives.Objective`; what the data
+layout decides (how long, which NLL, how retain items are drawn, which steps are clipped) is the
+run's :class:`~otu.llm.recipe.Recipe`. Every rank calls the reporter's ``on_step`` with the
+rank-averaged terms (identical on all ranks; reporters write on rank 0). At the steps the reporter
+``wants_checkpoint`` (but the last: the final model is evaluated anyway) ``on_checkpoint`` gets the
+model to evaluate: the live model in a plain process (the platform snapshots it), otherwise a HF
+checkpoint ``<checkpoint_dir>-<step>`` that every rank wrote its part of (collective, like the final
+save).
 """
 
 from __future__ import annotations
@@ -27,30 +29,17 @@ import torch.distributed as dist
 from torch import nn
 
 from otu.family import TOTAL_STEPS, RunContext
-from otu.llm.data import Splits
+from otu.llm.data import TRAIN, Splits
 from otu.llm.engine import DeepSpeedEngine, Engine, EngineSettings, PlainEngine, steps_for
 from otu.llm.losses import StepBatches
 from otu.llm.models import resolve_device
 from otu.llm.objectives import Objective, Phase, objective_for
 from otu.llm.prepared import Prepared
+from otu.llm.recipe import recipe_for
 from otu.llm.regulariser import Regulariser
+from otu.llm.sampling import StepSampler
 from otu.llm.spec import LLMJob, LLMMethod
 from otu.llm.text import Batch, Encoder
-
-
-class Stream:
-    """An endless stream of indices 0…n−1, reshuffled (seeded) on every pass."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n = n
-        self.generator = torch.Generator().manual_seed(seed)
-        self.buffer: list[int] = []
-
-    def take(self, k: int) -> list[int]:
-        while len(self.buffer) < k:
-            self.buffer += torch.randperm(self.n, generator=self.generator).tolist()
-        out, self.buffer = self.buffer[:k], self.buffer[k:]
-        return out
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -106,10 +95,11 @@ def _train(
     use_ds: bool,
 ) -> None:
     method: LLMMethod = job.method
-    objective = objective_for(method)
+    recipe = recipe_for(method, job.data.layout)
+    objective = objective_for(method, recipe)
     phases = objective.phases()
     scheduled = steps_for(method, len(prepared.splits["forget"]))
-    steps = steps_run(method, len(prepared.splits["forget"]), scheduled)
+    steps = steps_run(method, len(prepared.splits["forget"]), scheduled, job.data.layout)
     engine_cls = DeepSpeedEngine if use_ds else PlainEngine
     settings = EngineSettings(
         job,
@@ -124,15 +114,11 @@ def _train(
         regulariser = objective.regulariser(engine, ctx.seed)
         encoder = prepared.encoder()
         tokenizer = prepared.tokenizer()
-        streams = {
-            name: Stream(len(prepared.splits[name]), ctx.seed + k)
-            for k, name in enumerate(("forget", "retain", "world"))
-            if prepared.splits[name]  # TOFU without a world file has no world training set
-        }
+        sampler = StepSampler({name: len(prepared.splits[name]) for name in TRAIN}, recipe.retain_sampling, ctx.seed)
         reporter = ctx.reporter
         for step in range(steps):
             start = time.perf_counter()
-            global_idx = {name: s.take(method.batch_size) for name, s in streams.items()}
+            global_idx = sampler.take(method.batch_size)
             micro = _micro_batches(
                 objective,
                 method.batch_size // (engine.world * ctx.compute.grad_accum),
@@ -163,13 +149,15 @@ def _train(
         engine.close()
 
 
-def steps_run(method: LLMMethod, forget_size: int, scheduled: int) -> int:
+def steps_run(method: LLMMethod, forget_size: int, scheduled: int, layout: str = "records") -> int:
     """Steps actually taken: the schedule's, or the first ``stop_after_epochs`` epochs of it (the
-    learning-rate schedule still spans all ``scheduled`` steps)."""
-    if method.stop_after_epochs is None:
+    layout's value when the spec leaves it None; the learning-rate schedule still spans all
+    ``scheduled`` steps)."""
+    stop = recipe_for(method, layout).stop_after_epochs
+    if stop is None:
         return scheduled
     per_epoch = math.ceil(forget_size / method.batch_size)
-    return min(scheduled, max(1, math.ceil(method.stop_after_epochs * per_epoch)))
+    return min(scheduled, max(1, math.ceil(stop * per_epoch)))
 
 
 def _checkpoint(engine: Engine, step: int, checkpoint_dir: Path, tokenizer) -> nn.Module | Path:
@@ -249,5 +237,5 @@ def _phase(
             start = time.perf_counter()
             sums["reg"] = regulariser.apply(step)
             sums["reg_time_s"] = time.perf_counter() - start
-        engine.step()
+        engine.step(clip=phase.clip)
     return dict(sums)

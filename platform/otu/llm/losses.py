@@ -1,9 +1,11 @@
 r"""Per-sequence answer NLL and the losses the objectives (:mod:`otu.llm.objectives`) build on it.
 
 With :math:`\ell_\theta(x, y)` the mean token NLL of answer y given question x (per sequence), every
-term except NPO's ``batch_mean`` is a mean over sequences, so a global batch split across ranks
-(DeepSpeed averages gradients) gives the same loss and gradient as one process on the whole batch;
-``batch_mean`` is per micro-batch, as in the OPT-OUT authors' code.
+term is by default a mean over sequences, so a global batch split across ranks (DeepSpeed averages
+gradients) gives the same loss and gradient as one process on the whole batch. ``batch_mean`` (NPO's
+``reduction``, the NLL terms' ``nll_reduction``) is instead one token mean over the micro-batch —
+HF's causal-LM loss, which the OPT-OUT authors' trainer.py takes for every term — so it equals
+theirs where the micro-batch is the step's batch (``workers × grad_accum = 1``).
 
 * NPO (Zhang et al. 2024): :math:`-\frac{2}{\beta}\,\mathrm{mean}\log\sigma(\beta(\ell_\theta - \ell_{ref}))`
   — the sign makes the loss fall as the forget NLL rises above the reference's. What ℓ is, is the

@@ -51,8 +51,8 @@ class EludeSplits(Section):
 
     forget_config: str | None = None
     """Configuration of a hub id that holds several (``6rightjade/ELUDe``: ``forget_qa``), or the
-    sub-directory of a local directory with one saved ``datasets`` directory per configuration;
-    None: the source is forget_qa itself."""
+    sub-directory of a local directory with one saved ``DatasetDict`` per configuration; None: the
+    source is forget_qa itself."""
     retain_config: str | None = None
     """Likewise for retain_qa (``6rightjade/ELUDe``: ``retain_qa``)."""
     forget_train: str = "train"
@@ -383,7 +383,7 @@ class GradDiff(Retaining):
 NPOReduction = Literal["sequence_sum", "sequence_mean", "batch_mean"]
 
 
-def _reduction(default: str, who: str):
+def _reduction(default: str | None, who: str):
     return Field(
         default,
         description="the NLL inside log σ: sequence_sum (NPO paper, open-unlearning), "
@@ -392,12 +392,15 @@ def _reduction(default: str, who: str):
     )
 
 
+NPO_DEFAULT = "None: the layout's (elude: batch_mean, the OPT-OUT authors'; else sequence_sum, the NPO paper's)"
+
+
 class NPO(LLMMethod):
     """Negative preference optimisation against the frozen original model."""
 
     name: Literal["npo"]
     beta: float = Field(0.1, gt=0, description="inverse temperature β (η)")
-    reduction: NPOReduction = _reduction("sequence_sum", "NPO paper")
+    reduction: NPOReduction | None = _reduction(None, NPO_DEFAULT)
 
 
 class NPORT(Retaining):
@@ -405,7 +408,7 @@ class NPORT(Retaining):
 
     name: Literal["npo_rt"]
     beta: float = Field(0.1, gt=0)
-    reduction: NPOReduction = _reduction("sequence_sum", "NPO paper")
+    reduction: NPOReduction | None = _reduction(None, NPO_DEFAULT)
 
 
 class SimNPO(Retaining):
@@ -444,7 +447,7 @@ class OptOut(Retaining):
     regulariser: Literal["wasserstein", "euclidean", "manhattan", "cosine"] = "wasserstein"
     n_projections: int = Field(100, ge=1, description="L random directions of the sliced W₂")
     resample_projections: bool = True
-    """Draw new directions every step (else one fixed set per tensor)."""
+    """Draw new directions every step, as the OPT-OUT authors do on every call (else one fixed set per tensor)."""
     reg_bucket_numel: int = Field(
         50_000_000, ge=1, description="tensor elements per regulariser bucket (one collective each)"
     )
@@ -501,6 +504,12 @@ METRICS = (
     "fq",
     "rq",
     "model_utility",
+    "rq_terms",
+    "model_utility_terms",
+    "n_forget",
+    "n_retain",
+    "n_world",
+    "n_holdout",
     "ks_forget_quality",
     "mia_auc_loss",
     "mia_auc_zlib",

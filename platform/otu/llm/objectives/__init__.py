@@ -3,7 +3,8 @@
 A method's row in :data:`otu.llm.spec.METHODS` names its :class:`Objective` subclass; the loop
 (:mod:`otu.llm.loop`) asks it for the forget term, the retain term, whether a frozen reference is
 needed, extra answers for the forget questions, a parameter regulariser and the optimizer phases of
-a step — it never looks at the method's name.
+a step — it never looks at the method's name. The run's :class:`~otu.llm.recipe.Recipe` says which
+NLL the terms take (``nll_reduction``) and whether alternating updates clip the forget step.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 from torch import Tensor, nn
 
-from otu.llm.losses import StepBatches, sequence_nll
+from otu.llm.losses import StepBatches, reduced_nll
+from otu.llm.recipe import OTU_RECIPE, Recipe
 from otu.llm.spec import METHODS, LLMMethod, Retaining
 
 if TYPE_CHECKING:
     from otu.llm.engine import Engine
     from otu.llm.regulariser import Regulariser
+    from otu.llm.text import Batch
 
 M = TypeVar("M", bound=LLMMethod)
 R = TypeVar("R", bound=Retaining)
@@ -34,6 +37,8 @@ class Phase:
     retain: bool = True
     regularise: bool = True
     """Add the regulariser's gradient (when the objective has one) before this step."""
+    clip: bool = True
+    """Clip the step's gradients to ``method.max_grad_norm``."""
 
 
 class Objective(ABC, Generic[M]):
@@ -46,8 +51,13 @@ class Objective(ABC, Generic[M]):
     world_weight: float = 0.0
     """Weights of the NLL on retain / world QA in :meth:`retain_term`."""
 
-    def __init__(self, method: M) -> None:
+    def __init__(self, method: M, recipe: Recipe = OTU_RECIPE) -> None:
         self.method = method
+        self.recipe = recipe
+
+    def nll(self, model: nn.Module, batch: Batch) -> Tensor:
+        """The answer NLL of ``batch`` as the recipe's ``nll_reduction`` takes it (a scalar)."""
+        return reduced_nll(model, batch, self.recipe.nll_reduction).mean()
 
     @abstractmethod
     def forget_term(self, model: nn.Module, ref: nn.Module | None, b: StepBatches) -> Tensor:
@@ -58,7 +68,7 @@ class Objective(ABC, Generic[M]):
         total: Tensor | None = None
         for weight, batch in ((self.retain_weight, b.retain), (self.world_weight, b.world)):
             if weight and batch is not None:
-                term = weight * sequence_nll(model, batch).mean()
+                term = weight * self.nll(model, batch)
                 total = term if total is None else total + term
         return total
 
@@ -78,11 +88,11 @@ class Objective(ABC, Generic[M]):
 class RetainingObjective(Objective[R]):
     """An objective with the method's retain and world NLL terms."""
 
-    def __init__(self, method: R) -> None:
-        super().__init__(method)
+    def __init__(self, method: R, recipe: Recipe = OTU_RECIPE) -> None:
+        super().__init__(method, recipe)
         self.retain_weight, self.world_weight = method.retain_weight, method.world_weight
 
 
-def objective_for(method: LLMMethod) -> Objective:
-    """The objective of ``method`` (its table row's implementation)."""
-    return METHODS[method.name].load()(method)
+def objective_for(method: LLMMethod, recipe: Recipe = OTU_RECIPE) -> Objective:
+    """The objective of ``method`` (its table row's implementation) under ``recipe``."""
+    return METHODS[method.name].load()(method, recipe)

@@ -2,11 +2,10 @@ r"""Gradient ascent: :math:`-\ell_\theta(\text{forget})`."""
 
 from __future__ import annotations
 
-from otu.llm.losses import sequence_nll
 from otu.llm.objectives import Objective
 from otu.llm.spec import GA
 
 
 class GAObjective(Objective[GA]):
     def forget_term(self, model, ref, b):
-        return -sequence_nll(model, b.forget).mean()
+        return -self.nll(model, b.forget)

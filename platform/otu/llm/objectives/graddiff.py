@@ -2,11 +2,10 @@ r"""GradDiff: gradient ascent on the forget set + NLL on retain and world."""
 
 from __future__ import annotations
 
-from otu.llm.losses import sequence_nll
 from otu.llm.objectives import RetainingObjective
 from otu.llm.spec import GradDiff
 
 
 class GradDiffObjective(RetainingObjective[GradDiff]):
     def forget_term(self, model, ref, b):
-        return -sequence_nll(model, b.forget).mean()
+        return -self.nll(model, b.forget)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from otu.llm.losses import sequence_nll
 from otu.llm.objectives import RetainingObjective
 from otu.llm.spec import IDK
 
@@ -13,7 +12,7 @@ from otu.llm.spec import IDK
 class IDKObjective(RetainingObjective[IDK]):
     def forget_term(self, model, ref, b):
         assert b.relabelled is not None
-        return sequence_nll(model, b.relabelled).mean()
+        return self.nll(model, b.relabelled)
 
     def forget_answers(self, indices: Sequence[int]) -> list[str]:
         responses = self.method.responses

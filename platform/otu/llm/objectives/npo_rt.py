@@ -11,4 +11,4 @@ class NPORTObjective(RetainingObjective[NPORT]):
     needs_reference = True
 
     def forget_term(self, model, ref, b):
-        return npo_forget(model, ref, b.forget, self.method.beta, self.method.reduction)
+        return npo_forget(model, ref, b.forget, self.method.beta, self.method.reduction or self.recipe.npo_reduction)

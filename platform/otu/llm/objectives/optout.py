@@ -1,5 +1,6 @@
 """OPT-OUT (Choi et al. 2024): NPO + retain + world NLL + λ·Σ_tensors D(θ, θ₀), by default in two
-optimizer steps per loop step (forget, then retain + world + regulariser)."""
+optimizer steps per loop step (forget, then retain + world + regulariser); the recipe's
+``clip_forget_step`` says whether the forget step is clipped."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ class OptOutObjective(RetainingObjective[OptOut]):
     needs_reference = True
 
     def forget_term(self, model, ref, b):
-        return npo_forget(model, ref, b.forget, self.method.beta, self.method.reduction)
+        return npo_forget(model, ref, b.forget, self.method.beta, self.method.reduction or self.recipe.npo_reduction)
 
     def regulariser(self, engine: Engine, seed: int) -> Regulariser:
         """With LoRA: D(W₀ + sBA, W₀) on the adapted layers (θ₀ = the base weights); otherwise over
@@ -45,5 +46,5 @@ class OptOutObjective(RetainingObjective[OptOut]):
 
     def phases(self) -> tuple[Phase, ...]:
         if self.method.alternate:
-            return Phase(retain=False, regularise=False), Phase(forget=False)
+            return Phase(retain=False, regularise=False, clip=self.recipe.clip_forget_step), Phase(forget=False)
         return (Phase(),)
