@@ -266,9 +266,27 @@ def test_tofu_presets_carry_open_unlearnings_recipe(name, method):
     )
     assert model.path == "open-unlearning/tofu_Llama-3.2-1B-Instruct_full" and model.epochs == 0
     assert model.retain_path == "open-unlearning/tofu_Llama-3.2-1B-Instruct_retain90"
-    assert (spec.lr, spec.epochs, spec.batch_size, spec.weight_decay) == (1e-5, 10, 32, 0.01)
+    assert (spec.lr, spec.epochs, spec.batch_size, spec.weight_decay, spec.warmup_epochs) == (1e-5, 10, 32, 0.01, 1.0)
     assert raw["compute"]["grad_accum"] == 4 and spec.batch_size // raw["compute"]["grad_accum"] == 8
     if method != "ga":
         assert (spec.retain_weight, spec.world_weight) == (1.0, 0.0)
     if method == "npo_rt":
         assert (spec.beta, spec.reduction) == (0.1, "sequence_sum")
+
+
+def test_warm_up_follows_open_unlearnings_steps_and_hf_schedule():
+    """warmup_steps = int(warmup_epochs · len(dataset)) // (batch · accum · devices) (src/trainer/__init__.py:
+    33-42; the unlearning dataset's length is the forget set's, anchor forget), then HF's
+    ``get_linear_schedule_with_warmup``."""
+    from transformers import get_linear_schedule_with_warmup
+
+    from otu.llm.engine import lr_lambda, warmup_steps
+
+    method = SPEC.methods["graddiff"].spec(name="graddiff", batch_size=32, epochs=10, warmup_epochs=1.0)
+    assert warmup_steps(method, 400, phases=1) == 12 and warmup_steps(method, 400, phases=2) == 24
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    hf = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=12, num_training_steps=130)
+    ours = lr_lambda("linear", 130, 12)
+    for k in range(131):
+        assert ours(k) == pytest.approx(hf.lr_lambdas[0](k))
+    assert lr_lambda("constant", 130, 12)(6) == 0.5 and lr_lambda("constant", 130, 12)(100) == 1.0

@@ -33,11 +33,18 @@ SHARD = "model-{:05d}-of-{:05d}.safetensors"
 INDEX = "model.safetensors.index.json"
 
 
-def lr_lambda(schedule: str, total_steps: int):
-    """Multiplier of the base lr after ``k`` optimizer steps (linear decay to 0, or constant)."""
-    if schedule == "constant":
-        return lambda k: 1.0
-    return lambda k: max(0.0, 1.0 - k / max(1, total_steps))
+def lr_lambda(schedule: str, total_steps: int, warmup_steps: int = 0):
+    """Multiplier of the base lr after ``k`` optimizer steps: :math:`k/w` over ``warmup_steps`` w, then
+    linear decay to 0 at ``total_steps`` (HF's ``get_linear_schedule_with_warmup``) or constant."""
+
+    def multiplier(k: int) -> float:
+        if k < warmup_steps:
+            return k / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        return max(0.0, (total_steps - k) / max(1, total_steps - warmup_steps))
+
+    return multiplier
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,8 @@ class EngineSettings:
     """Keep a frozen θ₀ as the reference model (NPO and its kin)."""
     total_steps: int
     """Optimizer steps the learning-rate schedule spans."""
+    warmup_steps: int = 0
+    """Optimizer steps of linear warm-up at its start."""
 
 
 class PlainEngine:
@@ -82,7 +91,7 @@ class PlainEngine:
             )
         self.optimizer = torch.optim.AdamW(_trainable(self.model), lr=method.lr, weight_decay=method.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(method.lr_schedule, settings.total_steps)
+            self.optimizer, lr_lambda(method.lr_schedule, settings.total_steps, settings.warmup_steps)
         )
         self.autocast = (
             torch.autocast(device.type, dtype=torch.bfloat16)
@@ -177,7 +186,7 @@ class DeepSpeedEngine:
         if compute.grad_checkpointing:
             _enable_checkpointing(model)
         optimizer = torch.optim.AdamW(_trainable(model), lr=method.lr, weight_decay=method.weight_decay)
-        schedule = lr_lambda(method.lr_schedule, settings.total_steps)
+        schedule = lr_lambda(method.lr_schedule, settings.total_steps, settings.warmup_steps)
         self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,
             optimizer=optimizer,
@@ -533,3 +542,9 @@ def _enable_checkpointing(model: nn.Module) -> None:
 
 def steps_for(method: LLMMethod, forget_size: int) -> int:
     return method.steps or method.epochs * math.ceil(forget_size / method.batch_size)
+
+
+def warmup_steps(method: LLMMethod, forget_size: int, phases: int) -> int:
+    """Optimizer steps of ``method.warmup_epochs``: open-unlearning's ``int(epochs · n) // batch``
+    (src/trainer/__init__.py:33-42) loop steps, times the optimizer steps per loop step."""
+    return int(method.warmup_epochs * forget_size) // method.batch_size * phases

@@ -30,7 +30,7 @@ from torch import nn
 
 from otu.family import TOTAL_STEPS, RunContext
 from otu.llm.data import TRAIN, Splits
-from otu.llm.engine import DeepSpeedEngine, Engine, EngineSettings, PlainEngine, steps_for
+from otu.llm.engine import DeepSpeedEngine, Engine, EngineSettings, PlainEngine, steps_for, warmup_steps
 from otu.llm.losses import StepBatches
 from otu.llm.models import resolve_device
 from otu.llm.objectives import Objective, Phase, objective_for
@@ -108,6 +108,7 @@ def _train(
         device,
         needs_ref=objective.needs_reference,
         total_steps=scheduled * len(phases),
+        warmup_steps=warmup_steps(method, len(prepared.splits["forget"]), len(phases)),
     )
     engine = engine_cls(settings)
     try:

@@ -352,6 +352,12 @@ class LLMMethod(MethodSpec):
     weight_decay: float = Field(0.01, ge=0)
     max_grad_norm: float = Field(1.0, ge=0, description="0 disables clipping")
     lr_schedule: Literal["linear", "constant"] = "linear"
+    warmup_epochs: float = Field(
+        0.0,
+        ge=0,
+        description="linear warm-up over this many forget-set epochs, then the schedule (open-unlearning's "
+        "TOFU / MUSE recipes: 1.0, as HF's warmup_steps = int(epochs · n_forget) // batch)",
+    )
 
 
 class Retaining(LLMMethod):
