@@ -238,7 +238,8 @@ def test_elude_defaults_are_the_authors_and_other_layouts_keep_otus():
     elude = Recipe(2.0, "batch_mean", npo_reduction="batch_mean", retain_sampling="paired", clip_forget_step=False)
     assert recipe_for(method, "elude") == elude
     assert recipe_for(method, "records") == Recipe(None, "sequence_mean", "sequence_sum", "stream", True)
-    assert recipe_for(method, "tofu") == Recipe(None, "sequence_mean", "sequence_sum", "stream", True)
+    # open-unlearning: HF's batch token mean (grad_diff.py:26-29), NPO on sequence sums (utils.py:34-44)
+    assert recipe_for(method, "tofu") == Recipe(None, "batch_mean", "sequence_sum", "stream", True)
     chosen = OptOut(
         name="optout",
         stop_after_epochs=3,

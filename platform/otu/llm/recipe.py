@@ -1,6 +1,10 @@
 """The training recipe of a run: the method knobs left None, filled with the data layout's values.
 
-``layout: elude`` takes the OPT-OUT authors' values (brightjade/Opt-Out), every other layout otu's:
+``layout: elude`` takes the OPT-OUT authors' values (brightjade/Opt-Out); ``layout: tofu``
+open-unlearning's, which differ from otu's only in ``nll_reduction``: ``batch_mean``, HF's
+``outputs.loss`` in GradAscent / GradDiff (src/trainer/unlearn/grad_ascent.py:12-13,
+grad_diff.py:26-29,49-50), NPO on per-sequence sums (src/trainer/utils.py:34-44, otu's default);
+every other layout otu's:
 
 * ``stop_after_epochs``: 2 of the 3 scheduled epochs for a method with retain / world terms or a
   regulariser, 1 for a forget term alone (evaluator.py ``EvalCallback.on_epoch_end``); otherwise
@@ -50,6 +54,8 @@ def recipe_for(method: LLMMethod, layout: str) -> Recipe:
             retain_sampling="paired",
             clip_forget_step=False,
         )
+    elif layout == "tofu":
+        base = Recipe(nll_reduction="batch_mean")
     sampling = method.retain_sampling if isinstance(method, Retaining) else "stream"
     clip = method.clip_forget_step if isinstance(method, OptOut) else None
     return Recipe(

@@ -347,7 +347,7 @@ class LLMMethod(MethodSpec):
         description="the NLL of the GA / GradDiff / IDK forget terms and of the retain and world terms: "
         "sequence_mean (each sequence's token mean, averaged: a global batch split across ranks gives "
         "one process's loss) or batch_mean (one token mean over the micro-batch, HF's loss); None: "
-        "elude batch_mean (the OPT-OUT authors), else sequence_mean",
+        "elude batch_mean (the OPT-OUT authors), tofu batch_mean (open-unlearning), else sequence_mean",
     )
     weight_decay: float = Field(0.01, ge=0)
     max_grad_norm: float = Field(1.0, ge=0, description="0 disables clipping")
