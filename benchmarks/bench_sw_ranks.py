@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import tempfile
 import time
@@ -35,14 +34,9 @@ from bench_optout_step import SIZES
 from torch import Tensor, nn
 
 from otu.llm.regulariser import Shards
+from otu.process_group import init_rank, rendezvous_file
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Timed:
@@ -67,7 +61,7 @@ class Timed:
         return self._timed(self.shards.all_sum, value)
 
 
-def worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str) -> None:
+def worker(rank: int, world: int, rendezvous: str, args: argparse.Namespace, out: str) -> None:
     os.environ.update(
         {
             "RANK": str(rank),
@@ -77,7 +71,7 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str)
         }
     )
     torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    init_rank("gloo", rendezvous, rank, world)
     import deepspeed
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -148,7 +142,7 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str)
 
 def measure(world: int, args: argparse.Namespace) -> list[dict]:
     with tempfile.TemporaryDirectory() as out:
-        mp.start_processes(worker, args=(world, free_port(), args, out), nprocs=world, start_method="spawn")
+        mp.start_processes(worker, args=(world, rendezvous_file(), args, out), nprocs=world, start_method="spawn")
         return [json.loads(Path(out, f"rank{r}.json").read_text()) for r in range(world)]
 
 

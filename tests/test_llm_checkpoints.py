@@ -23,6 +23,7 @@ from otu.llm.models import CHAT_TEMPLATE, build_tiny_model, train_tokenizer
 from otu.llm.spec import LLMData, TinyModel
 from otu.llm.text import IGNORE, Encoder
 from otu.ot import random_projections, sw_regulariser
+from otu.process_group import init_rank, rendezvous_file
 from otu.spec import parse_experiment
 
 TINY = {"layers": 2, "hidden": 64, "heads": 4, "intermediate": 128, "vocab": 400}
@@ -305,14 +306,14 @@ def test_lora_optout_run_forgets_and_otu_eval_reproduces_the_original_row(chat_p
     assert by_kind["eval"].data.metrics["original/forget_rouge"] == pytest.approx(original["forget_rouge"])
 
 
-def lora_zero3_worker(rank: int, world: int, port: int, model_dir: str, cache: str, out: str) -> None:
+def lora_zero3_worker(rank: int, world: int, rendezvous: str, model_dir: str, cache: str, out: str) -> None:
     """One ZeRO-3 rank: set the adapters (A, B) to fixed values, apply the LoRA regulariser, save
     the full gradients of the adapters (and their values) from rank 0."""
     import os
 
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "DS_ACCELERATOR": "cpu"})
     torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    init_rank("gloo", rendezvous, rank, world)
     import deepspeed
     from deepspeed.utils import safe_get_full_grad
 
@@ -350,7 +351,6 @@ ZERO3_ALL = {"param_persistence_threshold": 0, "max_live_parameters": 100_000, "
 
 @pytest.mark.slow  # two DeepSpeed processes: minutes on a loaded 2-core machine
 def test_lora_regulariser_under_zero3_two_workers_equals_the_full_weight_closed_form(tmp_path):
-    import socket
 
     import torch.multiprocessing as mp
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -368,12 +368,9 @@ def test_lora_regulariser_under_zero3_two_workers_equals_the_full_weight_closed_
         max_position_embeddings=32,
     )
     LlamaForCausalLM(config).save_pretrained(tmp_path / "theta0")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     mp.start_processes(
         lora_zero3_worker,
-        args=(2, port, str(tmp_path / "theta0"), str(tmp_path / "cache"), str(tmp_path)),
+        args=(2, rendezvous_file(tmp_path), str(tmp_path / "theta0"), str(tmp_path / "cache"), str(tmp_path)),
         nprocs=2,
         start_method="spawn",
     )

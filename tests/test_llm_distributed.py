@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from otu.family import StepCallback
 from otu.llm.family import FAMILY
 from otu.llm.regulariser import projection_seed
 from otu.ot import as_rows, random_projections, sw_regulariser
+from otu.process_group import init_rank, rendezvous_file
 from otu.spec import parse_experiment
 
 LAMBDA = 0.5
@@ -46,12 +46,6 @@ def llm_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.getbasetemp() / "llm-cache"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def noise(shape: torch.Size, index: int) -> torch.Tensor:
     """The deterministic move θ − θ₀ of tensor ``index``."""
     return 0.05 * torch.randn(shape, generator=torch.Generator().manual_seed(100 + index))
@@ -60,7 +54,7 @@ def noise(shape: torch.Size, index: int) -> torch.Tensor:
 def sharded_regulariser_worker(
     rank: int,
     world: int,
-    port: int,
+    rendezvous: str,
     model_dir: str,
     cache: str,
     out: str,
@@ -76,7 +70,7 @@ def sharded_regulariser_worker(
         }
     )
     torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    init_rank("gloo", rendezvous, rank, world)
     from deepspeed.utils import (
         safe_get_full_fp32_param,
         safe_get_full_grad,
@@ -148,7 +142,7 @@ def test_two_workers_share_the_sw_work_and_equal_single_process(tmp_path, stage,
         sharded_regulariser_worker,
         args=(
             2,
-            free_port(),
+            rendezvous_file(tmp_path),
             str(tmp_path / "theta0"),
             str(tmp_path / "cache"),
             str(tmp_path),
@@ -307,8 +301,7 @@ def test_deepspeed_only_launch_under_torchrun(llm_cache, tmp_path):
         str(torchrun),
         "--nproc_per_node",
         "2",
-        "--master_port",
-        str(free_port()),
+        "--standalone",  # torchrun binds its own rendezvous store (port 0, kept open)
         "-m",
         "otu.runtime.launch",
         str(spec),

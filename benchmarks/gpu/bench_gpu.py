@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import resource
-import socket
 import sys
 import time
 import traceback
@@ -43,6 +42,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from otu import process_group
 from otu.llm.losses import npo_loss, sequence_nll
 from otu.llm.regulariser import LocalShards, ParameterRegulariser
 from otu.llm.text import Batch
@@ -290,13 +290,8 @@ def init_single_rank() -> None:
     """A one-process group for DeepSpeed (no launcher)."""
     if importlib.util.find_spec("deepspeed") is None or torch.distributed.is_initialized():
         return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"})
-    os.environ["MASTER_PORT"] = str(port)
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    torch.distributed.init_process_group(backend, rank=0, world_size=1)
+    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"})
+    process_group.init_single_rank("nccl" if torch.cuda.is_available() else "gloo")  # in-memory store, no port
 
 
 def main(argv: list[str] | None = None) -> int:

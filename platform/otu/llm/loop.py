@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -40,6 +39,7 @@ from otu.llm.regulariser import Regulariser
 from otu.llm.sampling import StepSampler
 from otu.llm.spec import LLMJob, LLMMethod
 from otu.llm.text import Batch, Encoder
+from otu.process_group import init_single_rank
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -65,12 +65,9 @@ def ensure_process_group(backend: str) -> None:
     """
     if dist.is_initialized():
         return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():
         os.environ.setdefault(key, value)
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    init_single_rank(backend)  # no port: two runs started together cannot collide
 
 
 def run_worker(job: LLMJob, prepared: Prepared, ctx: RunContext, checkpoint_dir: Path) -> None:

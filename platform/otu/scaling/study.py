@@ -16,7 +16,6 @@ import math
 import multiprocessing as mp
 import os
 import shutil
-import socket
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,6 +29,7 @@ import pandas as pd
 
 from otu.errors import OtuError, SpecError
 from otu.family import DistributedUnlearning
+from otu.process_group import rendezvous_file
 from otu.registry import family_api
 from otu.scaling.estimate import GIB, estimate
 from otu.scaling.worker import DEFAULT_MMAP_THRESHOLD
@@ -163,11 +163,11 @@ def measure(
 
     run_dir.mkdir(parents=True, exist_ok=True)
     ctx = mp.get_context("spawn")
-    port = _free_port()
+    rendezvous = rendezvous_file(run_dir)
     procs = [
         ctx.Process(
             target=_rank_main,
-            args=(scale_worker.run_rank, r, combo.workers, port, exp.to_dict(), str(run_dir)),
+            args=(scale_worker.run_rank, r, combo.workers, rendezvous, exp.to_dict(), str(run_dir)),
             name=f"otu-scale-{combo.key}-r{r}",
         )
         for r in range(combo.workers)
@@ -267,9 +267,9 @@ def estimated_gib(params: int, largest: int, combo: Combo) -> float:
     return est.total_gpu_gb
 
 
-def _rank_main(fn, rank: int, world: int, port: int, exp_dict: dict[str, Any], out_dir: str) -> None:
+def _rank_main(fn, rank: int, world: int, rendezvous: str, exp_dict: dict[str, Any], out_dir: str) -> None:
     try:
-        fn(rank, world, port, exp_dict, out_dir)
+        fn(rank, world, rendezvous, exp_dict, out_dir)
     except BaseException:
         Path(out_dir, f"rank-{rank}.error").write_text(traceback.format_exc())
         raise
@@ -300,9 +300,3 @@ def _environ(extra: Mapping[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

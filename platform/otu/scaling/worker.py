@@ -21,12 +21,11 @@ DEFAULT_MMAP_THRESHOLD = 65536
 """Bytes; ``MALLOC_MMAP_THRESHOLD_`` for the ranks (see :func:`otu.scaling.study.run_study`)."""
 
 
-def run_rank(rank: int, world: int, port: int, exp_dict: dict[str, Any], out_dir: str) -> None:
-    """Entry point of a spawned rank; writes ``out_dir/rank-<rank>.json``."""
+def run_rank(rank: int, world: int, rendezvous: str, exp_dict: dict[str, Any], out_dir: str) -> None:
+    """Entry point of a spawned rank (the ranks meet at ``rendezvous``, a ``file://`` store of
+    :func:`otu.process_group.rendezvous_file`); writes ``out_dir/rank-<rank>.json``."""
     os.environ.update(
         {
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
             "RANK": str(rank),
             "LOCAL_RANK": str(rank),
             "WORLD_SIZE": str(world),
@@ -37,6 +36,7 @@ def run_rank(rank: int, world: int, port: int, exp_dict: dict[str, Any], out_dir
     import torch.distributed as dist
 
     from otu.family import DistributedUnlearning, StepCallback
+    from otu.process_group import init_rank
     from otu.registry import family_api
     from otu.runtime.launch import configure_process
     from otu.spec import parse_experiment
@@ -51,7 +51,7 @@ def run_rank(rank: int, world: int, port: int, exp_dict: dict[str, Any], out_dir
     if cuda:
         torch.cuda.set_device(rank)  # one GPU per rank, as LOCAL_RANK tells the loop
     if world > 1:
-        dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
+        init_rank("nccl" if cuda else "gloo", rendezvous, rank, world)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     steps: list[dict[str, float]] = []
