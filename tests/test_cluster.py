@@ -20,6 +20,7 @@ import pandas as pd
 import psutil
 import pytest
 from mlflow.tracking import MlflowClient
+from ports import StartFailed, free_port, start_on_free_ports
 
 import otu.cli
 from otu.cluster import client as cluster_client
@@ -38,12 +39,6 @@ GIB = 1024**3
 @pytest.fixture()
 def otu_main():
     return otu.cli.main
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tiny_llm(tmp_path: Path, **method) -> dict:
@@ -68,9 +63,7 @@ def ray_head(tmp_path_factory):
     """`ray start --head` on 127.0.0.1 with RAY_AUTH_MODE=token, its own ports and temp dir (so an
     embedded ``ray.init()`` elsewhere in the session never finds it), torn down by killing exactly
     the processes of the session it was started in."""
-    temp_dir = Path(f"/tmp/otu-head-{secrets.token_hex(3)}")  # short: Ray's socket paths are limited
     token = secrets.token_hex(16)
-    dashboard = free_port()
     env = {
         **os.environ,
         "RAY_AUTH_MODE": "token",
@@ -78,7 +71,34 @@ def ray_head(tmp_path_factory):
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     env.pop("RAY_ADDRESS", None)
-    cmd = [
+
+    def start() -> tuple[Path, int | None, int]:
+        temp_dir = Path(f"/tmp/otu-head-{secrets.token_hex(3)}")  # short: Ray's socket paths are limited
+        dashboard = free_port()
+        proc = subprocess.run(
+            ray_start_command(temp_dir, dashboard),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            start_new_session=True,
+        )
+        session = _session_of_head(temp_dir)
+        if proc.returncode != 0:
+            _kill_session(session, temp_dir)
+            raise StartFailed(proc.stdout + proc.stderr)
+        return temp_dir, session, dashboard
+
+    temp_dir, session, dashboard = start_on_free_ports(start, "ray start --head")
+    try:
+        yield {"address": f"http://127.0.0.1:{dashboard}", "token": token, "temp_dir": temp_dir}
+    finally:
+        _kill_session(session, temp_dir)
+
+
+def ray_start_command(temp_dir: Path, dashboard: int) -> list[str]:
+    """``ray start --head`` on 127.0.0.1 with fresh port numbers (:func:`ports.free_port`)."""
+    return [
         str(Path(sys.executable).parent / "ray"),
         "start",
         "--head",
@@ -102,13 +122,6 @@ def ray_head(tmp_path_factory):
         str(temp_dir),
         "--disable-usage-stats",
     ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, start_new_session=True)
-    session = _session_of_head(temp_dir)
-    try:
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        yield {"address": f"http://127.0.0.1:{dashboard}", "token": token, "temp_dir": temp_dir}
-    finally:
-        _kill_session(session, temp_dir)
 
 
 def _session_of_head(temp_dir: Path) -> int | None:

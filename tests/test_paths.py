@@ -7,7 +7,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import psutil
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from ports import StartFailed, free_port, start_on_free_ports
 
 from otu.cli import main
 from otu.cluster.submit import build_submission
@@ -118,10 +118,12 @@ def test_out_as_a_storage_uri_is_written_when_the_run_ends(tmp_path, capsys):
     assert "--out: cannot use 'nosuch://x/y' as storage" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _kill_session_of(pid: int) -> None:
+    session = os.getsid(pid)
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+            if os.getsid(p.pid) == session:
+                p.send_signal(signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -132,38 +134,45 @@ def _stale_default_head():
     before = current.read_text() if current.is_file() else None
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
-    port = _free_port()
-    proc = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "ray"),
-            "start",
-            "--head",
-            "--node-ip-address",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--num-cpus",
-            "1",
-            "--include-dashboard",
-            "false",
-            "--disable-usage-stats",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        start_new_session=True,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    head = [
-        p for p in psutil.process_iter(["cmdline"]) if f"--gcs_server_port={port}" in " ".join(p.info["cmdline"] or [])
-    ]
-    session = os.getsid(head[0].pid)
+
+    def start() -> tuple[int, int]:
+        port = free_port()
+        proc = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "ray"),
+                "start",
+                "--head",
+                "--node-ip-address",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--num-cpus",
+                "1",
+                "--include-dashboard",
+                "false",
+                "--disable-usage-stats",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            start_new_session=True,
+        )
+        head = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if f"--gcs_server_port={port}" in " ".join(p.info["cmdline"] or [])
+        ]
+        if proc.returncode != 0 or not head:
+            for p in head:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    _kill_session_of(p.pid)
+            raise StartFailed(proc.stdout + proc.stderr)
+        return port, head[0].pid
+
+    port, head_pid = start_on_free_ports(start, "ray start --head")
     try:
-        for p in psutil.process_iter():
-            with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
-                if os.getsid(p.pid) == session:
-                    p.send_signal(signal.SIGKILL)
+        _kill_session_of(head_pid)
         time.sleep(1)
         assert str(port) in current.read_text()  # the stale pointer is there
         yield
@@ -223,7 +232,7 @@ def test_a_stale_ray_head_does_not_capture_run_or_sweep(tmp_path):
 
 
 def test_an_unreachable_address_fails_in_seconds_naming_it(tmp_path):
-    port = _free_port()
+    port = free_port()  # nothing listens here
     env = {**os.environ, "PYTHONPATH": str(REPO / "platform")}
     env.pop("RAY_ADDRESS", None)
     start = time.perf_counter()

@@ -3,10 +3,10 @@ checkpoint evaluation on actors with ASHA. Real Ray, real Optuna, real MLflow.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from ports import StartFailed, free_port, start_on_free_ports
 
 from otu.cli import main
 from otu.report.pareto import pareto_front
@@ -168,53 +169,65 @@ def test_multiobjective_sweep_front_matches_parquet(tmp_path, ray_local):
     assert listed == set(front["trial_id"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def mlflow_server(tmp_path):
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    """A real ``mlflow server`` on 127.0.0.1, answering HTTP (the CLI probes it with a 5 s limit)."""
 
-    def up() -> bool:  # answering HTTP, not only listening: the CLI probes it with a 5 s limit
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
+    def start() -> tuple[subprocess.Popen, str]:
+        port = free_port()
+        log = tmp_path / f"mlflow-server-{port}.log"
+        with log.open("w") as out:
+            server = subprocess.Popen(
+                [
+                    str(Path(sys.executable).parent / "mlflow"),
+                    "server",
+                    "--backend-store-uri",
+                    f"sqlite:///{tmp_path / 'server.db'}",
+                    "--artifacts-destination",
+                    str(tmp_path / "server-artifacts"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    "1",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while time.time() < deadline and server.poll() is None:
+            if _answers(url):
+                return server, url
+            time.sleep(1)
+        _stop(server)
+        raise StartFailed(log.read_text())
 
+    server, url = start_on_free_ports(start, "mlflow server")
     try:
-        wait_for(up, 60, "mlflow server")
         yield url
     finally:
+        _stop(server)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _stop(server: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
 
 
 def test_seed_repeats_log_to_a_real_mlflow_server(tmp_path, ray_local, mlflow_server):
