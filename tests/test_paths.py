@@ -302,3 +302,38 @@ def test_submit_refuses_results_that_die_with_the_job_and_defers_cluster_files()
             tracking_uri="http://mlflow:5000",
             out="/shared/llama",
         )
+
+
+@pytest.mark.parametrize(
+    "bad_cell, message",
+    [("inf", "numeric cells must be finite"), ("dup", "duplicate")],
+)
+def test_validate_checks_files_outside_the_working_directory_that_exist_here(tmp_path, bad_cell, message):
+    """A local file outside the current directory is read and checked by ``otu validate`` (only files
+    that are not on this machine, like a cluster's ``/models/…``, are deferred)."""
+    outside, work = tmp_path / "data", tmp_path / "work"
+    outside.mkdir(), work.mkdir()
+    lines = (REPO / "platform/otu/tabular/data/diabetes.csv").read_text().splitlines()
+    if bad_cell == "inf":
+        lines[1] = ",".join(["inf", *lines[1].split(",")[1:]])
+    else:  # a duplicated column name
+        lines[0] = ",".join([lines[0].split(",")[1], *lines[0].split(",")[1:]])
+    (outside / "table.csv").write_text("\n".join(lines) + "\n")
+    spec = REPO / "sweeps/experiments/barycenter_tabular.yaml"
+    for path in (outside / "table.csv", "../data/table.csv"):  # absolute and relative
+        check = subprocess.run(
+            [*OTU, "validate", str(spec), "--set", f"task.data.path={path}"],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO / "platform")},
+        )
+        assert check.returncode != 0 and "task.data" in check.stderr and message in check.stderr.lower(), check
+    absent = subprocess.run(
+        [*OTU, "validate", str(spec), "--set", "task.data.path=/cluster/only/table.csv"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "platform")},
+    )
+    assert absent.returncode == 0 and "not checked here" in absent.stdout + absent.stderr

@@ -356,7 +356,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
     if deferred:
         listed = ", ".join(f"{k}={v}" for k, v in deferred.items())
         console.print(
-            f"not checked here (a hub id or a file outside this directory; the run checks "
+            f"not checked here (a hub id, or a file not on this machine; the run checks "
             f"them before any work): {listed}",
             markup=False,
             highlight=False,

@@ -73,13 +73,14 @@ def path_fields(model: BaseModel, prefix: str = "") -> dict[str, str]:
 
 
 def elsewhere(model: BaseModel, work: Path) -> dict[str, str]:
-    """Path fields whose files this machine cannot check: hub ids, and local paths outside ``work``
-    (a cluster's ``/models/…``) — the cache directory aside, which is created where the run is."""
+    """Path fields whose files this machine cannot check: hub ids, and paths outside ``work`` that do
+    not exist here (a cluster's ``/models/…``) — the cache directory aside, which is created where the
+    run is. A file that exists on this machine is checked, wherever it lies."""
     found = {}
     for key, value in path_fields(resolve_paths(model, work)).items():
         hub_id = not os.path.isabs(value)
-        outside = os.path.isabs(value) and not Path(value).is_relative_to(work)
-        if (hub_id or outside) and not key.endswith("tracking.cache_dir"):
+        absent_outside = os.path.isabs(value) and not Path(value).is_relative_to(work) and not Path(value).exists()
+        if (hub_id or absent_outside) and not key.endswith("tracking.cache_dir"):
             found[key] = value
     return found
 

@@ -8,6 +8,7 @@ categorical ones one-hot encoded.
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,10 +55,18 @@ def read_frame(path: Path) -> pd.DataFrame:
         raise DataError(f"task.data.path: file not found: {path}")
     try:
         if path.suffix.lower() == ".csv":
-            return pd.read_csv(path)
-        return pd.read_parquet(path)
+            with path.open(newline="") as f:
+                names = next(csv.reader(f), [])  # as written: pandas renames a repeated name
+            frame = pd.read_csv(path)
+        else:
+            frame = pd.read_parquet(path)
+            names = list(map(str, frame.columns))
     except (OSError, ValueError, pd.errors.ParserError) as err:
         raise DataError(f"task.data.path: cannot read {path}: {err}") from None
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:  # pandas would rename the second one ("age.1") and a spec could name the wrong one
+        raise DataError(f"task.data.path: {path} has duplicate column name(s) {repeated}")
+    return frame
 
 
 def load_table(data: TabularData, seed: int) -> FeatureTask:
