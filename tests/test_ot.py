@@ -1,4 +1,5 @@
-"""otu.ot against POT: sliced Wasserstein, OPT-OUT regularisers (closed form vs autograd), Sinkhorn."""
+"""otu.ot against POT: sliced Wasserstein, OPT-OUT regularisers (closed form vs autograd), Sinkhorn (the plan's
+transport cost against POT and finite differences; the entropic cost against POT)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from otu.ot import (
     euclidean_regulariser,
     manhattan_regulariser,
     random_projections,
+    sinkhorn_cost,
     sinkhorn_loss,
+    sinkhorn_plan,
     sliced_wasserstein,
     sorted_projection,
     sw_regulariser,
@@ -248,3 +251,68 @@ def test_sinkhorn_loss_grads_both_inputs_and_debiased_is_zero_on_same_cloud() ->
 def test_sinkhorn_loss_rejects_unknown_cost() -> None:
     with pytest.raises(ValueError, match="'euclid'"):
         sinkhorn_loss(randn(3, 2, seed=0), randn(3, 2, seed=1), cost="euclid")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- Sinkhorn plan transport cost (DLFD's OT term)
+
+
+def _uniform(n: int) -> torch.Tensor:
+    return torch.full((n,), 1 / n, dtype=F64)
+
+
+@pytest.mark.parametrize(("cost", "eps"), [("cosine", 0.01), ("cosine", 0.1), ("sqeuclidean", 0.5)])
+def test_sinkhorn_cost_is_pot_plan_transport_cost_not_entropic_value(cost: str, eps: float) -> None:
+    """⟨T^ε, C⟩ as the DLFD authors compute it (Dasol-Choi/DLFD unlearn/dlfd.py:19-23: T = sinkhorn(C, ε),
+    ot_loss = sum(T * C), cosine cost dlfd.py:29-35) against POT's converged plan; the entropic value
+    sinkhorn_loss differs from it by ε·KL(T ‖ a⊗b)."""
+    x, y = randn(32, 10, seed=40), randn(24, 10, seed=41) + 1
+    m = COSTS[cost](x[None], y[None])[0]
+    kw = {"reg": eps, "method": "sinkhorn_log", "numItermax": 100000, "stopThr": 1e-13}
+    pot_plan = ot.sinkhorn(_uniform(32), _uniform(24), m, **kw)
+    plan = sinkhorn_plan(m, eps)
+    torch.testing.assert_close(plan, pot_plan, rtol=1e-5, atol=1e-10)
+    value = sinkhorn_cost(x, y, eps=eps, cost=cost)
+    torch.testing.assert_close(value, (pot_plan * m).sum(), rtol=1e-8, atol=0)
+    kl = (plan * (plan * 32 * 24).log()).sum()
+    entropic = sinkhorn_loss(x, y, blur=eps**0.5, cost=cost, scaling=0.999)
+    torch.testing.assert_close(entropic, value + eps * kl, rtol=1e-3, atol=0)
+    assert eps * kl > 1e-3 * value  # the two quantities are not the same
+
+
+def test_sinkhorn_cost_converges_where_plain_sinkhorn_stalls() -> None:
+    """ε = 1e-3 on a cosine cost (C/ε up to 2000): the plan's marginals are met to the tolerance."""
+    x, y = randn(100, 10, seed=42), randn(80, 10, seed=43) + 0.5
+    plan = sinkhorn_plan(COSTS["cosine"](x[None], y[None])[0], eps=1e-3, tol=1e-9)
+    assert (plan.sum(1) - 1 / 100).abs().sum() < 1e-9 and (plan.sum(0) - 1 / 80).abs().sum() < 1e-9
+
+
+@pytest.mark.parametrize(("cost", "eps"), [("cosine", 0.01), ("sqeuclidean", 0.5)])
+def test_sinkhorn_cost_gradient_matches_finite_differences(cost: str, eps: float) -> None:
+    """The implicit gradient through the plan (what backpropagating through the authors' iterations,
+    dlfd.py:37-65, converges to) against central differences, in both inputs."""
+    x = randn(12, 5, seed=44).requires_grad_(True)
+    y = (randn(9, 5, seed=45) + 0.3).requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda a, b: sinkhorn_cost(a, b, eps=eps, cost=cost, tol=1e-13), (x, y), eps=1e-6, atol=1e-6, rtol=1e-4
+    )
+
+
+def test_sinkhorn_cost_gradient_includes_the_plan_derivative() -> None:
+    """The full derivative differs from the envelope one (plan held fixed) the entropic cost would use."""
+    x = randn(16, 6, seed=46).requires_grad_(True)
+    y = randn(16, 6, seed=47) + 0.5
+    (full,) = torch.autograd.grad(sinkhorn_cost(x, y, eps=0.05), x)
+    plan = sinkhorn_plan(COSTS["cosine"](x[None], y[None])[0], 0.05)
+    (envelope,) = torch.autograd.grad((plan * COSTS["cosine"](x[None], y[None])[0]).sum(), x)
+    assert (full - envelope).norm() > 0.1 * envelope.norm()
+
+
+def test_sinkhorn_cost_float32_in_float32_out_and_rejects_bad_arguments() -> None:
+    x = randn(8, 3, seed=48).float().requires_grad_(True)
+    value = sinkhorn_cost(x, randn(5, 3, seed=49).float())
+    value.backward()
+    assert value.dtype == x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
+    with pytest.raises(ValueError, match="'euclid'"):
+        sinkhorn_cost(x, x, cost="euclid")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="eps > 0"):
+        sinkhorn_cost(x, x, eps=0.0)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from otu.errors import SpecError
+from otu.errors import DataError, SpecError
 from otu.spec import load_experiment, load_sweep, parse_experiment, parse_sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,6 +135,8 @@ def test_sweep_ranges_objectives_and_algorithms():
 
 
 GPU_SPECS = {"optout_llama", "optout_elude", "optout_elude_lora", "optout_tofu", "tofu_ga", "tofu_graddiff", "tofu_npo"}
+DATA_SPECS = {"dlfd_authors_age", "dlfd_authors_emotion"}
+"""Presets for a user's own image table: not shipped, so the file check names task.data.path."""
 
 
 def test_shipped_specs_are_valid(monkeypatch):
@@ -151,6 +153,9 @@ def test_shipped_specs_are_valid(monkeypatch):
         load = load_sweep if path in sweeps else load_experiment
         if path.stem in GPU_SPECS:  # GPU specs name a checkpoint this machine does not have
             with pytest.raises(SpecError, match="task.model.path"):
+                load(path)
+        elif path.stem in DATA_SPECS:
+            with pytest.raises(DataError, match="task.data.path: file not found"):
                 load(path)
         else:
             load(path)

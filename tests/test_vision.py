@@ -1,5 +1,6 @@
-"""Vision family: metrics on hand-made cases, data splits and identity requests, models, caching, and
-a DLFD run with the shipped digits spec that forgets while keeping accuracy."""
+"""Vision family: metrics on hand-made cases, data splits and identity requests, split columns and
+normalisation, models, caching, and DLFD runs with the shipped digits spec (the paper's reading and the
+authors' protocol) that forget while keeping accuracy."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from otu.spec import load_experiment, parse_experiment
 from otu.vision import family
 from otu.vision import prepare as prepare_mod
 from otu.vision.data import make_splits
+from otu.vision.methods import dlfd
 from otu.vision.metrics import (
     balanced_members,
     forgetting_score,
@@ -175,6 +177,37 @@ def test_bad_data_fails_up_front_with_precise_messages(tmp_path):
         parse_experiment(experiment(method={"name": "scrub"}))
 
 
+def test_split_column_takes_a_published_partition_and_normalisation_applies(tmp_path):
+    table = _table()
+    table["part"] = np.array(["forget"] * 4 + ["retain"] * 14 + ["val"] * 6 + ["test"] * 6)
+    del table["person"]  # a split column replaces the identity column
+    path = tmp_path / "faces.npz"
+    np.savez(path, **table)
+    data = {"source": "file", "path": str(path), "image_column": "img", "label_column": "y", "split_column": "part"}
+    norm = {"normalize_mean": [0.5, 0.4, 0.3], "normalize_std": [0.2, 0.25, 0.5]}
+    exp = parse_experiment(experiment({**data, **norm}))
+    splits = make_splits(exp.task.data, exp.seed)
+    assert splits.forget.tolist() == [0, 1, 2, 3] and splits.test.tolist() == list(range(24, 30))
+    assert len(splits.retain) == 14 and splits.val.tolist() == list(range(18, 24))
+    want = (torch.from_numpy(table["img"][5] / 255.0).float() - torch.tensor([0.5, 0.4, 0.3])[:, None, None]) / (
+        torch.tensor([0.2, 0.25, 0.5])[:, None, None]
+    )
+    torch.testing.assert_close(splits.images[5], want)
+    with pytest.raises(SpecError, match="split_column names the forget set"):
+        parse_experiment(experiment({**data, "forget_size": 3}))
+    with pytest.raises(SpecError, match="give normalize_mean and normalize_std together"):
+        parse_experiment(experiment({**data, "normalize_mean": [0.5]}))
+    wrong = parse_experiment(experiment({**data, "normalize_mean": [0.5, 0.5], "normalize_std": [1.0, 1.0]}))
+    with pytest.raises(DataError, match="normalize_mean: 2 values for images of 3 channel"):
+        make_splits(wrong.task.data, 0)
+    np.savez(path, **{**table, "part": np.where(table["part"] == "val", "valid", table["part"])})
+    with pytest.raises(DataError, match=r"split_column: 'part' holds \['valid'\]"):
+        parse_experiment(experiment(data))
+    np.savez(path, **{**table, "part": np.where(table["part"] == "val", "test", table["part"])})
+    with pytest.raises(DataError, match="no val rows"):
+        parse_experiment(experiment(data))
+
+
 # ---------------------------------------------------------------- models
 
 
@@ -272,3 +305,49 @@ def test_baselines(digits, tmp_path):
 def unlearn(exp, prepared):
     """The unlearned model of ``exp``, steps ignored, nothing saved."""
     return family.FAMILY.unlearn(exp.job(), prepared, exp.context())
+
+
+def test_dlfd_authors_protocol_forgets_keeps_accuracy_and_skips_beside_short_forget_batches(digits):
+    """``protocol: authors`` (Dasol-Choi/DLFD unlearn/dlfd.py:67-146) on digits: 259 retain samples in
+    batches of 32 (8 full + 3), 100 forget samples cycling as 32, 32, 32, 4 (dlfd.py:83-87); a retain
+    batch beside a forget batch of another size is skipped with λ still advancing (dlfd.py:89-92):
+    steps 3, 7 (the short forget batch) and 8 (the short retain batch). The first batch perturbs
+    unmeasured (their score starts at 3, dlfd.py:75). The final report (otu's balanced MIA on test)
+    shows forgetting at kept accuracy."""
+    exp, prepared, _, before = digits
+    authors = exp.with_overrides({"method.protocol": "authors"})
+    steps: list[tuple[int, dict]] = []
+    model = family.FAMILY.unlearn(
+        authors.job(), prepared, authors.context(StepCallback(lambda s, m: steps.append((s, dict(m)))))
+    )
+    after = family.FAMILY.evaluate(authors.job(), prepared, model)
+    assert [s for s, m in steps if m.get("skipped")] == [3, 7, 8] and len(steps) == 9
+    assert steps[-1][1]["lambda"] == 1.0 and "forgetting_score" not in steps[0][1]
+    assert steps[0][1]["perturbed"] == 1.0 and "forgetting_score" in steps[1][1]
+    assert after["forgetting_score"] < before["forgetting_score"] - 0.05
+    assert after["test_acc"] > before["test_acc"] - 0.02
+
+
+def test_dlfd_authors_protocol_trains_in_train_mode_only_until_the_first_monitor(digits, monkeypatch):
+    """dlfd.py never sets the mode: the fresh model is in train mode for the first processed batch
+    (its M×3 perturbation passes, dlfd.py:100-103, and its update, dlfd.py:119); the monitor's
+    calculate_accuracy / compute_losses call model.eval() (evaluation/accuracy.py:7,
+    evaluation/mia.py:13) and nothing calls train() again. With a threshold of 1 only that unmeasured
+    first batch perturbs (the score then stays below it)."""
+    exp, prepared, _, _ = digits
+    authors = exp.with_overrides({"method.protocol": "authors", "method.perturb_steps": 2, "method.threshold": 1.0})
+    modes: list[bool] = []
+
+    def hooked(model):
+        copy = dlfd_fresh_copy(model)
+        record = copy.body.register_forward_pre_hook  # the CNN's trunk: forward() and features() alike
+        record(lambda m, args: modes.append(m.training) if len(args[0]) == 32 else None)
+        return copy
+
+    dlfd_fresh_copy = dlfd.fresh_copy
+    monkeypatch.setattr(dlfd, "fresh_copy", hooked)
+    steps: list[dict] = []
+    family.FAMILY.unlearn(authors.job(), prepared, authors.context(StepCallback(lambda s, m: steps.append(dict(m)))))
+    first = 2 * 3 + 1  # perturbed, forget and clean passes per step, then the update
+    assert modes[:first] == [True] * first and not any(modes[first:]) and len(modes) == first + 5
+    assert [m.get("perturbed") for m in steps] == [1.0, 0.0, 0.0, None, 0.0, 0.0, 0.0, None, None]

@@ -3,7 +3,8 @@
 * :mod:`otu.ot.sliced` — sliced Wasserstein distance, random unit projections.
 * :mod:`otu.ot.regularisers` — OPT-OUT's per-tensor SW distance to θ₀ (and the Euclidean,
   Manhattan and cosine ablations) with closed-form gradients.
-* :mod:`otu.ot.sinkhorn` — entropic OT cost between feature batches (geomloss).
+* :mod:`otu.ot.sinkhorn` — the Sinkhorn plan's transport cost (DLFD) and the entropic OT cost
+  (geomloss) between feature batches.
 
 Unbalanced OT and Gaussian (Bures) barycenters need no wrapper: families call POT directly —
 ``ot.unbalanced.sinkhorn_unbalanced2``, ``ot.gaussian.bures_wasserstein_barycenter``,
@@ -22,7 +23,7 @@ from otu.ot.regularisers import (
 )
 from otu.ot.sliced import random_projections, sliced_wasserstein
 
-SINKHORN = ("COSTS", "cosine_cost", "sinkhorn_loss", "sqeuclidean_cost")
+SINKHORN = ("COSTS", "cosine_cost", "sinkhorn_cost", "sinkhorn_loss", "sinkhorn_plan", "sqeuclidean_cost")
 
 
 def __getattr__(name: str):
@@ -42,7 +43,9 @@ __all__ = [
     "euclidean_regulariser",
     "manhattan_regulariser",
     "random_projections",
+    "sinkhorn_cost",
     "sinkhorn_loss",
+    "sinkhorn_plan",
     "sliced_wasserstein",
     "sorted_projection",
     "sqeuclidean_cost",

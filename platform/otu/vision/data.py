@@ -10,6 +10,10 @@ training decisions — DLFD's forgetting monitor, checkpoint selection — may l
 * File (identity column): every sample of the named identities is forgotten (or ``forget_size`` /
   ``forget_fraction`` random training samples); test and val are whole identities drawn from the
   others, so unseen identities are disjoint from retain and forget (as MUFAC's are).
+* File with a split column: each row's part is the column's value (``forget``, ``retain``, ``val``,
+  ``test``) — a published partition taken as it is, rows in file order.
+
+Images are then normalised per channel when ``normalize_mean``/``normalize_std`` are given.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from otu.errors import DataError
 from otu.vision.spec import VisionData
 
 FILE_SUFFIXES = (".parquet", ".npz")
+PARTS = ("forget", "retain", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -51,19 +56,37 @@ def make_splits(data: VisionData, seed: int) -> Splits:
     """Seeded forget / retain / val / test splits for the data section (see the module docstring)."""
     if data.source == "digits":
         images, labels = load_digits()
-        identities = None
+        groups = None
     else:
-        images, labels, identities = load_table(data)
-    parts = split_indices(data, labels.numpy(), identities, seed)
+        images, labels, groups = load_table(data)
+    parts = split_indices(data, labels.numpy(), groups, seed)
     forget, retain, val, test = (torch.as_tensor(p, dtype=torch.int64) for p in parts)
+    images = normalize(images, data)
     return Splits(images, labels, forget, retain, val, test, num_classes=int(labels.max()) + 1)
 
 
+def normalize(images: torch.Tensor, data: VisionData) -> torch.Tensor:
+    """(x − mean)/std per channel (``images`` unchanged without ``normalize_mean``)."""
+    if data.normalize_mean is None or data.normalize_std is None:
+        return images
+    channels = images.shape[1]
+    if len(data.normalize_mean) not in (1, channels):
+        raise DataError(
+            f"task.data.normalize_mean: {len(data.normalize_mean)} values for images of {channels} channel(s)"
+        )
+    mean = torch.tensor(data.normalize_mean, dtype=images.dtype)[:, None, None]
+    return (images - mean) / torch.tensor(data.normalize_std, dtype=images.dtype)[:, None, None]
+
+
 def split_indices(
-    data: VisionData, labels: np.ndarray, identities: np.ndarray | None, seed: int
+    data: VisionData, labels: np.ndarray, groups: np.ndarray | None, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Sorted ``(forget, retain, val, test)`` indices; DataError if forget, retain or val would be
-    empty."""
+    empty. ``groups``: the identity column's values, or the split column's with ``split_column``."""
+    if data.split_column is not None:
+        assert groups is not None
+        return _named_parts(data, groups)
+    identities = groups
     rng = np.random.default_rng(seed)
     pool = np.arange(len(labels))
     if data.forget_identities is not None:
@@ -94,6 +117,22 @@ def split_indices(
             f"(test_fraction={data.test_fraction}, val_fraction={data.val_fraction}); "
             "all must be non-empty"
         )
+    return forget, retain, val, test
+
+
+def _named_parts(data: VisionData, names: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The rows of each part named by the split column; DataError on another value or an empty part."""
+    names = names.astype(str)
+    unknown = sorted(set(names.tolist()) - set(PARTS))
+    if unknown:
+        raise DataError(
+            f"task.data.split_column: {data.split_column!r} holds {unknown[:5]}; its values must be {', '.join(PARTS)}"
+        )
+    parts = tuple(np.flatnonzero(names == part) for part in PARTS)
+    empty = [part for part, rows in zip(PARTS, parts, strict=True) if len(rows) == 0]
+    if empty:
+        raise DataError(f"task.data.split_column: no {' / '.join(empty)} rows in {data.split_column!r}")
+    forget, retain, val, test = parts
     return forget, retain, val, test
 
 
@@ -157,9 +196,10 @@ def read_columns(path: Path, required: list[str], read: list[str]) -> dict[str, 
 
 def load_table(data: VisionData) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """Images (``N×C×H×W`` float32; integer pixels (0–255) are scaled by 1/255), labels re-indexed to
-    ``0..K-1`` (sorted), identities as an array. ``H×W`` images get one channel."""
+    ``0..K-1`` (sorted), identities (or split names, see :func:`group_column`) as an array. ``H×W``
+    images get one channel."""
     path = Path(data.path or "")
-    columns = [data.image_column, data.label_column, data.identity_column]
+    columns = [data.image_column, data.label_column, group_column(data)]
     cols = read_columns(path, columns, columns)
     try:
         raw = np.asarray(cols[data.image_column])
@@ -179,13 +219,19 @@ def load_table(data: VisionData) -> tuple[torch.Tensor, torch.Tensor, np.ndarray
             f"task.data.image_column: image {int(np.flatnonzero(~finite)[0])} (0-based row) in {path} "
             "holds a non-finite (or beyond float32) pixel"
         )
-    labels, identities = _labels_identities(data, cols)
-    return torch.from_numpy(images), torch.as_tensor(labels), identities
+    labels, groups = _labels_groups(data, cols)
+    return torch.from_numpy(images), torch.as_tensor(labels), groups
+
+
+def group_column(data: VisionData) -> str:
+    """The column that splits a table: ``split_column`` if given, else ``identity_column``."""
+    return data.split_column or data.identity_column
 
 
 def check_request(data: VisionData, seed: int) -> None:
-    """Up-front data checks (no images read): a file source is readable with the three columns,
-    the named identities are present; for any source the forget and retain sets are non-empty."""
+    """Up-front data checks (no images read): a file source is readable with the image, label and
+    identity (or split) columns, the named identities are present; for any source the forget, retain
+    and val sets are non-empty."""
     if data.source == "digits":
         _, labels = load_digits()
         split_indices(data, labels.numpy(), None, seed)
@@ -193,14 +239,14 @@ def check_request(data: VisionData, seed: int) -> None:
     path = Path(data.path or "")
     cols = read_columns(
         path,
-        [data.image_column, data.label_column, data.identity_column],
-        [data.label_column, data.identity_column],
+        [data.image_column, data.label_column, group_column(data)],
+        [data.label_column, group_column(data)],
     )
-    labels, identities = _labels_identities(data, cols)
+    labels, groups = _labels_groups(data, cols)
     if len(labels) == 0:
         raise DataError(f"task.data.path: {path} has no rows")
     if data.forget_identities is not None:
-        known = set(identities.tolist())
+        known = set(groups.tolist())
         absent = [i for i in data.forget_identities if i not in known]
         if absent:
             sample = ", ".join(map(repr, sorted(known, key=str)[:10]))
@@ -208,16 +254,16 @@ def check_request(data: VisionData, seed: int) -> None:
                 f"task.data.forget_identities: {absent} not found in column "
                 f"{data.identity_column!r} of {path}; present (first 10): {sample}"
             )
-    split_indices(data, labels, identities, seed)
+    split_indices(data, labels, groups, seed)
 
 
-def _labels_identities(data: VisionData, cols: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def _labels_groups(data: VisionData, cols: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(cols[data.label_column])
-    identities = np.asarray(cols[data.identity_column])
-    if labels.ndim != 1 or identities.ndim != 1 or len(labels) != len(identities):
+    groups = np.asarray(cols[group_column(data)])
+    if labels.ndim != 1 or groups.ndim != 1 or len(labels) != len(groups):
         raise DataError(
-            f"task.data: {data.label_column!r} and {data.identity_column!r} must be 1-D columns of "
-            f"equal length (got shapes {labels.shape} and {identities.shape})"
+            f"task.data: {data.label_column!r} and {group_column(data)!r} must be 1-D columns of "
+            f"equal length (got shapes {labels.shape} and {groups.shape})"
         )
     _, codes = np.unique(labels, return_inverse=True)
-    return codes.astype(np.int64), identities
+    return codes.astype(np.int64), groups

@@ -67,6 +67,7 @@ def _probe(job: VisionJob, prepared: Prepared) -> MIAProbe:
         test_size=ev.mia_test_size,
         feature=ev.mia_feature,
         seed=prepared.seed,
+        protocol=ev.mia_protocol,
     )
 
 

@@ -1,10 +1,14 @@
 """Classifier unlearning metrics: accuracy, top-2 accuracy, loss-based MIA, forgetting score, NoMUS.
 
 MIA (as in the NeurIPS 2023 unlearning challenge kit used by DLFD): per-sample cross-entropy losses
-of forget samples (members, label 1) and unseen test samples (non-members, label 0), balanced per
-image class by subsampling (for each class c, min(#forget_c, #test_c) of each), then a logistic
-regression on the standardised loss (or its log, ``feature="log_loss"``), scored by accuracy over a
-``StratifiedShuffleSplit`` CV.
+of forget samples (members, label 1) and unseen test samples (non-members, label 0), then a logistic
+regression on the loss, scored by accuracy over a ``StratifiedShuffleSplit`` CV. Two protocols:
+
+* ``balanced`` (otu's): members and non-members balanced per image class by subsampling (for each
+  class c, min(#forget_c, #test_c) of each), the loss (or its log, ``feature="log_loss"``) standardised;
+* ``authors`` (the DLFD code, evaluation/mia.py:48-75): every sample of both sets, the raw loss, no
+  scaler. With unequal set sizes its chance level is the larger set's share, not ½.
+
 ``FS = |MIA − 0.5|`` and ``NoMUS = ½·(acc + 1 − 2·FS)``.
 """
 
@@ -58,10 +62,11 @@ def mia_accuracy(
     test_size: float = 0.1,
     seed: int = 0,
     feature: str = "loss",
+    standardise: bool = True,
 ) -> float:
     """Mean CV accuracy of a logistic regression telling members (1) from non-members (0) by loss
-    (``feature="loss"``) or log-loss (``"log_loss"``). Inputs should already be balanced (see
-    :func:`balanced_members`)."""
+    (``feature="loss"``) or log-loss (``"log_loss"``), standardised first unless ``standardise`` is
+    false. For the balanced protocol the inputs are already balanced (see :func:`balanced_members`)."""
     x = np.concatenate([member_losses, nonmember_losses]).astype(np.float64)[:, None]
     if not np.isfinite(x).all():
         raise RunFailed("the model's per-sample losses hold NaN/inf: it diverged; a smaller method.lr usually helps")
@@ -69,7 +74,7 @@ def mia_accuracy(
         x = np.log(np.maximum(x, np.finfo(np.float64).tiny))
     y = np.concatenate([np.ones(len(member_losses)), np.zeros(len(nonmember_losses))])
     cv = StratifiedShuffleSplit(n_splits=n_splits, test_size=test_size, random_state=seed)
-    attack = make_pipeline(StandardScaler(), LogisticRegression())
+    attack = make_pipeline(StandardScaler(), LogisticRegression()) if standardise else LogisticRegression()
     return float(cross_val_score(attack, x, y, cv=cv, scoring="accuracy").mean())
 
 
@@ -84,8 +89,9 @@ def nomus(test_acc: float, fs: float) -> float:
 
 
 class MIAProbe:
-    """The loss-based MIA between a fixed forget set and fixed unseen samples (class-balanced, at
-    most ``max_samples`` of each, seeded), for repeated measurement of models."""
+    """The loss-based MIA between a fixed forget set and fixed unseen samples, for repeated
+    measurement of models: ``protocol="balanced"`` class-balanced pairs, ``"authors"`` every sample
+    (either way at most ``max_samples`` of each set, seeded)."""
 
     def __init__(
         self,
@@ -96,15 +102,21 @@ class MIAProbe:
         test_size: float,
         feature: str,
         seed: int,
+        protocol: str = "balanced",
         max_samples: int | None = None,
     ) -> None:
-        keep_f, keep_u = balanced_members(forget[1].numpy(), unseen[1].numpy(), seed)
-        if max_samples is not None and len(keep_f) > max_samples:
-            pick = np.random.default_rng(seed).choice(len(keep_f), max_samples, replace=False)
-            keep_f, keep_u = keep_f[pick], keep_u[pick]  # pairs share a class: still balanced
+        rng = np.random.default_rng(seed)
+        if protocol == "balanced":
+            keep_f, keep_u = balanced_members(forget[1].numpy(), unseen[1].numpy(), seed)
+            if max_samples is not None and len(keep_f) > max_samples:
+                pick = rng.choice(len(keep_f), max_samples, replace=False)
+                keep_f, keep_u = keep_f[pick], keep_u[pick]  # pairs share a class: still balanced
+        else:
+            keep_f, keep_u = _at_most(len(forget[1]), max_samples, rng), _at_most(len(unseen[1]), max_samples, rng)
         self.forget = forget[0][keep_f], forget[1][keep_f]
         self.unseen = unseen[0][keep_u], unseen[1][keep_u]
         self.n_splits, self.test_size, self.feature, self.seed = n_splits, test_size, feature, seed
+        self.standardise = protocol == "balanced"
 
     def __call__(self, model: nn.Module) -> float:
         """MIA accuracy of ``model``."""
@@ -115,7 +127,13 @@ class MIAProbe:
             self.test_size,
             self.seed,
             self.feature,
+            self.standardise,
         )
+
+
+def _at_most(n: int, size: int | None, rng: np.random.Generator) -> np.ndarray:
+    """All of ``range(n)``, or ``size`` of them drawn without replacement (sorted)."""
+    return np.arange(n) if size is None or n <= size else np.sort(rng.choice(n, size, replace=False))
 
 
 def classifier_metrics(
