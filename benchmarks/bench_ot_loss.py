@@ -1,19 +1,22 @@
-"""Entropic OT loss between feature batches, forward + backward: otu (geomloss) vs POT vs a plain loop.
+"""OT between feature batches, forward + backward: otu's plan cost and entropic loss vs POT vs a plain loop.
 
     python benchmarks/bench_ot_loss.py [--blur 0.1] [--tol 1e-6] [--max-iter 1000] [--min-time 2.0]
 
 DLFD's setting: cosine cost C = 1 − cos(x_i, y_j), uniform weights, ε = blur² (default 0.01, the
 authors' value), x = N(0, I) and y = N(0.5, I) batches of n samples in R^D, float32, gradient w.r.t. x.
 
+* cost   ``otu.ot.sinkhorn_cost(x, y, eps, cost="cosine")`` — DLFD's OT term: ε-scaled Newton solve
+         of the plan to ‖π1 − a‖₁ < 1e-9, gradient through the plan by implicit differentiation;
+         returns ⟨π, C⟩
 * otu    ``otu.ot.sinkhorn_loss(x, y, blur, cost="cosine")`` — geomloss, ε-annealing (scaling 0.9),
-         envelope-theorem gradient; returns OT_ε = ⟨π, C⟩ + ε KL(π | a⊗b)
+         envelope-theorem gradient; returns OT_ε = ⟨π, C⟩ + ε KL(π | a⊗b) (the generative family's)
 * pot    ``ot.sinkhorn2(a, b, C, reg=ε, method="sinkhorn_log")`` on torch tensors, stopping when the
          column-marginal error is below ``--tol`` (checked every 10 iterations), autograd through
          every iteration; returns ⟨π, C⟩
 * plain  a log-domain Sinkhorn loop written here with the same stopping rule, autograd through every
          iteration (what DLFD's authors do); returns ⟨π, C⟩
 
-Accuracy: relative error against float64 POT on the same problem (⟨π, C⟩ for pot and plain,
+Accuracy: relative error against float64 POT on the same problem (⟨π, C⟩ for cost, pot and plain,
 ⟨π, C⟩ + ε KL for otu), run to a marginal error of 1e-10 or 5000 iterations (at D = 10 the value then
 still moves by ~1e-5 relative). Every subprocess uses one torch thread and first calls each method
 once on tiny inputs. Peak memory: one fresh subprocess per (case, method); the resident-set
@@ -41,11 +44,11 @@ import ot
 import torch
 from _harness import interleaved_times, peak_extra_mib
 
-from otu.ot import cosine_cost, sinkhorn_loss
+from otu.ot import cosine_cost, sinkhorn_cost, sinkhorn_loss
 
 BATCHES = (32, 128, 512)
 FEATURES = (10, 128, 512)
-METHODS = ("otu", "pot", "plain")
+METHODS = ("cost", "otu", "pot", "plain")
 
 
 def batches(n: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,6 +97,8 @@ def make_call(
     unif = torch.full((x.shape[0],), 1.0 / x.shape[0])
 
     def solve() -> tuple[torch.Tensor, int]:
+        if method == "cost":
+            return sinkhorn_cost(x, y, eps, cost="cosine"), 0
         if method == "otu":
             # geomloss: one update per ε from diameter² = 2 (max cosine cost) down to blur²
             steps = np.arange(math.log(2.0), 2 * math.log(args.blur), 2 * math.log(0.9))
@@ -162,6 +167,8 @@ def main() -> None:
     parser.add_argument("--tol", type=float, default=1e-6, help="marginal error to stop pot/plain")
     parser.add_argument("--max-iter", type=int, default=1000, help="iteration cap for pot/plain")
     parser.add_argument("--min-time", type=float, default=2.0, help="seconds of timed rounds")
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(BATCHES), help="batch sizes n")
+    parser.add_argument("--features", type=int, nargs="+", default=list(FEATURES), help="feature sizes D")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -179,8 +186,8 @@ def main() -> None:
         "| peak extra (MiB) | peak / otu | rel. error |"
     )
     print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for n in BATCHES:
-        for d in FEATURES:
+    for n in args.sizes:
+        for d in args.features:
             linear, entropic = reference(n, d, eps)
             mem = {m: run_worker("mem", m, n, d, args) for m in METHODS}
             times = run_worker("time", "all", n, d, args)
@@ -188,7 +195,7 @@ def main() -> None:
                 t, base, r = times[m], times["otu"], mem[m]
                 target = entropic if m == "otu" else linear
                 print(
-                    f"| {n} | {d} | {m} | {r['iters']} | {t['cpu'] * 1e3:.1f} "
+                    f"| {n} | {d} | {m} | {r['iters'] or '—'} | {t['cpu'] * 1e3:.1f} "
                     f"| {t['cpu'] / base['cpu']:.1f} | {t['wall'] * 1e3:.1f} | {t['runs']} "
                     f"| {r['peak_mib']:.1f} | {r['peak_mib'] / max(mem['otu']['peak_mib'], 0.1):.1f} "
                     f"| {abs(r['value'] - target) / abs(target):.1e} |",

@@ -337,3 +337,20 @@ def test_validate_checks_files_outside_the_working_directory_that_exist_here(tmp
         env={**os.environ, "PYTHONPATH": str(REPO / "platform")},
     )
     assert absent.returncode == 0 and "not checked here" in absent.stdout + absent.stderr
+
+
+def test_a_home_relative_data_path_is_checked_where_it_points(tmp_path):
+    """``~/…`` is expanded before the file checks: a file that exists there is read and checked; one that
+    does not lies outside the working directory and is deferred, named expanded."""
+    (tmp_path / "table.csv").write_text((REPO / "platform/otu/tabular/data/diabetes.csv").read_text())
+    spec = REPO / "sweeps/experiments/barycenter_tabular.yaml"
+    env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": str(REPO / "platform")}
+    ok = subprocess.run(
+        [*OTU, "validate", str(spec), "--set", "task.data.path=~/table.csv"], env=env, capture_output=True, text=True
+    )
+    assert ok.returncode == 0 and "not checked here" not in ok.stdout + ok.stderr, ok.stderr
+    missing = subprocess.run(
+        [*OTU, "validate", str(spec), "--set", "task.data.path=~/absent.csv"], env=env, capture_output=True, text=True
+    )
+    out = " ".join((missing.stdout + missing.stderr).split())
+    assert missing.returncode == 0 and "not checked here" in out and "absent.csv" in out, out

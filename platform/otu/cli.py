@@ -360,6 +360,7 @@ def cmd_validate(args: argparse.Namespace) -> None:
             f"them before any work): {listed}",
             markup=False,
             highlight=False,
+            soft_wrap=True,  # one line: a path stays whole for grep
         )
 
 

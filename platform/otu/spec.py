@@ -433,7 +433,10 @@ def load_experiment(path: str | Path, overrides: Iterable[str] = (), check_files
     if is_sweep(raw):
         raise SpecError(f"{path}: this is a sweep spec; use `otu sweep`")
     apply_overrides(raw, overrides)
-    return resolve_paths(parse_experiment(raw, check_files), Path.cwd())
+    exp = resolve_paths(parse_experiment(raw, check_files=False), Path.cwd())
+    if check_files:  # on the resolved paths: ``~/data`` is checked where it is
+        check_environment(exp)
+    return exp
 
 
 def load_sweep(path: str | Path, overrides: Iterable[str] = (), check_files: bool = True) -> Sweep:
