@@ -42,3 +42,18 @@ def test_otu_spec_prints_keys_and_names_a_bad_method(capsys):
     assert main(["spec", "vision", "dlfx"]) == 2
     err = capsys.readouterr().err
     assert "method" in err and "'dlfx'" in err and "dlfd" in err
+
+
+def test_otu_spec_piped_to_grep_finds_every_key_whole():
+    """Piped (not a terminal), ``otu spec`` prints one Markdown row per key, so ``| grep KEY`` finds it."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "otu.cli", "spec", "llm", "optout"], capture_output=True, text=True, check=True
+    ).stdout
+    keys = [k.key for block in family_blocks("llm", "optout") for k in block.keys]
+    assert "method.reg_weight" in keys
+    rows = out.splitlines()
+    for key in keys:
+        assert any(row.startswith(f"| `{key}` |") for row in rows), key

@@ -387,7 +387,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 def cmd_spec(args: argparse.Namespace) -> None:
     from otu.registry import FAMILIES, family_spec, known_families
-    from otu.spec_reference import common_blocks, family_blocks
+    from otu.spec_reference import common_blocks, family_blocks, markdown_block
 
     if args.family not in FAMILIES:
         raise SpecError(f"family: unknown family {args.family!r}; known: {', '.join(known_families())}")
@@ -397,7 +397,11 @@ def cmd_spec(args: argparse.Namespace) -> None:
             f"method: unknown method {args.method!r} for family {args.family!r}; known: {', '.join(sorted(methods))}"
         )
     out = Console()
-    for block in [*common_blocks(), *family_blocks(args.family, args.method)]:
+    blocks = [*common_blocks(), *family_blocks(args.family, args.method)]
+    if not out.is_terminal:  # piped: Markdown rows, one key per line (grep finds every key whole)
+        sys.stdout.write("\n".join(line for block in blocks for line in markdown_block(block, "##")))
+        return
+    for block in blocks:
         table = Table(
             title=block.title, title_justify="left", caption=block.about or None, caption_justify="left", expand=False
         )

@@ -110,18 +110,18 @@ def markdown() -> str:
         "",
     ]
     for block in common_blocks():
-        out += _md_block(block, "###")
+        out += markdown_block(block, "###")
     out += ["## Sweeps", ""]
     for block in sweep_blocks():
-        out += _md_block(block, "###")
+        out += markdown_block(block, "###")
     for family in known_families():
         out += [f"## Family `{family}`", ""]
         for block in family_blocks(family):
-            out += _md_block(block, "###")
+            out += markdown_block(block, "###")
     return "\n".join(out).rstrip() + "\n"
 
 
-def _md_block(block: Block, level: str) -> list[str]:
+def markdown_block(block: Block, level: str) -> list[str]:
     lines = [f"{level} `{block.title}`", ""]
     if block.about:
         lines += [block.about.replace("``", "`"), ""]
