@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: $RAY_ADDRESS, else start an embedded local Ray)",
     )
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue the sweep in DIR")
-    p.add_argument("--quiet", action="store_true", help="no Tune status table and no per-trial lines")
+    p.add_argument("--quiet", action="store_true", help="no per-trial lines")
     p.set_defaults(handler=cmd_sweep)
 
     p = sub.add_parser("validate", help="check an experiment or sweep spec without running it")

@@ -56,7 +56,7 @@ def run_sweep(
     """Run (or resume) ``sweep`` into ``out_dir``; return the path of ``trials.parquet``.
 
     Tune keeps its state in ``storage`` (default ``out_dir/ray``; a URI for durable cluster runs).
-    Unless ``quiet``, Tune's status table shows and a line is printed as each trial finishes."""
+    Unless ``quiet``, a line is printed as each trial finishes (Tune's own tables stay off)."""
     import ray
 
     out_dir = out_dir.resolve()
@@ -122,7 +122,7 @@ def run_sweep(
                     *([] if quiet else [TrialLines([o.metric for o in sweep.objectives], trial_count(sweep))]),
                 ],
                 failure_config=tune.FailureConfig(max_failures=sweep.search.max_failures),
-                verbose=0 if quiet else 1,
+                verbose=0,  # otu's trial lines instead of Tune's boxed tables (its results stay in storage)
             ),
         )
         tuner.fit()
@@ -170,6 +170,7 @@ def search_algorithm(sweep: Sweep, work: Plan | None = None):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" line
     warm = work.warm if work is not None else []
     seed = sweep.experiment.seed + len(warm)  # a resumed study does not replay the first suggestions
     sampler = optuna.samplers.NSGAIISampler(seed=seed) if algo == "nsga2" else optuna.samplers.TPESampler(seed=seed)
