@@ -354,3 +354,22 @@ def test_a_home_relative_data_path_is_checked_where_it_points(tmp_path):
     )
     out = " ".join((missing.stdout + missing.stderr).split())
     assert missing.returncode == 0 and "not checked here" in out and "absent.csv" in out, out
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [("tracking.cache_dir=afile/cache", "tracking.cache_dir"), ("tracking.uri=sqlite:///afile/m.db", "tracking URI")],
+)
+def test_an_unusable_cache_or_store_fails_before_any_folder_is_made(tmp_path, override, field):
+    (tmp_path / "afile").write_text("")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "platform")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    run = subprocess.run(
+        [*OTU, "run", str(REPO / "sweeps/experiments/dlfd_digits.yaml"), "--set", override],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2 and field in run.stderr, run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no otu-runs/ left behind

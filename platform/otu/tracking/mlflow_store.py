@@ -50,14 +50,13 @@ def resolve_tracking_uri(cli_value: str | None = None, spec_value: str | None = 
     checked before any work: a SQLite file's folder must be writable, a server must answer."""
     uri = cli_value or os.environ.get("MLFLOW_TRACKING_URI") or spec_value or DEFAULT_TRACKING_URI
     uri = sqlite_uri(uri, Path.cwd())  # absolute, so every process writes the same file
-    if uri.startswith("sqlite:///"):
+    if uri.startswith("sqlite:///"):  # checked, nothing created: a run that fails later leaves no folder
         folder = Path(uri.removeprefix("sqlite:///")).parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise TrackingError(f"tracking URI {uri}: cannot create {folder}: {err.strerror}") from None
-        if not os.access(folder, os.W_OK):
-            raise TrackingError(f"tracking URI {uri}: {folder} is not writable")
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if not existing.is_dir():
+            raise TrackingError(f"tracking URI {uri}: cannot create {folder}: {existing} is a file")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise TrackingError(f"tracking URI {uri}: {existing} is not writable")
     elif uri.startswith(("http://", "https://")):
         for name, value in HTTP_ENV.items():
             os.environ.setdefault(name, value)
@@ -88,6 +87,7 @@ def store_lock(uri: str) -> Iterator[None]:
         yield
         return
     lock_path = Path(uri.removeprefix("sqlite:///")).with_suffix(".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)  # the store's folder, made on first use
     with open(lock_path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
