@@ -349,6 +349,19 @@ def test_a_home_relative_data_path_is_checked_where_it_points(tmp_path):
         [*OTU, "validate", str(spec), "--set", "task.data.path=~/table.csv"], env=env, capture_output=True, text=True
     )
     assert ok.returncode == 0 and "not checked here" not in ok.stdout + ok.stderr, ok.stderr
+    sweep = subprocess.run(
+        [
+            *OTU,
+            "validate",
+            str(REPO / "sweeps/barycenter_tabular.yaml"),
+            "--set",
+            "experiment.task.data.path=~/table.csv",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert sweep.returncode == 0 and "not checked here" not in sweep.stdout + sweep.stderr, sweep.stderr
     missing = subprocess.run(
         [*OTU, "validate", str(spec), "--set", "task.data.path=~/absent.csv"], env=env, capture_output=True, text=True
     )

@@ -267,8 +267,8 @@ def parse_experiment(raw: Any, check_files: bool = True) -> Experiment:
     known = fam.metrics_for(exp.method.name)
     if select is not None and select not in known:
         raise SpecError(f"dynamics.select: unknown metric {select!r} for method {name!r}; known: {', '.join(known)}")
-    if check_files:
-        check_environment(exp)
+    if check_files:  # on absolute paths (``~`` expanded), as the run will read them
+        check_environment(resolve_paths(exp, Path.cwd()))
     return exp
 
 
@@ -433,10 +433,7 @@ def load_experiment(path: str | Path, overrides: Iterable[str] = (), check_files
     if is_sweep(raw):
         raise SpecError(f"{path}: this is a sweep spec; use `otu sweep`")
     apply_overrides(raw, overrides)
-    exp = resolve_paths(parse_experiment(raw, check_files=False), Path.cwd())
-    if check_files:  # on the resolved paths: ``~/data`` is checked where it is
-        check_environment(exp)
-    return exp
+    return resolve_paths(parse_experiment(raw, check_files), Path.cwd())
 
 
 def load_sweep(path: str | Path, overrides: Iterable[str] = (), check_files: bool = True) -> Sweep:
