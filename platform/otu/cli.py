@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import shutil
 import signal
@@ -449,7 +450,10 @@ def print_metrics(metrics: dict[str, dict[str, float]], title: str) -> None:
     for model in metrics:
         table.add_column(model, justify="right")
     for name in names:
-        table.add_row(name, *(f"{metrics[m].get(name, float('nan')):.4f}" for m in metrics))
+        values = [metrics[m].get(name, math.nan) for m in metrics]
+        if all(math.isnan(v) for v in values):  # e.g. TOFU's world parts on another layout (kept in metrics.json)
+            continue
+        table.add_row(name, *(f"{v:.4f}" for v in values))
     Console().print(table)
 
 

@@ -79,9 +79,14 @@ def launcher_for(exp: Experiment) -> Launcher:
 
 def configure_process(compute: Compute) -> None:
     """Settings every process of a run needs before torch or DeepSpeed start work: the thread
-    pools, and DeepSpeed's accelerator when the run is on CPU."""
+    pools, DeepSpeed's accelerator when the run is on CPU, and no per-file bars from Hugging Face
+    (``Loading weights``, ``Writing model shards``: otu's phases say what is loading)."""
     import torch
     from threadpoolctl import threadpool_limits
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers is imported
+    if "transformers" in sys.modules:  # imported already (the driver's checks): switch them off there
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
 
     torch.set_num_threads(compute.threads)
     threadpool_limits(compute.threads)
