@@ -63,7 +63,16 @@ def test_trial_lines_name_knobs_objectives_and_the_last_error_line():
     ok = lines.line("a1", {"method.alpha": 0.125}, {"test_acc": 0.91234, "forgetting_score": 0.05, "x": 1})
     assert "(1/4" in ok and "alpha=0.125" in ok and "test_acc=0.9123" in ok and "forgetting_score=0.05" in ok
     bad = lines.line("b2", {"method.alpha": 0.5}, {}, error="Traceback\n  File x\nValueError: [boom]")
-    assert "(2/4" in bad and "ValueError: \\[boom]" in bad and "Traceback" not in bad
+    assert "(2/4" in bad and "1 failed" in bad and "ValueError: \\[boom]" in bad and "Traceback" not in bad
+
+
+def test_trial_lines_say_what_runs_what_failed_and_when_the_sweep_ends():
+    lines = TrialLines(["test_acc"], total=4)
+    lines.first, lines.started = 100.0, {"c3": 100.0, "d4": 105.0}
+    lines.finished, lines.failed = 2, 1
+    assert lines.status(110.0) == "2/4 · 2 running · 1 failed · ETA 0:00:10"  # 5 s a trial so far, 2 left
+    lines.started, lines.finished = {}, 4
+    assert lines.status(120.0) == "4/4 · 1 failed"
 
 
 def test_a_worker_traceback_is_reduced_to_its_last_lines():
