@@ -107,7 +107,7 @@ def test_two_trial_sweep_writes_parquet_report_and_mlflow(tmp_path, tracking, ca
     assert "Reference models" in summary and (out / "report.html").is_file()
     err = capsys.readouterr().err
     for trial_id in table["trial_id"]:  # one line per finished trial, with its objectives
-        assert re.search(rf"trial {trial_id} \([12]/2, .*test_acc=[0-9.]+ forgetting_score=[0-9.]+", err)
+        assert re.search(rf"trial {trial_id} \([12]/2[ ,].*test_acc=[0-9.]+ forgetting_score=[0-9.]+", err)
     for trial_id in table["trial_id"]:
         assert json.loads((out / "trials" / trial_id / "metrics.json").read_text())["unlearned"]
 
