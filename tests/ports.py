@@ -10,7 +10,9 @@ up; it is then cleaned up by ``start`` and tried again on fresh numbers.
 from __future__ import annotations
 
 import socket
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -36,3 +38,19 @@ def start_on_free_ports(start: Callable[[], T], what: str, attempts: int = 4) ->
         except StartFailed as failed:
             output = str(failed)
     raise AssertionError(f"{what} did not start in {attempts} attempts; last output: {output[-2000:]}")
+
+
+def ray_head_command(port: int, *options: str) -> list[str]:
+    """``ray start --head`` on 127.0.0.1 with its GCS at ``port`` and ``options``, no usage stats."""
+    ray = str(Path(sys.executable).parent / "ray")
+    return [
+        ray,
+        "start",
+        "--head",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *options,
+        "--disable-usage-stats",
+    ]

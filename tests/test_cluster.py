@@ -20,7 +20,7 @@ import pandas as pd
 import psutil
 import pytest
 from mlflow.tracking import MlflowClient
-from ports import StartFailed, free_port, start_on_free_ports
+from ports import StartFailed, free_port, ray_head_command, start_on_free_ports
 
 import otu.cli
 from otu.cluster import client as cluster_client
@@ -97,31 +97,13 @@ def ray_head(tmp_path_factory):
 
 
 def ray_start_command(temp_dir: Path, dashboard: int) -> list[str]:
-    """``ray start --head`` on 127.0.0.1 with fresh port numbers (:func:`ports.free_port`)."""
-    return [
-        str(Path(sys.executable).parent / "ray"),
-        "start",
-        "--head",
-        "--node-ip-address",
-        "127.0.0.1",
-        "--port",
-        str(free_port()),
-        "--dashboard-host",
-        "127.0.0.1",
-        "--dashboard-port",
-        str(dashboard),
-        "--ray-client-server-port",
-        str(free_port()),
-        "--dashboard-agent-listen-port",
-        str(free_port()),
-        "--num-cpus",
-        "2",
-        "--object-store-memory",
-        str(200 * 1024**2),
-        "--temp-dir",
-        str(temp_dir),
-        "--disable-usage-stats",
-    ]
+    """``ray start --head`` with fresh port numbers (:func:`ports.free_port`) and its own temp dir."""
+    return ray_head_command(
+        free_port(),
+        *("--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard)),
+        *("--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port())),
+        *("--num-cpus", "2", "--object-store-memory", str(200 * 1024**2), "--temp-dir", str(temp_dir)),
+    )
 
 
 def _session_of_head(temp_dir: Path) -> int | None:

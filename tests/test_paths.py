@@ -17,7 +17,7 @@ import psutil
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from ports import StartFailed, free_port, start_on_free_ports
+from ports import StartFailed, free_port, ray_head_command, start_on_free_ports
 
 from otu.cli import main
 from otu.cluster.submit import build_submission
@@ -138,20 +138,7 @@ def _stale_default_head():
     def start() -> tuple[int, int]:
         port = free_port()
         proc = subprocess.run(
-            [
-                str(Path(sys.executable).parent / "ray"),
-                "start",
-                "--head",
-                "--node-ip-address",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--num-cpus",
-                "1",
-                "--include-dashboard",
-                "false",
-                "--disable-usage-stats",
-            ],
+            ray_head_command(port, "--num-cpus", "1", "--include-dashboard", "false"),
             env=env,
             capture_output=True,
             text=True,

@@ -325,8 +325,8 @@ def _elude_splits(data: LLMData, seed: int) -> Splits:
         source = given(getattr(data, key), f"task.data.{key}")
         config, split = getattr(names, f"{which}_config"), getattr(names, f"{which}_{stage}")
         if (which, split) not in read:
-            _check_config(source, config, f"task.data.elude_splits.{which}_config")
-            raw = read_split(source, config, split, f"task.data.{key}", f"task.data.elude_splits.{which}_{stage}")
+            prefix = f"task.data.elude_splits.{which}"
+            raw = read_split(source, config, split, f"task.data.{key}", f"{prefix}_{stage}", f"{prefix}_config")
             read[which, split] = parse_records(raw, f"task.data.{key}", REQUIRED, data.fields)
         return read[which, split]
 
@@ -390,9 +390,12 @@ def _tofu_splits(data: LLMData, seed: int) -> Splits:
     }
 
 
-def read_split(source: str, config: str | None, split: str, field: str, split_field: str) -> list[dict[str, Any]]:
+def read_split(
+    source: str, config: str | None, split: str, field: str, split_field: str, config_field: str | None = None
+) -> list[dict[str, Any]]:
     """Rows of ``split`` of a ``datasets`` source: a local directory saved with ``save_to_disk``
-    (with ``config``: its sub-directory ``config``) or a hub id (``load_dataset(source, config)``)."""
+    (with ``config``: its sub-directory ``config``) or a hub id (``load_dataset(source, config)``);
+    errors name ``split_field`` (and ``config_field`` for a missing configuration, default the same)."""
     from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
     local = Path(source).expanduser()
@@ -400,7 +403,7 @@ def read_split(source: str, config: str | None, split: str, field: str, split_fi
         path = local / config if config else local
         if not path.is_dir():
             raise DataError(
-                f"{split_field}: {local} has no {config!r} directory (configs there: "
+                f"{config_field or split_field}: {local} has no {config!r} directory (configs there: "
                 f"{sorted(p.name for p in local.iterdir() if p.is_dir())})"
             )
         try:
@@ -474,17 +477,6 @@ def _with_input(question: Any, row: dict[str, Any], names: InstructionFields) ->
     prompt (dataset.py ``CustomFormatter.formatting_func``)."""
     context = _optional(row.get(names.input))
     return f"{question}\n\n{context}" if context and isinstance(question, str) else question
-
-
-def _check_config(source: str, config: str | None, field: str) -> None:
-    """A configuration of a local ``source`` directory must be one of its sub-directories (a hub id's
-    configurations are the hub's to check)."""
-    local = Path(source).expanduser()
-    if config and local.is_dir() and not (local / config).is_dir():
-        raise DataError(
-            f"{field}: {local} has no {config!r} directory (directories there: "
-            f"{sorted(p.name for p in local.iterdir() if p.is_dir())})"
-        )
 
 
 def _read(

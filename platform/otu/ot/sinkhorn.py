@@ -81,6 +81,13 @@ COSTS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
+def _check_batches(x: Tensor, y: Tensor, cost: str) -> None:
+    if cost not in COSTS:
+        raise ValueError(f"cost must be one of {sorted(COSTS)}, got {cost!r}")
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"x and y must be (n, D) and (m, D); got {tuple(x.shape)} and {tuple(y.shape)}")
+
+
 def sinkhorn_loss(
     x: Tensor,
     y: Tensor,
@@ -103,10 +110,7 @@ def sinkhorn_loss(
     Returns:
         A scalar tensor.
     """
-    if cost not in COSTS:
-        raise ValueError(f"cost must be one of {sorted(COSTS)}, got {cost!r}")
-    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must be (n, D) and (m, D); got {tuple(x.shape)} and {tuple(y.shape)}")
+    _check_batches(x, y, cost)
     if blur <= 0 or not 0 < scaling < 1:
         raise ValueError(f"need blur > 0 and 0 < scaling < 1; got blur={blur}, scaling={scaling}")
     # The annealing starts at ε = diameter**p: the largest cost. For cosine that is 2 whatever the
@@ -241,10 +245,7 @@ def sinkhorn_cost(
     Returns:
         A scalar tensor of ``x``'s dtype.
     """
-    if cost not in COSTS:
-        raise ValueError(f"cost must be one of {sorted(COSTS)}, got {cost!r}")
-    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must be (n, D) and (m, D); got {tuple(x.shape)} and {tuple(y.shape)}")
+    _check_batches(x, y, cost)
     if eps <= 0 or max_iter < 1 or tol <= 0:
         raise ValueError(f"need eps > 0, max_iter ≥ 1, tol > 0; got eps={eps}, max_iter={max_iter}, tol={tol}")
     matrix = COSTS[cost](x[None], y[None])[0]
