@@ -129,6 +129,9 @@ class RunContext:
     reporter: Reporter = field(default_factory=NullReporter)
     checkpoint_dir: Path | None = None
     """Where ``unlearn`` saves the unlearned model, when the family saves one."""
+    resume_dir: Path | None = None
+    """Where a loop keeps the checkpoints it resumes from after a restart (``compute.checkpoint_every``);
+    None: the loop keeps none."""
 
     @property
     def device(self) -> str:

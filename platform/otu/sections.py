@@ -79,6 +79,15 @@ class Compute(Section):
     grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
     grad_checkpointing: bool = Field(False, description="recompute activations in backward")
     zero3: Zero3 = Zero3()
+    checkpoint_every: int | None = Field(
+        None,
+        ge=0,
+        description="save the loop's full state (model, optimizer, scheduler, data streams, RNG) every this many "
+        "steps, for restarts and `otu run --resume` (None: every tenth of the run; 0: never)",
+    )
+    max_failures: int = Field(
+        3, ge=-1, description="restarts of failed Ray Train workers from the latest loop checkpoint (-1: unlimited)"
+    )
 
 
 class Dynamics(Section):

@@ -78,7 +78,9 @@ class Experiment(Section):
         """The family's own sections: what its functions receive."""
         return Job(data=self.task.data, model=self.task.model, method=self.method, eval=self.eval)
 
-    def context(self, reporter: Reporter | None = None, checkpoint_dir: Path | None = None) -> RunContext:
+    def context(
+        self, reporter: Reporter | None = None, checkpoint_dir: Path | None = None, resume_dir: Path | None = None
+    ) -> RunContext:
         """The platform settings a family function needs (seed, compute, cache, reporter)."""
         return RunContext(
             seed=self.seed,
@@ -86,6 +88,7 @@ class Experiment(Section):
             cache_dir=Path(self.tracking.cache_dir),
             reporter=reporter or NullReporter(),
             checkpoint_dir=checkpoint_dir,
+            resume_dir=resume_dir,
         )
 
     def with_overrides(self, overrides: Mapping[str, Any], check_files: bool = True) -> Experiment:

@@ -31,6 +31,10 @@ from otu.sections import Compute
 
 SHARD = "model-{:05d}-of-{:05d}.safetensors"
 INDEX = "model.safetensors.index.json"
+ENGINE_STATE = "engine.pt"
+"""A plain engine's state in a loop checkpoint (:mod:`otu.llm.resume`)."""
+ENGINE_TAG = "engine"
+"""The DeepSpeed checkpoint tag of a loop checkpoint."""
 
 
 def lr_lambda(schedule: str, total_steps: int, warmup_steps: int = 0):
@@ -140,6 +144,27 @@ class PlainEngine:
             lora.save_adapter(self.model, out_dir, tokenizer, self.gather, 0, self.merged_from)
         else:
             save_sharded(self.model, out_dir, tokenizer, self.gather, rank=0, world=1)
+
+    def save_state(self, out_dir: Path) -> None:
+        """Trainable weights, optimizer, scheduler and micro-step count (what a restarted loop loads)."""
+        trainable = {name: p.detach() for name, p in self.model.named_parameters() if p.requires_grad}
+        state = {
+            "weights": trainable,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "micro": self._micro,
+        }
+        torch.save(state, out_dir / ENGINE_STATE)
+
+    @torch.no_grad()
+    def load_state(self, in_dir: Path) -> None:
+        state = torch.load(in_dir / ENGINE_STATE, map_location=self.device, weights_only=True)
+        params = dict(self.model.named_parameters())
+        for name, value in state["weights"].items():
+            params[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self._micro = int(state["micro"])
 
     def close(self) -> None:
         """Nothing to undo in a plain process."""
@@ -280,6 +305,22 @@ class DeepSpeedEngine:
                 dist.barrier()
         else:
             save_sharded(self.model.module, out_dir, tokenizer, self.gather, self.rank, self.world)
+
+    def save_state(self, out_dir: Path) -> None:
+        """DeepSpeed's checkpoint (collective): module, ZeRO-partitioned optimizer, scheduler; with
+        LoRA the frozen base weights are left out (they are θ₀)."""
+        self.model.save_checkpoint(str(out_dir), tag=ENGINE_TAG, save_latest=False, exclude_frozen_parameters=self.lora)
+
+    def load_state(self, in_dir: Path) -> None:
+        loaded, _ = self.model.load_checkpoint(
+            str(in_dir),
+            tag=ENGINE_TAG,
+            load_module_strict=not self.lora,
+            load_optimizer_states=True,
+            load_lr_scheduler_states=True,
+        )
+        if loaded is None:
+            raise RuntimeError(f"DeepSpeed found no checkpoint {ENGINE_TAG!r} in {in_dir}")
 
     def close(self) -> None:
         """Undo ZeRO-3's process-wide swap of ``torch.nn.functional.linear`` for its memory-efficient

@@ -12,7 +12,8 @@ rank-averaged terms (identical on all ranks; reporters write on rank 0). At the 
 ``wants_checkpoint`` (but the last: the final model is evaluated anyway) ``on_checkpoint`` gets the
 model to evaluate: the live model in a plain process (the platform snapshots it), otherwise a HF
 checkpoint ``<checkpoint_dir>-<step>`` that every rank wrote its part of (collective, like the final
-save).
+save). Every ``compute.checkpoint_every`` steps the loop's whole state goes to ``ctx.resume_dir``
+(:mod:`otu.llm.resume`); a loop started on a directory holding one continues after its step.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from otu.llm.objectives import Objective, Phase, objective_for
 from otu.llm.prepared import Prepared
 from otu.llm.recipe import recipe_for
 from otu.llm.regulariser import Regulariser
+from otu.llm.resume import LoopCheckpoints, interval
 from otu.llm.sampling import StepSampler
 from otu.llm.spec import LLMJob, LLMMethod
 from otu.llm.text import Batch, Encoder
@@ -98,6 +100,7 @@ def _train(
     scheduled = steps_for(method, len(prepared.splits["forget"]))
     steps = steps_run(method, len(prepared.splits["forget"]), scheduled, job.data.layout)
     engine_cls = DeepSpeedEngine if use_ds else PlainEngine
+    torch.manual_seed(ctx.seed)  # the same LoRA initialisation (θ₀) in every process and on a restart
     settings = EngineSettings(
         job,
         ctx.compute,
@@ -113,8 +116,10 @@ def _train(
         encoder = prepared.encoder()
         tokenizer = prepared.tokenizer()
         sampler = StepSampler({name: len(prepared.splits[name]) for name in TRAIN}, recipe.retain_sampling, ctx.seed)
+        checkpoints = LoopCheckpoints(ctx.resume_dir, interval(ctx.compute.checkpoint_every, steps))
+        first = checkpoints.restore(engine, sampler)  # after the regulariser kept θ₀
         reporter = ctx.reporter
-        for step in range(steps):
+        for step in range(first, steps):
             start = time.perf_counter()
             global_idx = sampler.take(method.batch_size)
             micro = _micro_batches(
@@ -142,6 +147,8 @@ def _train(
             reporter.on_step(step, logs)
             if step < steps - 1 and reporter.wants_checkpoint(step):
                 reporter.on_checkpoint(step, _checkpoint(engine, step, checkpoint_dir, tokenizer))
+            if checkpoints.due(step, steps):
+                checkpoints.save(step, engine, sampler)
         engine.save(checkpoint_dir, tokenizer)
     finally:
         engine.close()

@@ -12,7 +12,7 @@ The forget set is a stream reshuffled (seeded) on every pass. Retain and world (
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -34,6 +34,13 @@ class Stream:
             self.buffer += torch.randperm(self.n, generator=self.generator).tolist()
         out, self.buffer = self.buffer[:k], self.buffer[k:]
         return out
+
+    def state(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "buffer": list(self.buffer)}
+
+    def load(self, state: Mapping[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.buffer = list(state["buffer"])
 
 
 def paired_subset(n: int, size: int, seed: int, split: str) -> list[int]:
@@ -60,3 +67,13 @@ class StepSampler:
         forget = self.forget.take(k)
         out = {"forget": forget} | {name: [subset[i] for i in forget] for name, subset in self.subsets.items()}
         return out | {name: stream.take(k) for name, stream in self.streams.items()}
+
+    def state(self) -> dict[str, Any]:
+        """Where every stream stands (the paired subsets are fixed by the seed)."""
+        return {"forget": self.forget.state()} | {name: s.state() for name, s in self.streams.items()}
+
+    def load(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state`: the next :meth:`take` returns what it would have then."""
+        self.forget.load(state["forget"])
+        for name, stream in self.streams.items():
+            stream.load(state[name])

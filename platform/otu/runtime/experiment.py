@@ -67,6 +67,7 @@ def run_experiment(
     on_checkpoint: Callable[[int, dict[str, float]], None] | None = None,
     progress: Callable[[Mapping[str, float], int | None], None] | None = None,
     launcher: Launcher | None = None,
+    resume: bool = False,
 ) -> RunResult:
     """Run ``exp`` and write its outputs into ``out_dir``: the one writer of the output contract,
     whatever runs the unlearning (``launcher``, by default :func:`~otu.runtime.launch.launcher_for`).
@@ -76,6 +77,11 @@ def run_experiment(
     ``exp.dynamics.every`` steps and ``on_checkpoint(step, metrics)`` is called as each checkpoint's
     metrics arrive (a Tune trial forwards them to its scheduler); ``progress(metrics, total)`` is
     called once per step the loop reports (``total``: the step count the loop announced, or None).
+
+    The loop keeps its restart checkpoints in ``out_dir/resume/<hash>`` (see :mod:`otu.llm.resume`);
+    when that holds one — a retried trial, or ``resume`` (``otu run --resume``, a killed driver) —
+    the loop continues from it and the rows already written are kept. It is deleted once
+    ``metrics.json`` is written.
     """
     phase = phase or (lambda _name: None)
     api = family_api(exp.task.family)
@@ -98,10 +104,12 @@ def run_experiment(
 
     phase(f"unlearning with {exp.method.name}")
     start = time.perf_counter()
-    recorder = _StepRecorder(out_dir, report, evaluator, on_checkpoint, exp.dynamics, progress)
+    resume_dir = _resume_dir(out_dir, exp)
+    resume = resume or resume_dir.is_dir()
+    recorder = _StepRecorder(out_dir, report, evaluator, on_checkpoint, exp.dynamics, progress, resume)
     seed_everything(exp.seed)
     checkpoint_dir = out_dir / "checkpoint"
-    ctx = exp.context(recorder, checkpoint_dir)
+    ctx = exp.context(recorder, checkpoint_dir, resume_dir)
     models["unlearned"] = launcher.unlearn(api, exp, prepared, ctx)
     check_finite_weights(models["unlearned"])
     timings["unlearn_s"] = time.perf_counter() - start
@@ -122,6 +130,7 @@ def run_experiment(
             models["unlearned"] = api.load_unlearned(job, prepared, checkpoint_dir)
     recorder.discard_stored()
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    shutil.rmtree(resume_dir.parent, ignore_errors=True)
     plots = api.plots(job, prepared, models, out_dir / "plots") if _wants_plots(exp) else []
     if isinstance(api, ItemOutputs):  # per-item outputs (the LLM family's generations.jsonl)
         api.outputs(job, prepared, models, out_dir)
@@ -131,6 +140,26 @@ def run_experiment(
         plots = [*plots, plot_dynamics(dynamics, out_dir / "plots" / "dynamics.png")]
     timings["evaluate_s"] = time.perf_counter() - start
     return RunResult(metrics=metrics, plots=list(plots), timings=timings)
+
+
+RESUME = "resume"
+"""The folder of a run's loop checkpoints (one subfolder per experiment hash)."""
+
+
+def resume_dir(out_dir: Path, exp: Experiment) -> Path:
+    """Where ``exp``'s loop checkpoints go in ``out_dir``: ``out_dir/resume/<hash>``."""
+    return out_dir / RESUME / exp.hash[:16]
+
+
+def _resume_dir(out_dir: Path, exp: Experiment) -> Path:
+    """:func:`resume_dir`, with any other experiment's checkpoints removed (a stale folder never
+    resumes a different spec)."""
+    mine = resume_dir(out_dir, exp)
+    if mine.parent.is_dir():
+        for child in mine.parent.iterdir():
+            if child != mine:
+                shutil.rmtree(child, ignore_errors=True)
+    return mine
 
 
 def select_checkpoint(dynamics: list[dict[str, float]], metric: str, mode: str) -> dict[str, float]:
@@ -160,11 +189,17 @@ class CheckpointSink(Protocol):
 
 class _StepRecorder:
     """The :class:`~otu.family.Reporter` handed to a family: appends to ``steps.jsonl``, forwards
-    to ``report``, and sends checkpoints to the evaluator; ``finish`` writes ``dynamics.jsonl``
-    (checkpoint metrics by step).
+    to ``report``, and sends checkpoints to the evaluator; checkpoint metrics are appended to
+    ``dynamics.jsonl`` as they arrive and ``finish`` rewrites it in step order with the final row.
+
+    A loop restarted from a loop checkpoint reports again the steps after it: a step at or before
+    the last one written replaces the rows from it on, so ``steps.jsonl`` holds every step once, and
+    a checkpoint of a step already submitted is not evaluated twice. With ``resume`` (``otu run
+    --resume``) the rows and kept checkpoints of the killed run are the starting point.
 
     Checkpoint directories (DeepSpeed / Ray Train runs) are kept only while the evaluator needs them,
-    and the best one by ``dynamics.select``: ``stored`` maps their steps to their paths."""
+    and the best one by ``dynamics.select``: ``stored`` maps their steps to their paths (also in
+    ``kept-checkpoints.json``, for a resumed run)."""
 
     def __init__(
         self,
@@ -174,19 +209,27 @@ class _StepRecorder:
         on_checkpoint: Callable[[int, dict[str, float]], None] | None,
         dynamics: Dynamics,
         progress: Callable[[Mapping[str, float], int | None], None] | None,
+        resume: bool = False,
     ) -> None:
         self.steps_path = out_dir / "steps.jsonl"
         self.dynamics_path = out_dir / "dynamics.jsonl"
-        for path in (self.steps_path, self.dynamics_path):
-            path.unlink(missing_ok=True)
+        self.kept_path = out_dir / "kept-checkpoints.json"
+        if not resume:
+            for path in (self.steps_path, self.dynamics_path, self.kept_path):
+                path.unlink(missing_ok=True)
         self.report, self.evaluator, self.on_evaluated = report, evaluator, on_checkpoint
         self.select, self.mode = dynamics.select, dynamics.mode
         self.progress = progress
-        self.last_step = 0
-        self.checkpoints: list[dict[str, float]] = []
-        self.stored: dict[int, Path] = {}
+        written = read_steps(out_dir)
+        self.last_step = int(written[-1]["step"]) if written else -1
+        self.checkpoints: list[dict[str, float]] = read_steps(out_dir, "dynamics")
+        self.submitted = {int(row["step"]) for row in self.checkpoints}
+        kept = json.loads(self.kept_path.read_text()) if self.kept_path.is_file() else {}
+        self.stored: dict[int, Path] = {int(k): Path(v) for k, v in kept.items() if Path(v).is_dir()}
 
     def on_step(self, step: int, metrics: Mapping[str, float]) -> None:
+        if step <= self.last_step:  # a restarted loop: the rows from this step on are replaced
+            self._keep_rows_before(step)
         self.last_step = int(step)
         total = metrics.get(TOTAL_STEPS)
         metrics = {k: v for k, v in metrics.items() if k != TOTAL_STEPS}
@@ -205,20 +248,36 @@ class _StepRecorder:
         if self.evaluator is not None:
             self._collect(self.evaluator.ready())
 
+    def _keep_rows_before(self, step: int) -> None:
+        rows = [row for row in read_steps(self.steps_path.parent) if row["step"] < step]
+        tmp = self.steps_path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        tmp.replace(self.steps_path)
+
     def wants_checkpoint(self, step: int) -> bool:
         return self.evaluator is not None and self.evaluator.wants(step)
 
     def on_checkpoint(self, step: int, checkpoint: Any) -> None:
         if self.evaluator is None:
             raise RuntimeError("on_checkpoint without an evaluator: ask wants_checkpoint first")
+        step = int(step)
+        if step in self.submitted:  # a restarted loop wrote it again: it is (being) evaluated
+            if isinstance(checkpoint, Path) and self.stored.get(step) != checkpoint:
+                shutil.rmtree(checkpoint, ignore_errors=True)
+            return
+        self.submitted.add(step)
         if isinstance(checkpoint, Path):
-            self.stored[int(step)] = checkpoint
+            self.stored[step] = checkpoint
+            self._write_kept()
         self.evaluator.submit(step, checkpoint)
         self._collect(self.evaluator.ready())
 
     def _collect(self, results: list[tuple[int, dict[str, float]]]) -> None:
         for step, metrics in results:
-            self.checkpoints.append({"step": float(step), **metrics})
+            row = {"step": float(step), **metrics}
+            self.checkpoints.append(row)
+            with self.dynamics_path.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
             if self.on_evaluated is not None:
                 self.on_evaluated(step, metrics)
         self._prune()
@@ -230,23 +289,32 @@ class _StepRecorder:
             if (self.select is not None and self.checkpoints)
             else None
         )
+        pruned = False
         for row in self.checkpoints:
             step = int(row["step"])
             if step != best and step in self.stored:
                 shutil.rmtree(self.stored.pop(step), ignore_errors=True)
+                pruned = True
+        if pruned:
+            self._write_kept()
+
+    def _write_kept(self) -> None:
+        self.kept_path.write_text(json.dumps({str(k): str(v) for k, v in self.stored.items()}))
 
     def discard_stored(self) -> None:
         """Delete the checkpoint directories still kept (once the run's model is chosen)."""
         for path in self.stored.values():
             shutil.rmtree(path, ignore_errors=True)
         self.stored.clear()
+        self.kept_path.unlink(missing_ok=True)
 
     def finish(self, final: dict[str, float]) -> list[dict[str, float]]:
         if self.evaluator is None:
             return []
         self._collect(self.evaluator.drain())
-        rows = [r for r in self.checkpoints if r["step"] != self.last_step]
-        rows = sorted([*rows, {"step": float(self.last_step), **final}], key=lambda r: r["step"])
+        last = max(self.last_step, 0)
+        rows = [r for r in self.checkpoints if r["step"] != last]
+        rows = sorted([*rows, {"step": float(last), **final}], key=lambda r: r["step"])
         self.dynamics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         return rows
 

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.distributed as dist
 
-    from otu.runtime.experiment import run_experiment
+    from otu.runtime.experiment import resume_dir, run_experiment
 
     parser = argparse.ArgumentParser(prog="python -m otu.runtime.launch", description=__doc__.split("\n")[0])
     parser.add_argument("spec", type=Path)
@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         dist.init_process_group("nccl" if cuda else "gloo")
     try:
         if isinstance(launcher, ProcessGroup) and launcher.rank != 0:
-            _distributed(api, exp).unlearn_worker(exp.job(), exp.context(checkpoint_dir=out / "checkpoint"))
+            ctx = exp.context(checkpoint_dir=out / "checkpoint", resume_dir=resume_dir(out, exp))
+            _distributed(api, exp).unlearn_worker(exp.job(), ctx)
         else:
             result = run_experiment(exp, out, launcher=launcher, phase=lambda name: print(name, flush=True))
             print(json.dumps(result.metrics["unlearned"]), flush=True)

@@ -9,7 +9,10 @@ evaluation (when the caller's reporter wants one: ``<storage>/checkpoint-<step>`
 on a multi-node cluster the storage must be shared). Every rank writes its part of each checkpoint
 into a local directory and hands it to ``ray.train.report``; Ray Train merges the parts into one
 checkpoint. The last one is copied into ``ctx.checkpoint_dir`` and loaded with ``load_unlearned``.
-Ray must be initialised.
+A failed worker (killed, its node lost) makes Ray Train restart the group, up to
+``compute.max_failures`` times (``FailureConfig``); the restarted loop continues from its latest loop
+checkpoint in ``ctx.resume_dir`` (:mod:`otu.llm.resume`), which on a multi-node cluster must be
+shared storage like the run's. Ray must be initialised.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ POLL_S = 0.5
 def unlearn_distributed(exp: Experiment, family: DistributedUnlearning, prepared: Any, ctx: RunContext) -> Any:
     """Unlearn with ``exp.compute.workers`` Ray Train workers; return the unlearned model."""
     import ray
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.queue import Queue
 
@@ -52,6 +55,7 @@ def unlearn_distributed(exp: Experiment, family: DistributedUnlearning, prepared
             "experiment": exp.to_dict(),
             "cache_dir": str(ctx.cache_dir.resolve()),
             "checkpoint_every": every,
+            "resume_dir": None if ctx.resume_dir is None else str(Path(ctx.resume_dir).resolve()),
             "steps": steps,
             "use_gpu": use_gpu,
         },
@@ -61,7 +65,11 @@ def unlearn_distributed(exp: Experiment, family: DistributedUnlearning, prepared
             use_gpu=use_gpu,
             resources_per_worker={"CPU": exp.compute.threads, **({"GPU": 1} if use_gpu else {})},
         ),
-        run_config=RunConfig(name=f"train-{exp.hash}", storage_path=str(checkpoint_dir.parent / "ray-train")),
+        run_config=RunConfig(
+            name=f"train-{exp.hash}",
+            storage_path=str(checkpoint_dir.parent / "ray-train"),
+            failure_config=FailureConfig(max_failures=exp.compute.max_failures),
+        ),
     )
     outcome: dict[str, Any] = {}
 
@@ -116,7 +124,8 @@ def train_loop(config: Mapping[str, Any]) -> None:
     )
     with tempfile.TemporaryDirectory(prefix="otu-rank-") as local:
         final = Path(local) / "checkpoint"
-        ctx = RunContext(exp.seed, exp.compute, Path(config["cache_dir"]), reporter, final)
+        resume = None if config["resume_dir"] is None else Path(config["resume_dir"])
+        ctx = RunContext(exp.seed, exp.compute, Path(config["cache_dir"]), reporter, final, resume)
         family.unlearn_worker(exp.job(), ctx)
         ray.train.report(reporter.last, checkpoint=ray.train.Checkpoint.from_directory(final))
 

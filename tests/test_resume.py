@@ -1,0 +1,121 @@
+"""A restarted unlearning loop is the same run: loop checkpoints (:mod:`otu.llm.resume`) hold model,
+optimizer, scheduler, data streams and RNGs, and the platform's recorder keeps every step once.
+
+In process, plain PyTorch and DeepSpeed (ZeRO-1 and ZeRO-3 on a one-rank group): a loop stopped by a
+failure after a checkpoint and started again on the same directory ends in the weights of an
+uninterrupted run, bit for bit, and reports the steps after the checkpoint again with the same
+losses. The kills of real processes (a Ray Train worker, ``otu run``) are in tests/test_faults.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_llm import tiny_spec
+
+from otu.family import StepCallback
+from otu.llm.family import FAMILY
+from otu.llm.resume import LATEST, interval
+from otu.llm.sampling import StepSampler
+from otu.runtime.experiment import _StepRecorder
+from otu.sections import Dynamics
+from otu.spec import parse_experiment
+
+STEPS, EVERY, CRASH_AT = 8, 3, 6
+PARTITION_ALL = {"param_persistence_threshold": 0, "max_live_parameters": 100_000, "prefetch_bucket_size": 100_000}
+
+
+class Crash(RuntimeError):
+    """Stands for a killed worker."""
+
+
+@pytest.fixture(scope="session")
+def llm_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.getbasetemp() / "llm-cache"
+
+
+def experiment(cache: Path, compute: dict, **method):
+    raw = tiny_spec(cache, steps=STEPS, reduction="sequence_mean", **method)
+    raw["compute"] = {"checkpoint_every": EVERY, **compute}
+    return parse_experiment(raw)
+
+
+def run(exp, prepared, out: Path, crash_at: int | None = None):
+    """Unlearn with loop checkpoints in ``out/resume``; the steps reported, and the model (None on a crash)."""
+    steps: list[tuple[int, dict]] = []
+
+    def on_step(step: int, metrics) -> None:
+        if step == crash_at:
+            raise Crash(step)
+        steps.append((step, dict(metrics)))
+
+    ctx = exp.context(StepCallback(on_step), out / "checkpoint", out / "resume")
+    try:
+        return steps, FAMILY.unlearn(exp.job(), prepared, ctx)
+    except Crash:
+        return steps, None
+
+
+@pytest.mark.parametrize(
+    "compute",
+    [{}, {"zero_stage": 1}, {"zero_stage": 3, "zero3": PARTITION_ALL}],
+    ids=["plain", "zero1", "zero3"],
+)
+def test_a_loop_restarted_after_a_failure_ends_as_the_uninterrupted_run(llm_cache, tmp_path, compute):
+    exp = experiment(llm_cache, compute)
+    prepared = FAMILY.prepare(exp.job(), exp.context())
+    want_steps, want = run(exp, prepared, tmp_path / "uninterrupted")
+
+    crashed_steps, none = run(exp, prepared, tmp_path / "run", crash_at=CRASH_AT)
+    assert none is None and [s for s, _ in crashed_steps] == list(range(CRASH_AT))
+    assert (tmp_path / "run/resume" / LATEST).read_text() == f"step-{EVERY * 2 - 1:08d}"  # after step 5
+    resumed_steps, got = run(exp, prepared, tmp_path / "run")
+
+    assert [s for s, _ in resumed_steps] == list(range(EVERY * 2, STEPS))
+    for (step, metrics), (_, expected) in zip(resumed_steps, want_steps[EVERY * 2 :], strict=True):
+        for key in ("forget_loss", "retain_loss", "reg", "lr"):
+            assert metrics[key] == expected[key], (step, key)
+    for (name, p), q in zip(got.named_parameters(), want.parameters(), strict=True):
+        assert torch.equal(p, q), name
+
+
+def test_lora_resume_restores_the_adapters_and_keeps_the_base(llm_cache, tmp_path):
+    exp = experiment(llm_cache, {}, lora={"r": 4, "alpha": 8})
+    prepared = FAMILY.prepare(exp.job(), exp.context())
+    _, want = run(exp, prepared, tmp_path / "uninterrupted")
+    run(exp, prepared, tmp_path / "run", crash_at=CRASH_AT)
+    saved = torch.load(next((tmp_path / "run/resume").glob("step-*/engine.pt")), weights_only=True)
+    assert saved["weights"] and all("lora_" in name for name in saved["weights"])  # adapters only
+    _, got = run(exp, prepared, tmp_path / "run")
+    for (name, p), q in zip(got.named_parameters(), want.parameters(), strict=True):
+        assert torch.equal(p, q), name
+
+
+def test_the_sampler_continues_from_its_state():
+    a = StepSampler({"forget": 5, "retain": 7, "world": 3}, "stream", seed=3)
+    b = StepSampler({"forget": 5, "retain": 7, "world": 3}, "stream", seed=3)
+    for _ in range(4):
+        a.take(4)
+    b.load(a.state())
+    assert [a.take(4) for _ in range(6)] == [b.take(4) for _ in range(6)]
+
+
+def test_default_interval_is_a_tenth_of_the_run():
+    assert interval(None, 300) == 30 and interval(None, 7) == 1 and interval(5, 300) == 5 and interval(0, 9) == 0
+
+
+def test_the_recorder_keeps_every_step_once_when_a_loop_reports_steps_again(tmp_path):
+    recorder = _StepRecorder(tmp_path, None, None, None, Dynamics(), None)
+    for step in [0, 1, 2, 3, 4, 2, 3, 4, 5]:  # restarted from the checkpoint after step 1
+        recorder.on_step(step, {"loss": float(step)})
+    rows = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4, 5]
+    resumed = _StepRecorder(tmp_path, None, None, None, Dynamics(), None, resume=True)
+    resumed.on_step(4, {"loss": 4.0})  # otu run --resume: the loop continues after step 3
+    rows = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
+    _StepRecorder(tmp_path, None, None, None, Dynamics(), None)  # a fresh run starts empty
+    assert not (tmp_path / "steps.jsonl").exists()
