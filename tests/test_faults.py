@@ -1,17 +1,21 @@
-"""Faults: concurrent first use of a fresh MLflow store, killed runs never left RUNNING, and a sweep
+"""Faults: concurrent first use of a fresh MLflow store, killed runs never left RUNNING, a sweep
 whose driver is SIGKILLed at several points resumes exactly once (no trial repeated or lost, never
-restoring Tune's pickles). Real processes, real Ray, real MLflow."""
+restoring Tune's pickles), and an LLM unlearning run survives SIGKILLed Ray Train workers and a
+SIGKILLed ``otu run`` (``--resume``) as the same run. Real processes, real Ray, real MLflow."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import signal
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 from test_sweep import wait_for
@@ -288,3 +292,117 @@ def test_the_resume_plan_warm_starts_optuna_with_finished_results(tmp_path):
         ({"method.t": 0.25}, [0.8, 0.6]),
         ({"method.t": 0.75}, [0.7, 0.5]),
     ]
+
+
+# ---------------------------------------------------------------- the unlearning loop survives kills
+
+OPTOUT = REPO / "sweeps/experiments/optout_tiny.yaml"
+LOOP_STEPS, LOOP_EVERY = 16, 4
+
+
+def loop_args(tmp_path: Path, out: Path) -> list[str]:
+    """``otu run`` of the shipped 2-worker ZeRO-3 OPT-OUT spec, shortened, with loop checkpoints every 4 steps."""
+    overrides = [
+        f"tracking.cache_dir={tmp_path.parent / 'loop-cache'}",
+        f"method.steps={LOOP_STEPS}",
+        f"compute.checkpoint_every={LOOP_EVERY}",
+    ]
+    return [
+        "run",
+        str(OPTOUT),
+        "--out",
+        str(out),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--quiet",
+    ] + sets(overrides)
+
+
+def written_steps(out: Path) -> list[int]:
+    path = out / "steps.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [json.loads(line)["step"] for line in lines if line.endswith("}")]
+
+
+def train_workers(pid: int) -> list[psutil.Process]:
+    """The Ray Train worker processes under the ``otu run`` process ``pid``."""
+    found = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict:
+    """The final metrics of the run no one kills."""
+    tmp_path = tmp_path_factory.mktemp("uninterrupted")
+    proc = otu(*loop_args(tmp_path, tmp_path / "run"))
+    log = proc.communicate(timeout=900)[0]
+    assert proc.returncode == 0, log[-3000:]
+    assert written_steps(tmp_path / "run") == list(range(LOOP_STEPS))
+    return json.loads((tmp_path / "run" / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_killed_ray_train_workers_cost_a_restart_not_the_run(tmp_path, uninterrupted):
+    """SIGKILL of a Ray Train worker by PID at two different steps: Ray Train restarts the worker
+    group (``compute.max_failures``), the loop resumes from its latest loop checkpoint, the run ends
+    with exit 0, every step once in steps.jsonl and the uninterrupted run's final metrics."""
+    out = tmp_path / "run"
+    proc = otu(*loop_args(tmp_path, out))
+    killed = []
+    try:
+        for at in (6, 13):  # checkpoints after steps 3, 7, 11: each kill loses a few steps
+            wait_for(
+                lambda at=at: max(written_steps(out), default=-1) >= at or proc.poll() is not None, 600, f"step {at}"
+            )
+            workers = train_workers(proc.pid)
+            assert workers, "no Ray Train worker found"
+            workers[len(killed) % len(workers)].kill()
+            killed.append(workers[0].pid)
+        log = proc.communicate(timeout=900)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, log[-3000:]
+    assert written_steps(out) == list(range(LOOP_STEPS))
+    metrics = json.loads((out / "metrics.json").read_text())
+    for model in ("original", "retrained", "unlearned"):
+        assert metrics[model] == pytest.approx(uninterrupted[model], rel=1e-6, abs=1e-9, nan_ok=True), model
+    assert not (out / "resume").exists()  # loop checkpoints go once the run is done
+
+
+@pytest.mark.slow
+def test_a_killed_otu_run_resumes_from_its_latest_loop_checkpoint(tmp_path, ray_local, uninterrupted):
+    """SIGKILL of ``otu run`` (its whole process group) after step 9: ``otu run --resume DIR``
+    continues the loop after step 7 (its latest checkpoint) in the same MLflow run, and ends as the
+    uninterrupted run; a second ``--resume`` redoes nothing."""
+    out, uri = tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = otu(*loop_args(tmp_path, out))
+    try:
+        wait_for(lambda: max(written_steps(out), default=-1) >= 9 or proc.poll() is not None, 600, "step 9")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert (out / "resume").is_dir() and not (out / "metrics.json").exists()
+
+    assert main(["run", "--resume", str(out), "--quiet"]) == 0
+    assert written_steps(out) == list(range(LOOP_STEPS))
+    metrics = json.loads((out / "metrics.json").read_text())
+    for model in ("original", "retrained", "unlearned"):
+        assert metrics[model] == pytest.approx(uninterrupted[model], rel=1e-6, abs=1e-9, nan_ok=True), model
+    (run,) = runs(uri)
+    assert run.info.status == "FINISHED"
+    history = MlflowClient(uri).get_metric_history(run.info.run_id, "forget_loss")
+    logged = Counter(m.step for m in history)
+    assert all(logged[s] == 1 for s in range(2 * LOOP_EVERY))  # steps 0–7 were not run again
+    assert set(logged) == set(range(LOOP_STEPS))
+    before = (out / "metrics.json").stat().st_mtime_ns
+    assert main(["run", "--resume", str(out)]) == 0
+    assert (out / "metrics.json").stat().st_mtime_ns == before

@@ -69,6 +69,9 @@ def run_shown(command: str, cwd: Path) -> subprocess.CompletedProcess:
 def concrete(command: str, cwd: Path) -> str:
     """Placeholders filled from what earlier commands wrote; an unknown one fails the test."""
     sweeps = sorted((cwd / "otu-runs").glob("quickstart-*"))
+    if "otu-runs/optout-tiny-<time>" in command:  # the run of an earlier command (finished: nothing redone)
+        (run,) = sorted((cwd / "otu-runs").glob("optout-tiny-*"))
+        command = command.replace("otu-runs/optout-tiny-<time>", run.relative_to(cwd).as_posix())
     if "<time>" in command:
         assert sweeps, f"{command!r} needs a quickstart sweep from an earlier command"
         command = command.replace("otu-runs/quickstart-<time>", sweeps[0].relative_to(cwd).as_posix())

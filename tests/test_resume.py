@@ -74,8 +74,10 @@ def test_a_loop_restarted_after_a_failure_ends_as_the_uninterrupted_run(llm_cach
     assert (tmp_path / "run/resume" / LATEST).read_text() == f"step-{EVERY * 2 - 1:08d}"  # after step 5
     resumed_steps, got = run(exp, prepared, tmp_path / "run")
 
-    assert [s for s, _ in resumed_steps] == list(range(EVERY * 2, STEPS))
-    for (step, metrics), (_, expected) in zip(resumed_steps, want_steps[EVERY * 2 :], strict=True):
+    # steps 0–5 are reported again as they were (from the checkpoint), 6 and 7 are run
+    assert [s for s, _ in resumed_steps] == list(range(STEPS))
+    assert resumed_steps[: EVERY * 2] == crashed_steps
+    for (step, metrics), (_, expected) in zip(resumed_steps, want_steps, strict=True):
         for key in ("forget_loss", "retain_loss", "reg", "lr"):
             assert metrics[key] == expected[key], (step, key)
     for (name, p), q in zip(got.named_parameters(), want.parameters(), strict=True):
@@ -108,14 +110,70 @@ def test_default_interval_is_a_tenth_of_the_run():
 
 
 def test_the_recorder_keeps_every_step_once_when_a_loop_reports_steps_again(tmp_path):
-    recorder = _StepRecorder(tmp_path, None, None, None, Dynamics(), None)
-    for step in [0, 1, 2, 3, 4, 2, 3, 4, 5]:  # restarted from the checkpoint after step 1
-        recorder.on_step(step, {"loss": float(step)})
+    reported = []
+    recorder = _StepRecorder(tmp_path, lambda step, m: reported.append(step), None, None, Dynamics(), None)
+    # restarted from the checkpoint after step 2: steps 0–2 reported again as they were, 3 and 4
+    # run again (other timings), then 5
+    for step, loss in [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4), (0, 0), (1, 1), (2, 2), (3, 3.5), (4, 4.5), (5, 5)]:
+        recorder.on_step(step, {"loss": float(loss)})
     rows = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4, 5]
+    assert [(r["step"], r["loss"]) for r in rows] == [(0, 0), (1, 1), (2, 2), (3, 3.5), (4, 4.5), (5, 5)]
+    assert reported == [0, 1, 2, 3, 4, 3, 4, 5]  # MLflow gets the steps run again, not the replayed ones
     resumed = _StepRecorder(tmp_path, None, None, None, Dynamics(), None, resume=True)
     resumed.on_step(4, {"loss": 4.0})  # otu run --resume: the loop continues after step 3
     rows = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
     _StepRecorder(tmp_path, None, None, None, Dynamics(), None)  # a fresh run starts empty
     assert not (tmp_path / "steps.jsonl").exists()
+
+
+# ---------------------------------------------------------------- otu run --resume (the CLI)
+
+REPO = Path(__file__).resolve().parents[1]
+TABULAR = REPO / "sweeps/experiments/barycenter_tabular.yaml"
+FAST = [
+    "eval.classifiers=[logistic]",
+    "method.variant=gaussian",
+    f"task.data.path={REPO / 'platform/otu/tabular/data/diabetes.csv'}",
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["run"], "give an experiment spec, or --resume DIR"),
+        (["run", "--resume", "no/such/run"], "--resume: no/such/run/spec.yaml not found"),
+        (["run", str(TABULAR), "--resume", "."], "--resume DIR takes no spec"),
+        (["run", "--resume", ".", "--set", "seed=1"], "--resume DIR takes no spec, --set or --out"),
+    ],
+)
+def test_bad_resume_requests_name_the_flag(argv, says, capsys, tmp_path, monkeypatch):
+    from otu.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "otu-runs").exists()
+
+
+def test_a_killed_run_of_another_family_runs_again_and_a_finished_one_is_left(tmp_path, ray_local, capsys):
+    from otu.cli import main
+
+    out, uri = tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = [a for item in [*FAST, f"tracking.cache_dir={tmp_path / 'cache'}"] for a in ("--set", item)]
+    assert main(["run", str(TABULAR), "--out", str(out), "--tracking-uri", uri, "--quiet", *overrides]) == 0
+    want = json.loads((out / "metrics.json").read_text())
+    (out / "metrics.json").unlink()  # as if killed while evaluating
+    assert main(["run", "--resume", str(out), "--quiet"]) == 0
+    assert json.loads((out / "metrics.json").read_text()) == want
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FINISHED"  # the same MLflow run, closed again
+    mtime = (out / "metrics.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["run", "--resume", str(out)]) == 0
+    said = capsys.readouterr()
+    assert "finished already: nothing to resume" in " ".join((said.out + said.err).split())
+    assert (out / "metrics.json").stat().st_mtime_ns == mtime

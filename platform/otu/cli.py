@@ -120,8 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     p = sub.add_parser("run", help="run one experiment spec")
-    p.add_argument("spec", type=Path, help="experiment spec (YAML)")
+    p.add_argument("spec", type=Path, nargs="?", help="experiment spec (YAML; omit with --resume)")
     common(p)
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="continue the killed run in DIR (an LLM run from its latest loop checkpoint)",
+    )
     p.add_argument(
         "--address",
         help="Ray cluster to attach to, host:port or ray://host:10001 "
@@ -199,15 +205,49 @@ def cmd_run(args: argparse.Namespace) -> None:
     from otu.runtime.resources import check_device
     from otu.tracking.mlflow_store import resolve_tracking_uri
 
-    exp = load_experiment(args.spec, args.overrides)
+    if args.resume is not None:
+        exp, location = _resumed_run(args)
+        if exp is None:
+            return
+    elif args.spec is None:
+        raise SpecError("give an experiment spec, or --resume DIR")
+    else:
+        exp = load_experiment(args.spec, args.overrides)
+        location = _fresh_out_dir(args.out, exp.name)
     require_extra(exp.task.family)
     check_device(exp)
-    uri = resolve_tracking_uri(args.tracking_uri, exp.tracking.uri)
-    location = _fresh_out_dir(args.out, exp.name)
+    uri = resolve_tracking_uri(args.tracking_uri or _resumed_uri(args.resume), exp.tracking.uri)
     writable_dir(Path(exp.tracking.cache_dir), "tracking.cache_dir")
     with staged(location, exp.name) as out_dir:
         _run(args, exp, uri, out_dir)
     console.print(f"results: {location}  ·  MLflow at {uri}", highlight=False, markup=False)
+
+
+RUN_STATE = "mlflow.json"
+"""A run directory's MLflow run (``{"tracking_uri", "run_id"}``), for ``otu run --resume``."""
+
+
+def _resumed_run(args: argparse.Namespace):
+    """``otu run --resume DIR``: the experiment of ``DIR/spec.yaml`` and DIR, or (None, DIR) when
+    the run has finished (its metrics are printed; nothing is redone)."""
+    if args.spec is not None or args.overrides or args.out:
+        raise SpecError("--resume DIR takes no spec, --set or --out: DIR/spec.yaml says what the run is")
+    spec = args.resume / "spec.yaml"
+    if not spec.is_file():
+        raise SpecError(f"--resume: {spec} not found (not a run directory)")
+    metrics = args.resume / "metrics.json"
+    exp = load_experiment(spec)
+    if metrics.is_file():
+        print_metrics(json.loads(metrics.read_text()), title=f"{exp.name} ({exp.method.name})")
+        console.print(f"{args.resume} finished already: nothing to resume", highlight=False, markup=False)
+        return None, str(args.resume)
+    return exp, str(args.resume.absolute())
+
+
+def _resumed_uri(run_dir: Path | None) -> str | None:
+    """The tracking URI the run in ``run_dir`` logged to (its MLflow run goes on there)."""
+    state = None if run_dir is None else run_dir / RUN_STATE
+    return json.loads(state.read_text()).get("tracking_uri") if state is not None and state.is_file() else None
 
 
 def _run(args: argparse.Namespace, exp, uri: str, out_dir: Path) -> None:
@@ -216,8 +256,14 @@ def _run(args: argparse.Namespace, exp, uri: str, out_dir: Path) -> None:
     from otu.tracking.mlflow_store import Tracker, flatten
 
     tracker = Tracker(uri, exp.tracking.experiment)
-    run_id = tracker.start_run(exp.name, tags={"otu.kind": "run", "otu.spec_hash": exp.hash})
-    tracker.log_params(run_id, flatten(exp.to_dict()))
+    state_path = out_dir / RUN_STATE
+    state = json.loads(state_path.read_text()) if args.resume and state_path.is_file() else {}
+    if state.get("tracking_uri") == uri:  # the killed run's MLflow run goes on
+        run_id = state["run_id"]
+        tracker.claim(run_id)
+    else:
+        run_id = tracker.start_run(exp.name, tags={"otu.kind": "run", "otu.spec_hash": exp.hash})
+        tracker.log_params(run_id, flatten(exp.to_dict()))
 
     def report(step: int, metrics) -> None:
         tracker.log_metrics(run_id, metrics, step=step)
@@ -227,8 +273,10 @@ def _run(args: argparse.Namespace, exp, uri: str, out_dir: Path) -> None:
 
     status, discard = "FAILED", False
     try:
-        with _guard_output(out_dir), RunProgress(console, quiet=args.quiet) as progress:
+        with _guard_output(out_dir, keep=bool(args.resume)), RunProgress(console, quiet=args.quiet) as progress:
             progress.phase("starting")
+            out_dir.mkdir(parents=True, exist_ok=True)
+            state_path.write_text(json.dumps({"tracking_uri": uri, "run_id": run_id}))
             evaluator = _ray_and_evaluator(exp, args.address)
             result = run_experiment(
                 exp,
@@ -238,6 +286,7 @@ def _run(args: argparse.Namespace, exp, uri: str, out_dir: Path) -> None:
                 evaluator=evaluator,
                 on_checkpoint=on_checkpoint,
                 progress=progress.step,
+                resume=bool(args.resume),
             )
         for model, metrics in result.metrics.items():
             prefix = "" if model == "unlearned" else f"{model}/"

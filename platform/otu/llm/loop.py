@@ -117,8 +117,10 @@ def _train(
         tokenizer = prepared.tokenizer()
         sampler = StepSampler({name: len(prepared.splits[name]) for name in TRAIN}, recipe.retain_sampling, ctx.seed)
         checkpoints = LoopCheckpoints(ctx.resume_dir, interval(ctx.compute.checkpoint_every, steps))
-        first = checkpoints.restore(engine, sampler)  # after the regulariser kept θ₀
+        first, reported = checkpoints.restore(engine, sampler)  # after the regulariser kept θ₀
         reporter = ctx.reporter
+        for step, done in reported:
+            reporter.on_step(step, done)
         for step in range(first, steps):
             start = time.perf_counter()
             global_idx = sampler.take(method.batch_size)
@@ -144,11 +146,12 @@ def _train(
             logs["tokens"] = float(sum(_tokens(b) for b in micro))
             logs["step_time_s"] = time.perf_counter() - start
             logs = engine.all_mean(logs) | {TOTAL_STEPS: steps}
+            reported.append((step, logs))
             reporter.on_step(step, logs)
             if step < steps - 1 and reporter.wants_checkpoint(step):
                 reporter.on_checkpoint(step, _checkpoint(engine, step, checkpoint_dir, tokenizer))
             if checkpoints.due(step, steps):
-                checkpoints.save(step, engine, sampler)
+                checkpoints.save(step, engine, sampler, reported)
         engine.save(checkpoint_dir, tokenizer)
     finally:
         engine.close()

@@ -4,10 +4,11 @@ same run — the steps it takes after a restart are the ones it would have taken
 
 A checkpoint ``DIR/step-<k>`` holds the engine's state (:meth:`~otu.llm.engine.PlainEngine.save_state`:
 plain state dicts, or DeepSpeed's checkpoint, ZeRO-partitioned, every rank writing its part) and each
-rank's loop state (``rank-<r>.pt``: the data streams and the RNGs). It is written under a temporary
-name and renamed once every rank has written its part; ``DIR/latest`` names the newest complete one
-and is replaced atomically; older ones are then deleted. The run's θ₀ (NPO's reference, OPT-OUT's
-W₀) is never read from a checkpoint: the engine loads it from the original model as on a first start.
+rank's loop state (``rank-<r>.pt``: the data streams, the RNGs and the step metrics reported so
+far). It is written under a temporary name and renamed once every rank has written its part;
+``DIR/latest`` names the newest complete one and is replaced atomically; older ones are then
+deleted. The run's θ₀ (NPO's reference, OPT-OUT's W₀) is never read from a checkpoint: the engine
+loads it from the original model as on a first start.
 """
 
 from __future__ import annotations
@@ -55,14 +56,14 @@ class LoopCheckpoints:
 
     def latest(self) -> Path | None:
         """The newest complete checkpoint, if any."""
-        marker = None if self.root is None else self.root / LATEST
-        if marker is None or not marker.is_file():
+        if self.root is None or not (self.root / LATEST).is_file():
             return None
-        path = self.root / marker.read_text().strip()
+        path = self.root / (self.root / LATEST).read_text().strip()
         return path if path.is_dir() else None
 
-    def save(self, step: int, engine: Resumable, sampler: StepSampler) -> None:
-        """Save the state after ``step`` (collective: every rank calls it)."""
+    def save(self, step: int, engine: Resumable, sampler: StepSampler, reported: list[tuple[int, dict]]) -> None:
+        """Save the state after ``step`` and the step metrics ``reported`` so far (collective: every
+        rank calls it)."""
         assert self.root is not None
         name = f"step-{step:08d}"
         partial = self.root / f"{name}.partial"
@@ -71,7 +72,7 @@ class LoopCheckpoints:
             partial.mkdir(parents=True)
         _barrier(engine.world)
         engine.save_state(partial)
-        state = {"step": step, "sampler": sampler.state(), "rng": _rng_state()}
+        state = {"step": step, "sampler": sampler.state(), "rng": _rng_state(), "reported": reported}
         torch.save(state, partial / f"rank-{engine.rank}.pt")
         _barrier(engine.world)
         if engine.rank == 0:
@@ -86,19 +87,21 @@ class LoopCheckpoints:
                     shutil.rmtree(old, ignore_errors=True)
         _barrier(engine.world)
 
-    def restore(self, engine: Resumable, sampler: StepSampler) -> int:
-        """Load the latest checkpoint into ``engine`` and ``sampler``; the step to run next (0: none)."""
+    def restore(self, engine: Resumable, sampler: StepSampler) -> tuple[int, list[tuple[int, dict]]]:
+        """Load the latest checkpoint into ``engine`` and ``sampler``; the step to run next (0: none)
+        and the step metrics reported up to it (the loop reports them again: the platform may not
+        have recorded the last ones before a failure, and keeps what it has)."""
         path = self.latest()
         found = torch.tensor([path is not None], dtype=torch.int64)
         if engine.world > 1:  # every rank must agree (the marker might appear between two reads)
             dist.all_reduce(found, op=dist.ReduceOp.MIN)
         if path is None or not bool(found):
-            return 0
+            return 0, []
         engine.load_state(path)
         state = torch.load(path / f"rank-{engine.rank}.pt", weights_only=True)  # tensors and plain values only
         sampler.load(state["sampler"])
         _set_rng_state(state["rng"])
-        return int(state["step"]) + 1
+        return int(state["step"]) + 1, [(int(k), dict(logs)) for k, logs in state["reported"]]
 
 
 def _barrier(world: int) -> None:

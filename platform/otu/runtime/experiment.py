@@ -192,9 +192,10 @@ class _StepRecorder:
     to ``report``, and sends checkpoints to the evaluator; checkpoint metrics are appended to
     ``dynamics.jsonl`` as they arrive and ``finish`` rewrites it in step order with the final row.
 
-    A loop restarted from a loop checkpoint reports again the steps after it: a step at or before
-    the last one written replaces the rows from it on, so ``steps.jsonl`` holds every step once, and
-    a checkpoint of a step already submitted is not evaluated twice. With ``resume`` (``otu run
+    A loop restarted from a loop checkpoint reports again the steps up to it (as they were: a row
+    already written is skipped) and runs the steps after it again: a step at or before the last one
+    written with other values replaces the rows from it on. So ``steps.jsonl`` holds every step
+    once, and a checkpoint of a step already submitted is not evaluated twice. With ``resume`` (``otu run
     --resume``) the rows and kept checkpoints of the killed run are the starting point.
 
     Checkpoint directories (DeepSpeed / Ray Train runs) are kept only while the evaluator needs them,
@@ -220,20 +221,24 @@ class _StepRecorder:
         self.report, self.evaluator, self.on_evaluated = report, evaluator, on_checkpoint
         self.select, self.mode = dynamics.select, dynamics.mode
         self.progress = progress
-        written = read_steps(out_dir)
-        self.last_step = int(written[-1]["step"]) if written else -1
+        self.rows = {int(row["step"]): row for row in read_steps(out_dir)}
+        self.last_step = max(self.rows, default=-1)
         self.checkpoints: list[dict[str, float]] = read_steps(out_dir, "dynamics")
         self.submitted = {int(row["step"]) for row in self.checkpoints}
         kept = json.loads(self.kept_path.read_text()) if self.kept_path.is_file() else {}
         self.stored: dict[int, Path] = {int(k): Path(v) for k, v in kept.items() if Path(v).is_dir()}
 
     def on_step(self, step: int, metrics: Mapping[str, float]) -> None:
-        if step <= self.last_step:  # a restarted loop: the rows from this step on are replaced
-            self._keep_rows_before(step)
-        self.last_step = int(step)
+        step = int(step)
         total = metrics.get(TOTAL_STEPS)
         metrics = {k: v for k, v in metrics.items() if k != TOTAL_STEPS}
-        row = {"step": int(step), **_as_floats(metrics)}
+        row = {"step": step, **_as_floats(metrics)}
+        if self.rows.get(step) == row:  # a restarted loop reports what is recorded already
+            return
+        if step <= self.last_step:  # a restarted loop ran this step again: its rows from here on go
+            self._keep_rows_before(step)
+        self.rows[step] = row
+        self.last_step = step
         with self.steps_path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
         for key, value in row.items():
@@ -249,9 +254,9 @@ class _StepRecorder:
             self._collect(self.evaluator.ready())
 
     def _keep_rows_before(self, step: int) -> None:
-        rows = [row for row in read_steps(self.steps_path.parent) if row["step"] < step]
+        self.rows = {k: row for k, row in self.rows.items() if k < step}
         tmp = self.steps_path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in self.rows.values()))
         tmp.replace(self.steps_path)
 
     def wants_checkpoint(self, step: int) -> bool:
