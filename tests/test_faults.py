@@ -235,7 +235,7 @@ def write_trials(folder: Path, rows: list[dict]) -> None:
 
     for row in rows:
         TrialsTable(folder / "trials.parquet").upsert(row)
-        (folder / "trials" / row["trial_id"]).mkdir(parents=True)
+        (folder / "trials" / row["trial_id"]).mkdir(parents=True, exist_ok=True)
 
 
 def test_the_resume_plan_counts_finished_rows_and_drops_the_rest(tmp_path):
@@ -270,6 +270,36 @@ def test_the_resume_plan_counts_finished_rows_and_drops_the_rest(tmp_path):
     assert work.grid_points == [{"method.t": 0.5}, {"method.t": 0.5}] and work.num_samples == 2
     assert sorted(pd.read_parquet(tmp_path / "trials.parquet")["trial_id"]) == ["a", "b"]
     assert sorted(p.name for p in (tmp_path / "trials").iterdir()) == ["a", "b"]
+
+
+def test_a_killed_trials_loop_checkpoints_go_to_the_resumed_trial_of_its_experiment(tmp_path):
+    """The killed driver's running trial has no row: its folder goes, its loop checkpoints are kept
+    by experiment hash and claimed by the resumed sweep's trial of the same experiment (a grid
+    point run again), whose loop then continues after them; unclaimed ones go at the end."""
+    from otu.runtime.experiment import resume_dir
+    from otu.runtime.resume import POOL, claim_loop_checkpoints, plan, remove_unrecorded
+
+    sweep = grid_sweep(tmp_path)
+    exp = sweep.experiment.with_overrides({"method.t": 0.5, "method.variant": "gaussian"}, check_files=False)
+    other = exp.with_overrides({"seed": 7}, check_files=False)
+    killed = tmp_path / "trials" / "killed-mid-trial"
+    for e in (exp, other):
+        saved = resume_dir(killed, e) / "step-00000003"
+        saved.mkdir(parents=True)
+        (saved / "rank-0.pt").write_bytes(b"state")
+    write_trials(tmp_path, [{"trial_id": "a", "status": "TERMINATED", "config/method.t": 0.0}])
+    plan(sweep, tmp_path, resume=True)
+    assert not killed.exists()
+    assert sorted(p.name for p in (tmp_path / POOL).iterdir()) == sorted([exp.hash[:16], other.hash[:16]])
+
+    new_trial = tmp_path / "trials" / "resumed"
+    claim_loop_checkpoints(tmp_path, new_trial, exp)
+    assert (resume_dir(new_trial, exp) / "step-00000003" / "rank-0.pt").read_bytes() == b"state"
+    claim_loop_checkpoints(tmp_path, tmp_path / "trials" / "twin", exp)  # claimed already: nothing
+    assert not (tmp_path / "trials" / "twin").exists()
+    write_trials(tmp_path, [{"trial_id": "resumed", "status": "TERMINATED", "config/method.t": 0.5}])
+    remove_unrecorded(tmp_path)
+    assert not (tmp_path / POOL).exists() and resume_dir(new_trial, exp).is_dir()
 
 
 def test_the_resume_plan_warm_starts_optuna_with_finished_results(tmp_path):

@@ -11,11 +11,15 @@ search from ``sweep.yaml`` and the finished rows instead:
   by the number of finished trials, so it does not replay the first run's suggestions).
 
 Rows of trials that did not finish (ERROR) are dropped and re-run; output folders of trials that
-never got a row (the driver was killed mid-trial) are removed.
+never got a row (the driver was killed mid-trial) are removed, but their loop checkpoints
+(``<run>/resume/<hash>``, see :mod:`otu.runtime.experiment`) are moved to ``DIR/resume-pool/<hash>``
+first: the resumed sweep's trial of the same experiment (a grid point run again) claims them
+(:func:`claim_loop_checkpoints`) and its loop continues where the killed one stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -27,8 +31,12 @@ from typing import Any
 
 import pandas as pd
 
-from otu.spec import Sweep
+from otu.runtime.experiment import RESUME, resume_dir
+from otu.spec import Experiment, Sweep
 from otu.tracking.results import TRIALS_FILE, TrialsTable
+
+POOL = "resume-pool"
+"""Loop checkpoints of a killed sweep's unfinished trials, by experiment hash."""
 
 
 @dataclass
@@ -114,14 +122,32 @@ def _finished_points(sweep: Sweep, finished: pd.DataFrame) -> list[tuple[dict[st
 
 def remove_unrecorded(sweep_dir: Path) -> None:
     """After a resumed sweep: remove trial folders with no row in trials.parquet (a trial process of
-    the killed driver may have written one after :func:`plan` cleaned up)."""
+    the killed driver may have written one after :func:`plan` cleaned up) and the unclaimed loop
+    checkpoints."""
     _remove_orphans(sweep_dir / "trials", set(TrialsTable(sweep_dir / TRIALS_FILE).read()["trial_id"]))
+    shutil.rmtree(sweep_dir / POOL, ignore_errors=True)
+
+
+def claim_loop_checkpoints(sweep_dir: Path, run_dir: Path, exp: Experiment) -> None:
+    """Move the pooled loop checkpoints of ``exp`` (a killed trial's) to ``run_dir``, if any; the
+    first trial of that experiment to ask gets them."""
+    pooled, mine = sweep_dir / POOL / resume_dir(run_dir, exp).name, resume_dir(run_dir, exp)
+    if not pooled.is_dir() or mine.exists():
+        return
+    mine.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # another trial of the same experiment claimed them first
+        pooled.rename(mine)
 
 
 def _remove_orphans(trials_dir: Path, keep: set[str]) -> None:
-    """Remove output folders of trials that never finished (no row)."""
+    """Remove output folders of trials that never finished (no row), keeping their loop checkpoints."""
     if not trials_dir.is_dir():
         return
+    pool = trials_dir.parent / POOL
     for child in trials_dir.iterdir():
         if child.is_dir() and child.name not in keep:
+            for checkpoints in [*child.glob(f"{RESUME}/*"), *child.glob(f"seed-*/{RESUME}/*")]:
+                if checkpoints.is_dir() and any(checkpoints.iterdir()) and not (pool / checkpoints.name).exists():
+                    pool.mkdir(exist_ok=True)
+                    checkpoints.rename(pool / checkpoints.name)
             shutil.rmtree(child, ignore_errors=True)

@@ -16,6 +16,7 @@ from ray import tune
 from otu.paths import resolve_paths
 from otu.runtime.evaluation import CheckpointEvaluator
 from otu.runtime.experiment import run_experiment
+from otu.runtime.resume import claim_loop_checkpoints
 from otu.spec import Experiment, parse_experiment
 
 
@@ -35,6 +36,7 @@ def sweep_trial(
         run_exp = exp.with_overrides({"seed": seed}, check_files=False)
         evaluator = CheckpointEvaluator.attach(run_exp, pool) if exp.dynamics.every > 0 else None
         run_dir = trial_dir if seeds == 1 else trial_dir / f"seed-{seed}"
+        claim_loop_checkpoints(Path(sweep_dir), run_dir, run_exp)  # a killed sweep's trial continues
         result = run_experiment(
             run_exp,
             run_dir,
