@@ -75,6 +75,41 @@ def test_trial_lines_say_what_runs_what_failed_and_when_the_sweep_ends():
     assert lines.status(120.0) == "4/4 · 1 failed"
 
 
+class _Trial:
+    def __init__(self, trial_id: str, result: dict | None = None):
+        self.trial_id, self.config, self.last_result = trial_id, {"method.alpha": 0.5}, result
+
+
+def test_on_a_terminal_one_bar_over_the_trials_stays_below_the_lines(monkeypatch, capsys):
+    import pickle
+
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich: stderr is a terminal
+    monkeypatch.setenv("TERM", "xterm")
+    lines = TrialLines(["test_acc"], total=3)
+    lines.setup()
+    assert lines._bar is not None
+    for trial_id in ("a", "b"):
+        lines.on_trial_start(0, [], _Trial(trial_id))
+    lines.on_trial_complete(0, [], _Trial("a", {"test_acc": 0.9}))
+    (task,) = lines._bar.tasks
+    assert task.completed == 1 and task.total == 3 and task.description.startswith("1/3 · 1 running")
+    assert pickle.loads(pickle.dumps(lines))._bar is None  # Tune stores callbacks: the bar stays here
+    lines.on_experiment_end([])
+    assert lines._bar is None and "test_acc=0.9" in capsys.readouterr().err
+
+
+def test_piped_there_is_no_bar(monkeypatch, capsys):
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "dumb")
+    lines = TrialLines(["test_acc"], total=1)
+    lines.setup()
+    lines.on_trial_start(0, [], _Trial("a"))
+    lines.on_trial_complete(0, [], _Trial("a", {"test_acc": 0.9}))
+    lines.on_experiment_end([])
+    err = capsys.readouterr().err
+    assert lines._bar is None and err.count("\n") == 1 and "trial a (1/1, " in err
+
+
 def test_a_worker_traceback_is_reduced_to_its_last_lines():
     from otu.errors import last_lines
 
