@@ -125,6 +125,8 @@ def run_sweep(
                 verbose=0,  # otu's trial lines instead of Tune's boxed tables (its results stay in storage)
             ),
         )
+        # Tune's "new output" prints a configuration box and TensorBoard hints even at verbose=0
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         tuner.fit()
     if resume:
         remove_unrecorded(out_dir)
