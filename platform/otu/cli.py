@@ -493,13 +493,26 @@ def _ray_and_evaluator(exp, address: str | None):
 
 
 def print_metrics(metrics: dict[str, dict[str, float]], title: str) -> None:
-    names = list(dict.fromkeys(k for m in metrics.values() for k in m))
+    """The models' metrics side by side; with attacks (``model@label`` rows), then each attack's
+    forget metrics and recovery, model by model."""
+    models = [m for m in metrics if "@" not in m]
+    names = list(dict.fromkeys(k for m in models for k in metrics[m] if "@" not in k))
+    _print_table(title, models, names, lambda model, name: metrics[model].get(name, math.nan))
+    labels = list(dict.fromkeys(m.partition("@")[2] for m in metrics if "@" in m))
+    if labels:
+        shown = [n for n in names if n.startswith("forget_")]
+        rows = [f"{n}@{label}" for label in labels for n in shown]
+        rows += [f"recovery_{n}@{label}" for label in labels for n in shown]
+        _print_table("after the attacks (eval.robustness)", models, rows, lambda m, n: metrics[m].get(n, math.nan))
+
+
+def _print_table(title: str, columns: list[str], rows: list[str], value) -> None:
     table = Table(title=title)
     table.add_column("metric")
-    for model in metrics:
-        table.add_column(model, justify="right")
-    for name in names:
-        values = [metrics[m].get(name, math.nan) for m in metrics]
+    for column in columns:
+        table.add_column(column, justify="right")
+    for name in rows:
+        values = [value(column, name) for column in columns]
         if all(math.isnan(v) for v in values):  # e.g. TOFU's world parts on another layout (kept in metrics.json)
             continue
         table.add_row(name, *(f"{v:.4f}" for v in values))

@@ -196,6 +196,19 @@ class DistributedUnlearning(SavedModels, Protocol):
 
 
 @runtime_checkable
+class Attacks(Protocol):
+    """The family attacks evaluated models (``eval.robustness``: relearning, quantization, probes)."""
+
+    def attack_labels(self, job: Any) -> list[str]:
+        """The labels of ``job``'s attacks, in spec order (rows ``<model>@<label>``)."""
+
+    def attacked(self, job: Any, prepared: Any, model: Any, seed: int) -> dict[str, tuple[dict, dict]]:
+        """Per attack label: the attacked copy's metrics and ``model``'s own metrics on the same
+        evaluation items (a relearn on part of the forget set is scored on the other part). The
+        model itself is left as it was."""
+
+
+@runtime_checkable
 class ItemOutputs(Protocol):
     """The family writes per-item outputs (e.g. generations) beside the run's metrics."""
 

@@ -267,12 +267,22 @@ def parse_experiment(raw: Any, check_files: bool = True) -> Experiment:
             f"(use {' or '.join(fam.devices)})"
         )
     select = exp.dynamics.select
-    known = fam.metrics_for(exp.method.name)
+    known = known_metrics(exp)
     if select is not None and select not in known:
         raise SpecError(f"dynamics.select: unknown metric {select!r} for method {name!r}; known: {', '.join(known)}")
     if check_files:  # on absolute paths (``~`` expanded), as the run will read them
         check_environment(resolve_paths(exp, Path.cwd()))
     return exp
+
+
+def known_metrics(exp: Experiment) -> list[str]:
+    """The metric names ``exp`` reports: its family's for its method, and ``<metric>@<label>`` /
+    ``recovery_<metric>@<label>`` for each attack its ``eval.robustness`` lists."""
+    from otu.robustness import derived_names
+
+    metrics = family_spec(exp.task.family).metrics_for(exp.method.name)
+    labels = [attack.label for attack in getattr(exp.eval, "robustness", [])]
+    return [*metrics, *derived_names(metrics, labels)]
 
 
 def check_environment(exp: Experiment) -> None:
@@ -302,12 +312,14 @@ def parse_sweep(raw: Any, base_dir: Path | None = None, check_files: bool = True
         raise SpecError(_format(err, "")) from None
 
     errors: list[str] = []
-    metrics = family_spec(exp.task.family).metrics_for(exp.method.name)
+    metrics = known_metrics(exp)
+    base = family_spec(exp.task.family).metrics_for(exp.method.name)
     for i, obj in enumerate(sweep.objectives):
         if obj.metric not in metrics:
             errors.append(
                 f"objectives.{i}.metric: unknown metric {obj.metric!r} for method "
-                f"{exp.method.name!r}; known: {', '.join(metrics)}"
+                f"{exp.method.name!r}; known: {', '.join(m for m in metrics if '@' not in m)}"
+                + (" and <metric>@<attack>, recovery_<forget metric>@<attack>" if len(metrics) > len(base) else "")
             )
     for key, param in sweep.space.items():
         for value in param.probe_values():

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch.distributed as dist
 from torch import nn
 
-from otu.family import DistributedUnlearning, ItemOutputs, RunContext
-from otu.llm import evaluation, lora
+from otu.family import Attacks, DistributedUnlearning, ItemOutputs, RunContext
+from otu.llm import attacks, evaluation, lora
 from otu.llm.loop import rank_and_world, run_worker
 from otu.llm.models import resolve_checkpoint
 from otu.llm.plots import write_plots
@@ -20,7 +20,7 @@ from otu.llm.prepared import Prepared, prepare
 from otu.llm.spec import LLMJob
 
 
-class LLMFamily(DistributedUnlearning, ItemOutputs):
+class LLMFamily(DistributedUnlearning, ItemOutputs, Attacks):
     def prepare(self, job: LLMJob, ctx: RunContext) -> Prepared:
         return prepare(job, ctx)
 
@@ -65,6 +65,26 @@ class LLMFamily(DistributedUnlearning, ItemOutputs):
             tokenizer = prepared.tokenizer()
             metrics |= lm_eval_metrics(model, tokenizer, job.eval.lm_eval, job.data.max_length)
         return metrics
+
+    def attack_labels(self, job: LLMJob) -> list[str]:
+        return [a.label for a in job.eval.robustness]
+
+    def attacked(self, job: LLMJob, prepared: Prepared, model: nn.Module, seed: int) -> dict[str, tuple[dict, dict]]:
+        """``eval.robustness``'s attacks on ``model`` (:mod:`otu.llm.attacks`), each scored by
+        :meth:`evaluate` on its evaluation splits (the oracle's statistics on the same splits)."""
+        out = {}
+        for attack in job.eval.robustness:
+            view, baseline = prepared, prepared  # where the attacked and the clean model are scored
+            if attack.attack == "relearn":
+                records, splits = attacks.relearn_split(prepared.splits, attack, seed)
+                view = baseline = prepared.on(splits)
+                attacked = attacks.relearn(model, prepared.encoder(), records, attack, seed)
+            elif attack.attack == "quantize":
+                attacked = attacks.quantize(model, attack)
+            else:
+                view, attacked = prepared.on(attacks.probe_splits(prepared.splits, attack)), model
+            out[attack.label] = (self.evaluate(job, view, attacked), self.evaluate(job, baseline, model))
+        return out
 
     def plots(self, job: LLMJob, prepared: Prepared, models: dict[str, nn.Module], out_dir: Path) -> list[Path]:
         stats = {name: prepared.stats(model, job.eval) for name, model in models.items()}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,10 @@ class Prepared:
     def load(self, path: Path) -> nn.Module:
         """A checkpoint in the evaluation precision, on the evaluation device."""
         return load_model(path, self.dtype, self.device, **self.options)
+
+    def on(self, splits: Splits) -> Prepared:
+        """The same task evaluated on other splits (an attack's): models shared, statistics apart."""
+        return replace(self, splits=splits, _stats=weakref.WeakKeyDictionary())
 
     def stats(self, model: nn.Module, eval_spec: LLMEval) -> evaluation.ModelStats:
         """Per-item evaluation numbers of ``model``, memoised per model and eval settings."""

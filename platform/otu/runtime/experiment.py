@@ -29,8 +29,9 @@ import torch
 
 from otu.cache import verified_file, write_verified_file
 from otu.errors import RunFailed
-from otu.family import TOTAL_STEPS, Family, ItemOutputs, SavedModels
+from otu.family import TOTAL_STEPS, Attacks, Family, ItemOutputs, SavedModels
 from otu.registry import family_api
+from otu.robustness import with_attacks
 from otu.runtime.launch import Launcher, configure_process, launcher_for
 from otu.sections import Dynamics
 from otu.spec import Experiment, content_hash, dump_yaml
@@ -129,6 +130,15 @@ def run_experiment(
             shutil.move(selected, checkpoint_dir)
             models["unlearned"] = api.load_unlearned(job, prepared, checkpoint_dir)
     recorder.discard_stored()
+    if isinstance(api, Attacks) and api.attack_labels(job):
+        phase("attacking the models (eval.robustness)")
+        attack_start = time.perf_counter()
+        attacked = _reference_attacks(exp, api, prepared, models)
+        timings["reference_attack_s"] = time.perf_counter() - attack_start
+        attack_start = time.perf_counter()
+        attacked["unlearned"] = api.attacked(job, prepared, models["unlearned"], exp.seed)
+        timings["attack_s"] = time.perf_counter() - attack_start
+        metrics = with_attacks(metrics, attacked)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     shutil.rmtree(resume_dir.parent, ignore_errors=True)
     plots = api.plots(job, prepared, models, out_dir / "plots") if _wants_plots(exp) else []
@@ -324,10 +334,22 @@ class _StepRecorder:
         return rows
 
 
-def _reference_metrics(exp: Experiment, api: Family, prepared: Any, models: Mapping[str, object]) -> Metrics:
-    """Metrics of the original/oracle models, cached next to the prepared models: they depend only
-    on the task, the seed and the evaluation settings, so a sweep computes them once."""
-    key = content_hash(
+def _reference_attacks(exp: Experiment, api: Attacks, prepared: Any, models: Mapping[str, object]) -> dict:
+    """The attacks on the original/oracle models, cached like their metrics (a sweep attacks them once)."""
+    path = Path(exp.tracking.cache_dir) / f"reference-attacks-{_reference_key(exp)}.json"
+    names = [name for name in models if name in ("original", "retrained")]
+    if verified_file(path):
+        cached = json.loads(path.read_text())
+        if set(cached) == set(names):
+            return cached
+    attacked = {name: api.attacked(exp.job(), prepared, models[name], exp.seed) for name in names}
+    write_verified_file(path, lambda tmp: tmp.write_text(json.dumps(attacked, indent=2)))
+    return attacked
+
+
+def _reference_key(exp: Experiment) -> str:
+    """What the reference models' metrics depend on: the task, the seed, the evaluation settings."""
+    return content_hash(
         {
             "task": exp.task.model_dump(mode="json"),
             "seed": exp.seed,
@@ -335,7 +357,12 @@ def _reference_metrics(exp: Experiment, api: Family, prepared: Any, models: Mapp
             "method": exp.method.name,  # some families' references differ per method
         }
     )
-    path = Path(exp.tracking.cache_dir) / f"reference-metrics-{key}.json"
+
+
+def _reference_metrics(exp: Experiment, api: Family, prepared: Any, models: Mapping[str, object]) -> Metrics:
+    """Metrics of the original/oracle models, cached next to the prepared models: they depend only
+    on the task, the seed and the evaluation settings, so a sweep computes them once."""
+    path = Path(exp.tracking.cache_dir) / f"reference-metrics-{_reference_key(exp)}.json"
     if verified_file(path):
         cached = json.loads(path.read_text())
         if set(cached) == set(models):

@@ -152,7 +152,7 @@ class Tracker:
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
         items = [
-            Metric(k, float(v), 0, step)
+            Metric(metric_name(k), float(v), 0, step)
             for k, v in metrics.items()
             if isinstance(v, int | float) and math.isfinite(float(v))
         ]
@@ -161,7 +161,7 @@ class Tracker:
 
     def log_steps(self, run_id: str, steps: Iterable[Mapping[str, float]], prefix: str = "") -> None:
         items = [
-            Metric(f"{prefix}{k}", float(v), 0, int(row["step"]))
+            Metric(metric_name(f"{prefix}{k}"), float(v), 0, int(row["step"]))
             for row in steps
             for k, v in row.items()
             if k != "step" and math.isfinite(float(v))
@@ -181,6 +181,12 @@ class Tracker:
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
+
+
+def metric_name(key: str) -> str:
+    """otu's metric name as MLflow allows it: ``@`` (an attack's metric, ``forget_rouge@relearn``)
+    becomes ``_at_``."""
+    return key.replace("@", "_at_")
 
 
 def flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,0 +1,135 @@
+r"""Attacks on an evaluated model: does the forgetting survive them? Each returns the attacked model
+(a copy: the evaluated model is never changed) and the evaluation splits its metrics are taken on.
+
+* **relearn** — a few AdamW steps of answer NLL on a relearn set (Hu et al., ICLR 2025, "benign
+  relearning"): ``forget_subset`` takes a seeded ``fraction`` of the forget items and the forget
+  metrics are then over the *other* items (their targeted setting); ``retain`` / ``world`` relearn on
+  benign data.
+* **quantize** — weight-only round-to-nearest quantization of every ``nn.Linear`` but the LM head
+  (what bitsandbytes quantizes when HF loads a model in 8 or 4 bits), dequantized back to the
+  weight's dtype (Zhang et al., ICLR 2025). 8 bits: one absmax scale per output row (LLM.int8's
+  vector-wise weight quantization), :math:`\hat w = \mathrm{round}(127\,w/s)\,s/127`. 4 bits: blocks of
+  ``block_size`` consecutive weights, each scaled by its absmax and rounded to the nearest of 16 code
+  values — NF4 (Dettmers et al. 2023, QLoRA: quantiles of N(0, 1) scaled to [−1, 1]) or uniform int4.
+* **probe** — the evaluation questions rewritten by a template (``{question}``,
+  ``{paraphrased_question}``): prefix injection, an instruction wrapper, the dataset's paraphrases.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import torch
+from torch import Tensor, nn
+
+from otu.errors import DataError
+from otu.llm.data import Record, Splits
+from otu.llm.losses import reduced_nll
+from otu.llm.sampling import Stream
+from otu.llm.spec import Probe, Quantize, Relearn
+from otu.llm.text import Encoder
+
+NF4 = (
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+)  # fmt: skip
+"""bitsandbytes' NF4 code values (QLoRA, Appendix E)."""
+INT4 = tuple(k / 7 for k in range(-8, 8))
+"""Uniform symmetric 4-bit code values, scaled to the block's absmax (−8/7 is never the nearest)."""
+
+
+def relearn_split(splits: Splits, attack: Relearn, seed: int) -> tuple[list[Record], Splits]:
+    """The relearn set and the splits to evaluate on afterwards."""
+    if attack.data != "forget_subset":
+        records = splits[attack.data]
+        if not records:
+            raise DataError(f"eval.robustness ({attack.label}): the {attack.data} set is empty: nothing to relearn")
+        return records, splits
+    forget = splits["forget_eval"]
+    n = round(attack.fraction * len(forget))
+    if n < 1 or n >= len(forget):
+        raise DataError(
+            f"eval.robustness ({attack.label}): fraction {attack.fraction} of {len(forget)} forget items leaves "
+            "no item to relearn or none to evaluate; give more forget items or another fraction"
+        )
+    order = torch.randperm(len(forget), generator=torch.Generator().manual_seed(seed)).tolist()
+    chosen = set(order[:n])
+    relearned = [forget[i] for i in sorted(chosen)]
+    others = [forget[i] for i in range(len(forget)) if i not in chosen]
+    return relearned, {**splits, "forget_eval": others}
+
+
+def relearn(model: nn.Module, encoder: Encoder, records: list[Record], attack: Relearn, seed: int) -> nn.Module:
+    """A copy of ``model`` fine-tuned for ``attack.steps`` AdamW steps of per-sequence answer NLL on
+    ``records`` (seeded batches, reshuffled every pass), in fp32."""
+    attacked = copy.deepcopy(model).float().train()
+    device = next(attacked.parameters()).device
+    optimizer = torch.optim.AdamW(attacked.parameters(), lr=attack.lr, weight_decay=attack.weight_decay)
+    stream = Stream(len(records), seed)
+    for _ in range(attack.steps):
+        batch = [records[i] for i in stream.take(min(attack.batch_size, len(records)))]
+        inputs = encoder.batch([r.question for r in batch], [r.answer for r in batch]).to(device)
+        loss = reduced_nll(attacked, inputs, "sequence_mean").mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return attacked.to(next(model.parameters()).dtype).eval()
+
+
+@torch.no_grad()
+def quantize(model: nn.Module, attack: Quantize) -> nn.Module:
+    """A copy of ``model`` whose linear layers (not the LM head) hold their quantized-dequantized weights."""
+    attacked = copy.deepcopy(model)
+    head = attacked.get_output_embeddings() if hasattr(attacked, "get_output_embeddings") else None
+    for module in attacked.modules():
+        if isinstance(module, nn.Linear) and module is not head:
+            w = module.weight
+            module.weight.copy_(
+                quantize_rows(w) if attack.bits == 8 else quantize_blocks(w, attack.block_size, attack.quant_type)
+            )
+    return attacked.eval()
+
+
+def quantize_rows(w: Tensor) -> Tensor:
+    r"""8-bit absmax per row: :math:`\mathrm{round}(127\,w/s_r)\,s_r/127`, :math:`s_r = \max_j |w_{rj}|`."""
+    scale = w.float().abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
+    return (torch.round(w.float() / scale * 127).clamp(-127, 127) * scale / 127).to(w.dtype)
+
+
+def quantize_blocks(w: Tensor, block_size: int, quant_type: str) -> Tensor:
+    """4-bit: each block of ``block_size`` consecutive weights (row-major, as bitsandbytes flattens
+    them) scaled by its absmax and rounded to the nearest code value."""
+    code = torch.tensor(NF4 if quant_type == "nf4" else INT4, dtype=torch.float32, device=w.device)
+    flat = w.float().reshape(-1)
+    pad = (-flat.numel()) % block_size
+    blocks = torch.nn.functional.pad(flat, (0, pad)).view(-1, block_size)
+    scale = blocks.abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
+    nearest = (blocks / scale).unsqueeze(-1).sub(code).abs().argmin(-1)
+    out = code[nearest] * scale
+    return out.reshape(-1)[: flat.numel()].view_as(w).to(w.dtype)
+
+
+def probe_splits(splits: Splits, attack: Probe) -> Splits:
+    """Every evaluation split with its questions rewritten by the template; an item without a
+    paraphrase keeps its question under ``{paraphrased_question}``, but every forget item needs one."""
+    if "{paraphrased_question}" in attack.text and not all(r.paraphrased_question for r in splits["forget_eval"]):
+        raise DataError(
+            f"eval.robustness ({attack.label}): the template uses paraphrased_question, which some forget "
+            "items lack (the data has no paraphrased_question column or empty values)"
+        )
+
+    def rewrite(record: Record) -> Record:
+        question = attack.text.format(
+            question=record.question, paraphrased_question=record.paraphrased_question or record.question
+        )
+        return replace(record, question=question)
+
+    return {name: [rewrite(r) for r in records] if not _trained(name) else records for name, records in splits.items()}
+
+
+def _trained(split: str) -> bool:
+    """Training splits (forget, retain, world) are what the models learned from: not rewritten."""
+    return split in ("forget", "retain", "world")

@@ -1,0 +1,226 @@
+"""Attacks on evaluated models (``eval.robustness``, :mod:`otu.llm.attacks`): each attack's mechanics
+on the tiny LLM where the answer is known, the rows and recovery ratios a run writes, and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from test_llm import tiny_spec
+
+from otu.errors import SpecError
+from otu.llm import attacks
+from otu.llm.family import FAMILY
+from otu.llm.spec import Probe, Quantize, Relearn
+from otu.robustness import recovery, with_attacks
+from otu.spec import parse_experiment, parse_sweep
+
+
+@pytest.fixture(scope="session")
+def llm_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.getbasetemp() / "llm-cache"
+
+
+@pytest.fixture(scope="module")
+def task(llm_cache):
+    exp = parse_experiment(tiny_spec(llm_cache))
+    return exp, FAMILY.prepare(exp.job(), exp.context())
+
+
+def weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+# ---------------------------------------------------------------- quantization
+
+
+def test_int8_rounds_each_row_to_127_levels_of_its_absmax():
+    w = torch.tensor([[2.0, -1.0, 0.01, 0.5], [0.1, 0.0, -0.1, 0.05]])
+    got = attacks.quantize_rows(w)
+    levels = torch.tensor([[127.0, -64, 1, 32], [127, 0, -127, 64]])  # round(127 w / absmax), halves to even
+    want = levels / 127 * torch.tensor([[2.0], [0.1]])
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "int4"])
+def test_4bit_blocks_keep_code_values_and_round_others_to_the_nearest(quant_type):
+    code = torch.tensor(attacks.NF4 if quant_type == "nf4" else attacks.INT4)
+    exact = code[torch.arange(16) % 16].reshape(2, 8) * 3.0  # block absmax 3 (the code's ±1)
+    exact[0, 0] = exact[1, 0] = 3.0
+    assert torch.equal(attacks.quantize_blocks(exact, 8, quant_type), exact)
+    w = torch.tensor([1.0, 0.3, -0.52, 0.02])  # one block of 4, absmax 1
+    nearest = code[(w.unsqueeze(1) - code).abs().argmin(1)]
+    assert torch.equal(attacks.quantize_blocks(w, 4, quant_type), nearest)
+
+
+def test_int8_leaves_an_fp32_models_metrics_within_1e_2_and_the_model_as_it_was(task):
+    exp, prepared = task
+    model = prepared.model("original")
+    before = weights(model)
+    clean = FAMILY.evaluate(exp.job(), prepared, model)
+    quantized = attacks.quantize(model, Quantize(attack="quantize", bits=8))
+    got = FAMILY.evaluate(exp.job(), prepared, quantized)
+    for key in ("forget_prob", "retain_prob", "world_prob", "forget_rouge", "retain_rouge"):
+        assert got[key] == pytest.approx(clean[key], abs=1e-2), key
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    lm_head = quantized.get_output_embeddings().weight
+    assert torch.equal(lm_head, model.get_output_embeddings().weight)  # the head stays in full precision
+    changed = [
+        n for (n, p), q in zip(quantized.named_parameters(), model.parameters(), strict=True) if not torch.equal(p, q)
+    ]
+    assert changed and all("proj" in n for n in changed)
+
+
+# ---------------------------------------------------------------- relearning and probes
+
+
+def test_relearning_the_forget_items_restores_them_on_the_oracle(task):
+    """The oracle never saw the forget items: relearning them brings their probability up, and
+    leaves the oracle itself as it was."""
+    exp, prepared = task
+    oracle = prepared.model("retrained")
+    before = weights(oracle)
+    records = prepared.splits["forget_eval"]
+    attack = Relearn(attack="relearn", steps=30, lr=3e-3, batch_size=4)
+    relearned = attacks.relearn(oracle, prepared.encoder(), records, attack, seed=0)
+    clean = FAMILY.evaluate(exp.job(), prepared, oracle)
+    after = FAMILY.evaluate(exp.job(), prepared, relearned)
+    assert after["forget_prob"] > clean["forget_prob"] + 0.3 and after["forget_rouge"] > clean["forget_rouge"] + 0.3
+    assert all(torch.equal(a, b) for a, b in zip(before, oracle.parameters(), strict=True))
+
+
+def test_forget_subset_relearns_a_seeded_part_and_scores_the_rest(task):
+    _, prepared = task
+    attack = Relearn(attack="relearn", fraction=0.5)
+    relearned, splits = attacks.relearn_split(prepared.splits, attack, seed=3)
+    again, _ = attacks.relearn_split(prepared.splits, attack, seed=3)
+    forget = prepared.splits["forget_eval"]
+    assert relearned == again and len(relearned) == round(len(forget) / 2)
+    assert {r.question for r in relearned}.isdisjoint(r.question for r in splits["forget_eval"])
+    assert len(relearned) + len(splits["forget_eval"]) == len(forget)
+    assert splits["retain_eval"] is prepared.splits["retain_eval"]
+
+
+def test_probes_rewrite_the_evaluation_questions_and_reuse_the_metric_code(task):
+    exp, prepared = task
+    model = prepared.model("original")
+    identity = attacks.probe_splits(prepared.splits, Probe(attack="probe", template="{question}"))
+    assert FAMILY.evaluate(exp.job(), prepared.on(identity), model) == FAMILY.evaluate(exp.job(), prepared, model)
+    prefixed = attacks.probe_splits(prepared.splits, Probe(attack="probe", template="prefix"))
+    q = prepared.splits["forget_eval"][0].question
+    assert prefixed["forget_eval"][0].question == f"{q} Sure, here is the answer:"
+    assert prefixed["forget"] is prepared.splits["forget"]  # what was trained is not rewritten
+    paraphrased = attacks.probe_splits(prepared.splits, Probe(attack="probe", template="paraphrase"))
+    assert [r.question for r in paraphrased["forget_eval"]] == [
+        r.paraphrased_question for r in prepared.splits["forget_eval"]
+    ]
+
+
+# ---------------------------------------------------------------- rows, recovery, a run
+
+
+def test_recovery_is_the_share_of_the_forgotten_that_comes_back():
+    assert recovery(attacked=0.6, clean=0.2, original=1.0) == pytest.approx(0.5)
+    assert math.isnan(recovery(attacked=0.9, clean=0.9, original=0.9))
+    rows = with_attacks(
+        {"original": {"forget_rouge": 1.0}, "unlearned": {"forget_rouge": 0.1}},
+        {
+            "original": {"relearn": ({"forget_rouge": 1.0}, {"forget_rouge": 0.9})},
+            "unlearned": {"relearn": ({"forget_rouge": 0.5}, {"forget_rouge": 0.1})},
+        },
+    )
+    assert rows["unlearned@relearn"] == {"forget_rouge": 0.5}
+    assert rows["unlearned"]["forget_rouge"] == 0.1  # the clean row stays
+    assert rows["unlearned"]["recovery_forget_rouge@relearn"] == pytest.approx(0.5)  # 0.4 of the 0.8 forgotten
+
+
+def test_a_run_attacks_all_three_models_alike_and_leaves_the_clean_rows(llm_cache, tmp_path, capsys):
+    """``otu run`` with three attacks: every model gets the same attacks, the clean rows are what a
+    run without attacks writes, MLflow takes the derived metrics, the terminal shows the recovery."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from otu.cli import main
+    from otu.runtime.experiment import run_experiment
+
+    raw = tiny_spec(llm_cache, steps=6)
+    clean = run_experiment(parse_experiment(raw), tmp_path / "clean").metrics
+    raw["eval"]["robustness"] = [
+        {"attack": "relearn", "steps": 5},
+        {"attack": "quantize", "bits": 4},
+        {"attack": "probe", "template": "prefix"},
+    ]
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(raw))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = ["run", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "attacked"), "--tracking-uri", uri, "--quiet"]
+    assert main(argv) == 0
+    assert "recovery_forget_rouge@relearn" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "attacked" / "metrics.json").read_text())
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.data.metrics["recovery_forget_rouge_at_relearn"] == pytest.approx(
+        metrics["unlearned"]["recovery_forget_rouge@relearn"], nan_ok=True
+    )
+    for model in ("original", "retrained", "unlearned"):
+        assert {k: v for k, v in metrics[model].items() if "@" not in k} == pytest.approx(clean[model], nan_ok=True)
+        for label in ("relearn", "int4", "prefix"):
+            row = metrics[f"{model}@{label}"]
+            assert set(row) == set(clean[model])
+            assert metrics[model][f"forget_rouge@{label}"] == row["forget_rouge"]
+            if model != "original":
+                assert f"recovery_forget_rouge@{label}" in metrics[model]
+    assert metrics["original@int4"]["forget_rouge"] > 0.5  # 4 bits do not simply destroy the model
+
+
+def test_sweeps_may_optimise_attacked_metrics_and_recovery(llm_cache):
+    raw = tiny_spec(llm_cache)
+    raw["eval"]["robustness"] = [{"attack": "relearn"}]
+    sweep = {
+        "name": "robust",
+        "experiment": raw,
+        "space": {"method.beta": {"uniform": [0.5, 4.0]}},
+        "objectives": [
+            {"metric": "retain_rouge", "mode": "max"},
+            {"metric": "forget_rouge@relearn", "mode": "min"},
+            {"metric": "recovery_forget_prob@relearn", "mode": "min"},
+        ],
+    }
+    assert parse_sweep(sweep, check_files=False).objectives[1].metric == "forget_rouge@relearn"
+    sweep["objectives"][1]["metric"] = "forget_rouge@int4"
+    with pytest.raises(SpecError, match=r"objectives.1.metric: unknown metric 'forget_rouge@int4'"):
+        parse_sweep(sweep, check_files=False)
+
+
+@pytest.mark.parametrize(
+    ("attack", "says"),
+    [
+        ({"attack": "jailbreak"}, "eval.robustness.0"),
+        ({"attack": "quantize", "bits": 3}, "eval.robustness.0.quantize.bits"),
+        ({"attack": "probe", "template": "no placeholder"}, "neither a built-in"),
+        ({"attack": "relearn", "fraction": 1.0}, "eval.robustness.0.relearn.fraction"),
+    ],
+)
+def test_bad_attacks_name_the_key(llm_cache, attack, says):
+    raw = tiny_spec(llm_cache)
+    raw["eval"]["robustness"] = [attack]
+    with pytest.raises(SpecError, match=says):
+        parse_experiment(raw, check_files=False)
+
+
+def test_two_attacks_with_one_label_are_refused(llm_cache):
+    raw = tiny_spec(llm_cache)
+    raw["eval"]["robustness"] = [{"attack": "quantize"}, {"attack": "quantize", "bits": 8}]
+    with pytest.raises(SpecError, match="two attacks are labelled 'int8'"):
+        parse_experiment(raw, check_files=False)
+
+
+def test_other_families_have_no_attacks(tmp_path):
+    from otu.spec import load_yaml
+
+    raw = load_yaml(Path(__file__).resolve().parents[1] / "sweeps/experiments/dlfd_digits.yaml")
+    raw.setdefault("eval", {})["robustness"] = [{"attack": "relearn"}]
+    with pytest.raises(SpecError, match="eval.robustness"):
+        parse_experiment(raw, check_files=False)
