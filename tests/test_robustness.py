@@ -224,3 +224,22 @@ def test_other_families_have_no_attacks(tmp_path):
     raw.setdefault("eval", {})["robustness"] = [{"attack": "relearn"}]
     with pytest.raises(SpecError, match="eval.robustness"):
         parse_experiment(raw, check_files=False)
+
+
+def test_published_relearn_recipes_are_presets_and_lora_relearning_merges(task):
+    _, prepared = task
+    lucki = Relearn.model_validate({"attack": "relearn", "preset": "lucki", "epochs": 1})
+    assert (lucki.lora.r, lucki.lora.alpha, lucki.lr, lucki.epochs, lucki.size) == (128, 16.0, 2e-4, 1, 10)
+    ou = Relearn.model_validate({"attack": "relearn", "preset": "open_unlearning"})
+    assert (ou.data, ou.epochs, ou.lr, ou.batch_size, ou.grad_accum) == ("forget", 1, 2e-5, 8, 4)
+    assert attacks.relearn_steps(ou, 400) == 13  # ceil(400 / 32), TOFU forget10's one epoch
+
+    records, splits = attacks.relearn_split(prepared.splits, lucki, seed=0)
+    assert len(records) == min(10, len(prepared.splits["world"])) and splits is prepared.splits
+    model = prepared.model("original")
+    relearned = attacks.relearn(model, prepared.encoder(), records, lucki, seed=0)
+    assert type(relearned) is type(model)  # adapters merged: a plain model again
+    moved = [
+        n for (n, p), q in zip(relearned.named_parameters(), model.parameters(), strict=True) if not torch.equal(p, q)
+    ]
+    assert moved and all("proj" in n for n in moved)

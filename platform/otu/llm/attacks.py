@@ -3,8 +3,9 @@ r"""Attacks on an evaluated model: does the forgetting survive them? Each return
 
 * **relearn** — a few AdamW steps of answer NLL on a relearn set (Hu et al., ICLR 2025, "benign
   relearning"): ``forget_subset`` takes a seeded ``fraction`` of the forget items and the forget
-  metrics are then over the *other* items (their targeted setting); ``retain`` / ``world`` relearn on
-  benign data.
+  metrics are then over the *other* items (their targeted setting); ``forget`` all of them (scored
+  on themselves: open-unlearning's meta-evaluation); ``retain`` / ``world`` (optionally a seeded
+  ``size``) relearn on benign data.
 * **quantize** — weight-only round-to-nearest quantization of every ``nn.Linear`` but the LM head
   (what bitsandbytes quantizes when HF loads a model in 8 or 4 bits), dequantized back to the
   weight's dtype (Zhang et al., ICLR 2025). 8 bits: one absmax scale per output row (LLM.int8's
@@ -18,12 +19,14 @@ r"""Attacks on an evaluated model: does the forgetting survive them? Each return
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
 
 from otu.errors import DataError
+from otu.llm import lora
 from otu.llm.data import Record, Splits
 from otu.llm.losses import reduced_nll
 from otu.llm.sampling import Stream
@@ -43,10 +46,15 @@ INT4 = tuple(k / 7 for k in range(-8, 8))
 
 def relearn_split(splits: Splits, attack: Relearn, seed: int) -> tuple[list[Record], Splits]:
     """The relearn set and the splits to evaluate on afterwards."""
+    if attack.data == "forget":
+        return splits["forget_eval"], splits
     if attack.data != "forget_subset":
         records = splits[attack.data]
         if not records:
             raise DataError(f"eval.robustness ({attack.label}): the {attack.data} set is empty: nothing to relearn")
+        if attack.size is not None and attack.size < len(records):
+            order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
+            records = [records[i] for i in sorted(order[: attack.size])]
         return records, splits
     forget = splits["forget_eval"]
     n = round(attack.fraction * len(forget))
@@ -62,21 +70,38 @@ def relearn_split(splits: Splits, attack: Relearn, seed: int) -> tuple[list[Reco
     return relearned, {**splits, "forget_eval": others}
 
 
+def relearn_steps(attack: Relearn, n: int) -> int:
+    """Optimizer steps: ``attack.steps``, or ``ceil(epochs · n / (batch_size · grad_accum))``."""
+    if attack.epochs is None:
+        return attack.steps
+    return max(1, math.ceil(attack.epochs * n / (attack.batch_size * attack.grad_accum)))
+
+
 def relearn(model: nn.Module, encoder: Encoder, records: list[Record], attack: Relearn, seed: int) -> nn.Module:
-    """A copy of ``model`` fine-tuned for ``attack.steps`` AdamW steps of per-sequence answer NLL on
-    ``records`` (seeded batches, reshuffled every pass), in fp32."""
-    attacked = copy.deepcopy(model).float().train()
+    """A copy of ``model`` fine-tuned with AdamW (constant lr) on per-sequence answer NLL over
+    ``records`` (seeded micro-batches, reshuffled every pass; ``grad_accum`` per step), in fp32;
+    with ``attack.lora`` only adapters train and are merged into the copy at the end."""
+    dtype = next(model.parameters()).dtype
+    attacked = copy.deepcopy(model).float()
+    if attack.lora is not None:
+        attacked = lora.wrap(attacked, attack.lora)
+    attacked.train()
     device = next(attacked.parameters()).device
-    optimizer = torch.optim.AdamW(attacked.parameters(), lr=attack.lr, weight_decay=attack.weight_decay)
+    trainable = [p for p in attacked.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=attack.lr, weight_decay=attack.weight_decay)
     stream = Stream(len(records), seed)
-    for _ in range(attack.steps):
-        batch = [records[i] for i in stream.take(min(attack.batch_size, len(records)))]
-        inputs = encoder.batch([r.question for r in batch], [r.answer for r in batch]).to(device)
-        loss = reduced_nll(attacked, inputs, "sequence_mean").mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return attacked.to(next(model.parameters()).dtype).eval()
+    with torch.random.fork_rng():  # dropout draws leave the caller's RNG where it was
+        torch.manual_seed(seed)
+        for _ in range(relearn_steps(attack, len(records))):
+            optimizer.zero_grad(set_to_none=True)
+            for _ in range(attack.grad_accum):
+                batch = [records[i] for i in stream.take(min(attack.batch_size, len(records)))]
+                inputs = encoder.batch([r.question for r in batch], [r.answer for r in batch]).to(device)
+                (reduced_nll(attacked, inputs, "sequence_mean").mean() / attack.grad_accum).backward()
+            optimizer.step()
+    if attack.lora is not None:
+        attacked = attacked.merge_and_unload()
+    return attacked.to(dtype).eval()
 
 
 @torch.no_grad()

@@ -281,22 +281,48 @@ PROBE_TEMPLATES = {
 TOFU, the synthetic entities ship them)."""
 
 
+RELEARN_PRESETS = {
+    "open_unlearning": {"data": "forget", "epochs": 1, "lr": 2e-5, "batch_size": 8, "grad_accum": 4},
+    "lucki": {"data": "world", "size": 10, "epochs": 3, "lr": 2e-4, "lora": {"r": 128, "alpha": 16}},
+}
+"""Published relearning recipes (``preset``; keys given beside it win): open-unlearning's
+meta-evaluation (the TOFU forget set, 1 epoch, lr 2e-5, batch 8 × grad-accum 4, no warm-up) and
+Łucki et al. 2024's (LoRA r 128, α 16, lr 2e-4, 3 epochs on 10 unrelated examples: here 10 world items)."""
+
+
 class Relearn(Section):
     """Fine-tune a copy of the evaluated model on a relearn set, then evaluate it (Hu et al., ICLR
     2025: benign relearning)."""
 
     attack: Literal["relearn"]
     name: str | None = Field(None, description="row label (default: relearn)")
-    data: Literal["forget_subset", "retain", "world"] = Field(
+    preset: Literal["open_unlearning", "lucki"] | None = Field(
+        None, description="a published recipe (docs/robustness.md); the keys given beside it win"
+    )
+    data: Literal["forget_subset", "forget", "retain", "world"] = Field(
         "forget_subset",
         description="forget_subset: a seeded fraction of the forget items (forget metrics are then over the "
-        "other items, Hu et al.'s targeted setting); retain / world: benign data",
+        "other items, Hu et al.'s targeted setting); forget: all of them (scored on themselves); retain / "
+        "world: benign data",
     )
     fraction: float = Field(0.5, gt=0, lt=1, description="share of the forget items relearned (forget_subset)")
-    steps: int = Field(20, ge=1, description="optimizer steps")
-    lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
-    batch_size: int = Field(4, ge=1)
+    size: int | None = Field(None, ge=1, description="retain / world: a seeded subset of this many items (None: all)")
+    steps: int = Field(20, ge=1, description="optimizer steps (unless epochs is given)")
+    epochs: float | None = Field(
+        None, gt=0, description="passes over the relearn set instead of steps: ceil(epochs · n / (batch · grad_accum))"
+    )
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate (constant, no warm-up)")
+    batch_size: int = Field(4, ge=1, description="items per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     weight_decay: float = Field(0.0, ge=0)
+    lora: Lora | None = Field(None, description="relearn LoRA adapters only (merged into the copy afterwards)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, value):
+        if isinstance(value, dict) and value.get("preset") in RELEARN_PRESETS:
+            return RELEARN_PRESETS[value["preset"]] | value
+        return value
 
     @property
     def label(self) -> str:
