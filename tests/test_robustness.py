@@ -173,6 +173,9 @@ def test_a_run_attacks_all_three_models_alike_and_leaves_the_clean_rows(llm_cach
             if model != "original":
                 assert f"recovery_forget_rouge@{label}" in metrics[model]
     assert metrics["original@int4"]["forget_rouge"] > 0.5  # 4 bits do not simply destroy the model
+    assert main(["report", str(tmp_path / "attacked")]) == 0
+    page = (tmp_path / "attacked" / "report.html").read_text()
+    assert "After the attacks" in page and "recovery_forget_rouge@int4" in page and "unlearned@int4" not in page
 
 
 def test_sweeps_may_optimise_attacked_metrics_and_recovery(llm_cache):

@@ -495,15 +495,12 @@ def _ray_and_evaluator(exp, address: str | None):
 def print_metrics(metrics: dict[str, dict[str, float]], title: str) -> None:
     """The models' metrics side by side; with attacks (``model@label`` rows), then each attack's
     forget metrics and recovery, model by model."""
-    models = [m for m in metrics if "@" not in m]
-    names = list(dict.fromkeys(k for m in models for k in metrics[m] if "@" not in k))
+    from otu.robustness import tables
+
+    models, names, attacked = tables(metrics)
     _print_table(title, models, names, lambda model, name: metrics[model].get(name, math.nan))
-    labels = list(dict.fromkeys(m.partition("@")[2] for m in metrics if "@" in m))
-    if labels:
-        shown = [n for n in names if n.startswith("forget_")]
-        rows = [f"{n}@{label}" for label in labels for n in shown]
-        rows += [f"recovery_{n}@{label}" for label in labels for n in shown]
-        _print_table("after the attacks (eval.robustness)", models, rows, lambda m, n: metrics[m].get(n, math.nan))
+    if attacked:
+        _print_table("after the attacks (eval.robustness)", models, attacked, lambda m, n: metrics[m].get(n, math.nan))
 
 
 def _print_table(title: str, columns: list[str], rows: list[str], value) -> None:

@@ -48,3 +48,14 @@ def recovery(attacked: float, clean: float, original: float) -> float:
     """(attacked − clean) / (original − clean); NaN where the model forgot nothing."""
     gap = original - clean
     return (attacked - clean) / gap if gap != 0 and math.isfinite(gap) else math.nan
+
+
+def tables(metrics: Mapping[str, Mapping[str, float]]) -> tuple[list[str], list[str], list[str]]:
+    """What a report shows: the models (no ``<model>@<label>`` rows), their clean metric names, and
+    the attack rows — each attack's forget metrics, then their recovery (empty without attacks)."""
+    models = [m for m in metrics if "@" not in m]
+    names = list(dict.fromkeys(k for m in models for k in metrics[m] if "@" not in k))
+    labels = list(dict.fromkeys(m.partition("@")[2] for m in metrics if "@" in m))
+    forget = [n for n in names if n.startswith("forget_")]
+    rows = [f"{n}@{label}" for label in labels for n in forget]
+    return models, names, rows + [f"recovery_{n}@{label}" for label in labels for n in forget]

@@ -14,6 +14,7 @@ import pandas as pd
 from otu.report.front_plot import Reference, fmt, plot_front
 from otu.report.html import Page
 from otu.report.pareto import finished, pareto_front
+from otu.robustness import tables
 from otu.spec import Sweep
 from otu.tracking.results import TRIALS_FILE, TrialsTable
 
@@ -170,9 +171,14 @@ def sweep_html(
 def run_html(run_dir: Path) -> Path:
     """``report.html`` of one run: its metrics per model and its figures."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    names = list(dict.fromkeys(k for m in metrics.values() for k in m))
-    frame = pd.DataFrame([{"metric": n, **{model: m.get(n) for model, m in metrics.items()}} for n in names])
-    page = Page(f"Run {run_dir.name}").heading("Metrics").table(frame)
+    models, names, attacked = tables(metrics)
+
+    def frame(rows: list[str]) -> pd.DataFrame:
+        return pd.DataFrame([{"metric": n, **{model: metrics[model].get(n) for model in models}} for n in rows])
+
+    page = Page(f"Run {run_dir.name}").heading("Metrics").table(frame(names))
+    if attacked:  # eval.robustness: forget metrics after each attack, and their recovery
+        page.heading("After the attacks").table(frame(attacked))
     figures = sorted((run_dir / "plots").glob("*.png"))
     if figures:
         page.heading("Figures")
