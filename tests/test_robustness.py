@@ -246,3 +246,35 @@ def test_published_relearn_recipes_are_presets_and_lora_relearning_merges(task):
         n for (n, p), q in zip(relearned.named_parameters(), model.parameters(), strict=True) if not torch.equal(p, q)
     ]
     assert moved and all("proj" in n for n in moved)
+
+
+@pytest.mark.parametrize(
+    ("attack", "says"),
+    [
+        ({"attack": "relearn", "fraction": 0.01}, "leaves no item to relearn"),
+        ({"attack": "probe", "template": "paraphrase"}, "uses paraphrased_question"),
+    ],
+)
+def test_attacks_the_data_cannot_feed_fail_before_any_work(tmp_path, capsys, attack, says):
+    """``otu validate`` (and ``otu run`` before preparing anything) names the attack."""
+    import yaml
+
+    from otu.cli import main
+
+    rows = [
+        {"entity": name, "question": f"{name} Q{i}?", "answer": f"A{i}", "paraphrased_answer": f"P{i}",
+         "perturbed_answer": [f"X{i}", f"Y{i}"]}
+        for name in ("Ann", "Bob", "Cy") for i in range(6)
+    ]  # fmt: skip
+    data, world = tmp_path / "records.jsonl", tmp_path / "world.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    world.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "entity"}) + "\n" for r in rows[6:]))
+    raw = tiny_spec(tmp_path / "cache")
+    raw["task"]["data"] = {
+        "records": str(data), "world": str(world), "target": "Ann", "neighbours": ["Bob"], "holdout": ["Cy"]
+    }  # fmt: skip
+    raw["eval"]["robustness"] = [attack]
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["validate", str(tmp_path / "spec.yaml")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "eval.robustness" in err and says in err

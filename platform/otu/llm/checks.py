@@ -45,6 +45,19 @@ def check(job: LLMJob, ctx: RunContext) -> None:
             "task.data.world: the data has no world training set (TOFU ships none); give a QA or "
             "instruction file, or set method.world_weight: 0"
         )
+    check_attacks(job, splits, ctx.seed)
+
+
+def check_attacks(job: LLMJob, splits, seed: int) -> None:
+    """Each ``eval.robustness`` attack has what it needs in the data (a relearn set, items left to
+    score, paraphrases), before any work."""
+    from otu.llm import attacks
+
+    for attack in job.eval.robustness:
+        if attack.attack == "relearn":
+            attacks.relearn_split(splits, attack, seed)
+        elif attack.attack == "probe":
+            attacks.probe_splits(splits, attack)
 
 
 def check_lm_eval(spec: LmEval) -> None:
