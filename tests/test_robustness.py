@@ -220,10 +220,14 @@ def test_two_attacks_with_one_label_are_refused(llm_cache):
         parse_experiment(raw, check_files=False)
 
 
-def test_other_families_have_no_attacks(tmp_path):
+def test_attacks_a_family_does_not_have_are_refused(tmp_path):
     from otu.spec import load_yaml
 
     raw = load_yaml(Path(__file__).resolve().parents[1] / "sweeps/experiments/dlfd_digits.yaml")
+    raw.setdefault("eval", {})["robustness"] = [{"attack": "quantize", "bits": 4}]
+    with pytest.raises(SpecError, match="eval.robustness.0.attack"):
+        parse_experiment(raw, check_files=False)
+    raw = load_yaml(Path(__file__).resolve().parents[1] / "sweeps/experiments/barycenter_tabular.yaml")
     raw.setdefault("eval", {})["robustness"] = [{"attack": "relearn"}]
     with pytest.raises(SpecError, match="eval.robustness"):
         parse_experiment(raw, check_files=False)
@@ -278,3 +282,34 @@ def test_attacks_the_data_cannot_feed_fail_before_any_work(tmp_path, capsys, att
     assert main(["validate", str(tmp_path / "spec.yaml")]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "eval.robustness" in err and says in err
+
+
+# ---------------------------------------------------------------- vision: k-shot relearning
+
+
+def test_vision_k_shot_relearning_scores_the_other_forget_images(tmp_path):
+    """DLFD on digits, attacked by relearning 10 forget images: the rows and the recovery of the
+    forgetting score are written, and the clean rows are what a run without the attack writes."""
+    from otu.runtime.experiment import run_experiment
+    from otu.spec import load_yaml
+
+    raw = load_yaml(Path(__file__).resolve().parents[1] / "sweeps/experiments/dlfd_digits.yaml")
+    raw["tracking"] = {"cache_dir": str(tmp_path / "cache")}
+    raw["eval"] = {**raw.get("eval", {}), "plots": False}
+    clean = run_experiment(parse_experiment(raw), tmp_path / "clean").metrics
+    raw["eval"]["robustness"] = [{"attack": "relearn", "shots": 10, "epochs": 20, "lr": 1e-3}]
+    metrics = run_experiment(parse_experiment(raw), tmp_path / "attacked").metrics
+    for model in ("original", "retrained", "unlearned"):
+        assert {k: v for k, v in metrics[model].items() if "@" not in k} == pytest.approx(clean[model])
+        assert set(metrics[f"{model}@relearn"]) == set(clean[model])
+    assert "recovery_forgetting_score@relearn" in metrics["unlearned"]
+    assert "recovery_forgetting_score@relearn" in metrics["retrained"]
+
+
+def test_vision_relearn_shots_must_leave_forget_images(tmp_path):
+    from otu.spec import load_yaml
+
+    raw = load_yaml(Path(__file__).resolve().parents[1] / "sweeps/experiments/dlfd_digits.yaml")
+    raw.setdefault("eval", {})["robustness"] = [{"attack": "relearn", "shots": 100000}]
+    with pytest.raises(SpecError, match=r"eval.robustness.0.shots: 100000 of the \d+ forget images"):
+        parse_experiment(raw)

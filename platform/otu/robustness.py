@@ -1,6 +1,7 @@
 r"""Rows and derived metrics of attacked models (``eval.robustness``), for any family that attacks.
 
-For a model M, an attack a and a forget metric m (a name starting ``forget_``), with every term
+For a model M, an attack a and a forget metric m (a name starting ``forget``: ``forget_rouge``,
+``forgetting_score``), with every term
 taken on the attack's evaluation items (a relearn on part of the forget set is scored on the
 other part, for the clean models too):
 
@@ -25,7 +26,7 @@ Attacked = Mapping[str, Mapping[str, tuple[Mapping[str, float], Mapping[str, flo
 def derived_names(metrics: list[str] | tuple[str, ...], labels: list[str]) -> list[str]:
     """The metric names an experiment with attacks ``labels`` adds (sweep objectives may use them)."""
     names = [f"{m}@{label}" for label in labels for m in metrics]
-    return names + [f"recovery_{m}@{label}" for label in labels for m in metrics if m.startswith("forget_")]
+    return names + [f"recovery_{m}@{label}" for label in labels for m in metrics if m.startswith("forget")]
 
 
 def with_attacks(metrics: Mapping[str, dict[str, float]], attacked: Attacked) -> dict[str, dict[str, float]]:
@@ -39,7 +40,7 @@ def with_attacks(metrics: Mapping[str, dict[str, float]], attacked: Attacked) ->
                 continue
             original = attacked["original"][label][1]
             for m, value in after.items():
-                if m.startswith("forget_"):
+                if m.startswith("forget"):
                     out[model][f"recovery_{m}@{label}"] = recovery(value, before[m], original[m])
     return out
 
@@ -56,6 +57,6 @@ def tables(metrics: Mapping[str, Mapping[str, float]]) -> tuple[list[str], list[
     models = [m for m in metrics if "@" not in m]
     names = list(dict.fromkeys(k for m in models for k in metrics[m] if "@" not in k))
     labels = list(dict.fromkeys(m.partition("@")[2] for m in metrics if "@" in m))
-    forget = [n for n in names if n.startswith("forget_")]
+    forget = [n for n in names if n.startswith("forget")]
     rows = [f"{n}@{label}" for label in labels for n in forget]
     return models, names, rows + [f"recovery_{n}@{label}" for label in labels for n in forget]

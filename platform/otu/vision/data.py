@@ -228,14 +228,13 @@ def group_column(data: VisionData) -> str:
     return data.split_column or data.identity_column
 
 
-def check_request(data: VisionData, seed: int) -> None:
+def check_request(data: VisionData, seed: int) -> int:
     """Up-front data checks (no images read): a file source is readable with the image, label and
     identity (or split) columns, the named identities are present; for any source the forget, retain
-    and val sets are non-empty."""
+    and val sets are non-empty. Returns the forget set's size."""
     if data.source == "digits":
         _, labels = load_digits()
-        split_indices(data, labels.numpy(), None, seed)
-        return
+        return len(split_indices(data, labels.numpy(), None, seed)[0])
     path = Path(data.path or "")
     cols = read_columns(
         path,
@@ -254,7 +253,7 @@ def check_request(data: VisionData, seed: int) -> None:
                 f"task.data.forget_identities: {absent} not found in column "
                 f"{data.identity_column!r} of {path}; present (first 10): {sample}"
             )
-    split_indices(data, labels, groups, seed)
+    return len(split_indices(data, labels, groups, seed)[0])
 
 
 def _labels_groups(data: VisionData, cols: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from otu.classifiers.train import train_classifier
 from otu.errors import DataError
-from otu.family import Family, RunContext, SavedModels
+from otu.family import Attacks, Family, RunContext, SavedModels
 from otu.vision import prepare as preparation
 from otu.vision.metrics import MIAProbe, classifier_metrics
 from otu.vision.plots import loss_histograms
@@ -18,7 +21,7 @@ from otu.vision.spec import METHODS, VisionJob
 CHECKPOINT_FILE = "unlearned.pt"
 
 
-class VisionFamily(Family, SavedModels):
+class VisionFamily(Family, SavedModels, Attacks):
     def prepare(self, job: VisionJob, ctx: RunContext) -> Prepared:
         """Splits, original and retain-only oracle (cached under ``ctx.cache_dir/vision-<hash>``)."""
         return preparation.prepare(job, ctx)
@@ -47,6 +50,23 @@ class VisionFamily(Family, SavedModels):
             raise DataError(f"--model: cannot load a {job.model.arch} state dict from {file}: {err}") from None
         return model.eval()
 
+    def attack_labels(self, job: VisionJob) -> list[str]:
+        return [a.label for a in job.eval.robustness]
+
+    def attacked(self, job: VisionJob, prepared: Prepared, model: nn.Module, seed: int) -> dict[str, tuple[dict, dict]]:
+        """k-shot relearning: a copy fine-tuned on a seeded ``shots`` of the forget images; it and the
+        model itself scored with the other forget images as the forget set."""
+        out = {}
+        for attack in job.eval.robustness:
+            shots, rest = relearn_shots(prepared, attack.shots, seed)
+            images, labels = prepared.splits.images[shots], prepared.splits.labels[shots]
+            relearned = train_classifier(
+                copy.deepcopy(model), images, labels,
+                epochs=attack.epochs, lr=attack.lr, batch_size=attack.batch_size, weight_decay=0.0, seed=seed,
+            )  # fmt: skip
+            out[attack.label] = (self.evaluate(job, rest, relearned), self.evaluate(job, rest, model))
+        return out
+
     def evaluate(self, job: VisionJob, prepared: Prepared, model: nn.Module) -> dict[str, float]:
         """``test_acc``, ``top2_acc``, ``mia_acc``, ``forgetting_score``, ``nomus``."""
         return classifier_metrics(model, prepared.splits.part("test"), _probe(job, prepared))
@@ -56,6 +76,18 @@ class VisionFamily(Family, SavedModels):
         if not job.eval.plots:
             return []
         return [loss_histograms(models, _probe(job, prepared), Path(out_dir) / "loss_histograms.png")]
+
+
+def relearn_shots(prepared: Prepared, shots: int, seed: int) -> tuple[torch.Tensor, Prepared]:
+    """A seeded ``shots`` of the forget images, and the task with the others as its forget set."""
+    forget = prepared.splits.forget
+    if shots >= len(forget):
+        raise DataError(
+            f"eval.robustness: relearn shots {shots} of {len(forget)} forget images leaves none to score; give fewer"
+        )
+    order = torch.randperm(len(forget), generator=torch.Generator().manual_seed(seed))
+    rest = replace(prepared.splits, forget=forget[order[shots:]].sort().values)
+    return forget[order[:shots]].sort().values, replace(prepared, splits=rest)
 
 
 def _probe(job: VisionJob, prepared: Prepared) -> MIAProbe:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from otu.family import FamilySpec, Job, Method
 from otu.paths import LocalPath
@@ -90,6 +90,22 @@ class VisionModel(Section):
     weight_decay: float = Field(5e-4, ge=0)
 
 
+class VisionRelearn(Section):
+    """k-shot relearning: a copy fine-tuned (Adam, cross-entropy) on a seeded ``shots`` of the
+    forget images; forgetting is then measured on the other forget images."""
+
+    attack: Literal["relearn"]
+    name: str | None = Field(None, description="row label (default: relearn)")
+    shots: int = Field(10, ge=1, description="forget images relearned (a seeded subset)")
+    epochs: int = Field(5, ge=1, description="passes over them")
+    lr: float = Field(1e-4, gt=0, description="Adam lr (digits: 1e-3 × 20 epochs drops test accuracy 0.98 → 0.65)")
+    batch_size: int = Field(8, ge=2)
+
+    @property
+    def label(self) -> str:
+        return self.name or "relearn"
+
+
 class VisionEval(Section):
     mia_splits: int = Field(10, ge=2, description="StratifiedShuffleSplit folds of the MIA classifier")
     mia_test_size: float = Field(0.1, gt=0, lt=1, description="held-out share in each MIA split")
@@ -100,6 +116,19 @@ class VisionEval(Section):
     feature; ``authors``: the DLFD authors' MIA (evaluation/mia.py:48-75) — every forget and test
     sample, no class balancing, a logistic regression on the raw loss without a scaler."""
     plots: bool = True
+    robustness: list[VisionRelearn] = Field(
+        default_factory=list,
+        description="attacks on the original, the oracle and the unlearned model alike (relearn: k-shot); rows "
+        "<model>@<label> in metrics.json (docs/robustness.md)",
+    )
+
+    @field_validator("robustness")
+    @classmethod
+    def _unique_labels(cls, attacks: list[VisionRelearn]) -> list[VisionRelearn]:
+        labels = [a.label for a in attacks]
+        if len(set(labels)) < len(labels):
+            raise ValueError("two attacks have one label: give each a name")
+        return attacks
 
     @model_validator(mode="after")
     def _authors_read_the_loss(self) -> VisionEval:
