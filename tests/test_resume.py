@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_faults import FAST, TABULAR
 from test_llm import tiny_spec
 
 from otu.family import StepCallback
@@ -128,14 +129,6 @@ def test_the_recorder_keeps_every_step_once_when_a_loop_reports_steps_again(tmp_
 
 
 # ---------------------------------------------------------------- otu run --resume (the CLI)
-
-REPO = Path(__file__).resolve().parents[1]
-TABULAR = REPO / "sweeps/experiments/barycenter_tabular.yaml"
-FAST = [
-    "eval.classifiers=[logistic]",
-    "method.variant=gaussian",
-    f"task.data.path={REPO / 'platform/otu/tabular/data/diabetes.csv'}",
-]
 
 
 @pytest.mark.parametrize(
