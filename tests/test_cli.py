@@ -134,3 +134,36 @@ def test_report_regenerates_summary(tmp_path, tracking, cache):
     assert main(["report", str(out)]) == 0
     assert 'src="data:image/png;base64,' in (out / "report.html").read_text()
     assert main(["report", str(tmp_path / "nothing")]) == 2
+
+
+def test_sigterm_swallowed_by_a_destructor_still_ends_the_command(tmp_path):
+    """A SIGTERM landing in a ``__del__`` (or a gc callback) raises a KeyboardInterrupt Python only
+    reports ("Exception ignored in"): otu raises it again until a handler catches one, so the
+    command ends (a CI run once waited 60 s for a SIGTERMed `otu run` that kept training)."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "swallow.py"
+    script.write_text(
+        "import os, signal, sys, threading, time\n"
+        "from otu import cli\n"
+        "signal.signal(signal.SIGTERM, cli._terminate)\n"
+        "class Slow:\n"
+        "    def __del__(self):\n"
+        "        time.sleep(1.5)\n"
+        "threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
+        "try:\n"
+        "    Slow()\n"
+        "    deadline = time.time() + 30\n"
+        "    while time.time() < deadline:\n"
+        "        time.sleep(0.05)\n"
+        "    sys.exit(1)\n"
+        "except KeyboardInterrupt:\n"
+        "    cli.INTERRUPTED.set()\n"
+        "    sys.exit(130)\n"
+    )
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert "Exception ignored" in done.stderr  # the first KeyboardInterrupt was swallowed
+    assert done.returncode == 130 and time.monotonic() - start < 15

@@ -6,6 +6,7 @@ non-zero with a one-line cause on failure, and leaves no partial output behind a
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import json
 import math
@@ -64,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say("otu: run failed:", err, debug)
         return 1
     except KeyboardInterrupt:
+        INTERRUPTED.set()
         _say("otu: interrupted", "", debug)
         return 130
     except Exception as err:  # noqa: BLE001 — the last line of defence: one line, not a traceback
@@ -87,8 +89,23 @@ def _say(label: str, message: object, debug: bool) -> None:
     console.print(Text.assemble((label, "bold red"), " " * bool(text), text), highlight=False, soft_wrap=True)
 
 
+INTERRUPTED = threading.Event()
+"""Set where a KeyboardInterrupt (Ctrl-C, or SIGTERM through :func:`_terminate`) is caught."""
+
+
 def _terminate(signum, frame) -> None:
+    """SIGTERM: a KeyboardInterrupt in the main thread. Raised inside a garbage-collector callback
+    or a ``__del__`` it would be ignored ("Exception ignored in ...") and the command would go on,
+    so it is raised again every 2 s until a handler caught one."""
+
+    if not any(t.name == "otu-sigterm" for t in threading.enumerate()):
+        threading.Thread(target=_insist, name="otu-sigterm", daemon=True).start()
     raise KeyboardInterrupt
+
+
+def _insist() -> None:
+    while not INTERRUPTED.wait(2.0):
+        _thread.interrupt_main(signal.SIGTERM)  # runs _terminate in the main thread again
 
 
 def _main_thread() -> bool:
@@ -305,6 +322,7 @@ def _run(args: argparse.Namespace, exp, uri: str, out_dir: Path) -> None:
         discard = True  # a user error found late (bad data): nothing of the run is kept
         raise
     except KeyboardInterrupt:
+        INTERRUPTED.set()
         status = "KILLED"
         raise
     finally:
