@@ -331,9 +331,12 @@ LOOP_STEPS, LOOP_EVERY = 16, 4
 
 
 def loop_args(tmp_path: Path, out: Path) -> list[str]:
-    """``otu run`` of the shipped 2-worker ZeRO-3 OPT-OUT spec, shortened, with loop checkpoints every 4 steps."""
+    """``otu run`` of the shipped 2-worker ZeRO-3 OPT-OUT spec, shortened (16 steps; the tiny models
+    fine-tuned for 20 epochs, not 60: these tests compare runs with each other), with loop
+    checkpoints every 4 steps."""
     overrides = [
         f"tracking.cache_dir={tmp_path.parent / 'loop-cache'}",
+        "task.model.epochs=20",
         f"method.steps={LOOP_STEPS}",
         f"compute.checkpoint_every={LOOP_EVERY}",
     ]
