@@ -1,8 +1,9 @@
-"""Shared fixtures: one real local Ray instance per test session; torch kept to one thread."""
+"""Shared fixtures: one real local Ray instance per test session, one tiny-LLM cache; torch kept to one thread."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +21,24 @@ def ray_local():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def llm_cache(tmp_path_factory) -> Path:
+    """The cache of every LLM test module: the tiny models are built and fine-tuned once per session."""
+    return tmp_path_factory.getbasetemp() / "llm-cache"
+
+
+@pytest.fixture(scope="module")
+def prepared(llm_cache):
+    """The tiny OPT-OUT spec of test_llm.py, parsed, and its prepared task."""
+    from test_llm import tiny_spec
+
+    from otu.llm.family import FAMILY
+    from otu.spec import parse_experiment
+
+    exp = parse_experiment(tiny_spec(llm_cache))
+    return exp, FAMILY.prepare(exp.job(), exp.context())
 
 
 LONGEST_FIRST = ("test_readme.py", "test_llm_distributed.py", "test_paths.py", "test_sweep.py", "test_cluster.py")

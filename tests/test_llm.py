@@ -76,17 +76,6 @@ def unlearn(exp, prepared, on_step, checkpoint_dir: Path):
     return FAMILY.unlearn(exp.job(), prepared, exp.context(StepCallback(on_step), checkpoint_dir))
 
 
-@pytest.fixture(scope="session")
-def llm_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.getbasetemp() / "llm-cache"
-
-
-@pytest.fixture(scope="module")
-def prepared(llm_cache):
-    exp = parse_experiment(tiny_spec(llm_cache))
-    return exp, FAMILY.prepare(exp.job(), exp.context())
-
-
 # ---------------------------------------------------------------- data
 
 

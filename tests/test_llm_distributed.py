@@ -40,12 +40,6 @@ PARTITION_ALL = {
 }
 
 
-@pytest.fixture(scope="session")
-def llm_cache(tmp_path_factory) -> Path:
-    """The same cache as test_llm.py's: the tiny models are fine-tuned once per session."""
-    return tmp_path_factory.getbasetemp() / "llm-cache"
-
-
 def noise(shape: torch.Size, index: int) -> torch.Tensor:
     """The deterministic move θ − θ₀ of tensor ``index``."""
     return 0.05 * torch.randn(shape, generator=torch.Generator().manual_seed(100 + index))

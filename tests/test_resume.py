@@ -33,11 +33,6 @@ class Crash(RuntimeError):
     """Stands for a killed worker."""
 
 
-@pytest.fixture(scope="session")
-def llm_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.getbasetemp() / "llm-cache"
-
-
 def experiment(cache: Path, compute: dict, **method):
     raw = tiny_spec(cache, steps=STEPS, reduction="sequence_mean", **method)
     raw["compute"] = {"checkpoint_every": EVERY, **compute}

@@ -19,17 +19,6 @@ from otu.robustness import recovery, with_attacks
 from otu.spec import parse_experiment, parse_sweep
 
 
-@pytest.fixture(scope="session")
-def llm_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.getbasetemp() / "llm-cache"
-
-
-@pytest.fixture(scope="module")
-def task(llm_cache):
-    exp = parse_experiment(tiny_spec(llm_cache))
-    return exp, FAMILY.prepare(exp.job(), exp.context())
-
-
 def weights(model: torch.nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
@@ -56,8 +45,8 @@ def test_4bit_blocks_keep_code_values_and_round_others_to_the_nearest(quant_type
     assert torch.equal(attacks.quantize_blocks(w, 4, quant_type), nearest)
 
 
-def test_int8_leaves_an_fp32_models_metrics_within_1e_2_and_the_model_as_it_was(task):
-    exp, prepared = task
+def test_int8_leaves_an_fp32_models_metrics_within_1e_2_and_the_model_as_it_was(prepared):
+    exp, prepared = prepared
     model = prepared.model("original")
     before = weights(model)
     clean = FAMILY.evaluate(exp.job(), prepared, model)
@@ -77,10 +66,10 @@ def test_int8_leaves_an_fp32_models_metrics_within_1e_2_and_the_model_as_it_was(
 # ---------------------------------------------------------------- relearning and probes
 
 
-def test_relearning_the_forget_items_restores_them_on_the_oracle(task):
+def test_relearning_the_forget_items_restores_them_on_the_oracle(prepared):
     """The oracle never saw the forget items: relearning them brings their probability up, and
     leaves the oracle itself as it was."""
-    exp, prepared = task
+    exp, prepared = prepared
     oracle = prepared.model("retrained")
     before = weights(oracle)
     records = prepared.splits["forget_eval"]
@@ -92,8 +81,8 @@ def test_relearning_the_forget_items_restores_them_on_the_oracle(task):
     assert all(torch.equal(a, b) for a, b in zip(before, oracle.parameters(), strict=True))
 
 
-def test_forget_subset_relearns_a_seeded_part_and_scores_the_rest(task):
-    _, prepared = task
+def test_forget_subset_relearns_a_seeded_part_and_scores_the_rest(prepared):
+    _, prepared = prepared
     attack = Relearn(attack="relearn", fraction=0.5)
     relearned, splits = attacks.relearn_split(prepared.splits, attack, seed=3)
     again, _ = attacks.relearn_split(prepared.splits, attack, seed=3)
@@ -104,8 +93,8 @@ def test_forget_subset_relearns_a_seeded_part_and_scores_the_rest(task):
     assert splits["retain_eval"] is prepared.splits["retain_eval"]
 
 
-def test_probes_rewrite_the_evaluation_questions_and_reuse_the_metric_code(task):
-    exp, prepared = task
+def test_probes_rewrite_the_evaluation_questions_and_reuse_the_metric_code(prepared):
+    exp, prepared = prepared
     model = prepared.model("original")
     identity = attacks.probe_splits(prepared.splits, Probe(attack="probe", template="{question}"))
     assert FAMILY.evaluate(exp.job(), prepared.on(identity), model) == FAMILY.evaluate(exp.job(), prepared, model)
@@ -233,8 +222,8 @@ def test_attacks_a_family_does_not_have_are_refused(tmp_path):
         parse_experiment(raw, check_files=False)
 
 
-def test_published_relearn_recipes_are_presets_and_lora_relearning_merges(task):
-    _, prepared = task
+def test_published_relearn_recipes_are_presets_and_lora_relearning_merges(prepared):
+    _, prepared = prepared
     lucki = Relearn.model_validate({"attack": "relearn", "preset": "lucki", "epochs": 1})
     assert (lucki.lora.r, lucki.lora.alpha, lucki.lr, lucki.epochs, lucki.size) == (128, 16.0, 2e-4, 1, 10)
     ou = Relearn.model_validate({"attack": "relearn", "preset": "open_unlearning"})
