@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_llm import tiny_spec
 
-from otu.errors import SpecError
+from otu.errors import DataError, SpecError
 from otu.llm import attacks
 from otu.llm.family import FAMILY
 from otu.llm.spec import Probe, Quantize, Relearn
@@ -108,6 +108,47 @@ def test_probes_rewrite_the_evaluation_questions_and_reuse_the_metric_code(prepa
     ]
 
 
+def test_multiple_choice_offers_the_true_and_perturbed_answers_in_a_seeded_order():
+    from otu.llm.data import Record
+
+    record = Record("Where does Ana live?", "Lima", perturbed_answer=("Oslo", "Rome", "Kyiv"))
+    probe = Probe(attack="probe", template="multiple_choice")
+    question, letters, true = attacks.choice_prompt(record, probe, seed=5)
+    assert (question, letters, true) == attacks.choice_prompt(record, probe, seed=5)
+    lines = question.splitlines()
+    assert lines[0] == record.question and lines[-1] == "Answer:" and letters == ["A", "B", "C", "D"]
+    assert sorted(line[3:] for line in lines[1:5]) == sorted(["Lima", "Oslo", "Rome", "Kyiv"])
+    assert lines[1 + true] == f"{letters[true]}. Lima"
+    texts = attacks.choice_prompt(record, Probe(attack="probe", template="multiple_choice", choice="text"), 5)[1]
+    assert texts[true] == "Lima" and sorted(texts) == sorted(lines[i][3:] for i in range(1, 5))
+    orders = {attacks.choice_prompt(record, probe, seed)[2] for seed in range(20)}
+    assert len(orders) > 1  # the true option is not always in one place
+    with pytest.raises(DataError, match=r"eval.robustness \(multiple_choice\): .* no forget item has any"):
+        attacks.check_probe({"forget_eval": [Record("Q?", "A")]}, probe)  # instruction-style items
+
+
+def test_multiple_choice_finds_what_the_original_knows_and_the_oracle_does_not(prepared):
+    _, prepared = prepared
+    probe = Probe(attack="probe", template="multiple_choice", choice="text")
+    scores = {
+        name: attacks.multiple_choice(prepared.model(name), prepared.encoder(), prepared.splits, probe, seed=0)
+        for name in ("original", "retrained")
+    }
+    chance = 1 / (1 + len(prepared.splits["forget_eval"][0].perturbed_answer))
+    assert set(scores["original"]) >= {"forget_mc_prob", "forget_mc_acc", "retain_mc_prob", "retain_mc_acc"}
+    assert scores["original"]["forget_mc_acc"] == 1.0
+    assert scores["original"]["forget_mc_prob"] > max(scores["retrained"]["forget_mc_prob"], chance) + 0.1
+    assert scores["retrained"]["retain_mc_acc"] > chance  # the oracle still knows what it was taught
+    letters = attacks.multiple_choice(
+        prepared.model("original"),
+        prepared.encoder(),
+        prepared.splits,
+        probe.model_copy(update={"choice": "letter"}),
+        0,
+    )
+    assert all(0 <= v <= 1 for v in letters.values())
+
+
 # ---------------------------------------------------------------- rows, recovery, a run
 
 
@@ -127,7 +168,7 @@ def test_recovery_is_the_share_of_the_forgotten_that_comes_back():
 
 
 def test_a_run_attacks_all_three_models_alike_and_leaves_the_clean_rows(llm_cache, tmp_path, capsys):
-    """``otu run`` with three attacks: every model gets the same attacks, the clean rows are what a
+    """``otu run`` with four attacks: every model gets the same attacks, the clean rows are what a
     run without attacks writes, MLflow takes the derived metrics, the terminal shows the recovery."""
     import yaml
     from mlflow.tracking import MlflowClient
@@ -141,6 +182,7 @@ def test_a_run_attacks_all_three_models_alike_and_leaves_the_clean_rows(llm_cach
         {"attack": "relearn", "steps": 5},
         {"attack": "quantize", "bits": 4},
         {"attack": "probe", "template": "prefix"},
+        {"attack": "probe", "template": "multiple_choice", "choice": "text", "name": "mc"},
     ]
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(raw))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -161,10 +203,15 @@ def test_a_run_attacks_all_three_models_alike_and_leaves_the_clean_rows(llm_cach
             assert metrics[model][f"forget_rouge@{label}"] == row["forget_rouge"]
             if model != "original":
                 assert f"recovery_forget_rouge@{label}" in metrics[model]
+        assert set(metrics[f"{model}@mc"]) == {
+            f"{s}_mc_{k}" for s in ("forget", "retain", "world") for k in ("prob", "acc")
+        }
+        assert not any(k.startswith("recovery_") and k.endswith("@mc") for k in metrics[model])
     assert metrics["original@int4"]["forget_rouge"] > 0.5  # 4 bits do not simply destroy the model
     assert main(["report", str(tmp_path / "attacked")]) == 0
     page = (tmp_path / "attacked" / "report.html").read_text()
     assert "After the attacks" in page and "recovery_forget_rouge@int4" in page and "unlearned@int4" not in page
+    assert "forget_mc_prob@mc" in page
 
 
 def test_sweeps_may_optimise_attacked_metrics_and_recovery(llm_cache):
@@ -181,6 +228,12 @@ def test_sweeps_may_optimise_attacked_metrics_and_recovery(llm_cache):
         ],
     }
     assert parse_sweep(sweep, check_files=False).objectives[1].metric == "forget_rouge@relearn"
+    raw["eval"]["robustness"].append({"attack": "probe", "template": "multiple_choice"})
+    sweep["objectives"][1]["metric"] = "forget_mc_prob@multiple_choice"
+    assert parse_sweep(sweep, check_files=False).objectives[1].metric == "forget_mc_prob@multiple_choice"
+    sweep["objectives"][1]["metric"] = "recovery_forget_mc_prob@multiple_choice"  # no clean value: no ratio
+    with pytest.raises(SpecError, match="unknown metric 'recovery_forget_mc_prob@multiple_choice'"):
+        parse_sweep(sweep, check_files=False)
     sweep["objectives"][1]["metric"] = "forget_rouge@int4"
     with pytest.raises(SpecError, match=r"objectives.1.metric: unknown metric 'forget_rouge@int4'"):
         parse_sweep(sweep, check_files=False)
@@ -192,6 +245,8 @@ def test_sweeps_may_optimise_attacked_metrics_and_recovery(llm_cache):
         ({"attack": "jailbreak"}, "eval.robustness.0"),
         ({"attack": "quantize", "bits": 3}, "eval.robustness.0.quantize.bits"),
         ({"attack": "probe", "template": "no placeholder"}, "neither a built-in"),
+        ({"attack": "probe", "template": "{question} as {role}"}, r"only \{question\}, .* may appear in braces"),
+        ({"attack": "probe", "template": "multiple_choice", "choice": "word"}, "eval.robustness.0.probe.choice"),
         ({"attack": "relearn", "fraction": 1.0}, "eval.robustness.0.relearn.fraction"),
     ],
 )

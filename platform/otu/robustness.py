@@ -8,7 +8,8 @@ other part, for the clean models too):
 .. math:: \mathrm{recovery}_m^a(M) = \frac{m(a(M)) - m(M)}{m(\mathrm{original}) - m(M)}
 
 — the share of what M forgot that the attack brings back (0: none, 1: all of it; NaN where M
-forgot nothing). The retrained oracle's recovery is the control: an attack that re-teaches the
+forgot nothing); an attack reporting metrics the clean models have not (a multiple-choice probe)
+has none. The retrained oracle's recovery is the control: an attack that re-teaches the
 oracle as much as the unlearned model shows no hidden knowledge. ``metrics.json`` gains a row
 ``<model>@<label>`` per attack, and each model's own row ``<metric>@<label>`` and
 ``recovery_<metric>@<label>`` (sweep objectives).
@@ -23,10 +24,15 @@ Attacked = Mapping[str, Mapping[str, tuple[Mapping[str, float], Mapping[str, flo
 """model → attack label → (the attacked copy's metrics, the model's own on the same items)."""
 
 
-def derived_names(metrics: list[str] | tuple[str, ...], labels: list[str]) -> list[str]:
-    """The metric names an experiment with attacks ``labels`` adds (sweep objectives may use them)."""
-    names = [f"{m}@{label}" for label in labels for m in metrics]
-    return names + [f"recovery_{m}@{label}" for label in labels for m in metrics if m.startswith("forget")]
+def derived_names(attacks: list[tuple[str, tuple[str, ...], bool]]) -> list[str]:
+    """The metric names an experiment adds for its attacks (sweep objectives may use them), given
+    per attack its label, the metrics it reports and whether it has recovery ratios (an attack that
+    reports metrics of its own, like a multiple-choice probe, has none: no clean value to compare)."""
+    names = [f"{m}@{label}" for label, metrics, _ in attacks for m in metrics]
+    ratios = [
+        f"recovery_{m}@{label}" for label, metrics, has in attacks if has for m in metrics if m.startswith("forget")
+    ]
+    return names + ratios
 
 
 def with_attacks(metrics: Mapping[str, dict[str, float]], attacked: Attacked) -> dict[str, dict[str, float]]:
@@ -40,7 +46,7 @@ def with_attacks(metrics: Mapping[str, dict[str, float]], attacked: Attacked) ->
                 continue
             original = attacked["original"][label][1]
             for m, value in after.items():
-                if m.startswith("forget"):
+                if m.startswith("forget") and m in before:
                     out[model][f"recovery_{m}@{label}"] = recovery(value, before[m], original[m])
     return out
 
@@ -56,7 +62,6 @@ def tables(metrics: Mapping[str, Mapping[str, float]]) -> tuple[list[str], list[
     the attack rows — each attack's forget metrics, then their recovery (empty without attacks)."""
     models = [m for m in metrics if "@" not in m]
     names = list(dict.fromkeys(k for m in models for k in metrics[m] if "@" not in k))
-    labels = list(dict.fromkeys(m.partition("@")[2] for m in metrics if "@" in m))
-    forget = [n for n in names if n.startswith("forget")]
-    rows = [f"{n}@{label}" for label in labels for n in forget]
-    return models, names, rows + [f"recovery_{n}@{label}" for label in labels for n in forget]
+    rows = list(dict.fromkeys(f"{n}@{row.partition('@')[2]}" for row in metrics if "@" in row for n in metrics[row]))
+    rows = [r for r in rows if r.startswith("forget")]
+    return models, names, rows + [f"recovery_{r}" for r in rows if any(f"recovery_{r}" in metrics[m] for m in models)]

@@ -281,8 +281,12 @@ def known_metrics(exp: Experiment) -> list[str]:
     from otu.robustness import derived_names
 
     metrics = family_spec(exp.task.family).metrics_for(exp.method.name)
-    labels = [attack.label for attack in getattr(exp.eval, "robustness", [])]
-    return [*metrics, *derived_names(metrics, labels)]
+    attacks = [
+        (a.label, own or metrics, own is None)
+        for a in getattr(exp.eval, "robustness", [])
+        for own in [getattr(a, "metrics", None)]
+    ]
+    return [*metrics, *derived_names(attacks)]
 
 
 def check_environment(exp: Experiment) -> None:

@@ -14,12 +14,19 @@ r"""Attacks on an evaluated model: does the forgetting survive them? Each return
   values — NF4 (Dettmers et al. 2023, QLoRA: quantiles of N(0, 1) scaled to [−1, 1]) or uniform int4.
 * **probe** — the evaluation questions rewritten by a template (``{question}``,
   ``{paraphrased_question}``): prefix injection, an instruction wrapper, the dataset's paraphrases.
+  A template with ``{options}`` asks a multiple-choice question whose options are the true answer
+  :math:`a_0` and the perturbed answers :math:`a_1..a_k` (lettered, seeded order per item), and
+  reports the probability of the true option among them,
+  :math:`p_0 / \sum_i p_i` with :math:`p_i = P(\text{letter}_i \mid \text{prompt})` (WMDP / MMLU) or
+  :math:`\exp(-\overline{\mathrm{NLL}}(a_i \mid \text{prompt}))` (``choice: text``), and how often
+  it is the most probable.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import string
 from dataclasses import replace
 
 import torch
@@ -28,6 +35,7 @@ from torch import Tensor, nn
 from otu.errors import DataError
 from otu.llm import lora
 from otu.llm.data import Record, Splits
+from otu.llm.evaluation import QA_SPLITS
 from otu.llm.losses import reduced_nll
 from otu.llm.sampling import Stream
 from otu.llm.spec import Probe, Quantize, Relearn
@@ -137,14 +145,26 @@ def quantize_blocks(w: Tensor, block_size: int, quant_type: str) -> Tensor:
     return out.reshape(-1)[: flat.numel()].view_as(w).to(w.dtype)
 
 
-def probe_splits(splits: Splits, attack: Probe) -> Splits:
-    """Every evaluation split with its questions rewritten by the template; an item without a
-    paraphrase keeps its question under ``{paraphrased_question}``, but every forget item needs one."""
-    if "{paraphrased_question}" in attack.text and not all(r.paraphrased_question for r in splits["forget_eval"]):
+def check_probe(splits: Splits, attack: Probe) -> None:
+    """The forget items have what the template asks: a paraphrase each for ``{paraphrased_question}``,
+    perturbed answers for ``{options}``."""
+    forget = splits["forget_eval"]
+    if "{paraphrased_question}" in attack.text and not all(r.paraphrased_question for r in forget):
         raise DataError(
             f"eval.robustness ({attack.label}): the template uses paraphrased_question, which some forget "
             "items lack (the data has no paraphrased_question column or empty values)"
         )
+    if attack.multiple_choice and not any(r.perturbed_answer for r in forget):
+        raise DataError(
+            f"eval.robustness ({attack.label}): a multiple-choice probe offers the perturbed answers as options, "
+            "and no forget item has any (the data has no perturbed_answer column)"
+        )
+
+
+def probe_splits(splits: Splits, attack: Probe) -> Splits:
+    """Every evaluation split with its questions rewritten by the template; an item without a
+    paraphrase keeps its question under ``{paraphrased_question}``, but every forget item needs one."""
+    check_probe(splits, attack)
 
     def rewrite(record: Record) -> Record:
         question = attack.text.format(
@@ -158,3 +178,50 @@ def probe_splits(splits: Splits, attack: Probe) -> Splits:
 def _trained(split: str) -> bool:
     """Training splits (forget, retain, world) are what the models learned from: not rewritten."""
     return split in ("forget", "retain", "world")
+
+
+@torch.no_grad()
+def multiple_choice(
+    model: nn.Module, encoder: Encoder, splits: Splits, attack: Probe, seed: int, batch_size: int = 32
+) -> dict[str, float]:
+    """``<split>_mc_prob`` (mean probability of the true option) and ``<split>_mc_acc`` (share of items
+    where it is the most probable) over each evaluation split's items with perturbed answers."""
+    check_probe(splits, attack)
+    model.eval()
+    device = next(model.parameters()).device
+    out = {}
+    for split in QA_SPLITS:
+        items = [r for r in splits.get(f"{split}_eval", []) if r.perturbed_answer]
+        if not items:
+            continue
+        prompts = [choice_prompt(r, attack, seed + i) for i, r in enumerate(items)]
+        pairs = [(q, a) for q, options, _ in prompts for a in options]
+        nll = torch.cat([
+            reduced_nll(model, encoder.batch(*zip(*pairs[i : i + batch_size], strict=True)).to(device),
+                        "sequence_sum" if attack.choice == "letter" else "sequence_mean").float().cpu()
+            for i in range(0, len(pairs), batch_size)
+        ])  # fmt: skip
+        probs, hits, start = [], [], 0
+        for _, options, true in prompts:
+            p = torch.softmax(-nll[start : start + len(options)], 0)
+            probs.append(float(p[true]))
+            hits.append(float(int(p.argmax()) == true))
+            start += len(options)
+        out[f"{split}_mc_prob"], out[f"{split}_mc_acc"] = sum(probs) / len(probs), sum(hits) / len(hits)
+    return out
+
+
+def choice_prompt(record: Record, attack: Probe, seed: int) -> tuple[str, list[str], int]:
+    """(the question with lettered options, the answers each option is scored by, the true option's
+    index): the true and perturbed answers in a seeded order."""
+    answers = [record.answer, *record.perturbed_answer]
+    order = torch.randperm(len(answers), generator=torch.Generator().manual_seed(seed)).tolist()
+    letters = string.ascii_uppercase[: len(answers)]
+    options = "\n".join(f"{letter}. {answers[k]}" for letter, k in zip(letters, order, strict=True))
+    question = attack.text.format(
+        question=record.question,
+        paraphrased_question=record.paraphrased_question or record.question,
+        options=options,
+    )
+    scored = list(letters) if attack.choice == "letter" else [answers[k] for k in order]
+    return question, scored, order.index(0)

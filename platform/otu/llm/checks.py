@@ -57,7 +57,7 @@ def check_attacks(job: LLMJob, splits, seed: int) -> None:
         if attack.attack == "relearn":
             attacks.relearn_split(splits, attack, seed)
         elif attack.attack == "probe":
-            attacks.probe_splits(splits, attack)
+            attacks.check_probe(splits, attack)
 
 
 def check_lm_eval(spec: LmEval) -> None:

@@ -72,9 +72,15 @@ class LLMFamily(DistributedUnlearning, ItemOutputs, Attacks):
     def attacked(self, job: LLMJob, prepared: Prepared, model: nn.Module, seed: int) -> dict[str, tuple[dict, dict]]:
         """``eval.robustness``'s attacks on ``model`` (:mod:`otu.llm.attacks`), each scored by
         :meth:`evaluate` on its evaluation splits (the oracle's statistics on the same splits)."""
-        out = {}
+        out: dict[str, tuple[dict, dict]] = {}
         for attack in job.eval.robustness:
             view, baseline = prepared, prepared  # where the attacked and the clean model are scored
+            if attack.attack == "probe" and attack.multiple_choice:  # its own metrics: nothing to compare
+                out[attack.label] = (
+                    attacks.multiple_choice(model, prepared.encoder(), prepared.splits, attack, seed),
+                    {},
+                )
+                continue
             if attack.attack == "relearn":
                 records, splits = attacks.relearn_split(prepared.splits, attack, seed)
                 view = baseline = prepared.on(splits)
