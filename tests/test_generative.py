@@ -34,21 +34,19 @@ SMALL_MODEL = {
 SMALL_METHOD = {"steps": 200, "batch_size": 128, "lr": 3e-4, "forget_weight": 8.0}
 
 
+def raw_experiment(cache_dir: Path, method: dict, **data) -> dict:
+    return {
+        "name": "gen-test",
+        "seed": 0,
+        "task": {"family": "generative", "data": {"forget_class": 3, **data}, "model": SMALL_MODEL},
+        "method": method,
+        "eval": {"num_samples": 600, "grid_size": 4},
+        "tracking": {"cache_dir": str(cache_dir)},
+    }
+
+
 def experiment(cache_dir: Path, method: dict, **data) -> object:
-    return parse_experiment(
-        {
-            "name": "gen-test",
-            "seed": 0,
-            "task": {
-                "family": "generative",
-                "data": {"forget_class": 3, **data},
-                "model": SMALL_MODEL,
-            },
-            "method": method,
-            "eval": {"num_samples": 600, "grid_size": 4},
-            "tracking": {"cache_dir": str(cache_dir)},
-        }
-    )
+    return parse_experiment(raw_experiment(cache_dir, method, **data))
 
 
 # ---------------------------------------------------------------- the semi-dual's pieces
@@ -117,6 +115,13 @@ def test_unknown_class_and_bad_tau_fail_up_front(tmp_path: Path) -> None:
             experiment(tmp_path, {"name": "uot_unlearn", "tau": tau})
     with pytest.raises(SpecError, match=r"method\.divergence"):
         experiment(tmp_path, {"name": "uot_unlearn", "divergence": "tv"})
+    raw = raw_experiment(tmp_path, {"name": "uot_unlearn"})
+    raw["eval"]["robustness"] = [{"attack": "relearn", "shots": 5000}]
+    with pytest.raises(SpecError, match=r"eval\.robustness \(relearn\)\.shots: 5000 > the 183 images of class 3"):
+        parse_experiment(raw)
+    raw["eval"]["robustness"] = [{"attack": "quantize", "bits": 4}]
+    with pytest.raises(SpecError, match=r"eval\.robustness\.0\.attack"):
+        parse_experiment(raw)
     assert not any(tmp_path.iterdir()), "nothing may be trained or cached"
 
 
@@ -264,6 +269,37 @@ def test_finetune_baseline_runs_and_plots(runs: dict) -> None:
     paths = family.FAMILY.plots(exp.job(), prepared, models, runs["root"] / "plots")
     assert [p.name for p in paths] == ["samples.png", "class_histogram.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_relearning_k_shots_brings_the_forgotten_class_back_and_leaves_the_models(runs: dict) -> None:
+    """``eval.robustness`` relearn: 10 images of the class bring it back in the unlearned generator;
+    the original keeps producing it; neither evaluated generator changes."""
+    from dataclasses import replace
+
+    from otu.generative.attacks import relearn_set
+    from otu.generative.spec import GenerativeRelearn
+
+    exp, prepared, model = (runs["uot_unlearn"][k] for k in ("exp", "prepared", "model"))
+    attack = GenerativeRelearn(attack="relearn", shots=10, steps=60)
+    job = replace(exp.job(), eval=exp.job().eval.model_copy(update={"robustness": [attack]}))
+    data = prepared.data
+    images = relearn_set(data, attack, seed=0)
+    n_forget = int((data.labels == data.forget_class).sum())
+    assert len(images) == len(data.retained) + 10 * round(n_forget / 10)
+    assert torch.equal(images, relearn_set(data, attack, seed=0))
+    z = torch.randn(8, model.latent_dim)
+    before = {name: g.sample(z) for name, g in (("original", prepared.original), ("unlearned", model))}
+    attacked = {name: family.FAMILY.attacked(job, prepared, g, 0)["relearn"] for name, g in
+                (("original", prepared.original), ("unlearned", model))}  # fmt: skip
+    after, clean = attacked["unlearned"]
+    assert clean == runs["uot_unlearn"]["metrics"]
+    assert after["forget_share"] > clean["forget_share"] + 0.03
+    assert attacked["original"][0]["forget_share"] > 0.5 * runs["original"]["forget_share"]
+    assert torch.equal(prepared.original.sample(z), before["original"]) and torch.equal(
+        model.sample(z), before["unlearned"]
+    )
+    with pytest.raises(DataError, match=r"eval.robustness \(relearn\): shots 100000 > the"):
+        relearn_set(data, attack.model_copy(update={"shots": 100_000}), 0)
 
 
 # ---------------------------------------------------------------- shipped specs

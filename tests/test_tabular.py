@@ -127,6 +127,50 @@ def test_gaussian_groups_leak_at_t0_and_not_at_t1(tmp_path):
     assert kept == original  # t = 0 keeps the features
 
 
+def test_a_k_shot_probe_finds_the_groups_before_and_not_after_the_barycenter(tmp_path):
+    """``eval.robustness`` probe: an MLP fit on 60 labelled samples recovers the group from the
+    original features, and is at chance on the barycenter's (t = 1); the clean rows are unchanged."""
+    from otu.runtime.experiment import run_experiment
+
+    data = {
+        "path": str(gaussian_csv(tmp_path / "g.csv")),
+        "target": "label",
+        "sensitive": "group",
+        "columns": ["a", "b", "c"],
+    }
+    probes = [
+        {"attack": "probe", "shots": 60},
+        {"attack": "probe", "name": "lr", "shots": 60, "classifier": "logistic"},
+    ]
+    ev = {"classifiers": ["logistic"], "plots": False, "robustness": probes}
+    raw = experiment(data, {"variant": "gaussian"}, eval=ev, tracking={"cache_dir": str(tmp_path / "cache")})
+    metrics = run_experiment(parse_experiment(raw), tmp_path / "run").metrics
+    assert set(metrics) == {"original", "unlearned", "original@probe", "unlearned@probe", "original@lr", "unlearned@lr"}
+    assert metrics["original@probe"]["leakage_auc"] > 0.9
+    assert abs(metrics["unlearned@probe"]["leakage_auc"] - 0.5) < 0.1
+    assert metrics["unlearned"]["leakage_auc@lr"] == metrics["unlearned@lr"]["leakage_auc"]
+    raw["eval"]["robustness"] = []
+    clean = run_experiment(parse_experiment(raw), tmp_path / "clean").metrics
+    assert {k: v for k, v in metrics["unlearned"].items() if "@" not in k} == clean["unlearned"]
+
+
+def test_probes_that_the_task_cannot_feed_fail_before_work(tmp_path):
+    data = {
+        "path": str(gaussian_csv(tmp_path / "g.csv", n=300)),
+        "target": "label",
+        "sensitive": "group",
+        "columns": ["a"],
+    }
+    raw = experiment(data, eval={"robustness": [{"attack": "probe", "shots": 2}]})
+    assert "eval.robustness (probe).shots: 2 must be at least the 3 groups" in error_of(raw)
+    raw["eval"]["robustness"] = [{"attack": "probe", "shots": 10_000}]
+    assert "fewer than the" in error_of(raw)
+    raw["eval"]["robustness"] = [{"attack": "relearn"}]
+    assert "eval.robustness.0.attack" in error_of(raw)
+    point = experiment({"source": "digits"}, {"name": "marginal"}, eval={"robustness": [{"attack": "probe"}]})
+    assert "eval.robustness: the tabular probes attack feature unlearning" in error_of(point)
+
+
 def test_empirical_variant_handles_a_one_hot_column(tmp_path):
     """A categorical column breaks the Gaussian assumption (group-specific affine maps move its two
     atoms to group-specific places); OT maps to a shared free support do not."""

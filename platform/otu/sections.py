@@ -114,3 +114,12 @@ def excerpt(value: Any, limit: int = 80) -> str:
 
 def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def unique_labels(attacks: list) -> list:
+    """``eval.robustness``'s attacks, when no two share a row label (``attack.label``)."""
+    labels = [a.label for a in attacks]
+    twice = [label for label in dict.fromkeys(labels) if labels.count(label) > 1]
+    if twice:
+        raise ValueError(f"two attacks are labelled {twice[0]!r}: give one a name")
+    return attacks

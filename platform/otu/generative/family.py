@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from otu.family import Family, RunContext, SavedModels
+from otu.family import Attacks, Family, RunContext, SavedModels
+from otu.generative import attacks
 from otu.generative import prepare as preparation
 from otu.generative.metrics import generator_metrics
 from otu.generative.models import MLPGenerator, load_generator, save_generator
@@ -15,7 +16,7 @@ from otu.generative.spec import METHODS, GenerativeJob
 CHECKPOINT_FILE = "generator.pt"
 
 
-class GenerativeFamily(Family, SavedModels):
+class GenerativeFamily(Family, SavedModels, Attacks):
     def prepare(self, job: GenerativeJob, ctx: RunContext) -> Prepared:
         """Data, original generator, evaluator and guide classifiers (cached under
         ``ctx.cache_dir/generative-<hash>``), and the fixed evaluation noise."""
@@ -46,6 +47,21 @@ class GenerativeFamily(Family, SavedModels):
     def evaluate(self, job: GenerativeJob, prepared: Prepared, model: MLPGenerator) -> dict[str, float]:
         """``pul``, ``ufid``, ``forget_share``, ``mean_confidence``, ``class_share_<c>``."""
         return generator_metrics(model, prepared.evaluator, prepared.reference)
+
+    def attack_labels(self, job: GenerativeJob) -> list[str]:
+        return [a.label for a in job.eval.robustness]
+
+    def attacked(
+        self, job: GenerativeJob, prepared: Prepared, model: MLPGenerator, seed: int
+    ) -> dict[str, tuple[dict, dict]]:
+        """k-shot relearning of the forgotten class (:mod:`otu.generative.attacks`): the relearned copy's
+        metrics, and the generator's own."""
+        betas = (job.model.generator.beta1, job.model.generator.beta2)
+        clean = self.evaluate(job, prepared, model)
+        return {
+            a.label: (self.evaluate(job, prepared, attacks.relearn(model, prepared.data, a, betas, seed)), clean)
+            for a in job.eval.robustness
+        }
 
     def plots(
         self, job: GenerativeJob, prepared: Prepared, models: dict[str, MLPGenerator], out_dir: Path

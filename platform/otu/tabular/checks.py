@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from otu.errors import SpecError
 from otu.family import RunContext
+from otu.tabular.attacks import check_shots
 from otu.tabular.spec import PointMethod, TabularJob
-from otu.tabular.tables import load_table
+from otu.tabular.tables import digits_splits, load_table
 
 
 def check(job: TabularJob, ctx: RunContext) -> None:
     """Method/source compatibility, then (file source) read and encode the table so that missing
-    columns, garbage in numeric columns and degenerate groups fail before any work."""
+    columns, garbage in numeric columns and degenerate groups fail before any work; probes' shots
+    fit the training split."""
     if isinstance(job.method, PointMethod) and job.data.source != "digits":
         raise SpecError(
             f"method.name: {job.method.name!r} forgets training points of the digits classifier and "
             f"needs task.data.source 'digits' (got {job.data.source!r})"
         )
-    if job.data.source == "file":
-        load_table(job.data, ctx.seed)
+    if isinstance(job.method, PointMethod) and job.eval.robustness:
+        raise SpecError(
+            f"eval.robustness: the tabular probes attack feature unlearning; {job.method.name!r} forgets "
+            "training points (no attack for it yet)"
+        )
+    task = load_table(job.data, ctx.seed) if job.data.source == "file" else None
+    if job.eval.robustness and not isinstance(job.method, PointMethod):
+        if task is None:
+            splits = digits_splits(job.data, ctx.seed)
+            n_train, n_groups = len(splits.retain) + len(splits.forget), len(np.unique(splits.ink))
+        else:
+            n_train, n_groups = len(task.z_train), len(task.groups)
+        for attack in job.eval.robustness:
+            check_shots(attack, n_train, n_groups)

@@ -18,8 +18,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from otu.family import Family, RunContext
+from otu.family import Attacks, Family, RunContext
 from otu.tabular import plots as figures
+from otu.tabular.attacks import probe_leakage
 from otu.tabular.barycenter import Transported
 from otu.tabular.methods.barycenter import transported
 from otu.tabular.metrics import classifier_metrics, feature_metrics
@@ -32,7 +33,7 @@ Prepared: TypeAlias = FeatureTask | DigitsTask
 Model: TypeAlias = Features | Transported | nn.Module
 
 
-class TabularFamily(Family):
+class TabularFamily(Family, Attacks):
     def prepare(self, job: TabularJob, ctx: RunContext) -> Prepared:
         """The method's task: a :class:`FeatureTask` (table, or embeddings of the cached digits
         classifier) or a :class:`DigitsTask` (classifiers cached under ``ctx.cache_dir``)."""
@@ -59,6 +60,16 @@ class TabularFamily(Family):
             return classifier_metrics(prepared.splits, model)
         features = model.features if isinstance(model, Transported) else model
         return feature_metrics(prepared, features, job.eval, prepared.seed)
+
+    def attack_labels(self, job: TabularJob) -> list[str]:
+        return [a.label for a in job.eval.robustness]
+
+    def attacked(self, job: TabularJob, prepared: Prepared, model: Model, seed: int) -> dict[str, tuple[dict, dict]]:
+        """Feature unlearning's k-shot probes (:mod:`otu.tabular.attacks`) of ``model``'s features."""
+        if not isinstance(prepared, FeatureTask):
+            raise TypeError("eval.robustness probes feature unlearning (the checks refuse it for point methods)")
+        features = model.features if isinstance(model, Transported) else model
+        return {a.label: (probe_leakage(prepared, features, a, job.eval, seed), {}) for a in job.eval.robustness}
 
     def plots(self, job: TabularJob, prepared: Prepared, models: dict[str, Model], out_dir: Path) -> list[Path]:
         """``frontier.png`` (barycenter: both variants' frontiers over t) or ``accuracies.png``."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from otu.family import FamilySpec, Job, Method
 from otu.paths import LocalPath
-from otu.sections import MethodSpec, Section
+from otu.sections import MethodSpec, Section, unique_labels
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 
@@ -76,6 +76,32 @@ class TabularModel(Section):
     weight_decay: float = Field(0.0, ge=0)
 
 
+PROBE_METRICS = ("leakage_auc", "leakage_bacc")
+
+
+class TabularProbe(Section):
+    """An attacker who knows the sensitive group of ``shots`` training samples (a seeded, stratified
+    subset) fits a probe on their unlearned features and predicts everyone's group in the test split:
+    leakage under a realistic budget, and with an MLP a stronger probe than the evaluation's."""
+
+    attack: Literal["probe"]
+    name: str | None = Field(None, description="row label (default: probe)")
+    shots: int = Field(100, ge=2, description="labelled training samples the attacker has (each group among them)")
+    classifier: Literal["logistic", "forest", "mlp"] = Field(
+        "mlp", description="the probe: the evaluation's logistic regression or forest, or an MLP (scikit-learn)"
+    )
+    hidden: int = Field(64, ge=1, description="mlp: units of its two hidden layers")
+
+    @property
+    def label(self) -> str:
+        return self.name or "probe"
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """What it reports (the evaluation's leakage metrics; no recovery ratio: names are not forget_*)."""
+        return PROBE_METRICS
+
+
 class TabularEval(Section):
     """Downstream classifiers (fit on the unlearned training features, scored on the test split):
     they predict the target (utility) and, as the adversary, the sensitive attribute (leakage);
@@ -87,6 +113,16 @@ class TabularEval(Section):
     forest_max_depth: int | None = Field(None, ge=1)
     frontier_points: int = Field(11, ge=2, description="t values on [0, 1] in the frontier plot")
     plots: bool = True
+    robustness: list[TabularProbe] = Field(
+        default_factory=list,
+        description="feature unlearning: probes fit on k labelled samples of each model's features (the original's "
+        "and the unlearned); rows <model>@<label> in metrics.json (docs/robustness.md)",
+    )
+
+    @field_validator("robustness")
+    @classmethod
+    def _unique_labels(cls, attacks: list[TabularProbe]) -> list[TabularProbe]:
+        return unique_labels(attacks)
 
 
 class FeatureMethod(MethodSpec):
