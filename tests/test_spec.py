@@ -134,7 +134,16 @@ def test_sweep_ranges_objectives_and_algorithms():
     assert "num_samples" in error_of(parse_sweep, sweep(search={"num_samples": 0}))
 
 
-GPU_SPECS = {"optout_llama", "optout_elude", "optout_elude_lora", "optout_tofu", "tofu_ga", "tofu_graddiff", "tofu_npo"}
+GPU_SPECS = {
+    "optout_llama",
+    "optout_elude",
+    "optout_elude_lora",
+    "optout_tofu",
+    "tofu_ga",
+    "tofu_graddiff",
+    "tofu_npo",
+    "muse_news_optout",
+}
 DATA_SPECS = {"dlfd_authors_age", "dlfd_authors_emotion"}
 """Presets for a user's own image table: not shipped, so the file check names task.data.path."""
 

@@ -16,6 +16,8 @@ paraphrased / perturbed answers (no truth ratio). Three layouts (``task.data.lay
   evaluated on ``test`` (``task.data.elude_splits``); world as in ``records``.
 * ``tofu``: TOFU's configurations (forget01/05/10, retain90/95/99, the ``*_perturbed`` evaluation
   sets, real_authors / world_facts); the forget split is the request, so there is no entity.
+* ``muse``: MUSE's text corpora (:mod:`otu.llm.muse`): text records, cut into token chunks once the
+  tokenizer is known, and the criteria's own evaluation sets.
 
 Training splits are ``forget``, ``retain``, ``world``; evaluation splits ``forget_eval``,
 ``retain_eval``, ``world_eval`` and ``holdout`` — retain and world evaluation items are never items
@@ -28,7 +30,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeGuard, TypeVar
+from typing import Any, Literal, TypeGuard, TypeVar
 
 import torch
 
@@ -54,6 +56,9 @@ class Record:
     entity: str | None = None
     paraphrased_question: str | None = None
     neighbour_of: str | None = None
+    kind: Literal["qa", "text"] = "qa"
+    """``text``: a passage of raw text (MUSE's corpora), held in ``answer`` with an empty question —
+    trained and scored on every token (:meth:`otu.llm.text.Encoder.records`)."""
 
     def to_json(self) -> dict[str, Any]:
         row = asdict(self)
@@ -264,6 +269,10 @@ def load_splits(data: LLMData, seed: int) -> Splits:
         return _elude_splits(data, seed)
     if data.layout == "tofu":
         return _tofu_splits(data, seed)
+    if data.layout == "muse":
+        from otu.llm.muse import muse_splits
+
+        return muse_splits(data, seed)
     if data.synthetic:
         from otu.llm.synthetic import generate_entities
 

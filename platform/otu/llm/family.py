@@ -12,10 +12,10 @@ import torch.distributed as dist
 from torch import nn
 
 from otu.family import Attacks, DistributedUnlearning, ItemOutputs, RunContext
-from otu.llm import attacks, evaluation, lora
+from otu.llm import attacks, evaluation, lora, muse_eval
 from otu.llm.loop import rank_and_world, run_worker
 from otu.llm.models import resolve_checkpoint
-from otu.llm.plots import write_plots
+from otu.llm.plots import write_muse_plot, write_plots
 from otu.llm.prepared import Prepared, prepare
 from otu.llm.spec import LLMJob
 
@@ -56,6 +56,8 @@ class LLMFamily(DistributedUnlearning, ItemOutputs, Attacks):
         return self.load_unlearned(job, prepared, resolve_checkpoint(path, None, "--model"))
 
     def evaluate(self, job: LLMJob, prepared: Prepared, model: nn.Module) -> dict[str, float]:
+        if job.data.layout == "muse":
+            return _muse_metrics(job, prepared, model)
         stats = prepared.stats(model, job.eval)
         oracle = prepared.stats(prepared.model("retrained"), job.eval) if prepared.oracle_path else None
         metrics = evaluation.metrics(stats, oracle)
@@ -93,6 +95,8 @@ class LLMFamily(DistributedUnlearning, ItemOutputs, Attacks):
         return out
 
     def plots(self, job: LLMJob, prepared: Prepared, models: dict[str, nn.Module], out_dir: Path) -> list[Path]:
+        if job.data.layout == "muse":
+            return write_muse_plot({name: _muse_metrics(job, prepared, m) for name, m in models.items()}, out_dir)
         stats = {name: prepared.stats(model, job.eval) for name, model in models.items()}
         return write_plots(stats, out_dir)
 
@@ -100,14 +104,24 @@ class LLMFamily(DistributedUnlearning, ItemOutputs, Attacks):
         """``generations.jsonl``: per evaluated model and QA item, the question, the reference, the
         greedy generation and its prob / rouge / truth_ratio (the numbers behind the metrics)."""
         splits = evaluation.cap(prepared.splits, job.eval.max_items)
-        lines = [
-            json.dumps({"model": name, **row})
-            for name, model in models.items()
-            for row in evaluation.generation_rows(prepared.stats(model, job.eval), splits)
-        ]
+
+        def rows(model: nn.Module) -> list[dict]:
+            if job.data.layout == "muse":
+                return muse_eval.generation_rows(prepared.muse_stats(model, job.eval))
+            return evaluation.generation_rows(prepared.stats(model, job.eval), splits)
+
+        lines = [json.dumps({"model": name, **row}) for name, model in models.items() for row in rows(model)]
         path = Path(out_dir) / "generations.jsonl"
         path.write_text("".join(line + "\n" for line in lines))
         return [path]
+
+
+def _muse_metrics(job: LLMJob, prepared: Prepared, model: nn.Module) -> dict[str, float]:
+    """MUSE's criteria (:mod:`otu.llm.muse_eval`); privleak against the retrained model's AUC."""
+    stats = prepared.muse_stats(model, job.eval)
+    needed = prepared.oracle_path is not None and job.eval.muse.privleak_retrain_auc is None
+    oracle = prepared.muse_stats(prepared.model("retrained"), job.eval) if needed else None
+    return muse_eval.muse_metrics(stats, oracle, job.eval.muse)
 
 
 def _checkpoint_dir(ctx: RunContext) -> Path:

@@ -197,8 +197,7 @@ def _micro_batches(
         def batch(name: str, answers: list[str] | None = None, pick=pick) -> Batch | None:
             if name not in pick:
                 return None
-            records = [splits[name][i] for i in pick[name]]
-            return encoder.batch([r.question for r in records], answers or [r.answer for r in records]).to(device)
+            return encoder.records([splits[name][i] for i in pick[name]], answers).to(device)
 
         answers = objective.forget_answers(pick["forget"])
         relabelled = batch("forget", answers) if answers is not None else None

@@ -31,7 +31,7 @@ Per item, with :math:`\ell` the mean answer-token NLL given the question:
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from otu.llm.data import Record
-from otu.llm.text import IGNORE, Encoder
+from otu.llm.text import IGNORE, Batch, Encoder
 
 
 @dataclass
@@ -63,10 +63,28 @@ def score_answers(
     batch_size: int,
     k: float,
 ) -> AnswerScores:
+    batches = (
+        encoder.batch(questions[start : start + batch_size], answers[start : start + batch_size])
+        for start in range(0, len(questions), batch_size)
+    )
+    return _scores(model, batches, k, with_eos=True)
+
+
+def score_texts(model: nn.Module, encoder: Encoder, texts: Sequence[str], batch_size: int, k: float) -> AnswerScores:
+    """:func:`score_answers` of raw-text passages (:meth:`Encoder.text`): every token after the
+    first scored, Min-K% over all of them (muse_bench metrics/privleak.py:13-28, 42-46: no EOS)."""
+    batches = (encoder.texts(texts[start : start + batch_size]) for start in range(0, len(texts), batch_size))
+    return _scores(model, batches, k, with_eos=False)
+
+
+@torch.no_grad()
+def _scores(model: nn.Module, batches: Iterable[Batch], k: float, with_eos: bool) -> AnswerScores:
+    """Per-sequence scores; ``with_eos``: the last label is the EOS, left out of all but the NLL."""
     device = next(model.parameters()).device
+    end = -1 if with_eos else None
     nll, mink, minkpp, em, es = [], [], [], [], []
-    for start in range(0, len(questions), batch_size):
-        batch = encoder.batch(questions[start : start + batch_size], answers[start : start + batch_size]).to(device)
+    for batch in batches:
+        batch = batch.to(device)
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
         targets = batch.labels[:, 1:]
         mask = targets != IGNORE
@@ -75,9 +93,9 @@ def score_answers(
         for i in range(len(batch)):
             lp, zz = logp[i][mask[i]], z[i][mask[i]]
             nll.append(-lp.mean().item())
-            mink.append(_lowest_mean(lp[:-1], k))  # without the EOS (open-unlearning)
-            minkpp.append(_lowest_mean(zz[:-1], k))
-            greedy = hits[i][mask[i]][:-1]
+            mink.append(_lowest_mean(lp[:end], k))  # without the EOS (open-unlearning)
+            minkpp.append(_lowest_mean(zz[:end], k))
+            greedy = hits[i][mask[i]][:end]
             em.append(greedy.float().mean().item() if greedy.numel() else float("nan"))
             es.append(extraction_strength(greedy))
     return AnswerScores(np.array(nll), np.array(mink), np.array(minkpp), np.array(em), np.array(es))
@@ -126,14 +144,26 @@ def generate(
 ) -> list[str]:
     """Greedy generations (left-padded batches) of at most ``max_new_tokens``, each stopped at the
     tokenizer's or the model's generation-config EOS, decoded without special tokens."""
+    prompts = [encoder.prompt_ids(q)[-encoder.max_length :] for q in questions]
+    tok = encoder.tokenizer
+    new = greedy_ids(model, encoder, prompts, batch_size, max_new_tokens)
+    return [text.strip() for text in tok.batch_decode(new, skip_special_tokens=True)]
+
+
+@torch.no_grad()
+def greedy_ids(
+    model: nn.Module, encoder: Encoder, prompts: Sequence[list[int]], batch_size: int, max_new_tokens: int
+) -> list[list[int]]:
+    """The new token ids of greedy generations from token-id prompts (left-padded batches), each
+    stopped at the tokenizer's or the model's generation-config EOS."""
     device = next(model.parameters()).device
     tok = encoder.tokenizer
-    out: list[str] = []
+    out: list[list[int]] = []
     eos = {tok.eos_token_id}
     config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     eos |= set(config_eos if isinstance(config_eos, list) else [config_eos]) - {None}
-    for start in range(0, len(questions), batch_size):
-        ids, mask = encoder.prompts(questions[start : start + batch_size])
+    for start in range(0, len(prompts), batch_size):
+        ids, mask = encoder.left_padded(prompts[start : start + batch_size])
         gen = model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
@@ -142,8 +172,8 @@ def generate(
             pad_token_id=encoder.pad_id,
             eos_token_id=sorted(eos),
         )
-        out += tok.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)
-    return [text.strip() for text in out]
+        out += gen[:, ids.shape[1] :].tolist()
+    return out
 
 
 def rouge_recall(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:

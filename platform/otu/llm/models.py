@@ -95,6 +95,9 @@ def corpus(records: Iterable[Record], prompt: str) -> list[str]:
     """Every text a model may see: prompts with questions, answers, paraphrases, perturbations."""
     texts = []
     for r in records:
+        if r.kind == "text":
+            texts.append(r.answer)
+            continue
         texts.append(prompt.format(question=r.question) + r.answer)
         texts += [r.paraphrased_answer or "", *r.perturbed_answer]
         if r.paraphrased_question:
@@ -196,7 +199,7 @@ def finetune(
         total = 0.0
         for start in range(0, len(order), batch_size):
             chunk = [records[i] for i in order[start : start + batch_size]]
-            batch = encoder.batch([r.question for r in chunk], [r.answer for r in chunk]).to(device)
+            batch = encoder.records(chunk).to(device)
             loss = sequence_nll(model, batch).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

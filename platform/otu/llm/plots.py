@@ -45,3 +45,23 @@ def splits_figure(stats: dict[str, ModelStats]):
     axes[2].yaxis.set_major_locator(MaxNLocator(integer=True))
     axes[2].set_title("forget truth ratio")
     return fig
+
+
+MUSE_BARS = ("verbmem_f", "knowmem_f", "knowmem_r")
+
+
+def write_muse_plot(metrics: dict[str, dict[str, float]], out_dir: Path) -> list[Path]:
+    """``muse.png``: VerbMem, KnowMem on forget and on retain (ROUGE-L F1, percent) per model."""
+    from otu.figures import plt, save_figure
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    width = 0.8 / max(1, len(metrics))
+    x = np.arange(len(MUSE_BARS))
+    for k, (name, values) in enumerate(metrics.items()):
+        ax.bar(x + k * width, [values[m] for m in MUSE_BARS], width, label=name, color=f"C{k}")
+    ax.set_xticks(x + width * (len(metrics) - 1) / 2, MUSE_BARS)
+    ax.set_ylabel("ROUGE-L F1 (%)")
+    ax.set_ylim(0, 122)
+    ax.legend(fontsize=8, loc="upper center", ncol=len(metrics), frameon=False)
+    ax.set_title("MUSE criteria")
+    return [save_figure(fig, out_dir / "muse.png")]

@@ -9,7 +9,7 @@ import json
 import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -33,6 +33,9 @@ from otu.llm.models import (
 )
 from otu.llm.spec import LLMData, LLMEval, LLMJob
 from otu.llm.text import Encoder
+
+if TYPE_CHECKING:
+    from otu.llm.muse_eval import MuseStats
 
 DONE = "prepared.json"
 
@@ -88,6 +91,17 @@ class Prepared:
             per_model[key] = evaluation.model_stats(model, self.encoder(), splits, eval_spec, self.data.layout)
         return per_model[key]
 
+    def muse_stats(self, model: nn.Module, eval_spec: LLMEval) -> MuseStats:
+        """MUSE's per-item numbers of ``model`` (layout muse), memoised like :meth:`stats`."""
+        from otu.llm.muse_eval import muse_stats
+
+        key = "muse-" + content_hash(eval_spec.model_dump(mode="json"))
+        per_model = self._stats.setdefault(model, {})
+        if key not in per_model:
+            model.to(self.device).eval()
+            per_model[key] = muse_stats(model, self.encoder(), self.splits, eval_spec)
+        return per_model[key]
+
 
 def cache_key(job: LLMJob, seed: int) -> str:
     return content_hash(
@@ -121,7 +135,6 @@ def _build(job: LLMJob, ctx: RunContext, tmp: Path) -> None:
     """Splits, tokenizer, target and oracle models into ``tmp`` (renamed into place when done)."""
     data, spec = job.data, job.model
     splits = load_splits(data, ctx.seed)
-    write_splits(splits, tmp / "splits.json")
     device = resolve_device(ctx.device)
     options = load_options(spec)
     tiny = spec.tiny
@@ -132,6 +145,11 @@ def _build(job: LLMJob, ctx: RunContext, tmp: Path) -> None:
     else:
         assert source is not None
         tokenizer = load_tokenizer(source, spec.trust_remote_code)
+    if data.layout == "muse":  # raw text → token chunks of max_length (the tokenizer's tokens)
+        from otu.llm.muse import chunk_splits
+
+        splits = chunk_splits(splits, tokenizer, data.max_length)
+    write_splits(splits, tmp / "splits.json")
     encoder = encoder_for(tokenizer, data)
     logs: dict[str, list[float]] = {}
 

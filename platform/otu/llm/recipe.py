@@ -1,7 +1,7 @@
 """The training recipe of a run: the method knobs left None, filled with the data layout's values.
 
-``layout: elude`` takes the OPT-OUT authors' values (brightjade/Opt-Out); ``layout: tofu``
-open-unlearning's, which differ from otu's only in ``nll_reduction``: ``batch_mean``, HF's
+``layout: elude`` takes the OPT-OUT authors' values (brightjade/Opt-Out); ``layout: tofu`` and
+``layout: muse`` open-unlearning's, which differ from otu's only in ``nll_reduction``: ``batch_mean``, HF's
 ``outputs.loss`` in GradAscent / GradDiff (src/trainer/unlearn/grad_ascent.py:12-13,
 grad_diff.py:26-29,49-50), NPO on per-sequence sums (src/trainer/utils.py:34-44, otu's default);
 every other layout otu's:
@@ -54,7 +54,7 @@ def recipe_for(method: LLMMethod, layout: str) -> Recipe:
             retain_sampling="paired",
             clip_forget_step=False,
         )
-    elif layout == "tofu":
+    elif layout in ("tofu", "muse"):  # open-unlearning's HF loss on QA and on text chunks alike
         base = Recipe(nll_reduction="batch_mean")
     sampling = method.retain_sampling if isinstance(method, Retaining) else "stream"
     clip = method.clip_forget_step if isinstance(method, OptOut) else None

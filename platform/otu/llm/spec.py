@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from otu.family import FamilySpec, Job, Method
+from otu.llm.muse_spec import Muse, MuseEval
 from otu.paths import PathOrHubId
 from otu.sections import MethodSpec, Section
 
@@ -95,11 +96,12 @@ date_string) and QA length (configs/data/datasets/TOFU_QA_*.yaml: max_length 512
 
 
 class LLMData(Section):
-    layout: Literal["records", "elude", "tofu"] = "records"
+    layout: Literal["records", "elude", "tofu", "muse"] = "records"
     """``records``: entity-tagged files; ``elude``: ELUDe's forget_qa / retain_qa with splits;
-    ``tofu``: TOFU's configurations (see :mod:`otu.llm.data`)."""
+    ``tofu``: TOFU's configurations; ``muse``: MUSE's text corpora (see :mod:`otu.llm.data`, :mod:`otu.llm.muse`)."""
     synthetic: bool = False
-    """Generate a fictitious-entity set into the cache (seed ``synthetic_seed``, else the run's seed)."""
+    """Generate a fictitious-entity set into the cache (seed ``synthetic_seed``, else the run's seed);
+    layout muse: a tiny MUSE-shaped corpus (``muse.sizes``)."""
     synthetic_seed: int | None = None
     sizes: SyntheticSizes = SyntheticSizes()
     records: PathOrHubId | None = None
@@ -125,6 +127,7 @@ class LLMData(Section):
     instruction_fields: InstructionFields = InstructionFields()
     elude_splits: EludeSplits = EludeSplits()
     tofu: Tofu = Tofu()
+    muse: Muse = Muse()
     eval_fraction: float = Field(0.2, gt=0, lt=1, description="retain / world records held out for evaluation (seeded)")
     prompt_format: Literal["auto", "chat", "plain"] = "auto"
     """``auto``: the tokenizer's chat template when it has one, else ``prompt``."""
@@ -137,8 +140,18 @@ class LLMData(Section):
     """``date_string`` handed to the chat template (Llama-3's "Today Date"); layout tofu: open-unlearning's
     ``10 Apr 2025``."""
     max_length: int = Field(
-        128, ge=8, description="max tokens of prompt + answer (layout tofu: 512, open-unlearning's TOFU QA)"
+        128,
+        ge=8,
+        description="max tokens of prompt + answer (layout tofu: 512, open-unlearning's TOFU QA); layout muse: "
+        "tokens of a text chunk, 2048 (open-unlearning's MUSE_forget / MUSE_retain)",
     )
+
+    @model_validator(mode="after")
+    def _muse_length(self) -> LLMData:
+        """Layout muse: open-unlearning's 2048-token chunks where the spec does not set max_length."""
+        if self.layout == "muse" and "max_length" not in self.model_fields_set:
+            self.max_length = 2048
+        return self
 
     @model_validator(mode="after")
     def _benchmark_prompt(self) -> LLMData:
@@ -163,6 +176,12 @@ class LLMData(Section):
         return self
 
     def _check_layout(self) -> None:
+        if self.layout == "muse":
+            if self.synthetic == bool(self.records):
+                raise ValueError("layout muse: give records (a MUSE datasets directory or hub id) or synthetic: true")
+            if self.target is not None or self.retain_records is not None:
+                raise ValueError("layout muse has no target or retain_records (muse.forget is the request)")
+            return
         if self.synthetic:
             raise ValueError(f"synthetic: only with layout records (got layout {self.layout})")
         if not self.records:
@@ -176,7 +195,7 @@ class LLMData(Section):
 
     @model_validator(mode="after")
     def _world_eval_beside_a_world_file(self) -> LLMData:
-        if self.world_eval is not None and (self.layout == "tofu" or self.world is None):
+        if self.world_eval is not None and (self.layout in ("tofu", "muse") or self.world is None):
             raise ValueError(
                 "world_eval: needs a world file and layout records or elude (tofu evaluates world on "
                 "real_authors / world_facts)"
@@ -427,6 +446,8 @@ class LLMEval(Section):
         "the holdout are always evaluated whole, and metrics.json's n_<split> say how many items each covers",
     )
     plots: bool = True
+    muse: MuseEval = MuseEval()
+    """MUSE's criteria (layout muse)."""
     lm_eval: LmEval | None = None
     """General benchmarks; their numbers join the metrics as ``lm_eval/<task>/<metric>``."""
     robustness: list[Attack] = Field(

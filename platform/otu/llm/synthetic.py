@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from otu.llm.muse_spec import MuseSizes
 from otu.llm.spec import SyntheticSizes
 
 _ONSETS = [
@@ -249,6 +250,69 @@ def write_entities(out_dir: Path, seed: int, **sizes: int) -> dict[str, Path]:
     meta = {"seed": seed, "targets": data["targets"], "neighbours": data["neighbours"]}
     paths["entities"].write_text(json.dumps(meta, indent=2))
     return paths
+
+
+def generate_muse(seed: int, sizes: MuseSizes | None = None) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """A tiny MUSE-shaped corpus, ``{subset: {split: rows}}`` in the dataset cards' layout (see
+    :mod:`otu.llm.muse`): short news articles about fictitious people, each stating ``facts`` facts as
+    interview lines ("Question: …\nAnswer: …"), then again in shuffled order after "In short:" — so
+    that a tiny model that memorised the text answers knowmem's few-shot prompts from the question
+    rather than from where the line stands. Two spaces follow "Answer:", so that a byte-level BPE
+    tokenizer splits the text as it splits muse_bench's prompt ending in "Answer: " and the answer.
+    Subsets: raw forget / retain1 / retain2 / holdout articles, verbmem (each forget article split in
+    half at a space), knowmem (the forget / retain1 articles' facts, the first fact the ICL example),
+    privleak (forget, retain1, holdout), and the sust (disjoint) and scal (growing) folds of the
+    forget articles."""
+    sizes = sizes or MuseSizes()
+    gen = _Generator(seed)
+    pools = gen.pools()
+
+    def article() -> tuple[str, list[dict[str, str]]]:
+        name = f"{gen.word(2)} {gen.word(2)}"
+        place = gen.rng.choice(pools["birthplace"])
+        facts = []
+        for attr in gen.rng.sample(_ATTRIBUTES, sizes.facts):
+            value = gen.rng.choice(pools[attr.key])
+            facts.append({"question": attr.question.format(name=name), "answer": _article(attr.answer.format(v=value))})
+        lead = f"{name} of {place} spoke to the Gazette this week."
+        lines = [f"Question: {f['question']}\nAnswer:  {f['answer']}" for f in facts]
+        recap = gen.rng.sample(lines, len(lines))
+        return "\n\n".join([lead, *lines, "In short:", *recap]), facts
+
+    raw = {split: [article() for _ in range(sizes.documents)] for split in ("forget", "retain1", "retain2", "holdout")}
+    texts = {split: [{"text": text} for text, _ in docs] for split, docs in raw.items()}
+    knowmem: dict[str, list[dict[str, Any]]] = {}
+    for part, split in (("forget", "forget"), ("retain", "retain1")):
+        facts = [f for _, doc_facts in raw[split] for f in doc_facts]
+        knowmem[f"{part}_qa_icl"], knowmem[f"{part}_qa"] = facts[:1], facts[1:]
+    verbmem = []
+    for row in texts["forget"]:
+        words = row["text"].split(" ")
+        verbmem.append({"prompt": " ".join(words[: len(words) // 2]), "gt": " ".join(words[len(words) // 2 :])})
+    n, k = sizes.documents, sizes.folds
+    folds = [texts["forget"][i * n // k : (i + 1) * n // k] for i in range(k)]
+    return {
+        "raw": texts,
+        "verbmem": {"forget": verbmem},
+        "knowmem": knowmem,
+        "privleak": {"forget": texts["forget"], "retain": texts["retain1"], "holdout": texts["holdout"]},
+        "sust": {f"forget_{i + 1}": fold for i, fold in enumerate(folds)},
+        "scal": {f"forget_{i + 1}": [r for fold in folds[: i + 1] for r in fold] for i in range(k)},
+    }
+
+
+def write_muse(out_dir: Path, seed: int, **sizes: int) -> Path:
+    """Write :func:`generate_muse`'s corpus as MUSE's published layout: one ``save_to_disk``
+    ``DatasetDict`` per subset (``out_dir/raw``, ``out_dir/knowmem``…), what ``load_dataset`` of the
+    hub id gives."""
+    from datasets import Dataset, DatasetDict
+
+    out_dir = Path(out_dir)
+    for subset, splits in generate_muse(seed, MuseSizes(**sizes)).items():
+        DatasetDict({split: Dataset.from_list(rows) for split, rows in splits.items()}).save_to_disk(
+            str(out_dir / subset)
+        )
+    return out_dir
 
 
 def _qa(

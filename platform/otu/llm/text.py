@@ -7,15 +7,24 @@ assistant turn with its end-of-turn tokens), as open-unlearning's ``preprocess_c
 (src/data/utils.py:51-70). Without one the prompt is ``template.format(question=...)`` (with the tokenizer's special
 tokens) and the answer is ``tokens(answer) + [eos]``: no space is inserted; the template decides.
 Labels are -100 on the prompt, so losses and probabilities are over answer tokens only.
+
+A text record (``Record.kind == "text"``, MUSE's corpora) has no prompt: its ids are
+``tokenizer(text, add_special_tokens=True)`` cut to ``max_length`` tokens after the special prefix (BOS)
+and every token after the first is a label, as open-unlearning's ``preprocess_pretraining_instance``
+with an empty prefix (src/data/utils.py:143-190).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from otu.llm.data import Record
 
 IGNORE = -100
 PROBE = ("Who wrote the probe?", "The probe was written by otu.")
@@ -68,6 +77,8 @@ class Encoder:
             raise ValueError("the tokenizer has no eos token")
         if self.chat and not has_chat_template(tokenizer):
             raise TemplateError("the tokenizer has no chat template")
+        self.text_prefix = len(tokenizer("", add_special_tokens=True)["input_ids"])
+        """Special tokens a raw text starts with (BOS)."""
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if self.chat:
             self._check_chat_template()
@@ -111,9 +122,32 @@ class Encoder:
         labels = ([IGNORE] * len(prompt) + answer_ids)[: self.max_length]
         return ids, labels
 
+    def text(self, text: str) -> tuple[list[int], list[int]]:
+        """(input ids, labels) of a raw-text passage: the special prefix (BOS) and at most
+        ``max_length`` text tokens, every token after the first a label."""
+        ids = self.tokenizer(text, add_special_tokens=True)["input_ids"][: self.text_prefix + self.max_length]
+        return ids, [IGNORE, *ids[1:]]
+
     def batch(self, questions: Sequence[str], answers: Sequence[str]) -> Batch:
         """Right-padded sequences with answer-only labels."""
-        pairs = [self.pair(q, a) for q, a in zip(questions, answers, strict=True)]
+        return self._padded([self.pair(q, a) for q, a in zip(questions, answers, strict=True)])
+
+    def records(self, records: Sequence[Record], answers: Sequence[str] | None = None) -> Batch:
+        """Right-padded sequences of QA and text records by kind; ``answers`` replace the records' own
+        (a text record's replacement is its text)."""
+        texts = answers if answers is not None else [r.answer for r in records]
+        return self._padded(
+            [
+                self.text(a) if r.kind == "text" else self.pair(r.question, a)
+                for r, a in zip(records, texts, strict=True)
+            ]
+        )
+
+    def texts(self, texts: Sequence[str]) -> Batch:
+        """Right-padded raw-text passages (:meth:`text`)."""
+        return self._padded([self.text(t) for t in texts])
+
+    def _padded(self, pairs: list[tuple[list[int], list[int]]]) -> Batch:
         width = max(len(ids) for ids, _ in pairs)
         input_ids = torch.full((len(pairs), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(pairs), width), IGNORE, dtype=torch.long)
@@ -126,7 +160,10 @@ class Encoder:
 
     def prompts(self, questions: Sequence[str]) -> tuple[Tensor, Tensor]:
         """Left-padded prompt ids and attention mask, for batched generation."""
-        seqs = [self.prompt_ids(q)[-self.max_length :] for q in questions]
+        return self.left_padded([self.prompt_ids(q)[-self.max_length :] for q in questions])
+
+    def left_padded(self, seqs: Sequence[list[int]]) -> tuple[Tensor, Tensor]:
+        """Left-padded token-id sequences and their attention mask."""
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
