@@ -35,13 +35,18 @@ def derived_names(attacks: list[tuple[str, tuple[str, ...], bool]]) -> list[str]
     return names + ratios
 
 
+def attacked_metrics(per_label: Mapping[str, tuple[Mapping[str, float], Mapping[str, float]]]) -> dict[str, float]:
+    """One model's ``<metric>@<label>`` from its attacks' results (label → (attacked, clean))."""
+    return {f"{m}@{label}": v for label, (after, _) in per_label.items() for m, v in after.items()}
+
+
 def with_attacks(metrics: Mapping[str, dict[str, float]], attacked: Attacked) -> dict[str, dict[str, float]]:
     """``metrics`` with the ``<model>@<label>`` rows and each model's derived metrics."""
     out = {model: dict(row) for model, row in metrics.items()}
     for model, per_label in attacked.items():
+        out[model] |= attacked_metrics(per_label)
         for label, (after, before) in per_label.items():
             out[f"{model}@{label}"] = dict(after)
-            out[model] |= {f"{m}@{label}": v for m, v in after.items()}
             if model == "original" or "original" not in attacked:
                 continue
             original = attacked["original"][label][1]

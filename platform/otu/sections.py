@@ -100,6 +100,11 @@ class Dynamics(Section):
     mode: Literal["max", "min"] = Field("max", description="whether select maximises or minimises")
     pool_size: int = Field(2, ge=1, description="evaluation actors")
     actor_cpus: float = Field(0.0, ge=0, description="CPUs reserved per actor (0: share the trials')")
+    attacks: bool = Field(
+        False,
+        description="attack every checkpoint with eval.robustness's attacks too: rows gain <metric>@<label> "
+        "(select may name one: the checkpoint that forgets robustly)",
+    )
 
 
 _REPR = reprlib.Repr()

@@ -266,10 +266,15 @@ def parse_experiment(raw: Any, check_files: bool = True) -> Experiment:
             f"compute.device: {exp.compute.device!r} is not supported by the {family} family "
             f"(use {' or '.join(fam.devices)})"
         )
+    if exp.dynamics.attacks and not getattr(exp.eval, "robustness", []):
+        raise SpecError("dynamics.attacks: eval.robustness lists no attack to apply to the checkpoints")
     select = exp.dynamics.select
-    known = known_metrics(exp)
+    known = checkpoint_metrics(exp)
     if select is not None and select not in known:
-        raise SpecError(f"dynamics.select: unknown metric {select!r} for method {name!r}; known: {', '.join(known)}")
+        hint = " (attacked metrics need dynamics.attacks: true)" if select in known_metrics(exp) else ""
+        raise SpecError(
+            f"dynamics.select: unknown metric {select!r} for method {name!r}{hint}; known: {', '.join(known)}"
+        )
     if check_files:  # on absolute paths (``~`` expanded), as the run will read them
         check_environment(resolve_paths(exp, Path.cwd()))
     return exp
@@ -281,12 +286,30 @@ def known_metrics(exp: Experiment) -> list[str]:
     from otu.robustness import derived_names
 
     metrics = family_spec(exp.task.family).metrics_for(exp.method.name)
-    attacks = [
+    attacks = _attacks(exp, metrics)
+    return [*metrics, *derived_names(attacks)]
+
+
+def checkpoint_metrics(exp: Experiment) -> list[str]:
+    """The metric names each ``dynamics`` checkpoint row holds: the family's for the method and, with
+    ``dynamics.attacks``, ``<metric>@<label>`` of each attack (no recovery ratios: those need the
+    reference models' attacks)."""
+    from otu.robustness import derived_names
+
+    metrics = family_spec(exp.task.family).metrics_for(exp.method.name)
+    if not exp.dynamics.attacks:
+        return list(metrics)
+    return [*metrics, *derived_names([(label, reported, False) for label, reported, _ in _attacks(exp, metrics)])]
+
+
+def _attacks(exp: Experiment, metrics: tuple[str, ...]) -> list[tuple[str, tuple[str, ...], bool]]:
+    """Per ``eval.robustness`` attack: its label, the metrics it reports (its own, else the family's)
+    and whether it has recovery ratios (only when it reports the family's: a clean value to compare)."""
+    return [
         (a.label, own or metrics, own is None)
         for a in getattr(exp.eval, "robustness", [])
         for own in [getattr(a, "metrics", None)]
     ]
-    return [*metrics, *derived_names(attacks)]
 
 
 def check_environment(exp: Experiment) -> None:

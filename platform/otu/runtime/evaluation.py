@@ -25,8 +25,9 @@ import ray
 import torch
 from ray.util import ActorPool
 
-from otu.family import Family, SavedModels
+from otu.family import Attacks, Family, SavedModels
 from otu.registry import family_api
+from otu.robustness import attacked_metrics
 from otu.spec import Experiment, content_hash, parse_experiment
 
 NAMESPACE = "otu"
@@ -65,7 +66,10 @@ class Evaluator:
                 model.load_state_dict({k: torch.from_numpy(v) for k, v in checkpoint.items()})
         else:
             model = checkpoint
-        return step, {k: float(v) for k, v in api.evaluate(exp.job(), prepared, model).items()}
+        metrics = api.evaluate(exp.job(), prepared, model)
+        if exp.dynamics.attacks and isinstance(api, Attacks):
+            metrics |= attacked_metrics(api.attacked(exp.job(), prepared, model, exp.seed))
+        return step, {k: float(v) for k, v in metrics.items()}
 
     def _module(self, exp_key: str, ref: ray.ObjectRef) -> torch.nn.Module:
         if exp_key not in self._modules:
