@@ -213,3 +213,35 @@ class ItemOutputs(Protocol):
     """The family writes per-item outputs (e.g. generations) beside the run's metrics."""
 
     def outputs(self, job: Any, prepared: Any, models: dict[str, Any], out_dir: Path) -> list[Path]: ...
+
+
+@dataclass(frozen=True)
+class ShadowPlan:
+    """The shadow models a family's membership attack needs (``eval.membership``)."""
+
+    tasks: list[dict[str, Any]]
+    """One JSON-able description per shadow; with the task section and seed, its content hash keys the
+    platform's cache of the shadow's result."""
+    parallel: int | None = None
+    """Shadows trained at once at most (None: as many as the platform's resources allow)."""
+
+
+@runtime_checkable
+class Membership(Protocol):
+    """The family audits models with per-example membership attacks on shadow models: the platform
+    trains the planned shadows (each one independently, anywhere: a Ray task), caches each result as
+    it arrives, and hands all of them back to :meth:`membership`."""
+
+    def shadow_plan(self, job: Any, prepared: Any, seed: int) -> ShadowPlan:
+        """The shadows ``job.eval`` asks for (no tasks: no attack)."""
+
+    def train_shadow(self, job: Any, prepared: Any, task: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+        """Train one planned shadow and return what the attack reads of it: a mapping of names to numpy
+        arrays (small: per-example outputs, not weights). Deterministic in ``task``."""
+
+    def membership(
+        self, job: Any, prepared: Any, models: Mapping[str, Any], shadows: list[dict[str, Any]], out_dir: Path
+    ) -> dict[str, dict[str, float]]:
+        """Per model name: the attack's metrics, from the shadows' results (in plan order); writes the
+        per-example scores (Parquet) into ``out_dir`` and, when the family plots, figures into
+        ``out_dir/plots``."""

@@ -281,13 +281,15 @@ def parse_experiment(raw: Any, check_files: bool = True) -> Experiment:
 
 
 def known_metrics(exp: Experiment) -> list[str]:
-    """The metric names ``exp`` reports: its family's for its method, and ``<metric>@<label>`` /
-    ``recovery_<metric>@<label>`` for each attack its ``eval.robustness`` lists."""
+    """The metric names ``exp`` reports: its family's for its method, ``<metric>@<label>`` /
+    ``recovery_<metric>@<label>`` for each attack its ``eval.robustness`` lists, and those its
+    ``eval.membership`` attack adds."""
     from otu.robustness import derived_names
 
     metrics = family_spec(exp.task.family).metrics_for(exp.method.name)
     attacks = _attacks(exp, metrics)
-    return [*metrics, *derived_names(attacks)]
+    membership = getattr(getattr(exp.eval, "membership", None), "metrics", ())  # eval.membership's rows
+    return [*metrics, *derived_names(attacks), *membership]
 
 
 def checkpoint_metrics(exp: Experiment) -> list[str]:

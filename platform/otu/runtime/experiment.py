@@ -29,7 +29,7 @@ import torch
 
 from otu.cache import verified_file, write_verified_file
 from otu.errors import RunFailed
-from otu.family import TOTAL_STEPS, Attacks, Family, ItemOutputs, SavedModels
+from otu.family import TOTAL_STEPS, Attacks, Family, ItemOutputs, Membership, SavedModels
 from otu.registry import family_api
 from otu.robustness import with_attacks
 from otu.runtime.launch import Launcher, configure_process, launcher_for
@@ -139,6 +139,12 @@ def run_experiment(
         attacked["unlearned"] = api.attacked(job, prepared, models["unlearned"], exp.seed)
         timings["attack_s"] = time.perf_counter() - attack_start
         metrics = with_attacks(metrics, attacked)
+    # -- eval.membership (issue 25): per-example membership attacks on shadow models (otu.runtime.shadows)
+    if isinstance(api, Membership):
+        membership_start = time.perf_counter()
+        metrics = _with_membership(exp, api, prepared, models, out_dir, metrics, phase)
+        timings["membership_s"] = time.perf_counter() - membership_start
+    # -- end eval.membership
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     shutil.rmtree(resume_dir.parent, ignore_errors=True)
     plots = api.plots(job, prepared, models, out_dir / "plots") if _wants_plots(exp) else []
@@ -345,6 +351,26 @@ def _reference_attacks(exp: Experiment, api: Attacks, prepared: Any, models: Map
     attacked = {name: api.attacked(exp.job(), prepared, models[name], exp.seed) for name in names}
     write_verified_file(path, lambda tmp: tmp.write_text(json.dumps(attacked, indent=2)))
     return attacked
+
+
+def _with_membership(
+    exp: Experiment,
+    api: Membership,
+    prepared: Any,
+    models: Mapping[str, object],
+    out_dir: Path,
+    metrics: Metrics,
+    phase: Callable[[str], None],
+) -> Metrics:
+    """``metrics`` with each model's membership-attack numbers (``eval.membership``) in its row; the
+    shadows train as Ray tasks, cached (see :mod:`otu.runtime.shadows`). Unchanged without an attack."""
+    if not api.shadow_plan(exp.job(), prepared, exp.seed).tasks:
+        return metrics
+    from otu.runtime.shadows import membership_metrics
+
+    phase("membership inference on shadow models (eval.membership)")
+    rows = membership_metrics(exp, api, prepared, models, out_dir)
+    return {name: {**row, **rows.get(name, {})} for name, row in metrics.items()}
 
 
 def _reference_key(exp: Experiment) -> str:

@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from torch import nn
 
 from otu.classifiers.train import train_classifier
 from otu.errors import DataError
-from otu.family import Attacks, Family, RunContext, SavedModels
+from otu.family import Attacks, Family, Membership, RunContext, SavedModels, ShadowPlan
+from otu.vision import membership as mi
 from otu.vision import prepare as preparation
 from otu.vision.metrics import MIAProbe, classifier_metrics
-from otu.vision.plots import loss_histograms
+from otu.vision.plots import epsilon_histogram, loss_histograms, ulira_roc
 from otu.vision.prepare import Prepared
 from otu.vision.spec import METHODS, VisionJob
 
 CHECKPOINT_FILE = "unlearned.pt"
 
 
-class VisionFamily(Family, SavedModels, Attacks):
+class VisionFamily(Family, SavedModels, Attacks, Membership):
     def prepare(self, job: VisionJob, ctx: RunContext) -> Prepared:
         """Splits, original and retain-only oracle (cached under ``ctx.cache_dir/vision-<hash>``)."""
         return preparation.prepare(job, ctx)
@@ -76,6 +82,39 @@ class VisionFamily(Family, SavedModels, Attacks):
         if not job.eval.plots:
             return []
         return [loss_histograms(models, _probe(job, prepared), Path(out_dir) / "loss_histograms.png")]
+
+    def shadow_plan(self, job: VisionJob, prepared: Prepared, seed: int) -> ShadowPlan:
+        """``eval.membership``'s shadows (:func:`otu.vision.membership.shadow_tasks`)."""
+        return ShadowPlan(mi.shadow_tasks(job), job.eval.membership.parallel)
+
+    def train_shadow(
+        self, job: VisionJob, prepared: Prepared, task: dict[str, Any], ctx: RunContext
+    ) -> dict[str, np.ndarray]:
+        return mi.train_shadow(job, prepared, task, ctx)
+
+    def membership(
+        self,
+        job: VisionJob,
+        prepared: Prepared,
+        models: Mapping[str, nn.Module],
+        shadows: list[dict[str, Any]],
+        out_dir: Path,
+    ) -> dict[str, dict[str, float]]:
+        """U-LiRA or challenge rows per model; ``membership-<attack>.parquet`` (one row per forget image)
+        and, with ``eval.plots``, ``plots/ulira_roc.png`` or ``plots/epsilon_histogram.png``."""
+        attack, splits = job.eval.membership.attack, prepared.splits
+        if attack == "ulira":
+            rows, table, scores = mi.ulira(models, splits, shadows)
+            figure = lambda path: ulira_roc(scores, path)  # noqa: E731
+        else:
+            rows, table = mi.challenge(models, splits, mi.shadow_tasks(job), shadows)
+            eps = {k.removeprefix("epsilon_"): v for k, v in table.items() if k.startswith("epsilon_")}
+            figure = lambda path: epsilon_histogram(eps, path)  # noqa: E731
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table(table), Path(out_dir) / f"membership-{attack}.parquet")
+        if job.eval.plots:
+            figure(Path(out_dir) / "plots" / ("ulira_roc.png" if attack == "ulira" else "epsilon_histogram.png"))
+        return rows
 
 
 def relearn_shots(prepared: Prepared, shots: int, seed: int) -> tuple[torch.Tensor, Prepared]:
