@@ -11,6 +11,7 @@ from scipy.stats import ks_2samp
 from torch import nn
 
 from otu.llm.data import EVAL, Record, Splits
+from otu.llm.gradnorm import grad_norms
 from otu.llm.metrics import (
     generate,
     harmonic_mean,
@@ -78,6 +79,8 @@ def model_stats(
         scores = score_answers(model, encoder, questions, answers, bs, k)
         if name in ("forget", "holdout"):
             stats.mia[name] = mia_scores(scores, answers)
+            if eval_spec.mia_gradnorm:
+                stats.mia[name]["gradnorm"] = -grad_norms(model, encoder, questions, answers)
         if name == "holdout":
             stats.holdout_items = len(records)
             continue
@@ -155,14 +158,22 @@ def metrics(stats: ModelStats, oracle: ModelStats | None) -> dict[str, float]:
     aucs = {a: mia_auc(stats.mia["forget"][a], stats.mia["holdout"][a]) for a in stats.mia["forget"]}
     for attack, auc in aucs.items():
         out[f"mia_auc_{attack}"] = auc
+    out.setdefault("mia_auc_gradnorm", math.nan)  # eval.mia_gradnorm off
     if oracle is None:
-        out["ks_forget_quality"] = float("nan")
-        out["privleak"] = float("nan")
+        out["ks_forget_quality"] = out["privleak"] = out["mia_auc_reference"] = math.nan
     else:
         out["ks_forget_quality"] = float(ks_2samp(stats.truth_ratio["forget"], oracle.truth_ratio["forget"]).pvalue)
         base = mia_auc(oracle.mia["forget"]["mink"], oracle.mia["holdout"]["mink"])
         out["privleak"] = privleak(aucs["mink"], base)
+        out["mia_auc_reference"] = mia_auc(*(reference_scores(stats, oracle, split) for split in ("forget", "holdout")))
     return out
+
+
+def reference_scores(stats: ModelStats, reference: ModelStats, split: str) -> np.ndarray:
+    r"""The reference-model attack's membership scores, :math:`\ell_{\mathrm{ref}} - \ell` (mean answer NLLs):
+    open-unlearning's score ``target_loss - ref_loss`` (src/evals/metrics/mia/reference.py:23-25), higher
+    for non-members there, negated for otu's convention; the reference is the retrained oracle."""
+    return stats.mia[split]["loss"] - reference.mia[split]["loss"]
 
 
 def truth_ratio_score(ratios: np.ndarray, forget: bool) -> float:

@@ -439,6 +439,11 @@ class LLMEval(Section):
     )
     batch_size: int = Field(16, ge=1)
     mink_fraction: float = Field(0.4, gt=0, le=1, description="k of Min-K% / Min-K%++ MIAs")
+    mia_gradnorm: bool = Field(
+        False,
+        description="the gradient-norm MIA (mia_auc_gradnorm; one backward pass per forget and holdout item, so "
+        "off by default, as in open-unlearning's eval/tofu.yaml)",
+    )
     max_items: int | None = Field(
         None,
         ge=1,
@@ -692,6 +697,8 @@ METRICS = (
     "mia_auc_zlib",
     "mia_auc_mink",
     "mia_auc_minkpp",
+    "mia_auc_reference",
+    "mia_auc_gradnorm",
     "privleak",
 )
 
