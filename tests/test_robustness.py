@@ -34,15 +34,23 @@ def test_int8_rounds_each_row_to_127_levels_of_its_absmax():
     torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("quant_type", ["nf4", "int4"])
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4", "int4"])
 def test_4bit_blocks_keep_code_values_and_round_others_to_the_nearest(quant_type):
-    code = torch.tensor(attacks.NF4 if quant_type == "nf4" else attacks.INT4)
+    code = torch.tensor(attacks.CODES[quant_type])
     exact = code[torch.arange(16) % 16].reshape(2, 8) * 3.0  # block absmax 3 (the code's ±1)
     exact[0, 0] = exact[1, 0] = 3.0
     assert torch.equal(attacks.quantize_blocks(exact, 8, quant_type), exact)
     w = torch.tensor([1.0, 0.3, -0.52, 0.02])  # one block of 4, absmax 1
     nearest = code[(w.unsqueeze(1) - code).abs().argmin(1)]
     assert torch.equal(attacks.quantize_blocks(w, 4, quant_type), nearest)
+
+
+def test_fp4_encodes_as_bitsandbytes_thresholds_do():
+    """bitsandbytes csrc/kernels.cu ``dQuantizeFP4``: x/absmax > 0.29166667 → 1/3 else 0.25, > 0.0859375 →
+    1/6 else 0.0052083, > 0.00260417 → 0.0052083 else 0, > 0.8333333 → 1 else 2/3 (sign apart)."""
+    w = torch.tensor([1.0, 0.29, 0.30, 0.085, 0.087, 0.0025, 0.0027, -0.84, -0.82, 0.58])
+    want = torch.tensor([1.0, 0.25, 0.33333333, 0.0052083333, 0.16666667, 0.0, 0.0052083333, -1.0, -0.6666667, 0.5])
+    torch.testing.assert_close(attacks.quantize_blocks(w, 10, "fp4"), want)
 
 
 def test_int8_leaves_an_fp32_models_metrics_within_1e_2_and_the_model_as_it_was(prepared):

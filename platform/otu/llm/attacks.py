@@ -11,7 +11,8 @@ r"""Attacks on an evaluated model: does the forgetting survive them? Each return
   weight's dtype (Zhang et al., ICLR 2025). 8 bits: one absmax scale per output row (LLM.int8's
   vector-wise weight quantization), :math:`\hat w = \mathrm{round}(127\,w/s)\,s/127`. 4 bits: blocks of
   ``block_size`` consecutive weights, each scaled by its absmax and rounded to the nearest of 16 code
-  values — NF4 (Dettmers et al. 2023, QLoRA: quantiles of N(0, 1) scaled to [−1, 1]) or uniform int4.
+  values — NF4 (Dettmers et al. 2023, QLoRA: quantiles of N(0, 1) scaled to [−1, 1]), bitsandbytes'
+  FP4 (E2M1, its 4-bit default, which Zhang et al. use) or uniform int4.
 * **probe** — the evaluation questions rewritten by a template (``{question}``,
   ``{paraphrased_question}``): prefix injection, an instruction wrapper, the dataset's paraphrases.
   A template with ``{options}`` asks a multiple-choice question whose options are the true answer
@@ -48,8 +49,14 @@ NF4 = (
     0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
 )  # fmt: skip
 """bitsandbytes' NF4 code values (QLoRA, Appendix E)."""
+FP4 = tuple(
+    sign * v for sign in (1.0, -1.0) for v in (0.0, 0.0052083333, 0.6666667, 1.0, 0.33333333, 0.5, 0.16666667, 0.25)
+)
+"""bitsandbytes' FP4 (E2M1) code values in its bit order (csrc/kernels.cu ``dDequantizeFP4Tree``); its
+encoder's thresholds are the midpoints between neighbours, so nearest-value rounding reproduces it."""
 INT4 = tuple(k / 7 for k in range(-8, 8))
 """Uniform symmetric 4-bit code values, scaled to the block's absmax (−8/7 is never the nearest)."""
+CODES = {"nf4": NF4, "fp4": FP4, "int4": INT4}
 
 
 def relearn_split(splits: Splits, attack: Relearn, seed: int) -> tuple[list[Record], Splits]:
@@ -135,7 +142,7 @@ def quantize_rows(w: Tensor) -> Tensor:
 def quantize_blocks(w: Tensor, block_size: int, quant_type: str) -> Tensor:
     """4-bit: each block of ``block_size`` consecutive weights (row-major, as bitsandbytes flattens
     them) scaled by its absmax and rounded to the nearest code value."""
-    code = torch.tensor(NF4 if quant_type == "nf4" else INT4, dtype=torch.float32, device=w.device)
+    code = torch.tensor(CODES[quant_type], dtype=torch.float32, device=w.device)
     flat = w.float().reshape(-1)
     pad = (-flat.numel()) % block_size
     blocks = torch.nn.functional.pad(flat, (0, pad)).view(-1, block_size)

@@ -360,8 +360,10 @@ class Quantize(Section):
     attack: Literal["quantize"]
     name: str | None = Field(None, description="row label (default: int8 / int4)")
     bits: Literal[4, 8] = 8
-    quant_type: Literal["nf4", "int4"] = Field(
-        "nf4", description="4-bit code: nf4 (QLoRA's NormalFloat, open-unlearning's) or int4 (uniform); 8 bits: int8"
+    quant_type: Literal["nf4", "fp4", "int4"] = Field(
+        "nf4",
+        description="4-bit code: nf4 (QLoRA's NormalFloat, open-unlearning's), fp4 (bitsandbytes' default E2M1, "
+        "Zhang et al.'s) or int4 (uniform); 8 bits: int8",
     )
     block_size: int = Field(
         64, ge=1, description="weights per absmax scale (bitsandbytes' 4-bit default); 8 bits: one scale per row"
