@@ -13,7 +13,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from otu.family import FamilySpec, Job, Method
 from otu.llm.muse_spec import Muse, MuseEval
 from otu.paths import PathOrHubId
-from otu.sections import MethodSpec, Section
+from otu.sections import MethodSpec, Section, unique_labels
 
 
 class SyntheticSizes(Section):
@@ -467,11 +467,7 @@ class LLMEval(Section):
     @field_validator("robustness")
     @classmethod
     def _unique_labels(cls, attacks: list) -> list:
-        labels = [a.label for a in attacks]
-        twice = sorted({label for label in labels if labels.count(label) > 1})
-        if twice:
-            raise ValueError(f"two attacks are labelled {twice[0]!r}: give one a name")
-        return attacks
+        return unique_labels(attacks)
 
     def generation_lengths(self, layout: str) -> tuple[int, int]:
         """(forget / retain, world) generation caps: the spec's, else the layout's benchmark values."""
