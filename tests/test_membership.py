@@ -276,3 +276,12 @@ def test_challenge_on_digits(ray_local, tmp_path):
     eps = pq.read_table(out / "membership-challenge.parquet").to_pandas()
     assert len(eps) == 100 and (eps["epsilon_original"] == mi.EPSILON_CAP).all()
     assert (out / "plots" / "epsilon_histogram.png").is_file()
+
+
+def test_shadows_train_in_process_inside_a_ray_worker(ray_local):
+    """A Tune trial holds its CPUs: its shadows train in the trial's process, not as tasks that could
+    wait for CPUs its sibling trials hold; the driver sends tasks."""
+    from otu.runtime.shadows import inside_ray_worker
+
+    assert not inside_ray_worker()
+    assert ray_local.get(ray_local.remote(inside_ray_worker).remote())

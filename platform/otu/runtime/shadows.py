@@ -11,7 +11,10 @@ shadow's description — so a killed evaluation retrains only the shadows it had
 sweep's trials share the shadows that do not depend on the method.
 
 Without a running Ray the driver starts otu's embedded local instance (:func:`otu.runtime.ray_session.init_ray`),
-as ``otu sweep`` does; inside a Tune trial or a Ray job the tasks go to that cluster.
+as ``otu sweep`` does; a driver attached to a cluster (``--address``, a Ray job) sends the tasks there.
+Inside a Ray task or actor (a Tune trial) the shadows train in that process, one after another: the
+trial holds its CPUs already, and tasks asking for more could wait for ever while sibling trials hold
+the rest.
 """
 
 from __future__ import annotations
@@ -67,7 +70,8 @@ def train_shadows(
     results: dict[int, Result] = {i: _read(p) for i, p in enumerate(paths) if verified_file(p)}
     missing = [i for i in range(len(plan.tasks)) if i not in results]
     if missing:
-        for i, result in _run_on_ray(exp, api, prepared, plan, missing):
+        run = _run_here if inside_ray_worker() else _run_on_ray
+        for i, result in run(exp, api, prepared, plan, missing):
             write_verified_file(paths[i], partial(_write, result=result))
             results[i] = result
             if on_result is not None:
@@ -95,6 +99,21 @@ def _run_on_ray(
         done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:
             yield pending.pop(ref), ray.get(ref)
+
+
+def inside_ray_worker() -> bool:
+    """Whether this process is a Ray task or actor (a Tune trial, a Ray Train worker): it holds its
+    CPUs already, and tasks asking for more could wait for ever on a cluster its siblings fill."""
+    return ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
+
+
+def _run_here(
+    exp: Experiment, api: Membership, prepared: Any, plan: ShadowPlan, todo: list[int]
+) -> Iterator[tuple[int, Result]]:
+    """Train the shadows ``todo`` one after another in this process (inside a trial)."""
+    ctx = exp.context()
+    for i in todo:
+        yield i, {k: np.asarray(v) for k, v in api.train_shadow(exp.job(), prepared, plan.tasks[i], ctx).items()}
 
 
 @ray.remote
