@@ -314,17 +314,19 @@ def _unlearn(job: VisionJob, prepared: Prepared, ctx: RunContext, seed: int) -> 
 
 def _shadow_original(job: VisionJob, prepared: Prepared, task: dict[str, Any], ctx: RunContext) -> Prepared:
     """The task with shadow (pair, side)'s half as its training set: the shadow original (trained on the
-    half, cached beside the prepared models) and F ∩ half / R ∩ half as its forget / retain sets. The
-    halves are drawn within F and within R, so every shadow unlearns ⌊|F|/2⌋ or ⌈|F|/2⌉ images."""
+    half, cached beside the prepared models' folder: ``vision-<hash>-shadow-<hash>``) and F ∩ half /
+    R ∩ half as its forget / retain sets. The halves are drawn within F and within R, so every shadow
+    unlearns ⌊|F|/2⌋ or ⌈|F|/2⌉ images."""
     splits, seed = prepared.splits, task_seed(task)
     pair, side, half_seed = task["pair"], task["side"], task["seed"]
     forget = splits.forget[torch.from_numpy(half_mask(len(splits.forget), pair, side, half_seed, 0))]
     retain = splits.retain[torch.from_numpy(half_mask(len(splits.retain), pair, side, half_seed, 1))]
     train = torch.cat([forget, retain])
     new_model = _seeded_model(job, splits, seed)
-    name = f"shadow-{content_hash({k: v for k, v in task.items() if k != 'method'})}"
+    prepared_dir = Path(prepared.cache_path)  # beside it: a folder inside would fail its digest check
+    name = f"{prepared_dir.name}-shadow-{content_hash({k: v for k, v in task.items() if k != 'method'})}"
     path = cached_dir(
-        Path(prepared.cache_path) / name,
+        prepared_dir.parent / name,
         lambda tmp: torch.save(_train(job, new_model, splits, train, seed).state_dict(), tmp / "original.pt"),
     )
     original = new_model()
