@@ -41,9 +41,19 @@ def test_algorithms_import_no_ray_or_mlflow(package):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_spec_modules_import_no_family_code(family):
+    """``spec.py`` and the family's other spec modules (``*_spec.py``, which it may import) import only
+    the platform's spec layer."""
     allowed = ("otu.sections", "otu.family", "otu.paths", "otu.errors")
-    own = [m for m in imports(PACKAGE / family / "spec.py", top_level_only=False) if m.startswith("otu.")]
-    assert all(m.startswith(allowed) for m in own), own
+    for path in [PACKAGE / family / "spec.py", *(PACKAGE / family).glob("*_spec.py")]:
+        own = [m for m in imports(path, top_level_only=False) if m.startswith("otu.")]
+        bad = [m for m in own if not m.startswith(allowed) and not _spec_module(m, family)]
+        assert not bad, f"{path.relative_to(PACKAGE)} imports {bad}"
+
+
+def _spec_module(module: str, family: str) -> bool:
+    """``otu.<family>.<name>_spec`` (or a name imported from it)."""
+    parts = module.split(".")
+    return parts[:2] == ["otu", family] and len(parts) >= 3 and parts[2].endswith("_spec")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
