@@ -269,7 +269,7 @@ def _resumed_uri(run_dir: Path | None) -> str | None:
 
 def _run(args: argparse.Namespace, exp, uri: str, out_dir: Path) -> None:
     from otu.progress import RunProgress
-    from otu.runtime.experiment import run_experiment
+    from otu.runtime.requests import runner_for  # run_experiment, or a chain of requests (task.data.requests)
     from otu.tracking.mlflow_store import Tracker, flatten
 
     tracker = Tracker(uri, exp.tracking.experiment)
@@ -295,7 +295,7 @@ def _run(args: argparse.Namespace, exp, uri: str, out_dir: Path) -> None:
             out_dir.mkdir(parents=True, exist_ok=True)
             state_path.write_text(json.dumps({"tracking_uri": uri, "run_id": run_id}))
             evaluator = _ray_and_evaluator(exp, args.address)
-            result = run_experiment(
+            result = runner_for(exp)(
                 exp,
                 out_dir,
                 report,
@@ -515,6 +515,7 @@ def print_metrics(metrics: dict[str, dict[str, float]], title: str) -> None:
     forget metrics and recovery, model by model."""
     from otu.robustness import tables
 
+    metrics = {k: v for k, v in metrics.items() if isinstance(v, dict)}  # a request chain's list: not a row
     models, names, attacked = tables(metrics)
     _print_table(title, models, names, lambda model, name: metrics[model].get(name, math.nan))
     if attacked:

@@ -245,3 +245,20 @@ class Membership(Protocol):
         """Per model name: the attack's metrics, from the shadows' results (in plan order); writes the
         per-example scores (Parquet) into ``out_dir`` and, when the family plots, figures into
         ``out_dir/plots``."""
+
+
+@runtime_checkable
+class Requests(Protocol):
+    """The family serves deletion requests in sequence: a spec may name several forget sets, and the
+    platform runs them as a chain (:mod:`otu.runtime.requests`), request k unlearning request k−1's
+    model, each a one-request experiment of its own."""
+
+    def request_count(self, job: Any) -> int:
+        """How many requests ``job`` names (0: a plain one-request run)."""
+
+    def request_overrides(self, job: Any, index: int, previous: Path | None) -> dict[str, Any]:
+        """Dotted spec keys that make the experiment request ``index`` (0-based), unlearning the
+        checkpoint ``previous`` (None for the first)."""
+
+    def request_metrics(self, job: Any) -> list[str]:
+        """The metrics ``requests.png`` plots against the request index."""

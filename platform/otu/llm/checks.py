@@ -45,6 +45,8 @@ def check(job: LLMJob, ctx: RunContext) -> None:
             "task.data.world: the data has no world training set (TOFU ships none); give a QA or "
             "instruction file, or set method.world_weight: 0"
         )
+    if job.data.requests is not None and method.lora is not None:
+        raise SpecError("task.data.requests: a request chain unlearns full checkpoints; drop method.lora")
     if job.data.layout == "muse" and job.eval.robustness:
         raise SpecError("eval.robustness: not available with task.data.layout muse (its attacks read QA items)")
     check_attacks(job, splits, ctx.seed)

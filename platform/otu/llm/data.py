@@ -287,8 +287,15 @@ def load_splits(data: LLMData, seed: int) -> Splits:
         records = given(_read(source, "task.data.records", REQUIRED, data.fields), "task.data.records")
         world = given(_read_world(data, "task.data.world"), "task.data.world")
         retain_records = _read(data.retain_records, "task.data.retain_records", REQUIRED, data.fields)
-        target = given(data.target, "task.data.target")
-    splits = make_splits(records, world, target, data.neighbours, data.holdout, source, retain_records)
+        target = data.target
+    if data.requests is not None:  # request data.request of a chain (otu.llm.requests)
+        from otu.llm.requests import request_splits
+
+        world, world_eval = world_splits(data, world, seed + 1)
+        return request_splits(records, world, world_eval, data, seed, source)
+    splits = make_splits(
+        records, world, given(target, "task.data.target"), data.neighbours, data.holdout, source, retain_records
+    )
     retain, retain_eval = hold_out(splits["retain"], data.eval_fraction, seed, "task.data.retain")
     world, world_eval = world_splits(data, splits["world"], seed + 1)
     return {

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch.distributed as dist
 from torch import nn
 
-from otu.family import Attacks, DistributedUnlearning, ItemOutputs, RunContext
+from otu.family import Attacks, DistributedUnlearning, ItemOutputs, Requests, RunContext
 from otu.llm import attacks, evaluation, lora, muse_eval
 from otu.llm.loop import rank_and_world, run_worker
 from otu.llm.models import resolve_checkpoint
@@ -20,7 +21,7 @@ from otu.llm.prepared import Prepared, prepare
 from otu.llm.spec import LLMJob
 
 
-class LLMFamily(DistributedUnlearning, ItemOutputs, Attacks):
+class LLMFamily(DistributedUnlearning, ItemOutputs, Attacks, Requests):
     def prepare(self, job: LLMJob, ctx: RunContext) -> Prepared:
         return prepare(job, ctx)
 
@@ -61,12 +62,26 @@ class LLMFamily(DistributedUnlearning, ItemOutputs, Attacks):
         stats = prepared.stats(model, job.eval)
         oracle = prepared.stats(prepared.model("retrained"), job.eval) if prepared.oracle_path else None
         metrics = evaluation.metrics(stats, oracle)
+        if "request_forget_eval" in prepared.splits:  # a request chain: the request's own target apart
+            metrics |= _request_forget(job, prepared, model)
         if job.eval.lm_eval is not None:
             from otu.llm.harness import lm_eval_metrics
 
             tokenizer = prepared.tokenizer()
             metrics |= lm_eval_metrics(model, tokenizer, job.eval.lm_eval, job.data.max_length)
         return metrics
+
+    def request_count(self, job: LLMJob) -> int:
+        return len(job.data.requests or [])
+
+    def request_overrides(self, job: LLMJob, index: int, previous: Path | None) -> dict[str, Any]:
+        """Request ``index`` of ``task.data.requests``, unlearning ``previous`` (the last request's model)."""
+        return {"task.data.request": index} | ({"task.model.start": str(previous)} if previous else {})
+
+    def request_metrics(self, job: LLMJob) -> list[str]:
+        if job.data.layout == "muse":
+            return ["verbmem_f", "knowmem_f", "knowmem_r"]
+        return ["request_forget_rouge", "forget_rouge", "retain_rouge", "world_rouge"]
 
     def attack_labels(self, job: LLMJob) -> list[str]:
         return [a.label for a in job.eval.robustness]
@@ -114,6 +129,19 @@ class LLMFamily(DistributedUnlearning, ItemOutputs, Attacks):
         path = Path(out_dir) / "generations.jsonl"
         path.write_text("".join(line + "\n" for line in lines))
         return [path]
+
+
+def _request_forget(job: LLMJob, prepared: Prepared, model: nn.Module) -> dict[str, float]:
+    """``request_forget_*``: the forget metrics on the request's own items (``forget_*`` cover requests
+    0…k); the other splits of this view are cut to two items, whose numbers are not kept."""
+    splits = prepared.splits
+    view = prepared.on(
+        {**splits, "forget_eval": splits["request_forget_eval"]}
+        | {k: splits[k][:2] for k in ("retain_eval", "world_eval", "holdout")}
+    )
+    oracle = view.stats(view.model("retrained"), job.eval) if view.oracle_path else None
+    own = evaluation.metrics(view.stats(model, job.eval), oracle)
+    return {f"request_{k}": v for k, v in own.items() if k.startswith("forget_")}
 
 
 def _muse_metrics(job: LLMJob, prepared: Prepared, model: nn.Module) -> dict[str, float]:

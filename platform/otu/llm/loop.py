@@ -104,7 +104,7 @@ def _train(
     settings = EngineSettings(
         job,
         ctx.compute,
-        prepared.target_path,
+        prepared.start_path or prepared.target_path,  # a request chain: the previous request's model
         device,
         needs_ref=objective.needs_reference,
         total_steps=scheduled * len(phases),

@@ -10,7 +10,8 @@ with a file per split as muse_bench's ``load_data.py`` writes them (``DIR/raw/fo
 list of strings or of rows; ``.jsonl`` / ``.parquet`` too); with ``synthetic`` the tiny corpus of
 :func:`otu.llm.synthetic.generate_muse`.
 
-Splits: ``forget`` (``muse.forget_subset`` / ``muse.forget``) and ``retain`` (raw ``muse.retain``)
+Splits: ``forget`` (``muse.forget_subset`` / ``muse.forget``; with ``requests`` the sust folds of
+request ``request``, every request's evaluated on MUSE's whole-forget criteria) and ``retain`` (raw ``muse.retain``)
 are text records, cut into token chunks by :func:`chunk_texts` once the tokenizer is known
 (:mod:`otu.llm.prepared`); ``forget_eval`` / ``retain_eval`` / ``holdout`` are privleak's texts;
 ``verbmem`` and ``knowmem_*`` the criteria's items (:mod:`otu.llm.muse_eval`); ``target_train`` /
@@ -59,6 +60,12 @@ def muse_splits(data: LLMData, seed: int) -> Splits:
         ]
 
     forget = texts(muse.forget_subset, muse.forget, "task.data.muse.forget")
+    if data.requests is not None:  # a chain of sust folds: every request's folds read, request k's forgotten
+        folds = [
+            [r for fold in request for r in texts("sust", fold, f"task.data.requests.{i}")]
+            for i, request in enumerate(data.requests)
+        ]
+        forget = folds[data.request or 0]
     oracle = [r for split in muse.oracle for r in texts("raw", split, "task.data.muse.oracle")]
     world_file = _read_world(data, "task.data.world")
     world, world_eval = world_splits(data, world_file, seed) if world_file else ([], [])

@@ -52,6 +52,8 @@ class Prepared:
     dtype: torch.dtype
     options: dict = field(default_factory=dict)
     """``from_pretrained`` options (:func:`otu.llm.models.load_options`)."""
+    start_path: Path | None = None
+    """The checkpoint the loop unlearns from (``task.model.start``); None: the target."""
     _models: dict[str, nn.Module] = field(default_factory=dict)
     _stats: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
     _tokenizer: Any = None
@@ -128,7 +130,30 @@ def prepare(job: LLMJob, ctx: RunContext) -> Prepared:
         device=resolve_device(ctx.device),
         dtype=eval_dtype(job.model, ctx.compute),
         options=load_options(job.model),
+        start_path=resolve_checkpoint(job.model.start, None, "task.model.start") if job.model.start else None,
     )
+
+
+def _shared_fit(job: LLMJob, ctx: RunContext, name: str, records, build, logs: dict[str, list[float]]) -> Path:
+    """The model fine-tuned on ``records`` for every request of a chain (the same tokenizer corpus,
+    seed and model settings): ``cache_dir/llm-model-<hash>``, built once by ``build(dir)``."""
+    key = content_hash(
+        {
+            "seed": ctx.seed,
+            "data": job.data.model_dump(mode="json", exclude={"request"}),
+            "model": job.model.model_dump(mode="json", exclude={"start"}),
+            "records": [r.to_json() for r in records],
+        }
+    )
+    root = Path(ctx.cache_dir) / f"llm-model-{key}"
+
+    def make(tmp: Path) -> None:
+        build(tmp)
+        (tmp / "finetune_loss.json").write_text(json.dumps(logs.get(name, [])))
+
+    cached_dir(root, make)
+    logs[name] = json.loads((root / "finetune_loss.json").read_text())
+    return root.resolve()
 
 
 def _build(job: LLMJob, ctx: RunContext, tmp: Path) -> None:
@@ -140,7 +165,7 @@ def _build(job: LLMJob, ctx: RunContext, tmp: Path) -> None:
     tiny = spec.tiny
     source = None if tiny is not None else resolve_checkpoint(given(spec.path, "task.model.path"), spec.revision)
     if tiny is not None:
-        everything = [r for split in splits.values() for r in split]
+        everything = splits.get("corpus") or [r for split in splits.values() for r in split]  # a chain's own
         tokenizer = train_tokenizer(corpus(everything, data.prompt), tiny.vocab, tiny.chat_template)
     else:
         assert source is not None
@@ -160,6 +185,11 @@ def _build(job: LLMJob, ctx: RunContext, tmp: Path) -> None:
         return load_model(source, torch.float32, device, **options)
 
     def fit(name: str, records) -> Path:
+        if data.requests is not None:  # a request chain: one model per fine-tuning set, shared by its requests
+            return _shared_fit(job, ctx, name, records, lambda out: fit_into(name, records, out), logs)
+        return fit_into(name, records, tmp / name)
+
+    def fit_into(name: str, records, out: Path) -> Path:
         logs[name] = []
         model = finetune(
             base(),
@@ -173,8 +203,8 @@ def _build(job: LLMJob, ctx: RunContext, tmp: Path) -> None:
             device=device,
             log=lambda _epoch, loss: logs[name].append(loss),
         )
-        model.save_pretrained(tmp / name)
-        tokenizer.save_pretrained(tmp / name)
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
         return Path(name)
 
     if spec.epochs > 0:

@@ -128,6 +128,16 @@ class LLMData(Section):
     elude_splits: EludeSplits = EludeSplits()
     tofu: Tofu = Tofu()
     muse: Muse = Muse()
+    requests: list[list[str]] | None = Field(
+        None,
+        description="deletion requests in sequence, each a forget set: entity names (layout records; the "
+        "entities' neighbour_of neighbours are retained) or sust folds (layout muse: forget_1..4); each "
+        "request unlearns the previous one's model, its oracle is trained without requests 1..k "
+        "(docs/usage.md, requests)",
+    )
+    request: int | None = Field(
+        None, ge=0, description="which request of requests this run unlearns (0-based; the request chain sets it)"
+    )
     eval_fraction: float = Field(0.2, gt=0, lt=1, description="retain / world records held out for evaluation (seeded)")
     prompt_format: Literal["auto", "chat", "plain"] = "auto"
     """``auto``: the tokenizer's chat template when it has one, else ``prompt``."""
@@ -171,7 +181,7 @@ class LLMData(Section):
             raise ValueError("give either synthetic: true or records/world files, not both")
         if not self.synthetic and not (self.records and self.world):
             raise ValueError("give records and world files, or synthetic: true")
-        if not self.synthetic and self.target is None:
+        if not self.synthetic and self.target is None and self.requests is None:
             raise ValueError("target is required with a records file (the entity to forget)")
         return self
 
@@ -209,6 +219,39 @@ class LLMData(Section):
         if unknown:
             raise ValueError(f"unknown record fields {unknown}; known: {list(RECORD_FIELDS)}")
         return fields
+
+    @field_validator("requests")
+    @classmethod
+    def _disjoint_requests(cls, requests: list[list[str]] | None) -> list[list[str]] | None:
+        """Each request names something, and nothing twice (within or across requests)."""
+        seen: dict[str, int] = {}
+        for i, request in enumerate(requests or []):
+            if not request:
+                raise ValueError(f"request {i} is empty; name what it forgets")
+            for name in request:
+                if not name.strip():
+                    raise ValueError(f"request {i}: an empty name")
+                if name in seen:
+                    where = "twice in it" if seen[name] == i else f"also in request {seen[name]}"
+                    raise ValueError(f"request {i}: {name!r} is {where} (requests must not overlap)")
+                seen[name] = i
+        if requests is not None and not requests:
+            raise ValueError("an empty list; give one forget set per request or leave requests out")
+        return requests
+
+    @model_validator(mode="after")
+    def _requests_here(self) -> LLMData:
+        if self.requests is None:
+            if self.request is not None:
+                raise ValueError("request: needs requests")
+            return self
+        if self.layout not in ("records", "muse"):
+            raise ValueError(f"requests: layouts records and muse take requests (got layout {self.layout})")
+        if self.layout == "records" and (self.target is not None or self.neighbours != "auto"):
+            raise ValueError("requests: name the entities there, with no target and neighbours auto")
+        if self.request is not None and self.request >= len(self.requests):
+            raise ValueError(f"request: {self.request} is not a request index (there are {len(self.requests)})")
+        return self
 
     @field_validator("target")
     @classmethod
@@ -261,6 +304,9 @@ class LLMModel(Section):
     weight_decay: float = Field(0.0, ge=0)
     retain_path: PathOrHubId | None = None
     """Retain-only oracle checkpoint when ``epochs`` is 0 (the base model already knows the entity)."""
+    start: PathOrHubId | None = None
+    """Unlearn from this checkpoint instead of the target (a request chain: the previous request's
+    unlearned model); the original model stays the target."""
 
     @model_validator(mode="after")
     def _one_model(self) -> LLMModel:
