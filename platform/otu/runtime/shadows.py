@@ -63,8 +63,9 @@ def train_shadows(
     plan: ShadowPlan,
     on_result: Callable[[int], None] | None = None,
 ) -> list[Result]:
-    """Every planned shadow's result, in plan order: cached ones read back, the others trained as Ray
-    tasks and cached one by one as they finish (``on_result(done)`` after each)."""
+    """Every planned shadow's result, in plan order: cached ones read back, the others trained (as Ray
+    tasks, or in this process inside a Ray worker) and cached one by one as they finish
+    (``on_result(done)`` after each)."""
     folder = shadow_dir(exp)
     paths = [folder / f"{content_hash(task)}.npz" for task in plan.tasks]
     results: dict[int, Result] = {i: _read(p) for i, p in enumerate(paths) if verified_file(p)}
