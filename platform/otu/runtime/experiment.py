@@ -10,6 +10,7 @@ only through :mod:`otu.registry`, and writes the output contract:
 * ``DIR/plots/*.png`` — the family's figures;
 * ``DIR/checkpoint/`` — the unlearned model where the family saves one (LLMs: ``from_pretrained``);
 * ``DIR/generations.jsonl`` — per-item outputs of every evaluated model, where the family has them.
+* ``DIR/membership-<attack>.parquet`` — per-example membership scores (``eval.membership``), where asked.
 """
 
 from __future__ import annotations
@@ -139,12 +140,10 @@ def run_experiment(
         attacked["unlearned"] = api.attacked(job, prepared, models["unlearned"], exp.seed)
         timings["attack_s"] = time.perf_counter() - attack_start
         metrics = with_attacks(metrics, attacked)
-    # -- eval.membership (issue 25): per-example membership attacks on shadow models (otu.runtime.shadows)
     if isinstance(api, Membership):
         membership_start = time.perf_counter()
         metrics = _with_membership(exp, api, prepared, models, out_dir, metrics, phase)
         timings["membership_s"] = time.perf_counter() - membership_start
-    # -- end eval.membership
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     shutil.rmtree(resume_dir.parent, ignore_errors=True)
     plots = api.plots(job, prepared, models, out_dir / "plots") if _wants_plots(exp) else []
