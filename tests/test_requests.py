@@ -83,6 +83,10 @@ def test_a_chain_runs_request_after_request_and_a_killed_chain_redoes_only_the_u
         assert {"original", "retrained", "unlearned"} <= set(row)
         assert {"forget_rouge", "request_forget_rouge", "retain_rouge"} <= set(row["unlearned"])
     assert (out / "plots" / "requests.png").is_file()
+    first_row, second_row = (row["original"] for row in metrics["requests"])  # one target for the chain
+    assert (
+        first_row["retain_rouge"] == second_row["retain_rouge"] and first_row["world_prob"] == second_row["world_prob"]
+    )
     second = yaml.safe_load((out / "requests" / "02" / "spec.yaml").read_text())
     assert second["task"]["model"]["start"] == str((out / "requests" / "01" / "checkpoint").resolve())
     assert second["task"]["data"]["request"] == 1
@@ -133,3 +137,19 @@ def test_muse_requests_are_sust_folds_and_an_unknown_fold_is_named():
     assert load_splits(LLMData(**data, request=0), 0)["oracle_train"] == second["oracle_train"]
     with pytest.raises(OtuError, match=r"^task\.data\.requests\.1: .*forget_9"):
         load_splits(LLMData(**{**data, "requests": [["forget_1"], ["forget_9"]]}), 0)
+
+
+def test_a_muse_chain_unlearns_fold_after_fold_with_one_target_and_one_oracle(tmp_path):
+    from otu.runtime.requests import run_requests
+
+    raw = yaml.safe_load((Path(__file__).parents[1] / "sweeps/experiments/muse_tiny_optout.yaml").read_text())
+    raw["task"]["data"]["requests"] = [["forget_1"], ["forget_2"]]
+    raw["task"]["model"]["epochs"] = 3
+    raw["method"]["steps"] = 2
+    raw["tracking"] = {"cache_dir": str(tmp_path / "cache")}
+    run_requests(parse_experiment(raw), tmp_path / "run")
+    rows = json.loads((tmp_path / "run" / "metrics.json").read_text())["requests"]
+    assert len(rows) == 2 and (tmp_path / "run" / "requests" / "02" / "checkpoint").is_dir()
+    for name in ("original", "retrained"):  # the same models under every request (MUSE: one retain-only oracle)
+        assert rows[0][name] == pytest.approx(rows[1][name], nan_ok=True)
+    assert {"verbmem_f", "knowmem_f", "knowmem_r", "privleak"} <= set(rows[1]["unlearned"])

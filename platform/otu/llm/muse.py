@@ -70,7 +70,7 @@ def muse_splits(data: LLMData, seed: int) -> Splits:
     world_file = _read_world(data, "task.data.world")
     world, world_eval = world_splits(data, world_file, seed) if world_file else ([], [])
     knowmem = {split: qa("knowmem", name, ("question", "answer")) for split, name in KNOWMEM.items()}
-    return {
+    splits = {
         "forget": forget,
         "retain": texts("raw", muse.retain, "task.data.muse.retain"),
         "world": world,
@@ -83,6 +83,9 @@ def muse_splits(data: LLMData, seed: int) -> Splits:
         "target_train": texts("raw", "forget", "task.data.records") + oracle + world,
         "oracle_train": oracle + world,
     }
+    if data.requests is not None:  # one tokenizer corpus for every request of a chain
+        splits["corpus"] = [r for name, split in splits.items() if name != "forget" for r in split]
+    return splits
 
 
 def _reader(data: LLMData, seed: int) -> Reader:

@@ -134,12 +134,15 @@ def prepare(job: LLMJob, ctx: RunContext) -> Prepared:
     )
 
 
-def _shared_fit(job: LLMJob, ctx: RunContext, name: str, records, build, logs: dict[str, list[float]]) -> Path:
-    """The model fine-tuned on ``records`` for every request of a chain (the same tokenizer corpus,
-    seed and model settings): ``cache_dir/llm-model-<hash>``, built once by ``build(dir)``."""
+def _shared_fit(
+    job: LLMJob, ctx: RunContext, tokenizer, records, build, logs: dict[str, list[float]], name: str
+) -> Path:
+    """The model fine-tuned on ``records`` for every request of a chain (the same tokenizer, seed and
+    model settings): ``cache_dir/llm-model-<hash>``, built once by ``build(dir)``."""
     key = content_hash(
         {
             "seed": ctx.seed,
+            "tokenizer": sorted(tokenizer.get_vocab().items()),
             "data": job.data.model_dump(mode="json", exclude={"request"}),
             "model": job.model.model_dump(mode="json", exclude={"start"}),
             "records": [r.to_json() for r in records],
@@ -186,7 +189,7 @@ def _build(job: LLMJob, ctx: RunContext, tmp: Path) -> None:
 
     def fit(name: str, records) -> Path:
         if data.requests is not None:  # a request chain: one model per fine-tuning set, shared by its requests
-            return _shared_fit(job, ctx, name, records, lambda out: fit_into(name, records, out), logs)
+            return _shared_fit(job, ctx, tokenizer, records, lambda out: fit_into(name, records, out), logs, name)
         return fit_into(name, records, tmp / name)
 
     def fit_into(name: str, records, out: Path) -> Path:
