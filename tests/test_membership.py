@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from otu.classifiers import challenge, ulira
 from otu.errors import SpecError
 from otu.registry import family_api
 from otu.runtime.experiment import run_experiment
@@ -50,7 +51,7 @@ def test_logit_confidence_is_log_odds_of_the_true_class():
     logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 0.0, 0.0], [30.0, -30.0, 0.0]])
     labels = torch.tensor([0, 2, 1])
     p = torch.softmax(logits.double(), dim=1)[torch.arange(3), labels].numpy()
-    phi = mi.logit_confidence(logits, labels)
+    phi = ulira.logit_confidence(logits, labels)
     assert phi[:2] == pytest.approx(np.log(p[:2] / (1 - p[:2])))
     assert phi[1] == pytest.approx(math.log(0.5))
     assert phi[2] == pytest.approx(-60.0, abs=1e-9)  # no underflow to log(0)
@@ -72,7 +73,7 @@ def test_threshold_epsilon_on_hand_built_rates(fpr, fnr, expected):
     """metric.py:220-269: inf where fpr = fnr = 0; NaN where exactly one is 0; else
     max(log(1−δ−fpr) − log fnr, log(1−δ−fnr) − log fpr) clipped at 0."""
     rates = [np.array([1 - fnr]), np.array([fnr]), np.array([fpr]), np.array([1 - fpr])]
-    got = float(mi.threshold_epsilons(rates, DELTA)[0])
+    got = float(challenge.threshold_epsilons(rates, DELTA)[0])
     if math.isnan(expected):
         assert math.isnan(got)
     else:
@@ -82,8 +83,8 @@ def test_threshold_epsilon_on_hand_built_rates(fpr, fnr, expected):
 def test_example_epsilon_caps_separated_and_peaky_sets():
     """metric.py:184-200 (range ratio < 1 % → the cap), 300 (capped at 50)."""
     low, high = np.array([0.0, 0.5, 1.0, 1.5]), np.array([10.0, 10.5, 11.0, 11.5])
-    assert mi.example_epsilon(high, low) == mi.EPSILON_CAP  # fpr = fnr = 0 at a threshold: inf → cap
-    assert mi.example_epsilon(np.full(4, 3.0), low) == mi.EPSILON_CAP  # a point mass
+    assert challenge.example_epsilon(high, low) == challenge.EPSILON_CAP  # fpr = fnr = 0 at a threshold: inf → cap
+    assert challenge.example_epsilon(np.full(4, 3.0), low) == challenge.EPSILON_CAP  # a point mass
 
 
 UNLEARNED = np.array(
@@ -118,17 +119,17 @@ def test_epsilons_and_forget_score_match_the_reference_scorer():
     calls made no-ops, and its ``assert thr_eps`` on a NumPy array, metric.py:285, which raises for
     more than one kept threshold, made ``assert len(thr_eps)``): the double- and single-threshold
     families, the median rule for the positive set, ⌈log 7⌉ = 2 → four buckets."""
-    eps = mi.epsilons(UNLEARNED, RETRAINED)
+    eps = challenge.epsilons(UNLEARNED, RETRAINED)
     assert eps == pytest.approx([1.609422, 1.609422, 1.9458988, 1.609422, 1.7917461], abs=1e-5)
-    assert mi.forget_quality(eps, 8) == pytest.approx(0.125)
+    assert challenge.forget_quality(eps, 8) == pytest.approx(0.125)
 
 
 def test_forget_quality_buckets_follow_the_scorer():
     """metric.py:326-349: N = 4 → ⌈log 3⌉ = 2: buckets [0, .5) [.5, 1) [1, 1.5) [1.5, 2) worth 1, ½, ¼, ⅛;
     ε ≥ 2 scores 0; F is the mean."""
     eps = np.array([0.1, 0.7, 1.2, 1.7, 2.5])
-    assert mi.forget_quality(eps, models=4) == pytest.approx((1 + 0.5 + 0.25 + 0.125 + 0) / 5)
-    assert mi.forget_quality(np.array([0.4, 0.6]), models=3) == pytest.approx((1 + 0.5) / 2)  # ⌈log 2⌉ = 1
+    assert challenge.forget_quality(eps, models=4) == pytest.approx((1 + 0.5 + 0.25 + 0.125 + 0) / 5)
+    assert challenge.forget_quality(np.array([0.4, 0.6]), models=3) == pytest.approx((1 + 0.5) / 2)  # ⌈log 2⌉ = 1
 
 
 def test_challenge_score_is_quality_times_accuracy_ratios():
@@ -136,11 +137,11 @@ def test_challenge_score_is_quality_times_accuracy_ratios():
     rng = np.random.default_rng(1)
     retrained = rng.normal(0.0, 1.0, (8, 20))
     unlearned = rng.normal(0.0, 1.0, (8, 20))
-    row, eps = mi.challenge_metrics(unlearned, retrained, {"unlearned": (0.9, 0.8), "retrained": (1.0, 0.85)})
-    assert row["challenge_forget_quality"] == pytest.approx(mi.forget_quality(eps, 8))
+    row, eps = challenge.challenge_metrics(unlearned, retrained, {"unlearned": (0.9, 0.8), "retrained": (1.0, 0.85)})
+    assert row["challenge_forget_quality"] == pytest.approx(challenge.forget_quality(eps, 8))
     assert row["challenge_score"] == pytest.approx(row["challenge_forget_quality"] * 0.9 * 0.8 / 0.85)
     assert row["challenge_epsilon"] == pytest.approx(eps.mean())
-    copies, _ = mi.challenge_metrics(
+    copies, _ = challenge.challenge_metrics(
         np.tile(unlearned[0], (8, 1)), retrained, {"unlearned": (1, 1), "retrained": (1, 1)}
     )
     assert copies["challenge_forget_quality"] == 0.0  # a deterministic "method": every ε at the cap
@@ -161,11 +162,11 @@ def test_ulira_auc_is_chance_for_a_model_that_never_saw_and_high_for_one_that_ke
     rng = np.random.default_rng(2)
     base, phi, held = synthetic_shadows(rng)
     assert (held.sum(axis=0) == 8).all()  # complementary halves: every example in half the shadows
-    fits = mi.fit_gaussians(phi, held)
-    negatives = mi.retrained_scores(phi, held, fits)
+    fits = ulira.fit_gaussians(phi, held)
+    negatives = ulira.retrained_scores(phi, held, fits)
     assert len(negatives) == 60 * 8
-    never = mi.roc_summary(mi.likelihood_ratio(base + rng.normal(0, 0.5, 60), fits), negatives)
-    kept = mi.roc_summary(mi.likelihood_ratio(base + 2.0 + rng.normal(0, 0.5, 60), fits), negatives)
+    never = ulira.roc_summary(ulira.likelihood_ratio(base + rng.normal(0, 0.5, 60), fits), negatives)
+    kept = ulira.roc_summary(ulira.likelihood_ratio(base + 2.0 + rng.normal(0, 0.5, 60), fits), negatives)
     assert never["ulira_auc"] == pytest.approx(0.5, abs=0.1)
     assert kept["ulira_auc"] > 0.95 and kept["ulira_tpr_at_1fpr"] > 0.5
     assert set(kept) == set(MEMBERSHIP_METRICS["ulira"])
@@ -173,8 +174,8 @@ def test_ulira_auc_is_chance_for_a_model_that_never_saw_and_high_for_one_that_ke
 
 def test_tpr_at_fpr_reads_the_last_point_under_the_bound():
     fpr, tpr = np.array([0.0, 0.005, 0.02, 1.0]), np.array([0.1, 0.3, 0.6, 1.0])
-    assert mi.tpr_at_fpr(fpr, tpr, 0.01) == 0.3
-    assert mi.tpr_at_fpr(fpr, tpr, 0.001) == 0.1
+    assert ulira.tpr_at_fpr(fpr, tpr, 0.01) == 0.3
+    assert ulira.tpr_at_fpr(fpr, tpr, 0.001) == 0.1
 
 
 # ---------------------------------------------------------------- spec
@@ -272,12 +273,12 @@ def test_challenge_on_digits(ray_local, tmp_path):
     out = tmp_path / "run"
     metrics = run_experiment(exp, out).metrics
     assert metrics["original"]["challenge_forget_quality"] == 0.0
-    assert metrics["original"]["challenge_epsilon"] == mi.EPSILON_CAP
+    assert metrics["original"]["challenge_epsilon"] == challenge.EPSILON_CAP
     assert metrics["retrained"]["challenge_score"] > metrics["unlearned"]["challenge_score"]
     for row in ("original", "retrained", "unlearned"):
         assert set(MEMBERSHIP_METRICS["challenge"]) <= set(metrics[row])
     eps = pq.read_table(out / "membership-challenge.parquet").to_pandas()
-    assert len(eps) == 100 and (eps["epsilon_original"] == mi.EPSILON_CAP).all()
+    assert len(eps) == 100 and (eps["epsilon_original"] == challenge.EPSILON_CAP).all()
     assert (out / "plots" / "epsilon_histogram.png").is_file()
 
 
