@@ -101,6 +101,15 @@ def test_a_chain_runs_request_after_request_and_a_killed_chain_redoes_only_the_u
     again = json.loads((out / "metrics.json").read_text())
     assert again["requests"][0] == metrics["requests"][0]
     assert again["requests"][1]["unlearned"] == pytest.approx(metrics["requests"][1]["unlearned"], nan_ok=True)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    children = client.search_runs(ids, filter_string="tags.`otu.kind` = 'request'")
+    assert sorted(r.data.tags["otu.request"] for r in children) == ["1", "2"]  # one child run per request
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {
+        r.info.run_id for r in client.search_runs(ids, filter_string="tags.`otu.kind` = 'run'")
+    }
 
 
 @pytest.mark.slow

@@ -244,6 +244,23 @@ RUN_STATE = "mlflow.json"
 """A run directory's MLflow run (``{"tracking_uri", "run_id"}``), for ``otu run --resume``."""
 
 
+def _log_requests(tracker, run_id: str, name: str, out_dir: Path) -> None:
+    """A child run per request of a chain (``DIR/requests/<k>/``), once: a resumed chain adds the
+    requests its first run did not log."""
+    for k, sub in enumerate(sorted((out_dir / "requests").glob("[0-9]*")), start=1):
+        if not (sub / "metrics.json").is_file() or tracker.find_run("otu.request", str(k), parent=run_id):
+            continue
+        child = tracker.start_run(
+            f"{name}-request-{k}", tags={"otu.kind": "request", "otu.request": str(k)}, parent=run_id
+        )
+        for model, metrics in json.loads((sub / "metrics.json").read_text()).items():
+            tracker.log_metrics(
+                child, {f"{'' if model == 'unlearned' else model + '/'}{m}": v for m, v in metrics.items()}
+            )
+        tracker.log_artifacts(child, [sub / "metrics.json", sub / "spec.yaml", sub / "generations.jsonl"])
+        tracker.end_run(child, "FINISHED")
+
+
 def _resumed_run(args: argparse.Namespace):
     """``otu run --resume DIR``: the experiment of ``DIR/spec.yaml`` and DIR, or (None, DIR) when
     the run has finished (its metrics are printed; nothing is redone)."""
@@ -309,6 +326,7 @@ def _run(args: argparse.Namespace, exp, uri: str, out_dir: Path) -> None:
             prefix = "" if model == "unlearned" else f"{model}/"
             tracker.log_metrics(run_id, {f"{prefix}{k}": v for k, v in metrics.items()})
         tracker.log_metrics(run_id, result.timings)
+        _log_requests(tracker, run_id, exp.name, out_dir)  # a request chain: one child run per request
         tracker.log_artifacts(
             run_id, [out_dir / "metrics.json", out_dir / "spec.yaml", out_dir / "plots", out_dir / "generations.jsonl"]
         )
