@@ -83,6 +83,9 @@ def test_a_chain_runs_request_after_request_and_a_killed_chain_redoes_only_the_u
         assert {"original", "retrained", "unlearned"} <= set(row)
         assert {"forget_rouge", "request_forget_rouge", "retain_rouge"} <= set(row["unlearned"])
     assert (out / "plots" / "requests.png").is_file()
+    assert main(["report", str(out)]) == 0  # the chain's report: the last request's rows, then each request's
+    page = (out / "report.html").read_text()
+    assert "The unlearned model after each request" in page and "request 2" in page
     first_row, second_row = (row["original"] for row in metrics["requests"])  # one target for the chain
     assert (
         first_row["retain_rouge"] == second_row["retain_rouge"] and first_row["world_prob"] == second_row["world_prob"]

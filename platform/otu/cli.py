@@ -533,7 +533,6 @@ def print_metrics(metrics: dict[str, dict[str, float]], title: str) -> None:
     forget metrics and recovery, model by model."""
     from otu.robustness import tables
 
-    metrics = {k: v for k, v in metrics.items() if isinstance(v, dict)}  # a request chain's list: not a row
     models, names, attacked = tables(metrics)
     _print_table(title, models, names, lambda model, name: metrics[model].get(name, math.nan))
     if attacked:

@@ -62,9 +62,11 @@ def recovery(attacked: float, clean: float, original: float) -> float:
     return (attacked - clean) / gap if gap != 0 and math.isfinite(gap) else math.nan
 
 
-def tables(metrics: Mapping[str, Mapping[str, float]]) -> tuple[list[str], list[str], list[str]]:
+def tables(everything: Mapping[str, object]) -> tuple[list[str], list[str], list[str]]:
     """What a report shows: the models (no ``<model>@<label>`` rows), their clean metric names, and
-    the attack rows — each attack's forget metrics, then their recovery (empty without attacks)."""
+    the attack rows — each attack's forget metrics, then their recovery (empty without attacks).
+    Entries of ``metrics.json`` that are not model rows (a request chain's ``requests`` list) are skipped."""
+    metrics: dict[str, Mapping[str, float]] = {k: v for k, v in everything.items() if isinstance(v, Mapping)}
     models = [m for m in metrics if "@" not in m]
     names = list(dict.fromkeys(k for m in models for k in metrics[m] if "@" not in k))
     rows = list(dict.fromkeys(f"{n}@{row.partition('@')[2]}" for row in metrics if "@" in row for n in metrics[row]))

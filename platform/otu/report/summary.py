@@ -179,6 +179,11 @@ def run_html(run_dir: Path) -> Path:
     page = Page(f"Run {run_dir.name}").heading("Metrics").table(frame(names))
     if attacked:  # eval.robustness: forget metrics after each attack, and their recovery
         page.heading("After the attacks").table(frame(attacked))
+    requests = metrics.get("requests")
+    if isinstance(requests, list) and requests:  # a request chain (task.data.requests): the rows above are the last's
+        per_request = [row.get("unlearned", {}) for row in requests]
+        rows = [{"metric": n, **{f"request {k}": r.get(n) for k, r in enumerate(per_request, 1)}} for n in names]
+        page.heading("The unlearned model after each request").table(pd.DataFrame(rows))
     figures = sorted((run_dir / "plots").glob("*.png"))
     if figures:
         page.heading("Figures")
