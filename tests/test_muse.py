@@ -104,6 +104,22 @@ def test_muse_chunks_are_2048_tokens_unless_set():
     assert LLMData(layout="muse", synthetic=True, max_length=64).max_length == 64
 
 
+def test_muses_criteria_are_sweep_objectives_and_qa_metrics_are_not(tmp_path):
+    from otu.errors import SpecError
+    from otu.spec import parse_sweep
+
+    sweep = {
+        "name": "muse-front",
+        "experiment": tiny_muse(tmp_path / "cache"),
+        "space": {"method.beta": {"uniform": [0.5, 4.0]}},
+        "objectives": [{"metric": "knowmem_r", "mode": "max"}, {"metric": "verbmem_f", "mode": "min"}],
+    }
+    assert [o.metric for o in parse_sweep(sweep, check_files=False).objectives] == ["knowmem_r", "verbmem_f"]
+    sweep["objectives"][1]["metric"] = "forget_rouge"  # a QA layout's metric: a MUSE run reports none
+    with pytest.raises(SpecError, match="objectives.1.metric: unknown metric 'forget_rouge'"):
+        parse_sweep(sweep, check_files=False)
+
+
 def test_text_chunks_follow_open_unlearnings_pretraining_dataset():
     """src/data/pretraining.py:71-84: the texts joined by blank lines, tokenized without special
     tokens and cut every max_length tokens; each chunk then trains on BOS + its tokens with every
@@ -216,6 +232,7 @@ def test_a_tiny_muse_run_writes_muses_criteria_generations_and_plot(tmp_path):
     assert set(result.metrics) == {"original", "retrained", "unlearned"}
     for row in result.metrics.values():
         assert set(row) == {*MUSE_METRICS, *(f"mia_auc_{a}" for a in ("loss", "zlib", "mink", "minkpp"))}
+        assert set(row) == set(parse_experiment(raw).task.data.metrics)  # what sweeps may optimise
         assert row["n_verbmem"] == 4 and row["n_privleak_holdout"] == 4
     assert result.metrics["retrained"]["privleak"] == pytest.approx(0.0)
     lines = [json.loads(line) for line in (tmp_path / "run" / "generations.jsonl").read_text().splitlines()]

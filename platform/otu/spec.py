@@ -281,15 +281,21 @@ def parse_experiment(raw: Any, check_files: bool = True) -> Experiment:
 
 
 def known_metrics(exp: Experiment) -> list[str]:
-    """The metric names ``exp`` reports: its family's for its method, ``<metric>@<label>`` /
+    """The metric names ``exp`` reports: :func:`reported_metrics`, ``<metric>@<label>`` /
     ``recovery_<metric>@<label>`` for each attack its ``eval.robustness`` lists, and those its
     ``eval.membership`` attack adds."""
     from otu.robustness import derived_names
 
-    metrics = family_spec(exp.task.family).metrics_for(exp.method.name)
+    metrics = reported_metrics(exp)
     attacks = _attacks(exp, metrics)
     membership = getattr(getattr(exp.eval, "membership", None), "metrics", ())  # eval.membership's rows
     return [*metrics, *derived_names(attacks), *membership]
+
+
+def reported_metrics(exp: Experiment) -> tuple[str, ...]:
+    """What ``exp``'s evaluation returns: its data section's own list where it has one (the LLM
+    family's layout muse), else the family's for the method."""
+    return getattr(exp.task.data, "metrics", None) or family_spec(exp.task.family).metrics_for(exp.method.name)
 
 
 def checkpoint_metrics(exp: Experiment) -> list[str]:
@@ -298,7 +304,7 @@ def checkpoint_metrics(exp: Experiment) -> list[str]:
     reference models' attacks)."""
     from otu.robustness import derived_names
 
-    metrics = family_spec(exp.task.family).metrics_for(exp.method.name)
+    metrics = reported_metrics(exp)
     if not exp.dynamics.attacks:
         return list(metrics)
     return [*metrics, *derived_names([(label, reported, False) for label, reported, _ in _attacks(exp, metrics)])]

@@ -23,8 +23,9 @@ MUSE_METRICS = (
     "n_privleak_forget",
     "n_privleak_holdout",
 )
-"""What a MUSE evaluation reports besides the forget-vs-holdout ``mia_auc_*`` (not yet sweep
-objectives: ``SPEC.metrics`` is the QA layouts' list)."""
+"""What a MUSE evaluation reports besides the forget-vs-holdout ``mia_auc_*``."""
+MUSE_MIA_METRICS = ("mia_auc_loss", "mia_auc_zlib", "mia_auc_mink", "mia_auc_minkpp")
+"""The forget-vs-holdout MIAs a MUSE evaluation reports (on the privleak texts)."""
 
 
 class MuseSizes(Section):

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from otu.family import FamilySpec, Job, Method
-from otu.llm.muse_spec import Muse, MuseEval
+from otu.llm.muse_spec import MUSE_METRICS, MUSE_MIA_METRICS, Muse, MuseEval
 from otu.paths import PathOrHubId
 from otu.sections import MethodSpec, Section, unique_labels
 
@@ -155,6 +155,12 @@ class LLMData(Section):
         description="max tokens of prompt + answer (layout tofu: 512, open-unlearning's TOFU QA); layout muse: "
         "tokens of a text chunk, 2048 (open-unlearning's MUSE_forget / MUSE_retain)",
     )
+
+    @property
+    def metrics(self) -> tuple[str, ...] | None:
+        """The metric names this data's evaluation reports instead of the family's: layout muse, MUSE's
+        criteria (sweep objectives and ``dynamics.select`` among them); None: the family's."""
+        return (*MUSE_METRICS, *MUSE_MIA_METRICS) if self.layout == "muse" else None
 
     @model_validator(mode="after")
     def _muse_length(self) -> LLMData:
