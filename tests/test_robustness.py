@@ -272,6 +272,25 @@ def test_two_attacks_with_one_label_are_refused(llm_cache):
         parse_experiment(raw, check_files=False)
 
 
+@pytest.mark.parametrize(
+    ("spec", "attack"),
+    [
+        ("dlfd_digits.yaml", {"attack": "relearn"}),
+        ("uot_digits.yaml", {"attack": "relearn"}),
+        ("barycenter_tabular.yaml", {"attack": "probe"}),
+    ],
+)
+def test_every_family_refuses_two_attacks_with_one_label(spec, attack):
+    from otu.spec import load_yaml
+
+    raw = load_yaml(Path(__file__).resolve().parents[1] / "sweeps/experiments" / spec)
+    raw.setdefault("eval", {})["robustness"] = [attack, {**attack, "name": "again"}]
+    parse_experiment(raw, check_files=False)
+    raw["eval"]["robustness"] = [attack, attack]
+    with pytest.raises(SpecError, match=f"eval.robustness: .*two attacks are labelled '{attack['attack']}'"):
+        parse_experiment(raw, check_files=False)
+
+
 def test_attacks_a_family_does_not_have_are_refused(tmp_path):
     from otu.spec import load_yaml
 

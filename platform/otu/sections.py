@@ -7,7 +7,7 @@ from __future__ import annotations
 import reprlib
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from otu.paths import LocalPath
 
@@ -128,3 +128,7 @@ def unique_labels(attacks: list) -> list:
     if twice:
         raise ValueError(f"two attacks are labelled {twice[0]!r}: give one a name")
     return attacks
+
+
+UniqueLabels = AfterValidator(unique_labels)
+"""Marks a family's ``eval.robustness`` list: ``Annotated[list[Attack], UniqueLabels]``."""

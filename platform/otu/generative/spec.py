@@ -10,13 +10,13 @@ distance), 300 steps. The two baselines use the same step count, batch and learn
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from otu.family import FamilySpec, Job, Method
 from otu.paths import LocalPath
-from otu.sections import MethodSpec, Section, unique_labels
+from otu.sections import MethodSpec, Section, UniqueLabels
 
 
 class GenerativeData(Section):
@@ -87,16 +87,11 @@ class GenerativeEval(Section):
     num_samples: int = Field(2000, ge=10, description="generated samples per evaluation (fixed noise)")
     grid_size: int = Field(10, ge=1, description="the sample grid shows grid_size² samples")
     plots: bool = True
-    robustness: list[GenerativeRelearn] = Field(
+    robustness: Annotated[list[GenerativeRelearn], UniqueLabels] = Field(
         default_factory=list,
         description="attacks on the original and the unlearned generator alike (relearn: k shots of the forgotten "
         "class); rows <model>@<label> in metrics.json (docs/robustness.md)",
     )
-
-    @field_validator("robustness")
-    @classmethod
-    def _unique_labels(cls, attacks: list[GenerativeRelearn]) -> list[GenerativeRelearn]:
-        return unique_labels(attacks)
 
 
 class Finetuning(MethodSpec):

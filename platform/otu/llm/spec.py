@@ -13,7 +13,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from otu.family import FamilySpec, Job, Method
 from otu.llm.muse_spec import MUSE_METRICS, MUSE_MIA_METRICS, Muse, MuseEval
 from otu.paths import PathOrHubId
-from otu.sections import MethodSpec, Section, unique_labels
+from otu.sections import MethodSpec, Section, UniqueLabels
 
 
 class SyntheticSizes(Section):
@@ -509,17 +509,12 @@ class LLMEval(Section):
     """MUSE's criteria (layout muse)."""
     lm_eval: LmEval | None = None
     """General benchmarks; their numbers join the metrics as ``lm_eval/<task>/<metric>``."""
-    robustness: list[Attack] = Field(
+    robustness: Annotated[list[Attack], UniqueLabels] = Field(
         default_factory=list,
         description="attacks applied alike to the original, the retrained oracle and the unlearned model; rows "
         "<model>@<label> in metrics.json, and <metric>@<label> / recovery_<metric>@<label> beside each model's "
         "metrics (docs/robustness.md)",
     )
-
-    @field_validator("robustness")
-    @classmethod
-    def _unique_labels(cls, attacks: list) -> list:
-        return unique_labels(attacks)
 
     def generation_lengths(self, layout: str) -> tuple[int, int]:
         """(forget / retain, world) generation caps: the spec's, else the layout's benchmark values."""

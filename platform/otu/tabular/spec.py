@@ -3,13 +3,13 @@ data-point ("marginal") unlearning with a mutual-information regulariser."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from otu.family import FamilySpec, Job, Method
 from otu.paths import LocalPath
-from otu.sections import MethodSpec, Section, unique_labels
+from otu.sections import MethodSpec, Section, UniqueLabels
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 
@@ -113,16 +113,11 @@ class TabularEval(Section):
     forest_max_depth: int | None = Field(None, ge=1)
     frontier_points: int = Field(11, ge=2, description="t values on [0, 1] in the frontier plot")
     plots: bool = True
-    robustness: list[TabularProbe] = Field(
+    robustness: Annotated[list[TabularProbe], UniqueLabels] = Field(
         default_factory=list,
         description="feature unlearning: probes fit on k labelled samples of each model's features (the original's "
         "and the unlearned); rows <model>@<label> in metrics.json (docs/robustness.md)",
     )
-
-    @field_validator("robustness")
-    @classmethod
-    def _unique_labels(cls, attacks: list[TabularProbe]) -> list[TabularProbe]:
-        return unique_labels(attacks)
 
 
 class FeatureMethod(MethodSpec):

@@ -8,13 +8,13 @@ default ``protocol: paper`` the MIA is monitored on ≤ 300 samples per set.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from otu.family import FamilySpec, Job, Method
 from otu.paths import LocalPath
-from otu.sections import MethodSpec, Section
+from otu.sections import MethodSpec, Section, UniqueLabels
 
 
 class VisionData(Section):
@@ -165,7 +165,7 @@ class VisionEval(Section):
     feature; ``authors``: the DLFD authors' MIA (evaluation/mia.py:48-75) — every forget and test
     sample, no class balancing, a logistic regression on the raw loss without a scaler."""
     plots: bool = True
-    robustness: list[VisionRelearn] = Field(
+    robustness: Annotated[list[VisionRelearn], UniqueLabels] = Field(
         default_factory=list,
         description="attacks on the original, the oracle and the unlearned model alike (relearn: k-shot); rows "
         "<model>@<label> in metrics.json (docs/robustness.md)",
@@ -174,14 +174,6 @@ class VisionEval(Section):
         default_factory=VisionMembership,
         description="per-example membership attack with shadow models (ulira, challenge; off: population)",
     )
-
-    @field_validator("robustness")
-    @classmethod
-    def _unique_labels(cls, attacks: list[VisionRelearn]) -> list[VisionRelearn]:
-        labels = [a.label for a in attacks]
-        if len(set(labels)) < len(labels):
-            raise ValueError("two attacks have one label: give each a name")
-        return attacks
 
     @model_validator(mode="after")
     def _authors_read_the_loss(self) -> VisionEval:
