@@ -78,3 +78,34 @@ def test_trials_table_keeps_one_row_per_trial_and_mixed_knob_types(tmp_path):
     assert sorted(rows.index) == ["a", "b"] and table.finished_ids() == {"a", "b"}
     assert rows.loc["a", "config/method.x"] == "1.5" and rows.loc["b", "config/method.x"] == "auto"
     assert rows.loc["a", "test_acc"] == 0.8
+
+
+def test_a_one_knob_sweep_plots_its_objectives_against_the_knob_with_each_values_oracle(tmp_path):
+    """MUSE's scalability figure as one sweep: ``axis.png`` over the swept fold, in natural order, the
+    unlearned mean per value and that value's own oracle (each fold's oracle differs)."""
+    import json
+
+    from otu.report.axis_plot import _ordered, _reference, plot_axis
+    from otu.tracking.results import TrialsTable
+
+    folds = ["forget_10", "forget_2", "forget_1"]
+    for i, fold in enumerate(folds):
+        TrialsTable(tmp_path / "trials.parquet").upsert(
+            {"trial_id": f"t{i}", "status": "TERMINATED", "config/task.data.muse.forget": fold, "knowmem_f": 0.1 * i}
+        )
+        trial = tmp_path / "trials" / f"t{i}"
+        trial.mkdir(parents=True)
+        rows = {
+            "original": {"knowmem_f": 0.9},
+            "retrained": {"knowmem_f": 0.2 + i},
+            "unlearned": {"knowmem_f": 0.1 * i},
+        }
+        (trial / "metrics.json").write_text(json.dumps(rows))
+    table = TrialsTable(tmp_path / "trials.parquet").read()
+    assert _ordered(folds) == ["forget_1", "forget_2", "forget_10"] and _ordered([3, 1.5, 2]) == [1.5, 2, 3]
+    assert _reference(tmp_path, table[table["trial_id"] == "t1"]["trial_id"], "retrained", "knowmem_f") == 1.2
+    path = plot_axis(tmp_path, table, "config/task.data.muse.forget", ["knowmem_f"], tmp_path / "axis.png")
+    assert path is not None and path.stat().st_size > 1000
+    assert (
+        plot_axis(tmp_path, table.iloc[0:0], "config/task.data.muse.forget", ["knowmem_f"], tmp_path / "x.png") is None
+    )

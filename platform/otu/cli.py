@@ -386,7 +386,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from otu.runtime.sweep import run_sweep
+    from otu.runtime.sweep import run_sweep, trial_count
     from otu.tracking.mlflow_store import resolve_tracking_uri
     from otu.tracking.results import TRIALS_FILE, TrialsTable
 
@@ -407,8 +407,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     require_extra(sweep.experiment.task.family)
     writable_dir(Path(sweep.experiment.tracking.cache_dir), "experiment.tracking.cache_dir")
     uri = resolve_tracking_uri(args.tracking_uri, sweep.experiment.tracking.uri)
+    trials = trial_count(sweep)
     console.print(
-        f"sweep [bold]{sweep.name}[/]: {sweep.search.num_samples} trials, "
+        f"sweep [bold]{sweep.name}[/]: {trials} trial{'s' if trials != 1 else ''}, "
         f"{sweep.search.algorithm} search → {escape(location)}",
         highlight=False,
     )

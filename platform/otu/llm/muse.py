@@ -83,8 +83,9 @@ def muse_splits(data: LLMData, seed: int) -> Splits:
         "target_train": texts("raw", "forget", "task.data.records") + oracle + world,
         "oracle_train": oracle + world,
     }
-    if data.requests is not None:  # one tokenizer corpus for every request of a chain
-        splits["corpus"] = [r for name, split in splits.items() if name != "forget" for r in split]
+    # a tiny model's tokenizer corpus without the requested fold: one tokenizer (and one target model) for
+    # every fold — a chain's requests and a sweep over scal folds alike (the fold's texts are in raw/forget)
+    splits["corpus"] = [r for name, split in splits.items() if name != "forget" for r in split]
     return splits
 
 

@@ -1,6 +1,6 @@
 """A sweep's human-readable report: ``summary.md`` (best trials, Pareto front, reference models),
-``pareto.png`` and ``report.html`` (the same in one static page, figures inlined); a run's
-``report.html`` (metrics and its figures)."""
+``pareto.png``, ``axis.png`` (one swept knob) and ``report.html`` (the same in one static page,
+figures inlined); a run's ``report.html`` (metrics and its figures)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from otu.report.axis_plot import plot_axis
 from otu.report.front_plot import Reference, fmt, plot_front
 from otu.report.html import Page
 from otu.report.pareto import finished, pareto_front
@@ -34,8 +35,13 @@ def write_report(sweep_dir: Path, sweep: Sweep, timings: dict[str, float] | None
     plot = plot_front(
         table, front, metrics, modes, knobs(table), sweep_dir / "pareto.png", title=sweep.name, references=references
     )
-    page = sweep_html(sweep_dir, sweep, table, front, references, plot)
-    return [summary, plot, page]
+    axis = (
+        plot_axis(sweep_dir, table, knobs(table)[0], metrics, sweep_dir / "axis.png")
+        if len(knobs(table)) == 1
+        else None
+    )
+    page = sweep_html(sweep_dir, sweep, table, front, references, plot, axis)
+    return [summary, plot, *([axis] if axis else []), page]
 
 
 def reference_metrics(sweep_dir: Path) -> dict[str, Reference]:
@@ -141,8 +147,10 @@ def sweep_html(
     front: pd.DataFrame,
     references: Mapping[str, Reference],
     plot: Path,
+    axis: Path | None = None,
 ) -> Path:
-    """``report.html``: the summary's tables, the Pareto plot and the first front trials' figures."""
+    """``report.html``: the summary's tables, the Pareto plot (and a one-knob sweep's ``axis.png``) and
+    the first front trials' figures."""
     metrics = [o.metric for o in sweep.objectives]
     cols = ["trial_id", *knobs(table), *metrics]
     page = Page(f"Sweep {sweep.name}")
@@ -152,6 +160,8 @@ def sweep_html(
         "Objectives: " + ", ".join(f"{o.metric} ({o.mode})" for o in sweep.objectives) + "."
     )
     page.image(plot, "Pareto plot: grey trials, red front (numbered as in the table), reference models")
+    if axis is not None:
+        page.image(axis, "The objectives against the swept knob, with each value's original and oracle")
     page.heading("Pareto front").table(_shown(_mean_std(front.sort_values(metrics[0]), metrics), cols))
     if references:
         page.heading("Reference models").table(references_frame(references, metrics))
