@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 from otu.cache import (
     cached_dir,
@@ -103,3 +104,18 @@ def test_temporary_entries_of_dead_writers_are_removed(tmp_path):
     calls: list[str] = []
     cached_dir(tmp_path / "vision-def", builder(calls, "a"))  # a writer cleans up before it builds
     assert not dead.exists()
+
+
+def test_reference_metrics_are_keyed_by_the_cache_entries_the_models_came_from():
+    """A prepared task names its models' cache entries (``cache_id``): an otu that builds its models
+    differently (a new entry for the same spec) does not get the old models' cached reference metrics."""
+    from types import SimpleNamespace
+
+    from otu.runtime.experiment import _reference_key
+    from otu.spec import load_experiment
+
+    exp = load_experiment(Path(__file__).resolve().parents[1] / "sweeps/experiments/dlfd_digits.yaml")
+    old, new = SimpleNamespace(cache_id="vision-aaa"), SimpleNamespace(cache_id="vision-bbb")
+    assert _reference_key(exp, old) == _reference_key(exp, SimpleNamespace(cache_id="vision-aaa"))
+    assert _reference_key(exp, old) != _reference_key(exp, new)
+    assert _reference_key(exp, object()) == _reference_key(exp, None)  # a family without cache entries

@@ -161,7 +161,9 @@ class Family(Protocol):
     """What every family's ``FAMILY`` does."""
 
     def prepare(self, job: Any, ctx: RunContext) -> Any:
-        """Data splits, original model and retain-only oracle; cached under ``ctx.cache_dir``."""
+        """Data splits, original model and retain-only oracle; cached under ``ctx.cache_dir``. A
+        prepared task whose models come from cache entries names them in a ``cache_id`` attribute
+        (str): the platform's cached reference metrics are keyed by it."""
 
     def reference_models(self, prepared: Any) -> dict[str, Any]:
         """``{"original": model, "retrained": model}`` (``retrained`` only where there is an oracle)."""

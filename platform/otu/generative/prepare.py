@@ -44,6 +44,11 @@ class Prepared:
     reference: Reference
     cache_paths: list[Path]
 
+    @property
+    def cache_id(self) -> str:
+        """The cache entries of the generator and the classifiers (the platform keys metrics with it)."""
+        return ",".join(sorted(p.name for p in self.cache_paths))
+
 
 def cache_keys(job: GenerativeJob, seed: int) -> dict[str, str]:
     """Hashes of what each cache entry depends on (``classifiers``; ``generator`` unless a checkpoint

@@ -64,6 +64,11 @@ class Prepared:
             self._tokenizer = load_tokenizer(self.target_path, trust)
         return self._tokenizer
 
+    @property
+    def cache_id(self) -> str:
+        """The cache entry and the checkpoints the reference models load (the platform keys their metrics with it)."""
+        return f"{self.root.name}:{self.target_path}:{self.oracle_path}"
+
     def encoder(self) -> Encoder:
         return encoder_for(self.tokenizer(), self.data)
 
@@ -108,7 +113,8 @@ class Prepared:
 def cache_key(job: LLMJob, seed: int) -> str:
     return content_hash(
         {
-            "layout": 3,  # 3: fine-tuning sets of unique pairs (TOFU: full / retainNN only)
+            "layout": 4,  # 3: fine-tuning sets of unique pairs (TOFU: full / retainNN only); 4: layout muse's
+            # tiny tokenizer corpus leaves out the requested fold
             "seed": seed,
             "data": job.data.model_dump(mode="json"),
             "model": job.model.model_dump(mode="json"),

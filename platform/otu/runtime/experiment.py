@@ -341,7 +341,7 @@ class _StepRecorder:
 
 def _reference_attacks(exp: Experiment, api: Attacks, prepared: Any, models: Mapping[str, object]) -> dict:
     """The attacks on the original/oracle models, cached like their metrics (a sweep attacks them once)."""
-    path = Path(exp.tracking.cache_dir) / f"reference-attacks-{_reference_key(exp)}.json"
+    path = Path(exp.tracking.cache_dir) / f"reference-attacks-{_reference_key(exp, prepared)}.json"
     names = [name for name in models if name in ("original", "retrained")]
     if verified_file(path):
         cached = json.loads(path.read_text())
@@ -372,14 +372,18 @@ def _with_membership(
     return {name: {**row, **rows.get(name, {})} for name, row in metrics.items()}
 
 
-def _reference_key(exp: Experiment) -> str:
-    """What the reference models' metrics depend on: the task, the seed, the evaluation settings."""
+def _reference_key(exp: Experiment, prepared: Any) -> str:
+    """What the reference models' metrics depend on: the task, the seed, the evaluation settings, and
+    the cache entries the models came from (``prepared.cache_id``, where the family's prepared task
+    has one: an otu that builds its models differently names new entries, so old metrics are not
+    served for new models)."""
     return content_hash(
         {
             "task": exp.task.model_dump(mode="json"),
             "seed": exp.seed,
             "eval": exp.eval.model_dump(mode="json"),
             "method": exp.method.name,  # some families' references differ per method
+            "prepared": getattr(prepared, "cache_id", None),
         }
     )
 
@@ -387,7 +391,7 @@ def _reference_key(exp: Experiment) -> str:
 def _reference_metrics(exp: Experiment, api: Family, prepared: Any, models: Mapping[str, object]) -> Metrics:
     """Metrics of the original/oracle models, cached next to the prepared models: they depend only
     on the task, the seed and the evaluation settings, so a sweep computes them once."""
-    path = Path(exp.tracking.cache_dir) / f"reference-metrics-{_reference_key(exp)}.json"
+    path = Path(exp.tracking.cache_dir) / f"reference-metrics-{_reference_key(exp, prepared)}.json"
     if verified_file(path):
         cached = json.loads(path.read_text())
         if set(cached) == set(models):

@@ -32,6 +32,11 @@ class Prepared:
     cache_path: Path
     seed: int
 
+    @property
+    def cache_id(self) -> str:
+        """The cache entry of the original and oracle (the platform keys their metrics with it)."""
+        return self.cache_path.name
+
 
 def cache_key(job: VisionJob, seed: int) -> str:
     """Hash of what the cached models depend on: the seed, ``task.data`` (with the file's bytes),
