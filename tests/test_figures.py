@@ -188,11 +188,11 @@ def test_tiny_runs_give_one_diagnostic_each_and_a_self_contained_report(tmp_path
     refs = reference_metrics(sweep_dir)
     assert set(refs) == {"original"} and refs["original"]["utility_auc"][1] == 0.0
     files = write_report(sweep_dir, sweep)
-    assert [f.name for f in files] == ["summary.md", "pareto.png", "report.html"]
+    assert [f.name for f in files] == ["summary.md", "pareto.png", "axis.png", "report.html"]  # one knob: axis.png
     assert "## Reference models" in (sweep_dir / "summary.md").read_text()
     page = (sweep_dir / "report.html").read_text()
     sources = re.findall(r'src="([^"]*)"', page)
-    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert len(sources) >= 2 and all(s.startswith("data:image/png;base64,") for s in sources)  # Pareto, axis
     assert base64.b64decode(sources[0].split(",", 1)[1])[:4] == b"\x89PNG"
     assert "Reference models" in page and "<table" in page
 

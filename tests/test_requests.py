@@ -63,6 +63,9 @@ def test_bad_requests_are_one_line_naming_the_key_before_any_work(tmp_path):
     )
     raw = chain_spec(tmp_path, [[TARGETS[0]]], lora={"r": 4})
     assert one_line_error(raw).startswith("task.data.requests: a request chain unlearns full checkpoints")
+    raw = chain_spec(tmp_path, [[TARGETS[0]], [TARGETS[1]]])
+    raw["dynamics"] = {"every": 2}
+    assert one_line_error(raw).startswith("dynamics.every: a chain of requests (task.data.requests) evaluates")
 
 
 def test_a_chain_runs_request_after_request_and_a_killed_chain_redoes_only_the_unfinished(tmp_path):

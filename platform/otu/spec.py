@@ -266,6 +266,11 @@ def parse_experiment(raw: Any, check_files: bool = True) -> Experiment:
             f"compute.device: {exp.compute.device!r} is not supported by the {family} family "
             f"(use {' or '.join(fam.devices)})"
         )
+    if getattr(exp.task.data, "requests", None) and exp.dynamics.every:  # a chain (otu.runtime.requests)
+        raise SpecError(
+            "dynamics.every: a chain of requests (task.data.requests) evaluates each request's final model; "
+            "checkpoint dynamics within requests are not supported (set dynamics.every: 0)"
+        )
     if exp.dynamics.attacks and not getattr(exp.eval, "robustness", []):
         raise SpecError("dynamics.attacks: eval.robustness lists no attack to apply to the checkpoints")
     select = exp.dynamics.select

@@ -15,7 +15,7 @@ from ray import tune
 
 from otu.paths import resolve_paths
 from otu.runtime.evaluation import CheckpointEvaluator
-from otu.runtime.experiment import run_experiment
+from otu.runtime.requests import runner_for
 from otu.runtime.resume import claim_loop_checkpoints
 from otu.spec import Experiment, parse_experiment
 
@@ -37,7 +37,7 @@ def sweep_trial(
         evaluator = CheckpointEvaluator.attach(run_exp, pool) if exp.dynamics.every > 0 else None
         run_dir = trial_dir if seeds == 1 else trial_dir / f"seed-{seed}"
         claim_loop_checkpoints(Path(sweep_dir), run_dir, run_exp)  # a killed sweep's trial continues
-        result = run_experiment(
+        result = runner_for(run_exp)(  # a spec with task.data.requests runs its chain in the trial
             run_exp,
             run_dir,
             evaluator=evaluator,
