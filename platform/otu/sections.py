@@ -7,8 +7,9 @@ from __future__ import annotations
 import reprlib
 from typing import Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from otu.errors import SpecError
 from otu.paths import LocalPath
 
 MAX_INT = 2**63 - 1
@@ -132,3 +133,66 @@ def unique_labels(attacks: list) -> list:
 
 UniqueLabels = AfterValidator(unique_labels)
 """Marks a family's ``eval.robustness`` list: ``Annotated[list[Attack], UniqueLabels]``."""
+
+
+# ---------------------------------------------------------------- eval.membership (classifier families)
+
+MEMBERSHIP_METRICS: dict[str, tuple[str, ...]] = {
+    "population": (),
+    "ulira": ("ulira_auc", "ulira_tpr_at_1fpr", "ulira_tpr_at_0_1fpr"),
+    "challenge": ("challenge_epsilon", "challenge_forget_quality", "challenge_score"),
+}
+"""The metric names each ``eval.membership.attack`` adds to every model's row (otu.classifiers.membership)."""
+MIN_ULIRA_FORGET = 4
+"""Forget examples U-LiRA needs (each half holds half of them; a method needs a batch of two)."""
+
+
+class MembershipAttack(Section):
+    """Per-example membership inference with shadow models, trained as Ray tasks and cached
+    (docs/metrics.md): ``ulira`` — U-LiRA (Hayes et al. 2024, arXiv 2403.01218): shadow originals on
+    random halves of the training set, each unlearned with the method on the forget examples it holds;
+    ``challenge`` — the NeurIPS 2023 unlearning challenge score from N unlearned and N retrained models;
+    ``population`` — only the population MIA every run reports (no shadows). The ``eval.membership``
+    section of the classifier families (vision; tabular data-point unlearning)."""
+
+    attack: Literal["population", "ulira", "challenge"] = "population"
+    """``population``: no shadows (the loss-based MIA only); ``ulira``: U-LiRA AUC and TPR at 1 % / 0.1 % FPR;
+    ``challenge``: per-example ε, forgetting quality F and the challenge's final score."""
+    shadow_models: int = Field(
+        16,
+        ge=1,
+        description="ulira: shadow originals (an even number ≥ 6: complementary halves, three that never saw "
+        "each example); challenge: N unlearned and N retrained models each (≥ 3), plus N retrained for the "
+        "oracle's row",
+    )
+    seed: int = Field(0, description="seed of the halves and of the shadows' training")
+    parallel: int | None = Field(
+        None, ge=1, description="shadows trained at once at most (None: as many as Ray's free CPUs allow)"
+    )
+
+    @model_validator(mode="after")
+    def _enough_shadows(self) -> MembershipAttack:
+        n = self.shadow_models
+        if self.attack == "ulira" and (n < 6 or n % 2):
+            raise ValueError(
+                f"shadow_models: U-LiRA trains complementary halves in pairs and fits each example's "
+                f"'retrained' Gaussian without the shadow it scores: give an even number ≥ 6 (got {n})"
+            )
+        if self.attack == "challenge" and n < 3:
+            raise ValueError(
+                f"shadow_models: the challenge's ε histogram has no bucket below ⌈log(N − 1)⌉ = 0 for N < 3 (got {n})"
+            )
+        return self
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return MEMBERSHIP_METRICS[self.attack]
+
+    def check_forget_size(self, forget: int, noun: str) -> None:
+        """U-LiRA's halves each need forget examples (``noun``) to unlearn: a SpecError for fewer than
+        :data:`MIN_ULIRA_FORGET` (the family's checks call it once it knows the forget set's size)."""
+        if self.attack == "ulira" and forget < MIN_ULIRA_FORGET:
+            raise SpecError(
+                f"eval.membership.attack: U-LiRA's shadows each unlearn half of the forget {noun}; "
+                f"{forget} forget {noun} leave halves with too few: give at least {MIN_ULIRA_FORGET}"
+            )

@@ -7,9 +7,6 @@ from otu.family import RunContext
 from otu.vision.data import check_request
 from otu.vision.spec import VisionJob
 
-MIN_ULIRA_FORGET = 4
-"""Forget images U-LiRA needs (each half holds half of them; a method needs a batch of two)."""
-
 
 def check(job: VisionJob, ctx: RunContext) -> None:
     """Read the data's labels/identities up front: file, columns, identities, non-empty sets; each
@@ -21,8 +18,4 @@ def check(job: VisionJob, ctx: RunContext) -> None:
                 f"eval.robustness.{i}.shots: {attack.shots} of the {forget} forget images leaves none to "
                 "score; give fewer"
             )
-    if job.eval.membership.attack == "ulira" and forget < MIN_ULIRA_FORGET:
-        raise SpecError(
-            f"eval.membership.attack: U-LiRA's shadows each unlearn half of the forget images; "
-            f"{forget} forget images leave halves with too few: give at least {MIN_ULIRA_FORGET}"
-        )
+    job.eval.membership.check_forget_size(forget, "images")

@@ -9,18 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torch import nn
 
+from otu.classifiers.membership import audit
 from otu.classifiers.train import train_classifier
 from otu.errors import DataError
 from otu.family import Attacks, Family, Membership, RunContext, SavedModels, ShadowPlan
 from otu.vision import membership as mi
 from otu.vision import prepare as preparation
 from otu.vision.metrics import MIAProbe, classifier_metrics
-from otu.vision.plots import epsilon_histogram, loss_histograms, ulira_roc
+from otu.vision.plots import loss_histograms
 from otu.vision.prepare import Prepared
 from otu.vision.spec import METHODS, VisionJob
 
@@ -100,21 +99,10 @@ class VisionFamily(Family, SavedModels, Attacks, Membership):
         shadows: list[dict[str, Any]],
         out_dir: Path,
     ) -> dict[str, dict[str, float]]:
-        """U-LiRA or challenge rows per model; ``membership-<attack>.parquet`` (one row per forget image)
-        and, with ``eval.plots``, ``plots/ulira_roc.png`` or ``plots/epsilon_histogram.png``."""
-        attack, splits = job.eval.membership.attack, prepared.splits
-        if attack == "ulira":
-            rows, table, scores = mi.ulira(models, splits, shadows)
-            figure = lambda path: ulira_roc(scores, path)  # noqa: E731
-        else:
-            rows, table = mi.challenge(models, splits, mi.shadow_tasks(job), shadows)
-            eps = {k.removeprefix("epsilon_"): v for k, v in table.items() if k.startswith("epsilon_")}
-            figure = lambda path: epsilon_histogram(eps, path)  # noqa: E731
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table(table), Path(out_dir) / f"membership-{attack}.parquet")
-        if job.eval.plots:
-            figure(Path(out_dir) / "plots" / ("ulira_roc.png" if attack == "ulira" else "epsilon_histogram.png"))
-        return rows
+        """U-LiRA or challenge rows per model (:func:`otu.classifiers.membership.audit`):
+        ``membership-<attack>.parquet`` (one row per forget image) and, with ``eval.plots``,
+        ``plots/ulira_roc.png`` or ``plots/epsilon_histogram.png``."""
+        return audit(job.eval.membership, job.method, models, prepared.splits, shadows, out_dir, job.eval.plots)
 
 
 def relearn_shots(prepared: Prepared, shots: int, seed: int) -> tuple[torch.Tensor, Prepared]:

@@ -14,7 +14,8 @@ from pydantic import Field, model_validator
 
 from otu.family import FamilySpec, Job, Method
 from otu.paths import LocalPath
-from otu.sections import MethodSpec, Section, UniqueLabels
+from otu.sections import MEMBERSHIP_METRICS as MEMBERSHIP_METRICS  # eval.membership's rows (shared)
+from otu.sections import MembershipAttack, MethodSpec, Section, UniqueLabels
 
 
 class VisionData(Section):
@@ -106,55 +107,6 @@ class VisionRelearn(Section):
         return self.name or "relearn"
 
 
-MEMBERSHIP_METRICS: dict[str, tuple[str, ...]] = {
-    "population": (),
-    "ulira": ("ulira_auc", "ulira_tpr_at_1fpr", "ulira_tpr_at_0_1fpr"),
-    "challenge": ("challenge_epsilon", "challenge_forget_quality", "challenge_score"),
-}
-"""The metric names each ``eval.membership.attack`` adds to every model's row (otu.vision.membership)."""
-
-
-class VisionMembership(Section):
-    """Per-example membership inference with shadow models, trained as Ray tasks and cached
-    (docs/metrics.md): ``ulira`` — U-LiRA (Hayes et al. 2024, arXiv 2403.01218): shadow originals on
-    random halves of the training set, each unlearned with the method on the forget images it holds;
-    ``challenge`` — the NeurIPS 2023 unlearning challenge score from N unlearned and N retrained models;
-    ``population`` — only the loss-based MIA every run reports (no shadows)."""
-
-    attack: Literal["population", "ulira", "challenge"] = "population"
-    """``population``: no shadows (the loss-based MIA only); ``ulira``: U-LiRA AUC and TPR at 1 % / 0.1 % FPR;
-    ``challenge``: per-example ε, forgetting quality F and the challenge's final score."""
-    shadow_models: int = Field(
-        16,
-        ge=1,
-        description="ulira: shadow originals (an even number ≥ 6: complementary halves, three that never saw "
-        "each image); challenge: N unlearned and N retrained models each (≥ 3), plus N retrained for the "
-        "oracle's row",
-    )
-    seed: int = Field(0, description="seed of the halves and of the shadows' training")
-    parallel: int | None = Field(
-        None, ge=1, description="shadows trained at once at most (None: as many as Ray's free CPUs allow)"
-    )
-
-    @model_validator(mode="after")
-    def _enough_shadows(self) -> VisionMembership:
-        n = self.shadow_models
-        if self.attack == "ulira" and (n < 6 or n % 2):
-            raise ValueError(
-                f"shadow_models: U-LiRA trains complementary halves in pairs and fits each image's "
-                f"'retrained' Gaussian without the shadow it scores: give an even number ≥ 6 (got {n})"
-            )
-        if self.attack == "challenge" and n < 3:
-            raise ValueError(
-                f"shadow_models: the challenge's ε histogram has no bucket below ⌈log(N − 1)⌉ = 0 for N < 3 (got {n})"
-            )
-        return self
-
-    @property
-    def metrics(self) -> tuple[str, ...]:
-        return MEMBERSHIP_METRICS[self.attack]
-
-
 class VisionEval(Section):
     mia_splits: int = Field(10, ge=2, description="StratifiedShuffleSplit folds of the MIA classifier")
     mia_test_size: float = Field(0.1, gt=0, lt=1, description="held-out share in each MIA split")
@@ -170,8 +122,8 @@ class VisionEval(Section):
         description="attacks on the original, the oracle and the unlearned model alike (relearn: k-shot); rows "
         "<model>@<label> in metrics.json (docs/robustness.md)",
     )
-    membership: VisionMembership = Field(
-        default_factory=VisionMembership,
+    membership: MembershipAttack = Field(
+        default_factory=MembershipAttack,
         description="per-example membership attack with shadow models (ulira, challenge; off: population)",
     )
 
