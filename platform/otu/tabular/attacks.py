@@ -10,7 +10,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 
-from otu.errors import DataError
+from otu.tabular.checks import check_shots
 from otu.tabular.metrics import LOGISTIC_MAX_ITER, auc, classifier
 from otu.tabular.spec import TabularEval, TabularProbe
 from otu.tabular.tables import Features, FeatureTask
@@ -40,12 +40,3 @@ def known_samples(task: FeatureTask, attack: TabularProbe, seed: int) -> np.ndar
     check_shots(attack, n, len(task.groups))
     known, _ = train_test_split(np.arange(n), train_size=attack.shots, stratify=task.z_train, random_state=seed)
     return np.sort(known)
-
-
-def check_shots(attack: TabularProbe, n_train: int, n_groups: int) -> None:
-    """DataError unless the attacker's samples can hold every group and leave training samples out."""
-    if not n_groups <= attack.shots < n_train:
-        raise DataError(
-            f"eval.robustness ({attack.label}).shots: {attack.shots} must be at least the {n_groups} groups and "
-            f"fewer than the {n_train} training samples"
-        )
