@@ -333,7 +333,8 @@ def _elude_splits(data: LLMData, seed: int) -> Splits:
     """ELUDe as published and as the OPT-OUT authors use it (dataset.py ``load_data``): the target's
     forget_qa rows of ``forget_train`` to forget and of ``forget_eval`` to evaluate (both ``train``,
     the only split), its retain_qa rows of ``retain_train`` / ``retain_eval``, the other entities'
-    ``forget_eval`` rows as holdout (MIA non-members), world as :func:`world_splits`."""
+    ``forget_eval`` rows as holdout (MIA non-members), world as :func:`world_splits`. With ``requests``:
+    request ``request`` of the chain (:func:`otu.llm.requests.elude_request_splits`)."""
     names = data.elude_splits
     read: dict[tuple[str, str], list[Record]] = {}
 
@@ -347,11 +348,18 @@ def _elude_splits(data: LLMData, seed: int) -> Splits:
         return read[which, split]
 
     source = given(data.records, "task.data.records")
-    target = given(data.target, "task.data.target")
     forget_train, forget_eval = rows("records", "forget", "train"), rows("records", "forget", "eval")
     retain_train = rows("retain_records", "retain", "train")
     retain_eval = rows("retain_records", "retain", "eval")
     world, world_eval = world_splits(data, given(_read_world(data, "task.data.world"), "task.data.world"), seed)
+    if data.requests is not None:  # request data.request of a chain (otu.llm.requests)
+        from otu.llm.requests import elude_request_splits
+
+        published = {"forget": forget_train, "forget_eval": forget_eval, "retain": retain_train}
+        return elude_request_splits(
+            {**published, "retain_eval": retain_eval, "world": world, "world_eval": world_eval}, data, source
+        )
+    target = given(data.target, "task.data.target")
     train = make_splits(forget_train, world, target, "auto", "auto", source, retain_train)
     held = make_splits(forget_eval, world, target, "auto", data.holdout, source, retain_eval)
     return {
@@ -371,19 +379,22 @@ def _tofu_splits(data: LLMData, seed: int) -> Splits:
     ``forgetNN`` and retains the whole ``retainNN`` (``tofu.hold_out_retain_eval`` drops the items
     of ``retain_perturbed`` from the retain term instead); evaluation on ``{forget}_perturbed``,
     ``retain_perturbed``, ``real_authors_perturbed`` and ``world_facts_perturbed`` (never trained);
-    MIA non-members from ``holdoutNN``; world training from ``task.data.world`` (none without it)."""
+    MIA non-members from ``holdoutNN``; world training from ``task.data.world`` (none without it).
+    With ``requests``: request ``request`` of the chain (:func:`otu.llm.requests.tofu_request_splits`)."""
     tofu, fields = data.tofu, data.fields
+    names = None
+    if data.requests is not None:  # checked before any configuration is read
+        from otu.llm.requests import tofu_requests
+
+        names = tofu_requests(data.requests, tofu)
+
+    def read(name: str, key: str, required: Sequence[str] = QA) -> list[Record]:
+        source = given(data.records, "task.data.records")
+        raw = read_split(source, name, tofu.split, "task.data.records", key)
+        return parse_records(raw, f"{key} ({name})", required, fields)
 
     def config(key: str, required: Sequence[str] = QA) -> list[Record]:
-        name = getattr(tofu, key)
-        raw = read_split(
-            given(data.records, "task.data.records"),
-            name,
-            tofu.split,
-            "task.data.records",
-            f"task.data.tofu.{key}",
-        )
-        return parse_records(raw, f"task.data.tofu.{key} ({name})", required, fields)
+        return read(getattr(tofu, key), f"task.data.tofu.{key}", required)
 
     forget, retain_config = config("forget"), config("retain")
     retain_eval = config("retain_eval", WORLD_REQUIRED)
@@ -391,7 +402,7 @@ def _tofu_splits(data: LLMData, seed: int) -> Splits:
     retain = [r for r in retain_config if r.question not in evaluated] if tofu.hold_out_retain_eval else retain_config
     options = ("question", "answer", "perturbed_answer")
     real_authors, world_facts = config("real_authors", options), config("world_facts", options)
-    return {
+    splits = {
         "forget": forget,
         "retain": retain,
         "world": _read_world(data, "task.data.world") or [],
@@ -404,6 +415,11 @@ def _tofu_splits(data: LLMData, seed: int) -> Splits:
         "target_train": unique_pairs(forget + retain_config),
         "oracle_train": unique_pairs(retain_config),
     }
+    if names is None:
+        return splits
+    from otu.llm.requests import tofu_request_splits
+
+    return tofu_request_splits(splits, names, data.request or 0, read)
 
 
 def read_split(

@@ -6,7 +6,7 @@ when the method runs; the checks that read files are :func:`otu.llm.checks.check
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -63,8 +63,25 @@ class EludeSplits(Section):
     retain_eval: str = "test"
 
 
+TOFU_FORGET = ("forget01", "forget05", "forget10")
+"""TOFU's forget configurations, nested (each holds the one before: the last 1 / 5 / 10 % of the authors)."""
+
+
+def tofu_configs(forget: str) -> dict[str, str]:
+    """The configurations TOFU publishes for forget configuration ``forgetNN``: ``retain{100-NN}`` (the
+    other authors), ``forgetNN_perturbed`` and ``holdoutNN``."""
+    return {
+        "forget": forget,
+        "retain": f"retain{100 - int(forget[-2:])}",
+        "forget_eval": f"{forget}_perturbed",
+        "holdout": f"holdout{forget[-2:]}",
+    }
+
+
 class Tofu(Section):
-    """TOFU's configuration names (``locuslab/TOFU``); defaults follow ``forget``, the request."""
+    """TOFU's configuration names (``locuslab/TOFU``); defaults follow ``forget``, the request. With
+    ``task.data.requests`` the section is the last request's configuration (``forget``, ``retain``,
+    ``forget_eval``, ``holdout`` set from it: left out, or given as the last request's)."""
 
     forget: Literal["forget01", "forget05", "forget10"] = "forget10"
     retain: str | None = None
@@ -83,10 +100,10 @@ class Tofu(Section):
 
     @model_validator(mode="after")
     def _defaults(self) -> Tofu:
-        percent = int(self.forget[-2:])
-        self.retain = self.retain or f"retain{100 - percent}"
-        self.forget_eval = self.forget_eval or f"{self.forget}_perturbed"
-        self.holdout = self.holdout or f"holdout{self.forget[-2:]}"
+        derived = tofu_configs(self.forget)
+        self.retain = self.retain or derived["retain"]
+        self.forget_eval = self.forget_eval or derived["forget_eval"]
+        self.holdout = self.holdout or derived["holdout"]
         return self
 
 
@@ -130,9 +147,11 @@ class LLMData(Section):
     muse: Muse = Muse()
     requests: list[list[str]] | None = Field(
         None,
-        description="deletion requests in sequence, each a forget set: entity names (layout records; the "
-        "entities' neighbour_of neighbours are retained) or sust folds (layout muse: forget_1..4); each "
-        "request unlearns the previous one's model, its oracle is trained without requests 1..k "
+        description="deletion requests in sequence, each a forget set: entity names (layout records: the "
+        "entities' neighbour_of neighbours are retained; layout elude: forget_qa entities, their retain_qa "
+        "rows retained), one TOFU forget configuration (layout tofu: [[forget01], [forget05], [forget10]], "
+        "growing; request k forgets what its configuration adds) or sust folds (layout muse: forget_1..4); "
+        "each request unlearns the previous one's model, its oracle is trained without requests 1..k "
         "(docs/usage.md, requests)",
     )
     request: int | None = Field(
@@ -161,6 +180,27 @@ class LLMData(Section):
         """The metric names this data's evaluation reports instead of the family's: layout muse, MUSE's
         criteria (sweep objectives and ``dynamics.select`` among them); None: the family's."""
         return (*MUSE_METRICS, *MUSE_MIA_METRICS) if self.layout == "muse" else None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tofu_is_the_last_request(cls, raw: Any) -> Any:
+        """Layout tofu with requests: the ``tofu`` section is the last request's configuration (the
+        chain's target is fine-tuned on its forget + retain sets, TOFU's ``full``, and the loop retains its
+        retain set); its per-request names may be left out or given as the last request's. A request that
+        is not one configuration name is left to :func:`otu.llm.requests.tofu_requests`, which names it."""
+        requests = raw.get("requests") if isinstance(raw, dict) and raw.get("layout") == "tofu" else None
+        last = requests[-1] if isinstance(requests, list) and requests else None
+        tofu = raw.get("tofu") or {} if isinstance(raw, dict) else None
+        if not (isinstance(last, list) and len(last) == 1 and last[0] in TOFU_FORGET and isinstance(tofu, dict)):
+            return raw
+        derived = tofu_configs(last[0])
+        for key, value in derived.items():
+            if tofu.get(key, value) != value:
+                raise ValueError(
+                    f"tofu.{key}: with requests it follows each request (leave it out, or give the last "
+                    f"request's {value!r}; got {tofu[key]!r})"
+                )
+        return {**raw, "tofu": {**tofu, **derived}}
 
     @model_validator(mode="after")
     def _muse_length(self) -> LLMData:
@@ -203,7 +243,8 @@ class LLMData(Section):
         if not self.records:
             raise ValueError(f"records: required with layout {self.layout}")
         if self.layout == "elude":
-            missing = [k for k in ("retain_records", "world", "target") if getattr(self, k) is None]
+            needed = ("retain_records", "world") + (() if self.requests is not None else ("target",))
+            missing = [k for k in needed if getattr(self, k) is None]
             if missing:
                 raise ValueError(f"layout elude needs {', '.join(missing)}")
         elif self.target is not None or self.retain_records is not None:
@@ -251,10 +292,10 @@ class LLMData(Section):
             if self.request is not None:
                 raise ValueError("request: needs requests")
             return self
-        if self.layout not in ("records", "muse"):
-            raise ValueError(f"requests: layouts records and muse take requests (got layout {self.layout})")
-        if self.layout == "records" and (self.target is not None or self.neighbours != "auto"):
+        if self.layout in ("records", "elude") and (self.target is not None or self.neighbours != "auto"):
             raise ValueError("requests: name the entities there, with no target and neighbours auto")
+        if self.layout == "elude" and self.holdout != "auto":
+            raise ValueError("holdout: with requests the MIA holdout is every entity no request names (give auto)")
         if self.request is not None and self.request >= len(self.requests):
             raise ValueError(f"request: {self.request} is not a request index (there are {len(self.requests)})")
         return self
