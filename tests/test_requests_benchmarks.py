@@ -245,3 +245,38 @@ def test_an_elude_chain_runs_entity_after_entity_from_one_target(tmp_path, three
     raw["task"]["data"] = elude_data(three_targets, target=None, requests=[[e0], [e1]], max_length=48)
     rows = run_chain(raw, tmp_path)
     assert rows[0]["unlearned"]["n_forget"] == 8 and rows[1]["unlearned"]["n_forget"] == 16
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["tofu", "elude"])
+def test_each_request_is_forgotten_and_earlier_ones_stay_forgotten_on_the_benchmark_layouts(
+    tmp_path, tofu_chain, three_targets, layout
+):
+    """Two requests, OPT-OUT (15 steps a request; target fine-tuned 40 epochs), measured on 2 CPU cores.
+    TOFU [forget01, forget05]: the request's own items fall from ROUGE 1.0 to 0.33 / 0.375 (oracles
+    0.21 / 0.46), forget01 + forget05 together stay at 0.35 and the retain set keeps 1.0. ELUDe [[e0],
+    [e1]] under the authors' recipe (OPT-OUT stops after 2 epochs: 2 steps a request, evaluator.py:27-33):
+    1.0 → 0.75 / 0.29 (both entities 0.40 after request 2), while the neighbours keep 0.78 and 0.57 of
+    their ROUGE — the tiny model's retain damage accumulates, which the test records."""
+    from otu.runtime.requests import run_requests
+    from otu.spec import parse_experiment
+
+    if layout == "tofu":
+        raw = tofu_chain_spec(tmp_path / "cache", tofu_chain, [["forget01"], ["forget05"]])
+    else:
+        e0, e1, _ = entities_of(three_targets)
+        raw = tiny_spec(tmp_path / "cache")
+        raw["task"]["data"] = elude_data(three_targets, target=None, requests=[[e0], [e1]], max_length=48)
+    raw["task"]["model"]["epochs"] = 40
+    raw["method"]["steps"] = 15
+    raw["eval"] |= {"max_new_tokens": 16, "world_max_new_tokens": 8}
+    run_requests(parse_experiment(raw), tmp_path / "run")
+    rows = json.loads((tmp_path / "run" / "metrics.json").read_text())["requests"]
+    kept = []
+    for row in rows:
+        original, unlearned = row["original"], row["unlearned"]
+        assert unlearned["request_forget_rouge"] <= original["request_forget_rouge"] - 0.2, unlearned
+        assert unlearned["forget_rouge"] <= original["forget_rouge"] - 0.2, unlearned  # requests 1..k together
+        kept.append(unlearned["retain_rouge"] / original["retain_rouge"])
+    assert rows[1]["unlearned"]["forget_rouge"] <= 0.5
+    assert min(kept) >= (0.9 if layout == "tofu" else 0.45), kept
