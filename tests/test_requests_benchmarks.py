@@ -25,6 +25,7 @@ from otu.errors import DataError
 from otu.llm.data import load_splits
 from otu.llm.spec import LLMData
 from otu.llm.synthetic import generate_entities
+from otu.spec import parse_experiment
 
 # ---------------------------------------------------------------- TOFU
 
@@ -131,6 +132,10 @@ def test_bad_tofu_requests_are_one_line_naming_the_key_before_any_work(tmp_path,
     # the last request's names given: the same spec as leaving them out
     same = tofu_chain_spec(tmp_path / "cache", tofu_chain, [["forget01"], ["forget05"]], tofu={"forget": "forget05"})
     assert LLMData(**same["task"]["data"]).tofu == LLMData(**{**same["task"]["data"], "tofu": {}}).tofu
+    exp = parse_experiment(same, check_files=False)  # its dump leaves them out: other requests derive anew
+    assert exp.with_overrides({"task.data.requests": [["forget01"]]}, check_files=False).task.data.tofu.retain == (
+        "retain99"
+    )
 
 
 # ---------------------------------------------------------------- ELUDe
@@ -259,7 +264,6 @@ def test_each_request_is_forgotten_and_earlier_ones_stay_forgotten_on_the_benchm
     1.0 → 0.75 / 0.29 (both entities 0.40 after request 2), while the neighbours keep 0.78 and 0.57 of
     their ROUGE — the tiny model's retain damage accumulates, which the test records."""
     from otu.runtime.requests import run_requests
-    from otu.spec import parse_experiment
 
     if layout == "tofu":
         raw = tofu_chain_spec(tmp_path / "cache", tofu_chain, [["forget01"], ["forget05"]])

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from otu.family import FamilySpec, Job, Method
 from otu.llm.muse_spec import MUSE_METRICS, MUSE_MIA_METRICS, Muse, MuseEval
@@ -201,6 +208,15 @@ class LLMData(Section):
                     f"request's {value!r}; got {tofu[key]!r})"
                 )
         return {**raw, "tofu": {**tofu, **derived}}
+
+    @field_serializer("tofu", mode="wrap")
+    def _tofu_names_follow_requests(self, tofu: Tofu, handler: SerializerFunctionWrapHandler) -> Any:
+        """With requests on layout tofu the dump leaves out the names the last request implies, so a
+        dumped spec with other requests (an override, a sweep over requests) derives them anew."""
+        out = handler(tofu)
+        if self.layout == "tofu" and self.requests is not None and isinstance(out, dict):
+            return {k: v for k, v in out.items() if k not in tofu_configs(tofu.forget)}
+        return out
 
     @model_validator(mode="after")
     def _muse_length(self) -> LLMData:
