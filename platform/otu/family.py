@@ -66,6 +66,10 @@ class FamilySpec:
     checks: str | None = None
     """``"module:function"`` taking ``(job, ctx)``: environment checks (files exist, columns present,
     non-empty sets); raise SpecError/DataError. Run once, in the driver."""
+    rules: str | None = None
+    """``"module:function"`` taking the typed ``job``: rules across the family's sections that the
+    schema alone decides (a method that cannot be audited by an ``eval`` setting); raise SpecError.
+    Run on every parse (workers' too), so spec-only: no files, no torch."""
     devices: tuple[str, ...] = ("cpu", "cuda", "auto")
     """``compute.device`` values the family honours (``auto`` on a CPU-only family means CPU)."""
     data_commands: str | None = None

@@ -152,11 +152,12 @@ class MembershipAttack(Section):
     (docs/metrics.md): ``ulira`` — U-LiRA (Hayes et al. 2024, arXiv 2403.01218): shadow originals on
     random halves of the training set, each unlearned with the method on the forget examples it holds;
     ``challenge`` — the NeurIPS 2023 unlearning challenge score from N unlearned and N retrained models;
-    ``population`` — only the population MIA every run reports (no shadows). The ``eval.membership``
+    ``population`` — only the population numbers every run reports (no shadows). The ``eval.membership``
     section of the classifier families (vision; tabular data-point unlearning)."""
 
     attack: Literal["population", "ulira", "challenge"] = "population"
-    """``population``: no shadows (the loss-based MIA only); ``ulira``: U-LiRA AUC and TPR at 1 % / 0.1 % FPR;
+    """``population``: no shadows (the population numbers every run reports only: vision's loss-based MIA,
+    tabular's ``mi``); ``ulira``: U-LiRA AUC and TPR at 1 % / 0.1 % FPR;
     ``challenge``: per-example ε, forgetting quality F and the challenge's final score."""
     shadow_models: int = Field(
         16,

@@ -266,6 +266,8 @@ def parse_experiment(raw: Any, check_files: bool = True) -> Experiment:
             f"compute.device: {exp.compute.device!r} is not supported by the {family} family "
             f"(use {' or '.join(fam.devices)})"
         )
+    if fam.rules is not None:  # the family's cross-section rules (FamilySpec.rules)
+        load_object(fam.rules)(exp.job())
     if getattr(exp.task.data, "requests", None) and exp.dynamics.every:  # a chain (otu.runtime.requests)
         raise SpecError(
             "dynamics.every: a chain of requests (task.data.requests) evaluates each request's final model; "

@@ -35,7 +35,7 @@ from torch import nn
 from otu.cache import cached_dir, content_hash
 from otu.classifiers.challenge import challenge_metrics
 from otu.classifiers.membership_plots import epsilon_histogram, ulira_roc
-from otu.classifiers.train import predict_logits
+from otu.classifiers.train import predict_logits, train_classifier
 from otu.classifiers.ulira import fit_gaussians, likelihood_ratio, logit_confidence, retrained_scores, roc_summary
 from otu.sections import MembershipAttack
 
@@ -73,6 +73,44 @@ class ShadowKit:
     entry: Path
     """The prepared models' cache folder: shadow originals are cached beside it, ``<entry>-shadow-<hash>``
     (a folder inside could fail the entry's digest check)."""
+
+
+class Recipe(Protocol):
+    """A model section's training recipe (``train_classifier``'s settings)."""
+
+    @property
+    def epochs(self) -> int: ...
+    @property
+    def lr(self) -> float: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def weight_decay(self) -> float: ...
+
+
+def seeded(build: Callable[[], nn.Module]) -> Callable[[int], nn.Module]:
+    """:attr:`ShadowKit.new_model` from a builder: ``build()`` under a torch RNG seeded with the given seed
+    (the caller's RNG left as it was)."""
+
+    def new_model(seed: int) -> nn.Module:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return build()
+
+    return new_model
+
+
+def recipe_fit(data: Examples, spec: Recipe) -> Callable[[nn.Module, torch.Tensor, int], nn.Module]:
+    """:attr:`ShadowKit.fit` for ``spec``'s recipe: :func:`~otu.classifiers.train.train_classifier` on the
+    examples at the given indices."""
+
+    def fit(model: nn.Module, rows: torch.Tensor, seed: int) -> nn.Module:
+        return train_classifier(
+            model, data.images[rows], data.labels[rows],
+            epochs=spec.epochs, lr=spec.lr, batch_size=spec.batch_size, weight_decay=spec.weight_decay, seed=seed,
+        )  # fmt: skip
+
+    return fit
 
 
 def shadow_tasks(spec: MembershipAttack, method: BaseModel) -> list[dict[str, Any]]:

@@ -11,14 +11,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from otu.family import Attacks, Family, RunContext
+from otu.classifiers.membership import audit, shadow_tasks
+from otu.family import Attacks, Family, Membership, RunContext, ShadowPlan
+from otu.tabular import membership as point_membership
 from otu.tabular import plots as figures
 from otu.tabular.attacks import probe_leakage
 from otu.tabular.barycenter import Transported
@@ -33,7 +36,7 @@ Prepared: TypeAlias = FeatureTask | DigitsTask
 Model: TypeAlias = Features | Transported | nn.Module
 
 
-class TabularFamily(Family, Attacks):
+class TabularFamily(Family, Attacks, Membership):
     def prepare(self, job: TabularJob, ctx: RunContext) -> Prepared:
         """The method's task: a :class:`FeatureTask` (table, or embeddings of the cached digits
         classifier) or a :class:`DigitsTask` (classifiers cached under ``ctx.cache_dir``)."""
@@ -71,6 +74,30 @@ class TabularFamily(Family, Attacks):
         features = model.features if isinstance(model, Transported) else model
         return {a.label: (probe_leakage(prepared, features, a, job.eval, seed), {}) for a in job.eval.robustness}
 
+    def shadow_plan(self, job: TabularJob, prepared: Prepared, seed: int) -> ShadowPlan:
+        """``eval.membership``'s shadows (:func:`otu.classifiers.membership.shadow_tasks`; data-point
+        unlearning only: :func:`otu.tabular.spec.rules` refuses an attack on feature unlearning)."""
+        return ShadowPlan(shadow_tasks(job.eval.membership, job.method), job.eval.membership.parallel)
+
+    def train_shadow(
+        self, job: TabularJob, prepared: Prepared, task: dict[str, Any], ctx: RunContext
+    ) -> dict[str, np.ndarray]:
+        return point_membership.train_shadow(job, _digits(prepared), task, ctx)
+
+    def membership(
+        self,
+        job: TabularJob,
+        prepared: Prepared,
+        models: Mapping[str, Any],
+        shadows: list[dict[str, Any]],
+        out_dir: Path,
+    ) -> dict[str, dict[str, float]]:
+        """U-LiRA or challenge rows per model (:func:`otu.classifiers.membership.audit`):
+        ``membership-<attack>.parquet`` (one row per forget example) and, with ``eval.plots``,
+        ``plots/ulira_roc.png`` or ``plots/epsilon_histogram.png``."""
+        splits = _digits(prepared).splits
+        return audit(job.eval.membership, job.method, models, splits, shadows, out_dir, job.eval.plots)
+
     def plots(self, job: TabularJob, prepared: Prepared, models: dict[str, Model], out_dir: Path) -> list[Path]:
         """``frontier.png`` (barycenter: both variants' frontiers over t) or ``accuracies.png``."""
         if isinstance(prepared, DigitsTask):
@@ -80,6 +107,12 @@ class TabularFamily(Family, Attacks):
         if not isinstance(unlearned, Transported):  # the frontier over t is the barycenter's
             return []
         return [_frontier(job, prepared, unlearned, out_dir / "frontier.png")]
+
+
+def _digits(prepared: Prepared) -> DigitsTask:
+    if not isinstance(prepared, DigitsTask):
+        raise TypeError("eval.membership audits data-point unlearning (the spec refuses it for feature methods)")
+    return prepared
 
 
 def _frontier(job: TabularJob, task: FeatureTask, unlearned: Transported, path: Path) -> Path:

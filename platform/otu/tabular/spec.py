@@ -7,9 +7,10 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from otu.errors import SpecError
 from otu.family import FamilySpec, Job, Method
 from otu.paths import LocalPath
-from otu.sections import MethodSpec, Section, UniqueLabels
+from otu.sections import MembershipAttack, MethodSpec, Section, UniqueLabels
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 
@@ -118,6 +119,13 @@ class TabularEval(Section):
         description="feature unlearning: probes fit on k labelled samples of each model's features (the original's "
         "and the unlearned); rows <model>@<label> in metrics.json (docs/robustness.md)",
     )
+    # --- eval.membership (data-point unlearning; otu.tabular.membership) ---
+    membership: MembershipAttack = Field(
+        default_factory=MembershipAttack,
+        description="data-point unlearning: per-example membership attack with shadow models (ulira, challenge; "
+        "off: population)",
+    )
+    # --- end eval.membership ---
 
 
 class FeatureMethod(MethodSpec):
@@ -200,6 +208,20 @@ METHODS: dict[str, Method] = {
     "finetune": Method(Finetune, "otu.tabular.methods.finetune:run", metrics=DATAPOINT_METRICS),
 }
 
+
+# --- eval.membership: refused for feature unlearning ---
+def rules(job: TabularJob) -> None:
+    """``eval.membership`` audits which training points a classifier saw: feature unlearning (the
+    barycenter) has no per-example membership to audit."""
+    if isinstance(job.method, FeatureMethod) and job.eval.membership.attack != "population":
+        raise SpecError(
+            f"eval.membership: {job.method.name!r} unlearns a feature, not training points: there is no "
+            "per-example membership to audit (use a data-point method such as marginal, or attack: population)"
+        )
+
+
+# --- end eval.membership ---
+
 SPEC = FamilySpec(
     data=TabularData,
     model=TabularModel,
@@ -207,5 +229,6 @@ SPEC = FamilySpec(
     methods=METHODS,
     metrics=FEATURE_METRICS + DATAPOINT_METRICS,
     checks="otu.tabular.checks:check",
+    rules="otu.tabular.spec:rules",
     devices=("cpu", "auto"),  # CPU-sized models: compute.device cuda is rejected, not ignored
 )

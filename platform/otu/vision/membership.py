@@ -16,7 +16,6 @@ from otu.classifiers import membership as shared
 from otu.classifiers.membership import ShadowKit
 from otu.classifiers.membership import half_mask as half_mask  # tests draw the same halves
 from otu.classifiers.models import build_model
-from otu.classifiers.train import train_classifier
 from otu.family import RunContext
 from otu.vision.prepare import Prepared
 from otu.vision.spec import METHODS, VisionJob
@@ -33,16 +32,7 @@ def shadow_kit(job: VisionJob, prepared: Prepared, ctx: RunContext) -> ShadowKit
     splits, spec = prepared.splits, job.model
     _, channels, height, _ = splits.images.shape
 
-    def new_model(seed: int) -> nn.Module:
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            return build_model(spec.arch, splits.num_classes, channels, height, spec.width)
-
-    def fit(model: nn.Module, rows: torch.Tensor, seed: int) -> nn.Module:
-        return train_classifier(
-            model, splits.images[rows], splits.labels[rows],
-            epochs=spec.epochs, lr=spec.lr, batch_size=spec.batch_size, weight_decay=spec.weight_decay, seed=seed,
-        )  # fmt: skip
+    new_model = shared.seeded(lambda: build_model(spec.arch, splits.num_classes, channels, height, spec.width))
 
     def unlearn(original: nn.Module, forget: torch.Tensor, retain: torch.Tensor, seed: int) -> nn.Module:
         shadow = replace(
@@ -55,6 +45,7 @@ def shadow_kit(job: VisionJob, prepared: Prepared, ctx: RunContext) -> ShadowKit
         run_ctx = RunContext(seed=seed, compute=ctx.compute, cache_dir=ctx.cache_dir)
         return METHODS[job.method.name].load()(job, shadow, run_ctx).eval()
 
+    fit = shared.recipe_fit(splits, spec)
     return ShadowKit(splits, prepared.original, new_model, fit, unlearn, Path(prepared.cache_path))
 
 
