@@ -135,6 +135,23 @@ UniqueLabels = AfterValidator(unique_labels)
 """Marks a family's ``eval.robustness`` list: ``Annotated[list[Attack], UniqueLabels]``."""
 
 
+class AttackSection(Section):
+    """One ``eval.robustness`` attack; its rows in metrics.json are ``<model>@<label>``."""
+
+    attack: str
+    """The attack's kind (each subclass a ``Literal``: the discriminator of the family's list)."""
+    name: str | None = Field(
+        None, description="row label (default: the attack's kind; quantize: int<bits>; probe: a built-in template)"
+    )
+
+    def default_label(self) -> str:
+        return self.attack
+
+    @property
+    def label(self) -> str:
+        return self.name or self.default_label()
+
+
 # ---------------------------------------------------------------- eval.membership (classifier families)
 
 MEMBERSHIP_METRICS: dict[str, tuple[str, ...]] = {

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from otu.family import FamilySpec, Job, Method
 from otu.paths import LocalPath
-from otu.sections import MethodSpec, Section, UniqueLabels
+from otu.sections import AttackSection, MethodSpec, Section, UniqueLabels
 
 
 class GenerativeData(Section):
@@ -64,23 +64,18 @@ class GenerativeModel(Section):
     classifier than the one the generator is optimised against, so fooling it does not count."""
 
 
-class GenerativeRelearn(Section):
+class GenerativeRelearn(AttackSection):
     """k-shot relearning of the forgotten class: a copy fine-tuned with the pretraining objective
     (Sinkhorn divergence) on the retained images and a seeded ``shots`` of the forgotten class's,
     repeated to the class's share of the data (docs/robustness.md)."""
 
     attack: Literal["relearn"]
-    name: str | None = Field(None, description="row label (default: relearn)")
     shots: int = Field(10, ge=1, description="forgotten-class images the attacker has (a seeded subset)")
     steps: int = Field(100, ge=1, description="Adam steps")
     lr: float = Field(1.6e-4, gt=0, description="generator learning rate (the finetune baseline's)")
     batch_size: int = Field(256, ge=2)
     blur: float = Field(0.1, gt=0, description="Sinkhorn blur (as pretraining)")
     scaling: float = Field(0.5, gt=0, lt=1)
-
-    @property
-    def label(self) -> str:
-        return self.name or "relearn"
 
 
 class GenerativeEval(Section):

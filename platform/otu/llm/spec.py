@@ -20,7 +20,7 @@ from pydantic import (
 from otu.family import FamilySpec, Job, Method
 from otu.llm.muse_spec import MUSE_METRICS, MUSE_MIA_METRICS, Muse, MuseEval
 from otu.paths import PathOrHubId
-from otu.sections import MethodSpec, Section, UniqueLabels
+from otu.sections import AttackSection, MethodSpec, Section, UniqueLabels
 
 
 class SyntheticSizes(Section):
@@ -423,12 +423,11 @@ meta-evaluation (the TOFU forget set, 1 epoch, lr 2e-5, batch 8 × grad-accum 4,
 Łucki et al. 2024's (LoRA r 128, α 16, lr 2e-4, 3 epochs on 10 unrelated examples: here 10 world items)."""
 
 
-class Relearn(Section):
+class Relearn(AttackSection):
     """Fine-tune a copy of the evaluated model on a relearn set, then evaluate it (Hu et al., ICLR
     2025: benign relearning)."""
 
     attack: Literal["relearn"]
-    name: str | None = Field(None, description="row label (default: relearn)")
     preset: Literal["open_unlearning", "lucki"] | None = Field(
         None, description="a published recipe (docs/robustness.md); the keys given beside it win"
     )
@@ -457,17 +456,12 @@ class Relearn(Section):
             return RELEARN_PRESETS[value["preset"]] | value
         return value
 
-    @property
-    def label(self) -> str:
-        return self.name or "relearn"
 
-
-class Quantize(Section):
+class Quantize(AttackSection):
     """Weight-only round-to-nearest quantization of every linear layer but the LM head, dequantized
     back (Zhang et al., ICLR 2025: quantization restores forgotten knowledge)."""
 
     attack: Literal["quantize"]
-    name: str | None = Field(None, description="row label (default: int8 / int4)")
     bits: Literal[4, 8] = 8
     quant_type: Literal["nf4", "fp4", "int4"] = Field(
         "nf4",
@@ -478,16 +472,14 @@ class Quantize(Section):
         64, ge=1, description="weights per absmax scale (bitsandbytes' 4-bit default); 8 bits: one scale per row"
     )
 
-    @property
-    def label(self) -> str:
-        return self.name or f"int{self.bits}"
+    def default_label(self) -> str:
+        return f"int{self.bits}"
 
 
-class Probe(Section):
+class Probe(AttackSection):
     """The evaluation questions rewritten by a template (RWKU-style probes)."""
 
     attack: Literal["probe"]
-    name: str | None = Field(None, description="row label (default: the template's name, else probe)")
     template: str = Field(
         description="a built-in (prefix, roleplay, paraphrase, multiple_choice) or a string with {question} / "
         "{paraphrased_question}, and {options} for a multiple-choice probe"
@@ -527,9 +519,8 @@ class Probe(Section):
         """The metric names this probe reports instead of the family's (None: the family's)."""
         return MC_METRICS if self.multiple_choice else None
 
-    @property
-    def label(self) -> str:
-        return self.name or (self.template if self.template in PROBE_TEMPLATES else "probe")
+    def default_label(self) -> str:
+        return self.template if self.template in PROBE_TEMPLATES else "probe"
 
 
 Attack = Annotated[Relearn | Quantize | Probe, Field(discriminator="attack")]

@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 from otu.errors import SpecError
 from otu.family import FamilySpec, Job, Method
 from otu.paths import LocalPath
-from otu.sections import MembershipAttack, MethodSpec, Section, UniqueLabels
+from otu.sections import AttackSection, MembershipAttack, MethodSpec, Section, UniqueLabels
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 
@@ -80,22 +80,17 @@ class TabularModel(Section):
 PROBE_METRICS = ("leakage_auc", "leakage_bacc")
 
 
-class TabularProbe(Section):
+class TabularProbe(AttackSection):
     """An attacker who knows the sensitive group of ``shots`` training samples (a seeded, stratified
     subset) fits a probe on their unlearned features and predicts everyone's group in the test split:
     leakage under a realistic budget, and with an MLP a stronger probe than the evaluation's."""
 
     attack: Literal["probe"]
-    name: str | None = Field(None, description="row label (default: probe)")
     shots: int = Field(100, ge=2, description="labelled training samples the attacker has (each group among them)")
     classifier: Literal["logistic", "forest", "mlp"] = Field(
         "mlp", description="the probe: the evaluation's logistic regression or forest, or an MLP (scikit-learn)"
     )
     hidden: int = Field(64, ge=1, description="mlp: units of its two hidden layers")
-
-    @property
-    def label(self) -> str:
-        return self.name or "probe"
 
     @property
     def metrics(self) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 from otu.family import FamilySpec, Job, Method
 from otu.paths import LocalPath
 from otu.sections import MEMBERSHIP_METRICS as MEMBERSHIP_METRICS  # eval.membership's rows (shared)
-from otu.sections import MembershipAttack, MethodSpec, Section, UniqueLabels
+from otu.sections import AttackSection, MembershipAttack, MethodSpec, Section, UniqueLabels
 
 
 class VisionData(Section):
@@ -91,20 +91,15 @@ class VisionModel(Section):
     weight_decay: float = Field(5e-4, ge=0)
 
 
-class VisionRelearn(Section):
+class VisionRelearn(AttackSection):
     """k-shot relearning: a copy fine-tuned (Adam, cross-entropy) on a seeded ``shots`` of the
     forget images; forgetting is then measured on the other forget images."""
 
     attack: Literal["relearn"]
-    name: str | None = Field(None, description="row label (default: relearn)")
     shots: int = Field(10, ge=1, description="forget images relearned (a seeded subset)")
     epochs: int = Field(5, ge=1, description="passes over them")
     lr: float = Field(1e-4, gt=0, description="Adam lr (digits: 1e-3 × 20 epochs drops test accuracy 0.98 → 0.65)")
     batch_size: int = Field(8, ge=2)
-
-    @property
-    def label(self) -> str:
-        return self.name or "relearn"
 
 
 class VisionEval(Section):
