@@ -23,7 +23,7 @@ lint: install  # ruff (lint and format) and mypy
 	$(VENV)/bin/mypy
 
 test: lint  # the default suite on two workers, then the slow fault tests (CI runs this)
-	$(VENV)/bin/pytest -q -n 2
+	$(VENV)/bin/pytest -q -n 2 --durations=25
 	$(VENV)/bin/pytest -q -m slow tests/test_faults.py
 
 test-slow: install
