@@ -131,6 +131,9 @@ def test_sweep_ranges_objectives_and_algorithms():
     assert "objectives.0.mode" in msg
     msg = error_of(parse_sweep, sweep(search={"algorithm": "grid"}))
     assert "search.algorithm" in msg and "grid" in msg
+    only_choices = {"method.alpha": {"choice": [0.01, 0.02]}}
+    msg = error_of(parse_sweep, sweep(space=only_choices, search={"algorithm": "grid"}))
+    assert "search.algorithm" in msg and "grid: [...]" in msg  # choice keys alone would be sampled, not enumerated
     assert "num_samples" in error_of(parse_sweep, sweep(search={"num_samples": 0}))
 
 

@@ -382,6 +382,11 @@ def parse_sweep(raw: Any, base_dir: Path | None = None, check_files: bool = True
     kinds = {key: p.kind for key, p in sweep.space.items()}
     if algo == "grid" and any(k not in ("grid", "choice") for k in kinds.values()):
         errors.append(f"search.algorithm: 'grid' needs grid/choice values for every key (got {kinds})")
+    elif algo == "grid" and "grid" not in kinds.values():  # Tune samples choice keys: nothing would be enumerated
+        errors.append(
+            f"search.algorithm: 'grid' enumerates grid keys and samples choice keys num_samples times; give at least "
+            f"one key as grid: [...] (got {kinds}), or use algorithm random"
+        )
     if algo in ("optuna", "nsga2") and "grid" in kinds.values():
         errors.append(f"search.algorithm: {algo!r} cannot take 'grid' values; use 'choice' (got {kinds})")
     if sweep.search.scheduler == "asha":
