@@ -214,6 +214,38 @@ class Attacks(Protocol):
         model itself is left as it was."""
 
 
+# ---- attacks run by the unlearning's launcher (eval.robustness on models too large for one process)
+
+
+@runtime_checkable
+class LaunchedAttacks(Attacks, DistributedUnlearning, Protocol):
+    """Some attacks train the model (relearning); where the unlearning runs under DeepSpeed or on
+    several ranks, the platform runs each of them through the same launcher, as one run of the
+    family's per-rank loop (:mod:`otu.runtime.launch`), and hands the models they saved back to
+    :meth:`attacked`."""
+
+    def launched_attacks(self, job: Any, compute: Compute) -> list[str]:
+        """Labels of ``job``'s attacks that run through the launcher under ``compute`` (none: every
+        attack in the evaluating process, as :class:`Attacks`)."""
+
+    def attack_worker(self, job: Any, label: str, model: str, checkpoint: Path | None, ctx: RunContext) -> None:
+        """One rank of attack ``label`` on ``model`` (``original``, ``retrained``: the family's
+        reference models; otherwise the checkpoint directory ``checkpoint`` the run saved): prepare
+        (rank 0 first), train, save into ``ctx.checkpoint_dir`` (collective)."""
+
+    def load_attacked(self, job: Any, prepared: Any, model: str, checkpoint: Path | None, saved: Path) -> Any:
+        """The attacked model an :meth:`attack_worker` run on ``model`` / ``checkpoint`` saved in ``saved``."""
+
+    def attacked(
+        self, job: Any, prepared: Any, model: Any, seed: int, trained: Mapping[str, Any] | None = None
+    ) -> dict[str, tuple[dict, dict]]:
+        """As :meth:`Attacks.attacked`; ``trained``: per label, the attacked model a launcher run made
+        (scored instead of attacking in this process)."""
+
+
+# ---- end of launched attacks
+
+
 @runtime_checkable
 class ItemOutputs(Protocol):
     """The family writes per-item outputs (e.g. generations) beside the run's metrics."""

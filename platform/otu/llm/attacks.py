@@ -33,14 +33,15 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
-from otu.errors import DataError
+from otu.errors import DataError, SpecError
 from otu.llm import lora
 from otu.llm.data import Record, Splits
 from otu.llm.evaluation import QA_SPLITS
 from otu.llm.losses import reduced_nll
 from otu.llm.sampling import Stream
-from otu.llm.spec import Probe, Quantize, Relearn
+from otu.llm.spec import LLMJob, Probe, Quantize, Relearn
 from otu.llm.text import Encoder
+from otu.sections import Compute
 
 NF4 = (
     -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
@@ -90,6 +91,35 @@ def relearn_steps(attack: Relearn, n: int) -> int:
     if attack.epochs is None:
         return attack.steps
     return max(1, math.ceil(attack.epochs * n / (attack.batch_size * attack.grad_accum)))
+
+
+def launched(job: LLMJob, compute: Compute) -> list[Relearn]:
+    """The relearning attacks that run as runs of the unlearning loop under its launcher: all of them
+    where the loop runs under DeepSpeed (``compute.zero_stage > 0``) or on several ranks (Ray Train
+    workers, a torchrun / deepspeed group), none in a plain process (:func:`relearn` there)."""
+    if compute.workers == 1 and compute.zero_stage == 0:
+        return []
+    return [a for a in job.eval.robustness if isinstance(a, Relearn)]
+
+
+def check_launched(job: LLMJob, compute: Compute, splits: Splits, seed: int) -> None:
+    """What a relearning attack run by the launcher needs, before any work: a full checkpoint of the
+    unlearned model to start from, and a global batch the ranks split evenly."""
+    relearns = launched(job, compute)
+    method_lora = job.method.lora
+    if relearns and method_lora is not None and not method_lora.save_merged:
+        raise SpecError(
+            f"method.lora.save_merged: eval.robustness ({relearns[0].label}) relearns the unlearned model on "
+            f"{compute.workers} rank(s) under DeepSpeed, from a full checkpoint; a LoRA run saves only its "
+            "adapter unless save_merged: true"
+        )
+    for attack in relearns:
+        micro = min(attack.batch_size, len(relearn_split(splits, attack, seed)[0]))
+        if micro % compute.workers:
+            raise SpecError(
+                f"eval.robustness ({attack.label}).batch_size: {micro} items per micro-batch (batch_size, at most "
+                f"the relearn set's size) do not split over compute.workers = {compute.workers}"
+            )
 
 
 def relearn(model: nn.Module, encoder: Encoder, records: list[Record], attack: Relearn, seed: int) -> nn.Module:

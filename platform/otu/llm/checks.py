@@ -50,6 +50,9 @@ def check(job: LLMJob, ctx: RunContext) -> None:
     if job.data.layout == "muse" and job.eval.robustness:
         raise SpecError("eval.robustness: not available with task.data.layout muse (its attacks read QA items)")
     check_attacks(job, splits, ctx.seed)
+    from otu.llm.attacks import check_launched  # relearning run by the launcher (LLMFamily.launched_attacks)
+
+    check_launched(job, ctx.compute, splits, ctx.seed)
 
 
 def check_attacks(job: LLMJob, splits, seed: int) -> None:

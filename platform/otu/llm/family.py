@@ -6,22 +6,25 @@ The unlearned model is saved as a HF checkpoint (or a LoRA adapter) in ``ctx.che
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
 from torch import nn
 
-from otu.family import Attacks, DistributedUnlearning, ItemOutputs, Requests, RunContext
+from otu.family import ItemOutputs, LaunchedAttacks, Requests, RunContext
 from otu.llm import attacks, evaluation, lora, muse_eval
 from otu.llm.loop import rank_and_world, run_worker
 from otu.llm.models import resolve_checkpoint
 from otu.llm.plots import write_muse_plot, write_plots
 from otu.llm.prepared import Prepared, prepare
 from otu.llm.spec import LLMJob
+from otu.sections import Compute
 
 
-class LLMFamily(DistributedUnlearning, ItemOutputs, Attacks, Requests):
+class LLMFamily(LaunchedAttacks, ItemOutputs, Requests):
     def prepare(self, job: LLMJob, ctx: RunContext) -> Prepared:
         return prepare(job, ctx)
 
@@ -36,13 +39,7 @@ class LLMFamily(DistributedUnlearning, ItemOutputs, Attacks, Requests):
 
     def unlearn_worker(self, job: LLMJob, ctx: RunContext) -> None:
         """One rank of the unlearning run (rank 0 prepares first; the others then read the cache)."""
-        rank, world = rank_and_world()
-        if world > 1 and rank != 0:
-            dist.barrier()
-        prepared = prepare(job, ctx)
-        if world > 1 and rank == 0:
-            dist.barrier()
-        run_worker(job, prepared, ctx, _checkpoint_dir(ctx))
+        run_worker(job, _prepare_ranks(job, ctx), ctx, _checkpoint_dir(ctx))
 
     def load_unlearned(self, job: LLMJob, prepared: Prepared, checkpoint: Path) -> nn.Module:
         """The unlearned model: a full checkpoint, or the target with a LoRA adapter merged in."""
@@ -86,9 +83,51 @@ class LLMFamily(DistributedUnlearning, ItemOutputs, Attacks, Requests):
     def attack_labels(self, job: LLMJob) -> list[str]:
         return [a.label for a in job.eval.robustness]
 
-    def attacked(self, job: LLMJob, prepared: Prepared, model: nn.Module, seed: int) -> dict[str, tuple[dict, dict]]:
+    def launched_attacks(self, job: LLMJob, compute: Compute) -> list[str]:
+        """The relearning attacks, where the loop runs under DeepSpeed or on several ranks
+        (:func:`otu.llm.attacks.launched`)."""
+        return [a.label for a in attacks.launched(job, compute)]
+
+    def attack_worker(self, job: LLMJob, label: str, model: str, checkpoint: Path | None, ctx: RunContext) -> None:
+        """One rank of relearning attack ``label`` as a loop run (:mod:`otu.llm.objectives.relearn`):
+        the relearn set as the forget split, from ``model``'s checkpoint, the attack's recipe, the
+        run's DeepSpeed settings; the relearned model goes to ``ctx.checkpoint_dir``."""
+        from otu.llm.objectives.relearn import RelearnObjective, relearn_method
+        from otu.llm.recipe import recipe_for
+
+        prepared = _prepare_ranks(job, ctx)
+        attack = next(a for a in attacks.launched(job, ctx.compute) if a.label == label)
+        records, _ = attacks.relearn_split(prepared.splits, attack, ctx.seed)
+        method = relearn_method(attack, len(records), attacks.relearn_steps(attack, len(records)))
+        view = replace(
+            prepared.on({**prepared.splits, "forget": records}), start_path=_start(prepared, model, checkpoint)
+        )
+        compute = ctx.compute.model_copy(update={"grad_accum": attack.grad_accum})
+        objective = RelearnObjective(method, recipe_for(method, job.data.layout))
+        run_ctx = replace(ctx, compute=compute, resume_dir=None)
+        run_worker(replace(job, method=method), view, run_ctx, _checkpoint_dir(ctx), objective)
+
+    def load_attacked(
+        self, job: LLMJob, prepared: Prepared, model: str, checkpoint: Path | None, saved: Path
+    ) -> nn.Module:
+        """What :meth:`attack_worker` saved, in the evaluation precision (a LoRA relearn merged into
+        the model it started from)."""
+        if lora.is_adapter(saved):
+            return lora.load_merged(prepared.load(_start(prepared, model, checkpoint)), saved).eval()
+        return prepared.load(saved)
+
+    def attacked(
+        self,
+        job: LLMJob,
+        prepared: Prepared,
+        model: nn.Module,
+        seed: int,
+        trained: Mapping[str, Any] | None = None,
+    ) -> dict[str, tuple[dict, dict]]:
         """``eval.robustness``'s attacks on ``model`` (:mod:`otu.llm.attacks`), each scored by
-        :meth:`evaluate` on its evaluation splits (the oracle's statistics on the same splits)."""
+        :meth:`evaluate` on its evaluation splits (the oracle's statistics on the same splits); a
+        relearning attack in ``trained`` (a launcher run, :meth:`attack_worker`) is not trained again."""
+        trained = trained or {}
         out: dict[str, tuple[dict, dict]] = {}
         for attack in job.eval.robustness:
             view, baseline = prepared, prepared  # where the attacked and the clean model are scored
@@ -101,7 +140,11 @@ class LLMFamily(DistributedUnlearning, ItemOutputs, Attacks, Requests):
             if attack.attack == "relearn":
                 records, splits = attacks.relearn_split(prepared.splits, attack, seed)
                 view = baseline = prepared.on(splits)
-                attacked = attacks.relearn(model, prepared.encoder(), records, attack, seed)
+                attacked = (
+                    trained[attack.label]
+                    if attack.label in trained
+                    else attacks.relearn(model, prepared.encoder(), records, attack, seed)
+                )
             elif attack.attack == "quantize":
                 attacked = attacks.quantize(model, attack)
             else:
@@ -150,6 +193,27 @@ def _muse_metrics(job: LLMJob, prepared: Prepared, model: nn.Module) -> dict[str
     needed = prepared.oracle_path is not None and job.eval.muse.privleak_retrain_auc is None
     oracle = prepared.muse_stats(prepared.model("retrained"), job.eval) if needed else None
     return muse_eval.muse_metrics(stats, oracle, job.eval.muse)
+
+
+def _prepare_ranks(job: LLMJob, ctx: RunContext) -> Prepared:
+    """The prepared task on every rank: rank 0 prepares first, the others then read the cache."""
+    rank, world = rank_and_world()
+    if world > 1 and rank != 0:
+        dist.barrier()
+    prepared = prepare(job, ctx)
+    if world > 1 and rank == 0:
+        dist.barrier()
+    return prepared
+
+
+def _start(prepared: Prepared, model: str, checkpoint: Path | None) -> Path:
+    """The full checkpoint of ``model``: a reference model's, or the saved one (a LoRA run's merged copy)."""
+    if checkpoint is None:
+        path = prepared.target_path if model == "original" else prepared.oracle_path
+        if path is None:
+            raise KeyError(f"no {model!r} model: the task has no retain-only oracle")
+        return path
+    return Path(checkpoint) / "merged" if lora.is_adapter(Path(checkpoint)) else Path(checkpoint)
 
 
 def _checkpoint_dir(ctx: RunContext) -> Path:

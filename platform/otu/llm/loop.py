@@ -72,8 +72,13 @@ def ensure_process_group(backend: str) -> None:
     init_single_rank(backend)  # no port: two runs started together cannot collide
 
 
-def run_worker(job: LLMJob, prepared: Prepared, ctx: RunContext, checkpoint_dir: Path) -> None:
-    """Unlearn ``prepared``'s target model with ``job.method``; write the HF checkpoint to ``checkpoint_dir``."""
+def run_worker(
+    job: LLMJob, prepared: Prepared, ctx: RunContext, checkpoint_dir: Path, objective: Objective | None = None
+) -> None:
+    """Unlearn ``prepared``'s target model with ``job.method``; write the HF checkpoint to ``checkpoint_dir``.
+
+    ``objective``: what the loop optimises instead of the method's table row (a derived run, e.g. a
+    relearning attack: :mod:`otu.llm.objectives.relearn`)."""
     torch.set_num_threads(ctx.threads)
     device = worker_device(ctx.device)
     if device.type == "cpu":
@@ -82,7 +87,7 @@ def run_worker(job: LLMJob, prepared: Prepared, ctx: RunContext, checkpoint_dir:
     use_ds = ctx.compute.zero_stage > 0 or world > 1
     if use_ds:
         ensure_process_group("nccl" if device.type == "cuda" else "gloo")
-    _train(job, prepared, ctx, checkpoint_dir, device, use_ds)
+    _train(job, prepared, ctx, checkpoint_dir, device, use_ds, objective)
 
 
 def _train(
@@ -92,10 +97,11 @@ def _train(
     checkpoint_dir: Path,
     device: torch.device,
     use_ds: bool,
+    objective: Objective | None = None,
 ) -> None:
     method: LLMMethod = job.method
     recipe = recipe_for(method, job.data.layout)
-    objective = objective_for(method, recipe)
+    objective = objective or objective_for(method, recipe)
     phases = objective.phases()
     scheduled = steps_for(method, len(prepared.splits["forget"]))
     steps = steps_run(method, len(prepared.splits["forget"]), scheduled, job.data.layout)

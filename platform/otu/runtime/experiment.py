@@ -11,6 +11,7 @@ only through :mod:`otu.registry`, and writes the output contract:
 * ``DIR/checkpoint/`` — the unlearned model where the family saves one (LLMs: ``from_pretrained``);
 * ``DIR/generations.jsonl`` — per-item outputs of every evaluated model, where the family has them.
 * ``DIR/membership-<attack>.parquet`` — per-example membership scores (``eval.membership``), where asked.
+* ``DIR/attack-steps.jsonl`` — per-step metrics of attacks run by the launcher (``{"model", "attack", "step", ...}``).
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ import torch
 
 from otu.cache import verified_file, write_verified_file
 from otu.errors import RunFailed
-from otu.family import TOTAL_STEPS, Attacks, Family, ItemOutputs, Membership, SavedModels
+from otu.family import TOTAL_STEPS, Attacks, Family, ItemOutputs, LaunchedAttacks, Membership, SavedModels, StepCallback
 from otu.registry import family_api
 from otu.robustness import with_attacks
-from otu.runtime.launch import Launcher, configure_process, launcher_for
+from otu.runtime.launch import AttackRun, Launcher, configure_process, launcher_for
 from otu.sections import Dynamics
 from otu.spec import Experiment, content_hash, dump_yaml
 
@@ -134,10 +135,11 @@ def run_experiment(
     if isinstance(api, Attacks) and api.attack_labels(job):
         phase("attacking the models (eval.robustness)")
         attack_start = time.perf_counter()
-        attacked = _reference_attacks(exp, api, prepared, models)
+        attacks = _Attacking(exp, api, launcher, prepared, models, out_dir, phase)
+        attacked = _reference_attacks(exp, attacks)
         timings["reference_attack_s"] = time.perf_counter() - attack_start
         attack_start = time.perf_counter()
-        attacked["unlearned"] = api.attacked(job, prepared, models["unlearned"], exp.seed)
+        attacked["unlearned"] = attacks.of("unlearned", checkpoint_dir)
         timings["attack_s"] = time.perf_counter() - attack_start
         metrics = with_attacks(metrics, attacked)
     if isinstance(api, Membership):
@@ -339,15 +341,62 @@ class _StepRecorder:
         return rows
 
 
-def _reference_attacks(exp: Experiment, api: Attacks, prepared: Any, models: Mapping[str, object]) -> dict:
+@dataclass
+class _Attacking:
+    """``eval.robustness`` on one model: the family's attacks in this process, and those it trains
+    (:class:`~otu.family.LaunchedAttacks`, where the unlearning runs under DeepSpeed or on several
+    ranks) first run by the run's launcher, each a run of the family's loop saving into
+    ``DIR/attacks/``, loaded, then deleted; their steps go to ``DIR/attack-steps.jsonl``."""
+
+    exp: Experiment
+    api: Attacks
+    launcher: Launcher
+    prepared: Any
+    models: Mapping[str, object]
+    out_dir: Path
+    phase: Callable[[str], None]
+
+    def __post_init__(self) -> None:
+        (self.out_dir / "attack-steps.jsonl").unlink(missing_ok=True)
+
+    def of(self, name: str, checkpoint: Path | None = None) -> dict:
+        """The attacks on model ``name`` (saved in ``checkpoint``; None: a reference model)."""
+        trained: dict[str, object] = {}
+        runs = self.out_dir / "attacks"
+        try:
+            if isinstance(self.api, LaunchedAttacks):
+                for label in self.api.launched_attacks(self.exp.job(), self.exp.compute):
+                    trained[label] = self._launch(AttackRun(label, name, checkpoint), runs)
+                return self.api.attacked(self.exp.job(), self.prepared, self.models[name], self.exp.seed, trained)
+            return self.api.attacked(self.exp.job(), self.prepared, self.models[name], self.exp.seed)
+        finally:
+            shutil.rmtree(runs, ignore_errors=True)
+
+    def _launch(self, run: AttackRun, runs: Path) -> object:
+        assert isinstance(self.api, LaunchedAttacks)
+        where = f"{type(self.launcher).__name__}, {self.exp.compute.workers} rank(s)"
+        self.phase(f"attacking the {run.model} model with {run.label} ({where})")
+        log = self.out_dir / "attack-steps.jsonl"
+
+        def on_step(step: int, metrics: Mapping[str, float]) -> None:
+            row = {"model": run.model, "attack": run.label, "step": int(step)}
+            row |= {k: float(v) for k, v in metrics.items() if k != TOTAL_STEPS}
+            with log.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+        ctx = self.exp.context(StepCallback(on_step), runs / f"{run.model}@{run.label}")
+        return self.launcher.attack(self.api, self.exp, self.prepared, ctx, run)
+
+
+def _reference_attacks(exp: Experiment, attacks: _Attacking) -> dict:
     """The attacks on the original/oracle models, cached like their metrics (a sweep attacks them once)."""
-    path = Path(exp.tracking.cache_dir) / f"reference-attacks-{_reference_key(exp, prepared)}.json"
-    names = [name for name in models if name in ("original", "retrained")]
+    path = Path(exp.tracking.cache_dir) / f"reference-attacks-{_reference_key(exp, attacks.prepared)}.json"
+    names = [name for name in attacks.models if name in ("original", "retrained")]
     if verified_file(path):
         cached = json.loads(path.read_text())
         if set(cached) == set(names):
             return cached
-    attacked = {name: api.attacked(exp.job(), prepared, models[name], exp.seed) for name in names}
+    attacked = {name: attacks.of(name) for name in names}
     write_verified_file(path, lambda tmp: tmp.write_text(json.dumps(attacked, indent=2)))
     return attacked
 

@@ -8,7 +8,9 @@
 * :class:`RayTrain` — ``compute.workers > 1`` under ``otu run``/``otu sweep``: Ray Train workers
   (:mod:`otu.runtime.train`, imported only then).
 
-Whatever the launcher, :func:`otu.runtime.experiment.run_experiment` writes the run's outputs.
+Whatever the launcher, :func:`otu.runtime.experiment.run_experiment` writes the run's outputs. An
+attack that trains the model (:class:`otu.family.LaunchedAttacks`, LLM relearning) runs through the
+same launcher as the unlearning (``attack``): a run of the family's loop on the same ranks.
 
     torchrun --nproc_per_node 2 -m otu.runtime.launch SPEC --out DIR [--set key=value ...]
     deepspeed --num_gpus 8 -m otu.runtime.launch SPEC --out DIR
@@ -27,20 +29,60 @@ from typing import Any, Protocol
 
 from otu.cli_args import add_overrides
 from otu.errors import OtuError, SpecError
-from otu.family import DistributedUnlearning, Family, RunContext
+from otu.family import DistributedUnlearning, Family, LaunchedAttacks, RunContext
 from otu.registry import family_api
 from otu.sections import Compute
 from otu.spec import Experiment, load_experiment
+
+
+@dataclass(frozen=True)
+class AttackRun:
+    """One launched attack: the family's attack ``label`` on ``model`` (saved in ``checkpoint``, or
+    None: a reference model the family loads itself)."""
+
+    label: str
+    model: str
+    checkpoint: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "model": self.model,
+            "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> AttackRun:
+        path = raw["checkpoint"]
+        return cls(raw["label"], raw["model"], None if path is None else Path(path))
+
+    def work(self, api: LaunchedAttacks, exp: Experiment, ctx: RunContext) -> None:
+        """This rank's part of the run."""
+        api.attack_worker(exp.job(), self.label, self.model, self.checkpoint, ctx)
 
 
 class Launcher(Protocol):
     def unlearn(self, api: Family, exp: Experiment, prepared: Any, ctx: RunContext) -> Any:
         """Run the family's unlearning for ``exp``; return the unlearned model."""
 
+    def attack(self, api: LaunchedAttacks, exp: Experiment, prepared: Any, ctx: RunContext, run: AttackRun) -> Any:
+        """Run ``run`` as this launcher runs the unlearning (its model saved to ``ctx.checkpoint_dir``);
+        return the attacked model."""
+
+
+def _load_attacked(api: LaunchedAttacks, exp: Experiment, prepared: Any, ctx: RunContext, run: AttackRun) -> Any:
+    if ctx.checkpoint_dir is None:
+        raise RuntimeError("a launched attack needs ctx.checkpoint_dir")
+    return api.load_attacked(exp.job(), prepared, run.model, run.checkpoint, ctx.checkpoint_dir)
+
 
 class InProcess:
     def unlearn(self, api: Family, exp: Experiment, prepared: Any, ctx: RunContext) -> Any:
         return api.unlearn(exp.job(), prepared, ctx)
+
+    def attack(self, api: LaunchedAttacks, exp: Experiment, prepared: Any, ctx: RunContext, run: AttackRun) -> Any:
+        run.work(api, exp, ctx)
+        return _load_attacked(api, exp, prepared, ctx, run)
 
 
 @dataclass(frozen=True)
@@ -57,6 +99,34 @@ class ProcessGroup:
             raise RuntimeError("a process-group run needs ctx.checkpoint_dir")
         return family.load_unlearned(exp.job(), prepared, ctx.checkpoint_dir) if self.rank == 0 else None
 
+    def attack(self, api: LaunchedAttacks, exp: Experiment, prepared: Any, ctx: RunContext, run: AttackRun) -> Any:
+        """Rank 0 (the run's writer) sends ``run`` to the other ranks (:func:`serve_attacks`), then all
+        run it; every rank writes its part into the same ``ctx.checkpoint_dir``."""
+        _send(run.to_dict() | {"out": str(ctx.checkpoint_dir)})
+        run.work(api, exp, ctx)
+        return _load_attacked(api, exp, prepared, ctx, run)
+
+
+def _send(message: dict[str, Any] | None) -> None:
+    import torch.distributed as dist
+
+    dist.broadcast_object_list([message], src=0)
+
+
+def serve_attacks(api: Family, exp: Experiment) -> None:
+    """A rank other than 0, after its unlearning: run every attack rank 0 sends until it sends None
+    (the run is written)."""
+    import torch.distributed as dist
+
+    while True:
+        box: list[Any] = [None]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is None:
+            return
+        assert isinstance(api, LaunchedAttacks)
+        run = AttackRun.from_dict(box[0])
+        run.work(api, exp, exp.context(checkpoint_dir=Path(box[0]["out"])))
+
 
 class RayTrain:
     """``compute.workers`` Ray Train workers; Ray must be initialised."""
@@ -65,6 +135,12 @@ class RayTrain:
         from otu.runtime.train import unlearn_distributed
 
         return unlearn_distributed(exp, _distributed(api, exp), prepared, ctx)
+
+    def attack(self, api: LaunchedAttacks, exp: Experiment, prepared: Any, ctx: RunContext, run: AttackRun) -> Any:
+        from otu.runtime.train import train_distributed
+
+        train_distributed(exp, ctx, run.to_dict())
+        return _load_attacked(api, exp, prepared, ctx, run)
 
 
 def launcher_for(exp: Experiment) -> Launcher:
@@ -131,8 +207,11 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(launcher, ProcessGroup) and launcher.rank != 0:
             ctx = exp.context(checkpoint_dir=out / "checkpoint", resume_dir=resume_dir(out, exp))
             _distributed(api, exp).unlearn_worker(exp.job(), ctx)
+            serve_attacks(api, exp)
         else:
             result = run_experiment(exp, out, launcher=launcher, phase=lambda name: print(name, flush=True))
+            if isinstance(launcher, ProcessGroup):
+                _send(None)  # the other ranks' serve_attacks ends
             print(json.dumps(result.metrics["unlearned"]), flush=True)
     finally:
         if dist.is_initialized():

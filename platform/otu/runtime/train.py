@@ -12,7 +12,9 @@ checkpoint. The last one is copied into ``ctx.checkpoint_dir`` and loaded with `
 A failed worker (killed, its node lost) makes Ray Train restart the group, up to
 ``compute.max_failures`` times (``FailureConfig``); the restarted loop continues from its latest loop
 checkpoint in ``ctx.resume_dir`` (:mod:`otu.llm.resume`), which on a multi-node cluster must be
-shared storage like the run's. Ray must be initialised.
+shared storage like the run's. Ray must be initialised. :func:`train_distributed` runs a launched
+attack (:class:`otu.family.LaunchedAttacks`: LLM relearning) the same way, each worker calling the
+family's ``attack_worker``.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from otu.cache import content_hash
 from otu.errors import RunFailed, last_lines
-from otu.family import DistributedUnlearning, Reporter, RunContext
+from otu.family import DistributedUnlearning, LaunchedAttacks, Reporter, RunContext
 from otu.registry import family_api
-from otu.runtime.launch import configure_process
+from otu.runtime.launch import AttackRun, configure_process
 from otu.spec import Experiment, parse_experiment
 
 POLL_S = 0.5
@@ -36,6 +39,13 @@ POLL_S = 0.5
 
 def unlearn_distributed(exp: Experiment, family: DistributedUnlearning, prepared: Any, ctx: RunContext) -> Any:
     """Unlearn with ``exp.compute.workers`` Ray Train workers; return the unlearned model."""
+    return family.load_unlearned(exp.job(), prepared, train_distributed(exp, ctx))
+
+
+def train_distributed(exp: Experiment, ctx: RunContext, attack: Mapping[str, Any] | None = None) -> Path:
+    """``exp.compute.workers`` Ray Train workers run the family's loop — its unlearning, or the
+    launched attack ``attack`` (an :class:`~otu.runtime.launch.AttackRun`'s ``to_dict``) — and the
+    model they saved is copied into ``ctx.checkpoint_dir``, which is returned."""
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -47,7 +57,8 @@ def unlearn_distributed(exp: Experiment, family: DistributedUnlearning, prepared
         raise RuntimeError("unlearn_distributed needs ctx.checkpoint_dir")
     use_gpu = _use_gpu(exp.compute.device, ray.cluster_resources())
     checkpoint_dir = Path(ctx.checkpoint_dir).resolve()
-    every = exp.dynamics.every if ctx.reporter.wants_checkpoint(0) else 0
+    every = exp.dynamics.every if attack is None and ctx.reporter.wants_checkpoint(0) else 0
+    name = f"train-{exp.hash}" if attack is None else f"attack-{exp.hash[:16]}-{content_hash(dict(attack))[:12]}"
     steps: Queue = Queue(actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
         train_loop,
@@ -56,6 +67,7 @@ def unlearn_distributed(exp: Experiment, family: DistributedUnlearning, prepared
             "cache_dir": str(ctx.cache_dir.resolve()),
             "checkpoint_every": every,
             "resume_dir": None if ctx.resume_dir is None else str(Path(ctx.resume_dir).resolve()),
+            "attack": None if attack is None else dict(attack),
             "steps": steps,
             "use_gpu": use_gpu,
         },
@@ -66,7 +78,7 @@ def unlearn_distributed(exp: Experiment, family: DistributedUnlearning, prepared
             resources_per_worker={"CPU": exp.compute.threads, **({"GPU": 1} if use_gpu else {})},
         ),
         run_config=RunConfig(
-            name=f"train-{exp.hash}",
+            name=name,
             storage_path=str(checkpoint_dir.parent / "ray-train"),
             failure_config=FailureConfig(max_failures=exp.compute.max_failures),
         ),
@@ -98,11 +110,12 @@ def unlearn_distributed(exp: Experiment, family: DistributedUnlearning, prepared
         raise RuntimeError(f"the Ray Train run {result.path} reported no checkpoint")
     result.checkpoint.to_directory(str(checkpoint_dir))
     result.checkpoint.filesystem.delete_dir(result.checkpoint.path)  # the run keeps its one copy
-    return family.load_unlearned(exp.job(), prepared, checkpoint_dir)
+    return checkpoint_dir
 
 
 def train_loop(config: Mapping[str, Any]) -> None:
-    """One Ray Train worker: the family's ``unlearn_worker`` into a local dir, then report it.
+    """One Ray Train worker: the family's ``unlearn_worker`` (or, for a launched attack, its
+    ``attack_worker``) into a local dir, then report it.
 
     Checkpoints the loop hands to ``on_checkpoint`` for evaluation go to the run's storage through
     ``ray.train.report`` (every rank its part, merged by Ray); rank 0 then queues their stored path
@@ -126,7 +139,11 @@ def train_loop(config: Mapping[str, Any]) -> None:
         final = Path(local) / "checkpoint"
         resume = None if config["resume_dir"] is None else Path(config["resume_dir"])
         ctx = RunContext(exp.seed, exp.compute, Path(config["cache_dir"]), reporter, final, resume)
-        family.unlearn_worker(exp.job(), ctx)
+        if config["attack"] is None:
+            family.unlearn_worker(exp.job(), ctx)
+        else:
+            assert isinstance(family, LaunchedAttacks)
+            AttackRun.from_dict(config["attack"]).work(family, exp, ctx)
         ray.train.report(reporter.last, checkpoint=ray.train.Checkpoint.from_directory(final))
 
 
