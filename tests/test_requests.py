@@ -58,6 +58,8 @@ def test_bad_requests_are_one_line_naming_the_key_before_any_work(tmp_path):
     assert unknown.startswith("task.data.requests.1: entities ['Nobody Atall'] are not in the synthetic entity set")
     assert "give one forget set per request" in error([])
     assert "no target" in error([[TARGETS[0]]], target=TARGETS[0])
+    holdout = error([[TARGETS[0]]], holdout=[TARGETS[3]])  # not silently ignored
+    assert holdout.startswith("task.data.holdout: with requests the MIA holdout is every entity"), holdout
     raw = chain_spec(tmp_path, [[TARGETS[0]]], lora={"r": 4})
     assert one_line_error(raw).startswith("task.data.requests: a request chain unlearns full checkpoints")
     raw = chain_spec(tmp_path, [[TARGETS[0]], [TARGETS[1]]])

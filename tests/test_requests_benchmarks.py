@@ -19,6 +19,7 @@ from datasets import Dataset, DatasetDict
 from test_elude_protocol import elude_data, save_published
 from test_llm import tiny_spec
 from test_llm_checkpoints import one_line_error
+from test_requests import TARGETS, chain_spec
 from test_tofu_protocol import PERTURBED_COLUMNS, save_tofu
 
 from otu.errors import DataError
@@ -239,9 +240,19 @@ def run_chain(raw: dict, tmp_path: Path) -> list[dict]:
 
 
 def test_a_tofu_chain_runs_forget01_then_forget05_from_one_target(tmp_path, tofu_chain):
-    rows = run_chain(tofu_chain_spec(tmp_path / "cache", tofu_chain, [["forget01"], ["forget05"]]), tmp_path)
+    raw = tofu_chain_spec(tmp_path / "cache", tofu_chain, [["forget01"], ["forget05"]])
+    rows = run_chain(raw, tmp_path)
     assert rows[0]["unlearned"]["n_forget"] == 4 and rows[1]["unlearned"]["n_forget"] == 8
-    assert {"model_utility", "ks_forget_quality"} <= set(rows[1]["unlearned"])
+    # requests.png plots TOFU's forget quality and model utility beside the ROUGE panels
+    from otu.llm.family import FAMILY
+
+    tofu = FAMILY.request_metrics(parse_experiment(raw).job())
+    assert tofu[-2:] == ["ks_forget_quality", "model_utility"] and "retain_rouge" in tofu
+    for row in rows:
+        assert 0 <= row["unlearned"]["ks_forget_quality"] <= 1 and 0 <= row["unlearned"]["model_utility"] <= 1
+        assert row["retrained"]["ks_forget_quality"] == 1.0  # the oracle against itself
+    records = FAMILY.request_metrics(parse_experiment(chain_spec(tmp_path / "cache", [[TARGETS[0]]])).job())
+    assert "ks_forget_quality" not in records
 
 
 def test_an_elude_chain_runs_entity_after_entity_from_one_target(tmp_path, three_targets):

@@ -54,6 +54,8 @@ def resolve_paths(model: M, base: Path) -> M:
         ref = _path_ref(info.annotation, info.metadata)
         if ref is not None and isinstance(value, str):
             updates[name] = absolute(value, base, ref.hub)
+        elif ref is not None and isinstance(value, list):  # a list of paths (task.model.retain_paths)
+            updates[name] = [absolute(item, base, ref.hub) for item in value]
         elif isinstance(value, BaseModel):
             updates[name] = resolve_paths(value, base)
     return model.model_copy(update=updates) if updates else model
@@ -65,8 +67,11 @@ def path_fields(model: BaseModel, prefix: str = "") -> dict[str, str]:
     for name, info in type(model).model_fields.items():
         value = getattr(model, name)
         key = f"{prefix}{name}"
-        if _path_ref(info.annotation, info.metadata) is not None and isinstance(value, str):
+        ref = _path_ref(info.annotation, info.metadata)
+        if ref is not None and isinstance(value, str):
             found[key] = value
+        elif ref is not None and isinstance(value, list):
+            found.update({f"{key}.{i}": item for i, item in enumerate(value)})
         elif isinstance(value, BaseModel):
             found.update(path_fields(value, f"{key}."))
     return found
@@ -99,6 +104,8 @@ def _path_ref(annotation: Any, metadata: list[Any]) -> PathRef | None:
             return item
     if typing.get_origin(annotation) is Annotated:
         return _path_ref(typing.get_args(annotation)[0], list(annotation.__metadata__))
+    if typing.get_origin(annotation) is list:  # list[LocalPath]: each item a path
+        return _path_ref(typing.get_args(annotation)[0], [])
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         for arg in typing.get_args(annotation):
             found = _path_ref(arg, [])

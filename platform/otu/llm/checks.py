@@ -31,6 +31,7 @@ def check(job: LLMJob, ctx: RunContext) -> None:
         check_prompts(job, path)
     if model.retain_path is not None:
         check_causal_lm(checkpoint_files(model.retain_path, None, "model.retain_path"), "model.retain_path")
+    check_retain_paths(job)
     if job.eval.lm_eval is not None:
         check_lm_eval(job.eval.lm_eval)
     if method.lora is not None:
@@ -53,6 +54,22 @@ def check(job: LLMJob, ctx: RunContext) -> None:
     from otu.llm.attacks import check_launched  # relearning run by the launcher (LLMFamily.launched_attacks)
 
     check_launched(job, ctx.compute, splits, ctx.seed)
+
+
+def check_retain_paths(job: LLMJob) -> None:
+    """``task.model.retain_paths``: one causal-LM checkpoint per request of ``task.data.requests``."""
+    paths, requests = job.model.retain_paths, job.data.requests
+    if paths is None:
+        return
+    if requests is None or len(paths) != len(requests):
+        count = f"{len(requests)} request(s) in task.data.requests" if requests else "no task.data.requests"
+        raise SpecError(
+            f"task.model.retain_paths: {len(paths)} checkpoint(s) for {count}; give one retain-only oracle per "
+            "request, in request order (or one retain_path for a single request)"
+        )
+    for i, path in enumerate(paths):
+        key = f"model.retain_paths.{i}"  # as model.retain_path: the checks name it task.<key>
+        check_causal_lm(checkpoint_files(path, None, key), key)
 
 
 def check_attacks(job: LLMJob, splits, seed: int) -> None:

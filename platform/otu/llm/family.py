@@ -78,7 +78,9 @@ class LLMFamily(LaunchedAttacks, ItemOutputs, Requests):
     def request_metrics(self, job: LLMJob) -> list[str]:
         if job.data.layout == "muse":
             return ["verbmem_f", "knowmem_f", "knowmem_r"]
-        return ["request_forget_rouge", "forget_rouge", "retain_rouge", "world_rouge"]
+        rouge = ["request_forget_rouge", "forget_rouge", "retain_rouge", "world_rouge"]
+        # TOFU's own two numbers (open-unlearning configs/eval/tofu.yaml:8,11: forget_quality, model_utility)
+        return [*rouge, "ks_forget_quality", "model_utility"] if job.data.layout == "tofu" else rouge
 
     def attack_labels(self, job: LLMJob) -> list[str]:
         return [a.label for a in job.eval.robustness]

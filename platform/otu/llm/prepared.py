@@ -223,10 +223,22 @@ def _build(job: LLMJob, ctx: RunContext, tmp: Path) -> None:
     else:
         assert source is not None
         target = source
-        oracle = resolve_checkpoint(spec.retain_path, None, "task.model.retain_path") if spec.retain_path else None
+        oracle = published_oracle(job)
     info = {
         "target": str(target),
         "oracle": str(oracle) if oracle else None,
         "finetune_loss": logs,
     }
     (tmp / DONE).write_text(json.dumps(info, indent=2))
+
+
+def published_oracle(job: LLMJob) -> Path | None:
+    """The retain-only checkpoint of a task with published models (``task.model.epochs`` 0): request k's
+    ``task.model.retain_paths[k]`` in a chain that lists one per request (open-unlearning evaluates
+    each TOFU forget split against its own retain model, scripts/tofu_unlearn.sh:19-22,59), else
+    ``task.model.retain_path`` (None: no oracle)."""
+    spec = job.model
+    if spec.retain_paths is not None:
+        k = job.data.request or 0
+        return resolve_checkpoint(spec.retain_paths[k], None, f"task.model.retain_paths.{k}")
+    return resolve_checkpoint(spec.retain_path, None, "task.model.retain_path") if spec.retain_path else None

@@ -34,6 +34,11 @@ def request_splits(
     source: str,
 ) -> Splits:
     """The splits of request ``data.request`` (default 0) of ``data.requests`` (see the module)."""
+    if data.holdout != "auto":  # as layout elude refuses it (otu.llm.spec.LLMData._requests_here)
+        raise SpecError(
+            "task.data.holdout: with requests the MIA holdout is every entity neither requested nor a "
+            "neighbour (give auto, or leave it out)"
+        )
     requests = data.requests or []
     k = data.request or 0
     entities = list(dict.fromkeys(r.entity for r in records))

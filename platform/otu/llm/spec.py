@@ -367,6 +367,10 @@ class LLMModel(Section):
     weight_decay: float = Field(0.0, ge=0)
     retain_path: PathOrHubId | None = None
     """Retain-only oracle checkpoint when ``epochs`` is 0 (the base model already knows the entity)."""
+    retain_paths: list[PathOrHubId] | None = Field(None, min_length=1)
+    """With ``task.data.requests`` and ``epochs`` 0: one published retain-only checkpoint per request, in
+    request order, request k's trained without requests 1..k (TOFU's retain99 / retain95 / retain90 for
+    forget01 / 05 / 10); instead of ``retain_path``, which is every request's oracle."""
     start: PathOrHubId | None = None
     """Unlearn from this checkpoint instead of the target (a request chain: the previous request's
     unlearned model); the original model stays the target."""
@@ -379,6 +383,13 @@ class LLMModel(Section):
             raise ValueError(f"epochs: a tiny model must be fine-tuned, need >= 1 (got {self.epochs})")
         if self.retain_path is not None and self.epochs > 0:
             raise ValueError("retain_path: only with epochs 0 (otherwise the oracle is fine-tuned)")
+        if self.retain_paths is not None and self.epochs > 0:
+            raise ValueError("retain_paths: only with epochs 0 (otherwise each request's oracle is fine-tuned)")
+        if self.retain_paths is not None and self.retain_path is not None:
+            raise ValueError(
+                "retain_paths: give retain_path (one oracle for every request) or retain_paths (one per request), "
+                "not both"
+            )
         return self
 
 
