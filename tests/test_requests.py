@@ -123,7 +123,8 @@ def test_three_requests_each_forgotten_earlier_ones_stay_forgotten_neighbours_me
     Measured (2 CPU cores): the request's target falls from ROUGE 1.0 to ≈ 0.04–0.2 after its step and
     the targets of requests 1..k stay ≤ 0.3; the neighbours of all three keep 1.0 / 0.83 / 0.65 of their
     ROUGE — OPT-OUT misses the 80 % mark at the third request on this tiny model (NPO+RT: 1.0 / 0.9 /
-    0.75), which the test records rather than hides."""
+    0.75), which the test records rather than hides. docs/usage.md (requests) has the table under
+    other knobs and why: half the evaluated neighbour items are one under-trained neighbour's."""
     from otu.runtime.requests import run_requests
 
     raw = chain_spec(tmp_path / "cache", [[t] for t in TARGETS[:3]], steps=15)
