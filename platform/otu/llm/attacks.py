@@ -50,11 +50,8 @@ NF4 = (
     0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
 )  # fmt: skip
 """bitsandbytes' NF4 code values (QLoRA, Appendix E)."""
-FP4 = tuple(
-    sign * v for sign in (1.0, -1.0) for v in (0.0, 0.0052083333, 0.6666667, 1.0, 0.33333333, 0.5, 0.16666667, 0.25)
-)
-"""bitsandbytes' FP4 (E2M1) code values in its bit order (csrc/kernels.cu ``dDequantizeFP4Tree``); its
-encoder's thresholds are the midpoints between neighbours, so nearest-value rounding reproduces it."""
+FP4 = tuple(sign * v / 12 for sign in (1.0, -1.0) for v in (0.0, 0.0625, 8.0, 12.0, 4.0, 6.0, 2.0, 3.0))
+"""bitsandbytes' FP4 (E2M1) code values, its table scaled to [−1, 1] (functional.py ``get_4bit_type``)."""
 INT4 = tuple(k / 7 for k in range(-8, 8))
 """Uniform symmetric 4-bit code values, scaled to the block's absmax (−8/7 is never the nearest)."""
 CODES = {"nf4": NF4, "fp4": FP4, "int4": INT4}
@@ -164,22 +161,32 @@ def quantize(model: nn.Module, attack: Quantize) -> nn.Module:
 
 
 def quantize_rows(w: Tensor) -> Tensor:
-    r"""8-bit absmax per row: :math:`\mathrm{round}(127\,w/s_r)\,s_r/127`, :math:`s_r = \max_j |w_{rj}|`."""
-    scale = w.float().abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
-    return (torch.round(w.float() / scale * 127).clamp(-127, 127) * scale / 127).to(w.dtype)
+    r"""8-bit absmax per row, :math:`\hat w = \mathrm{round}(w \cdot 127/s_r)\, s_r/127` with
+    :math:`s_r = \max_j |w_{rj}|`, in float32 as bitsandbytes computes it (backends/default/ops.py
+    ``int8_vectorwise_quant``, _ops.py ``int8_vectorwise_dequant``)."""
+    scale = w.abs().amax(dim=1, keepdim=True).float().clamp(min=torch.finfo(torch.float32).tiny)
+    return (torch.round(w * (127.0 / scale)) * scale * (1 / 127)).to(w.dtype)
 
 
 def quantize_blocks(w: Tensor, block_size: int, quant_type: str) -> Tensor:
-    """4-bit: each block of ``block_size`` consecutive weights (row-major, as bitsandbytes flattens
-    them) scaled by its absmax and rounded to the nearest code value."""
-    code = torch.tensor(CODES[quant_type], dtype=torch.float32, device=w.device)
-    flat = w.float().reshape(-1)
-    pad = (-flat.numel()) % block_size
-    blocks = torch.nn.functional.pad(flat, (0, pad)).view(-1, block_size)
-    scale = blocks.abs().amax(dim=1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
-    nearest = (blocks / scale).unsqueeze(-1).sub(code).abs().argmin(-1)
-    out = code[nearest] * scale
-    return out.reshape(-1)[: flat.numel()].view_as(w).to(w.dtype)
+    r"""4-bit: each block of ``block_size`` consecutive weights (row-major; a shorter last block has
+    its own scale) is scaled by its absmax :math:`s_b`, :math:`x = w\cdot(1/s_b)` clamped to
+    [−1, 1], and rounded to the code value :math:`c_i` with :math:`m_{i-1} < x \le m_i` for the
+    midpoints :math:`m_i = (c_i + c_{i+1})/2` of the sorted code (a tie goes to the lower value);
+    :math:`\hat w = c_i\, s_b`. This is bitsandbytes' ``quantize_4bit`` / ``dequantize_4bit``
+    (backends/default/ops.py), bit for bit in float32 (tests/test_quantizer_reference.py)."""
+    code = torch.tensor(CODES[quant_type], dtype=torch.float32, device=w.device).sort().values
+    bounds = (code[:-1] + code[1:]) / 2
+    flat = w.reshape(-1).float()
+    full = flat.numel() - flat.numel() % block_size
+    blocks = flat[:full].view(-1, block_size)
+    absmax = blocks.abs().amax(dim=1, keepdim=True).clamp(min=1e-38)
+    parts = [(torch.clamp(blocks * (1.0 / absmax), -1, 1), absmax)]
+    if full < flat.numel():  # bitsandbytes divides the last, shorter block by its absmax
+        rest_max = flat[full:].abs().amax().clamp(min=1e-38)
+        parts.append((torch.clamp(flat[full:] / rest_max, -1, 1), rest_max))
+    out = [code[torch.bucketize(x, bounds)] * scale for x, scale in parts]
+    return torch.cat([o.reshape(-1) for o in out]).view_as(w).to(w.dtype)
 
 
 def check_probe(splits: Splits, attack: Probe) -> None:
