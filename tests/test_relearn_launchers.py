@@ -169,3 +169,34 @@ def test_otu_run_on_two_ray_train_workers_relearns_all_three_models_as_launcher_
     for name, model in models.items():
         assert_same_rows(metrics[f"{name}@rl2"], FAMILY.attacked(job, prepared, model, exp.seed)["rl2"][0])
     print(json.dumps({k: round(v, 1) for k, v in result.timings.items()}))
+
+
+@pytest.mark.slow
+def test_relearn_under_torchrun_runs_on_the_process_group(llm_cache, tmp_path):
+    """``torchrun -m otu.runtime.launch`` (2 ranks, ZeRO-2, no Ray): rank 0 sends each relearn run to
+    rank 1 and both train it; the rows equal the in-process attack's on the same models."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    raw = spec(llm_cache, "rl3", {"workers": 2, "zero_stage": 2})
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(raw))
+    torchrun = Path(sys.executable).parent / "torchrun"
+    out = tmp_path / "out"
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--standalone", "-m", "otu.runtime.launch"]
+    cmd += [str(tmp_path / "spec.yaml"), "--out", str(out)]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd, check=True, env=env, timeout=600)
+    log = [json.loads(line) for line in (out / "attack-steps.jsonl").read_text().splitlines()]
+    assert [(r["model"], r["step"]) for r in log] == [
+        (m, s) for m in ("original", "retrained", "unlearned") for s in range(STEPS)
+    ]
+    metrics = json.loads((out / "metrics.json").read_text())
+    exp = parse_experiment(raw)
+    prepared = FAMILY.prepare(exp.job(), exp.context())
+    unlearned = FAMILY.load_unlearned(exp.job(), prepared, out / "checkpoint")
+    models = {"original": prepared.model("original"), "retrained": prepared.model("retrained"), "unlearned": unlearned}
+    for name, model in models.items():
+        assert_same_rows(metrics[f"{name}@rl3"], FAMILY.attacked(exp.job(), prepared, model, exp.seed)["rl3"][0])
