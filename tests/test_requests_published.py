@@ -77,3 +77,19 @@ def test_bad_retain_paths_are_one_line_naming_the_key(tmp_path, published):
     missing = one_line_error(chain(tmp_path, published, retain_paths=[oracle, str(tmp_path / "absent")]))
     assert missing.startswith("task.model.retain_paths.1"), missing
     assert not (tmp_path / "cache").exists()  # before any work
+
+
+def test_relative_retain_paths_resolve_against_the_run_directory_as_retain_path_does(tmp_path):
+    """Trials, Ray Train workers and DeepSpeed ranks run elsewhere: every entry of the list is made
+    absolute in the driver (a hub id stays one)."""
+    from otu.llm.spec import LLMModel
+    from otu.paths import path_fields, resolve_paths
+
+    (tmp_path / "retain99").mkdir()
+    model = LLMModel(path="org/target", retain_paths=["retain99", "org/retain95", "./absent"])
+    assert resolve_paths(model, tmp_path).retain_paths == [
+        str(tmp_path / "retain99"),
+        "org/retain95",
+        str(tmp_path / "absent"),
+    ]
+    assert path_fields(model)["retain_paths.1"] == "org/retain95"
