@@ -25,6 +25,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from test_llm import tiny_spec
 
 from otu.errors import SpecError
@@ -128,6 +129,25 @@ def test_a_zero1_run_relearns_every_model_through_the_loop_and_leaves_models_and
         want = FAMILY.attacked(job, prepared, model, exp.seed)["rl1"][0]  # the in-process attack
         assert_same_rows(metrics[f"{name}@rl1"], want)
     assert digest(out / "checkpoint") == unlearned_disk
+
+
+def test_a_lora_relearn_through_the_loop_is_merged_into_the_model_it_started_from(llm_cache, tmp_path):
+    """``lora`` on the attack: only adapters train in the loop (DeepSpeed in one process), the saved
+    adapter is merged into the attacked model (here the oracle), not into the target. Its numbers are
+    not the in-process attack's: the adapters' random initialisation draws differ between the paths."""
+    from otu.runtime.launch import InProcess
+
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0}
+    exp = parse_experiment(spec(llm_cache, "rlora", {"workers": 1, "zero_stage": 1}, lora=lora))
+    prepared = FAMILY.prepare(exp.job(), exp.context())
+    losses: list[float] = []
+    ctx = exp.context(StepCallback(lambda s, m: losses.append(m["forget_loss"])), tmp_path / "relearned")
+    relearned = InProcess().attack(FAMILY, exp, prepared, ctx, AttackRun("rlora", "retrained"))
+    assert (tmp_path / "relearned" / "adapter_config.json").is_file()
+    assert len(losses) == STEPS and losses[-1] < losses[0]
+    oracle = dict(prepared.model("retrained").named_parameters())
+    moved = [n for n, p in relearned.named_parameters() if not torch.equal(p, oracle[n])]
+    assert moved and all("proj" in n for n in moved)  # the adapted layers only, merged into the oracle
 
 
 def test_bad_input_is_named_before_any_work(llm_cache):
