@@ -15,7 +15,8 @@ up to 2·lr·steps (as in tests/test_llm_distributed.py); the metrics agree to 1
 truth ratios) and ROUGE exactly (greedy generations of nearly equal models).
 
 Slow (``pytest -m slow tests/test_relearn_launchers.py``): a whole ``run_experiment`` on 2 Ray Train
-workers (the unlearning and three relearn runs, ~3 minutes on 2 cores).
+workers (the unlearning and three relearn runs, ~3 minutes on 2 cores), and ``torchrun -m
+otu.runtime.launch`` with 2 ranks (rank 0 sends each relearn run to rank 1; ~40 s).
 """
 
 from __future__ import annotations
