@@ -101,9 +101,10 @@ class LLMFamily(LaunchedAttacks, ItemOutputs, Requests):
         attack = next(a for a in attacks.launched(job, ctx.compute) if a.label == label)
         records, _ = attacks.relearn_split(prepared.splits, attack, ctx.seed)
         method = relearn_method(attack, len(records), attacks.relearn_steps(attack, len(records)))
-        view = replace(
-            prepared.on({**prepared.splits, "forget": records}), start_path=_start(prepared, model, checkpoint)
-        )
+        # the relearn set is the forget split; retain / world feed no term: the loop still draws a retain
+        # batch, from the relearn set (so a paired draw always fits), and none from world
+        splits = {**prepared.splits, "forget": records, "retain": records, "world": []}
+        view = replace(prepared.on(splits), start_path=_start(prepared, model, checkpoint))
         compute = ctx.compute.model_copy(update={"grad_accum": attack.grad_accum})
         objective = RelearnObjective(method, recipe_for(method, job.data.layout))
         run_ctx = replace(ctx, compute=compute, resume_dir=None)
