@@ -214,9 +214,6 @@ class Attacks(Protocol):
         model itself is left as it was."""
 
 
-# ---- attacks run by the unlearning's launcher (eval.robustness on models too large for one process)
-
-
 @runtime_checkable
 class LaunchedAttacks(Attacks, DistributedUnlearning, Protocol):
     """Some attacks train the model (relearning); where the unlearning runs under DeepSpeed or on
@@ -241,9 +238,6 @@ class LaunchedAttacks(Attacks, DistributedUnlearning, Protocol):
     ) -> dict[str, tuple[dict, dict]]:
         """As :meth:`Attacks.attacked`; ``trained``: per label, the attacked model a launcher run made
         (scored instead of attacking in this process)."""
-
-
-# ---- end of launched attacks
 
 
 @runtime_checkable

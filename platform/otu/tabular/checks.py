@@ -24,12 +24,10 @@ def check(job: TabularJob, ctx: RunContext) -> None:
             f"eval.robustness: the tabular probes attack feature unlearning; {job.method.name!r} forgets "
             "training points (no attack for it yet)"
         )
-    # --- eval.membership: U-LiRA's halves each need forget images (otu.tabular.membership) ---
     if isinstance(job.method, PointMethod) and job.eval.membership.attack == "ulira":
         from otu.tabular.tables import digits_splits
 
         job.eval.membership.check_forget_size(len(digits_splits(job.data, ctx.seed).forget), "images")
-    # --- end eval.membership ---
     task = None
     if job.data.source == "file":
         from otu.tabular.tables import load_table

@@ -114,13 +114,11 @@ class TabularEval(Section):
         description="feature unlearning: probes fit on k labelled samples of each model's features (the original's "
         "and the unlearned); rows <model>@<label> in metrics.json (docs/robustness.md)",
     )
-    # --- eval.membership (data-point unlearning; otu.tabular.membership) ---
     membership: MembershipAttack = Field(
         default_factory=MembershipAttack,
         description="data-point unlearning: per-example membership attack with shadow models (ulira, challenge; "
         "off: population)",
     )
-    # --- end eval.membership ---
 
 
 class FeatureMethod(MethodSpec):
@@ -204,7 +202,6 @@ METHODS: dict[str, Method] = {
 }
 
 
-# --- eval.membership: refused for feature unlearning ---
 def rules(job: TabularJob) -> None:
     """``eval.membership`` audits which training points a classifier saw: feature unlearning (the
     barycenter) has no per-example membership to audit."""
@@ -214,8 +211,6 @@ def rules(job: TabularJob) -> None:
             "per-example membership to audit (use a data-point method such as marginal, or attack: population)"
         )
 
-
-# --- end eval.membership ---
 
 SPEC = FamilySpec(
     data=TabularData,
