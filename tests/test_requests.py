@@ -44,6 +44,43 @@ def test_request_k_forgets_its_own_entities_and_is_scored_on_requests_one_to_k()
     assert not entities(second["oracle_train"]) & set(TARGETS)
 
 
+def test_a_chain_evaluates_and_trains_every_neighbour_of_every_request_in_a_seeded_draw():
+    """A records chain holds out ``eval_fraction`` of each neighbour's records (one draw over all
+    neighbours together evaluated none of request 1's neighbours at seed 0, docs/usage.md)."""
+    data = {"synthetic": True, "synthetic_seed": 0, "sizes": SIZES, "requests": [[t] for t in TARGETS[:3]]}
+    splits = load_splits(LLMData(**data, request=2), 0)
+    records = generate_entities(0, SyntheticSizes(**SIZES))["records"]
+    neighbours = {r["entity"] for r in records if r["neighbour_of"] in TARGETS[:3]}
+    assert len(neighbours) == 6
+    for name in neighbours:
+        kept = [r for r in splits["retain"] if r.entity == name]
+        held = [r for r in splits["retain_eval"] if r.entity == name]
+        assert kept and held and len(held) == round(0.2 * (len(kept) + len(held))), name
+    assert {r.entity for r in splits["retain"] + splits["retain_eval"]} == neighbours
+    assert not {r.question for r in splits["retain"]} & {r.question for r in splits["retain_eval"]}
+    evaluated = lambda s: [(r.entity, r.question) for r in s["retain_eval"]]  # noqa: E731
+    assert evaluated(load_splits(LLMData(**data, request=0), 0)) == evaluated(splits)  # the chain's own
+    assert evaluated(load_splits(LLMData(**data, request=2), 1)) != evaluated(splits)  # another seed
+
+
+def test_a_neighbour_with_one_record_is_trained_not_evaluated():
+    from otu.errors import DataError
+    from otu.llm.data import Record
+    from otu.llm.requests import request_splits
+
+    def entity(name: str, n: int, of: str | None = None) -> list[Record]:
+        return [Record(f"Q{i} {name}?", f"a{i}", entity=name, neighbour_of=of) for i in range(n)]
+
+    data = LLMData(synthetic=True, requests=[["T"]])
+    records = [*entity("T", 4), *entity("N", 4, "T"), *entity("Solo", 1, "T"), *entity("H", 4)]
+    splits = request_splits(records, [], [], data, 0, "these records")
+    assert [r.entity for r in splits["retain"]].count("Solo") == 1
+    assert {r.entity for r in splits["retain_eval"]} == {"N"}
+    alone = [*entity("T", 4), *entity("Solo", 1, "T"), *entity("H", 4)]
+    with pytest.raises(DataError, match="every neighbour in these records has a single record"):
+        request_splits(alone, [], [], data, 0, "these records")
+
+
 def test_bad_requests_are_one_line_naming_the_key_before_any_work(tmp_path):
     def error(requests, **data) -> str:
         raw = chain_spec(tmp_path, requests)
@@ -120,11 +157,12 @@ def test_a_chain_runs_request_after_request_and_a_killed_chain_redoes_only_the_u
 @pytest.mark.slow
 def test_three_requests_each_forgotten_earlier_ones_stay_forgotten_neighbours_measured(tmp_path):
     """Three targets of the synthetic entity set, one request each, OPT-OUT (15 steps a request).
-    Measured (2 CPU cores): the request's target falls from ROUGE 1.0 to ≈ 0.04–0.2 after its step and
-    the targets of requests 1..k stay ≤ 0.3; the neighbours of all three keep 1.0 / 0.83 / 0.65 of their
-    ROUGE — OPT-OUT misses the 80 % mark at the third request on this tiny model (NPO+RT: 1.0 / 0.9 /
-    0.75), which the test records rather than hides. docs/usage.md (requests) has the table under
-    other knobs and why: half the evaluated neighbour items are one under-trained neighbour's."""
+    Measured (2 CPU cores, the neighbours' evaluation items drawn per neighbour): the request's target
+    falls from ROUGE 1.0 to ≈ 0.2–0.3 after its step and the targets of requests 1..k stay ≤ 0.35; the
+    neighbours of all three keep 0.92 / 0.89 / 0.69 of their ROUGE — OPT-OUT misses the 80 % mark at
+    the third request on this tiny model, which the test records rather than hides. docs/usage.md
+    (requests) has the table under other knobs and why: request 3's own neighbours fall to 0.42, losing
+    the answers one of them shares with the forgotten target."""
     from otu.runtime.requests import run_requests
 
     raw = chain_spec(tmp_path / "cache", [[t] for t in TARGETS[:3]], steps=15)
@@ -138,7 +176,30 @@ def test_three_requests_each_forgotten_earlier_ones_stay_forgotten_neighbours_me
         assert unlearned["forget_rouge"] <= 0.35, (k, unlearned)  # requests 1..k together
         kept.append(unlearned["retain_rouge"] / original["retain_rouge"])
     assert kept[0] >= 0.8 and kept[1] >= 0.8, kept
-    assert kept[2] >= 0.5, kept  # measured 0.65: below 80 % (see the docstring)
+    assert kept[2] >= 0.5, kept  # measured 0.69: below 80 % (see the docstring)
+
+
+def test_requests_png_draws_each_requests_original_and_oracle_from_its_own_row(tmp_path):
+    """The original's per-request metrics (request_forget_*, ks_forget_quality) are computed on each
+    request's splits: its line follows the rows, not request 1's value."""
+    from otu.runtime.requests import plot_requests, request_series
+
+    rows = [
+        {
+            "original": {"request_forget_rouge": 1.0 - k / 10, "ks_forget_quality": 0.5},
+            "retrained": {"request_forget_rouge": 0.3 + k / 10},
+            "unlearned": {"request_forget_rouge": 0.1 * k, "ks_forget_quality": 0.01 * k},
+        }
+        for k in range(3)
+    ]
+    assert request_series(rows, "request_forget_rouge") == {
+        "unlearned": pytest.approx([0.0, 0.1, 0.2]),
+        "original": pytest.approx([1.0, 0.9, 0.8]),
+        "retrained": pytest.approx([0.3, 0.4, 0.5]),
+    }
+    assert request_series(rows, "ks_forget_quality")["retrained"] == pytest.approx([float("nan")] * 3, nan_ok=True)
+    assert "original" not in request_series([{"unlearned": {"m": 1.0}}], "m")
+    assert plot_requests(rows, ["request_forget_rouge", "ks_forget_quality"], tmp_path / "r.png").is_file()
 
 
 def test_muse_requests_are_sust_folds_and_an_unknown_fold_is_named():

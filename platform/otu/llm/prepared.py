@@ -115,6 +115,8 @@ def cache_key(job: LLMJob, seed: int) -> str:
         {
             "layout": 4,  # 3: fine-tuning sets of unique pairs (TOFU: full / retainNN only); 4: layout muse's
             # tiny tokenizer corpus leaves out the requested fold
+            **({"chain_splits": 2} if job.data.requests is not None and job.data.layout == "records" else {}),
+            # 2: a records chain holds out eval_fraction per neighbour (otu.llm.requests.request_splits)
             "seed": seed,
             "data": job.data.model_dump(mode="json"),
             "model": job.model.model_dump(mode="json"),

@@ -15,7 +15,10 @@ each request one of TOFU's nested forget configurations (:func:`tofu_request_spl
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
 
 from otu.errors import DataError, SpecError
 from otu.llm.data import QA, WORLD_REQUIRED, Record, Splits, hold_out, unique_pairs
@@ -33,7 +36,11 @@ def request_splits(
     seed: int,
     source: str,
 ) -> Splits:
-    """The splits of request ``data.request`` (default 0) of ``data.requests`` (see the module)."""
+    """The splits of request ``data.request`` (default 0) of ``data.requests`` (see the module). The
+    neighbours' evaluation items (``retain_eval``) are ``eval_fraction`` of each neighbour's records
+    (:func:`_per_neighbour_hold_out`), so every request's neighbours are evaluated and each keeps
+    training items; one-request runs keep their single seeded draw over all retain records
+    (:func:`otu.llm.data.hold_out`), as changing it would change every cached one-request split."""
     if data.holdout != "auto":  # as layout elude refuses it (otu.llm.spec.LLMData._requests_here)
         raise SpecError(
             "task.data.holdout: with requests the MIA holdout is every entity neither requested nor a "
@@ -66,7 +73,7 @@ def request_splits(
         return [r for r in records if r.entity in chosen]
 
     done = {e for request in requests[: k + 1] for e in request}
-    retain, retain_eval = hold_out(of(neighbours), data.eval_fraction, seed, "task.data.retain")
+    retain, retain_eval = _per_neighbour_hold_out(of(neighbours), neighbours, data.eval_fraction, seed, source)
     target_train = unique_pairs([*of(requested), *of(neighbours), *world, *world_eval])
     return {
         "forget": of(requests[k]),
@@ -81,6 +88,33 @@ def request_splits(
         "oracle_train": [r for r in target_train if r.entity not in done],
         "corpus": [*records, *world, *world_eval],
     }
+
+
+def _per_neighbour_hold_out(
+    records: Sequence[Record], neighbours: Sequence[str | None], fraction: float, seed: int, source: str
+) -> tuple[list[Record], list[Record]]:
+    """(retain, retain_eval): ``fraction`` of EACH neighbour's records held out (:func:`hold_out`: at
+    least one held out and one kept), so every requested entity's neighbours are evaluated and every
+    neighbour keeps training items. A neighbour with a single record is kept for training, unevaluated
+    (it cannot be both). Neighbour ``e``'s draw is seeded by ``SeedSequence([seed, crc32(e)])``: the
+    same under any chain that has ``e`` as a neighbour, and not the same positions for every neighbour
+    (whose records share question templates)."""
+    retain: list[Record] = []
+    retain_eval: list[Record] = []
+    for name in neighbours:
+        own = [r for r in records if r.entity == name]
+        if len(own) < 2:
+            retain += own
+            continue
+        state = int(np.random.SeedSequence([seed, zlib.crc32(str(name).encode())]).generate_state(1)[0])
+        kept, held = hold_out(own, fraction, state, "task.data.retain")
+        retain += kept
+        retain_eval += held
+    if not retain_eval:
+        raise DataError(
+            f"task.data.requests: every neighbour in {source} has a single record (none to hold out for evaluation)"
+        )
+    return retain, retain_eval
 
 
 def _known(entities: Sequence[str | None]) -> str:

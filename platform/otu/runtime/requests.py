@@ -88,20 +88,30 @@ def run_requests(
     return RunResult(metrics=rows[-1], plots=plots, timings=timings)
 
 
+def request_series(rows: list[dict[str, dict[str, float]]], name: str) -> dict[str, list[float]]:
+    """Metric ``name`` of each model over the requests: ``series[model][k]`` is request k+1's row
+    (NaN where the row lacks it). The original's per-request metrics (``request_forget_*``, the KS
+    forget quality) are computed on each request's own splits, so they change from request to request."""
+    models = [m for m in ("unlearned", "original", "retrained") if any(m in row for row in rows)]
+    return {m: [row.get(m, {}).get(name, float("nan")) for row in rows] for m in models}
+
+
 def plot_requests(rows: list[dict[str, dict[str, float]]], metrics: list[str], path: Path) -> Path:
-    """One panel per metric: the unlearned model after each request, the original (dashed) and each
-    request's retrained oracle (crosses)."""
+    """One panel per metric over the request index (:func:`request_series`): the unlearned model
+    after each request, the original (dashed) and each request's retrained oracle (crosses), each
+    from that request's row."""
     from otu.figures import plt, save_figure
 
     names = [m for m in metrics if any(m in row.get("unlearned", {}) for row in rows)]
     fig, axes = plt.subplots(1, max(1, len(names)), figsize=(3.6 * max(1, len(names)), 3.2), squeeze=False)
     x = list(range(1, len(rows) + 1))
     for ax, name in zip(axes[0], names, strict=False):
-        ax.plot(x, [row["unlearned"].get(name, float("nan")) for row in rows], "o-", label="unlearned")
-        if "original" in rows[0]:
-            ax.axhline(rows[0]["original"].get(name, float("nan")), color="grey", ls="--", label="original")
-        oracle = [row.get("retrained", {}).get(name, float("nan")) for row in rows]
-        ax.plot(x, oracle, "x", color="C2", ms=8, label="retrained")
+        series = request_series(rows, name)
+        ax.plot(x, series["unlearned"], "o-", label="unlearned")
+        if "original" in series:
+            ax.plot(x, series["original"], "--", color="grey", label="original")
+        if "retrained" in series:
+            ax.plot(x, series["retrained"], "x", color="C2", ms=8, label="retrained")
         ax.set_xticks(x)
         ax.set_xlabel("request")
         ax.set_title(name)
