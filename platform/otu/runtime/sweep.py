@@ -172,10 +172,12 @@ def search_algorithm(sweep: Sweep, work: Plan | None = None):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    from otu.runtime.nsga2 import NSGAIISampler
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" line
     warm = work.warm if work is not None else []
     seed = sweep.experiment.seed + len(warm)  # a resumed study does not replay the first suggestions
-    sampler = optuna.samplers.NSGAIISampler(seed=seed) if algo == "nsga2" else optuna.samplers.TPESampler(seed=seed)
+    sampler = NSGAIISampler(seed=seed) if algo == "nsga2" else optuna.samplers.TPESampler(seed=seed)
     metrics = [o.metric for o in sweep.objectives]
     modes: list[str] = [o.mode for o in sweep.objectives]
     space = OptunaSearch.convert_search_space({key: to_tune(param) for key, param in sweep.space.items()})
