@@ -35,9 +35,10 @@ def check(job: LLMJob, ctx: RunContext) -> None:
     if job.eval.lm_eval is not None:
         check_lm_eval(job.eval.lm_eval)
     if method.lora is not None:
-        from otu.llm.lora import check_targets
+        from otu.llm.lora import check_targets, layout
+        from otu.llm.models import tiny_layout
 
-        check_targets(meta_model(model), method.lora)
+        check_targets(tiny_layout(model.tiny) if model.tiny else layout(meta_model(model)), method.lora)
     splits = load_splits(job.data, ctx.seed)
     # paired retain / world subsets must fit in their sets
     StepSampler({k: len(splits[k]) for k in TRAIN}, recipe_for(method, job.data.layout).retain_sampling, ctx.seed)
@@ -118,23 +119,13 @@ def checkpoint_files(path: str, revision: str | None, field: str) -> Path:
 
 
 def meta_model(spec: LLMModel):
-    """The model's module structure, weightless (meta device): for checks of module names."""
+    """The checkpoint's module structure, weightless (meta device): for checks of module names."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    if spec.tiny is not None:
-        t = spec.tiny
-        config = LlamaConfig(
-            vocab_size=t.vocab,
-            hidden_size=t.hidden,
-            intermediate_size=t.intermediate,
-            num_hidden_layers=t.layers,
-            num_attention_heads=t.heads,
-        )
-    else:
-        assert spec.path is not None
-        path = checkpoint_files(spec.path, spec.revision, "model.path")
-        config = AutoConfig.from_pretrained(str(path), trust_remote_code=spec.trust_remote_code)
+    assert spec.path is not None
+    path = checkpoint_files(spec.path, spec.revision, "model.path")
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=spec.trust_remote_code)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=spec.trust_remote_code)
 

@@ -17,6 +17,7 @@ closed forms on W₀ + sBA and carry it the same way.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from otu.ot import random_projections
 
 Gather = Callable[[Sequence[nn.Parameter]], AbstractContextManager]
 AddGrad = Callable[[nn.Parameter, Tensor], None]
+ALL_LINEAR = "all-linear"  # peft's shorthand: every linear layer but the output head
+OUTPUT_HEAD = "lm_head"
 
 
 def wrap(model: nn.Module, spec: Lora) -> nn.Module:
@@ -53,23 +56,38 @@ def wrap(model: nn.Module, spec: Lora) -> nn.Module:
         raise
 
 
-def check_targets(model: nn.Module, spec: Lora) -> None:
-    """``spec.target_modules`` must name at least one ``nn.Linear`` of ``model`` (e.g. on meta)."""
-    from peft import LoraConfig
-    from peft.tuners.tuners_utils import check_target_module_exists
+Layout = Sequence[tuple[str, bool]]
+"""A model's module tree for name checks: ``(qualified name, is nn.Linear)`` per module."""
 
-    config = LoraConfig(target_modules=spec.target_modules)
-    hits = [
-        (name, module) for name, module in model.named_modules() if name and check_target_module_exists(config, name)
-    ]
-    linear = [name for name, module in hits if isinstance(module, nn.Linear)]
-    if not linear:
-        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+
+def layout(model: nn.Module) -> list[tuple[str, bool]]:
+    """``model``'s :data:`Layout` (e.g. of a model built on the meta device)."""
+    return [(name, isinstance(module, nn.Linear)) for name, module in model.named_modules() if name]
+
+
+def targeted(name: str, target_modules: list[str] | str) -> bool:
+    """Whether peft's LoRA adapts module ``name``: a listed name or dotted suffix, or a full match of
+    one regex (``peft.tuners.tuners_utils.check_target_module_exists`` without its layer options)."""
+    if isinstance(target_modules, str):
+        return re.fullmatch(target_modules, name) is not None
+    return any(name == key or name.endswith(f".{key}") for key in target_modules)
+
+
+def check_targets(modules: Layout, spec: Lora) -> None:
+    """``spec.target_modules`` must name at least one ``nn.Linear`` of the model and nothing else;
+    peft's ``"all-linear"`` names every linear layer but the output head."""
+    if spec.target_modules == ALL_LINEAR:
+        if not any(linear for name, linear in modules if name != OUTPUT_HEAD):
+            raise SpecError("method.lora.target_modules: 'all-linear' finds no linear layer below the output head")
+        return
+    hits = [(name, linear) for name, linear in modules if targeted(name, spec.target_modules)]
+    if not any(linear for _, linear in hits):
+        names = sorted({name.rsplit(".", 1)[-1] for name, linear in modules if linear})
         raise SpecError(
             f"method.lora.target_modules: {spec.target_modules!r} matches no linear layer of the "
             f"model; its linear layers are named {names}"
         )
-    other = [name for name, module in hits if not isinstance(module, nn.Linear)]
+    other = [name for name, linear in hits if not linear]
     if other:
         raise SpecError(
             f"method.lora.target_modules: matches non-linear modules {other[:3]} (LoRA here adapts "
