@@ -106,6 +106,9 @@ def test_two_trial_sweep_writes_parquet_report_and_mlflow(tmp_path, tracking, ca
     assert "Pareto front" in summary and (out / "pareto.png").stat().st_size > 0
     assert "Reference models" in summary and (out / "report.html").is_file()
     err = capsys.readouterr().err
+    # piped (80 columns), the start and end lines keep the sweep's folder and the URI whole for grep
+    assert len(str(out)) > 40 and re.search(rf"→ {re.escape(str(out))}$", err, re.M)
+    assert re.search(rf"done in \d+ s: {re.escape(str(out))} \(.*\), MLflow at {re.escape(tracking)}$", err, re.M)
     for trial_id in table["trial_id"]:  # one line per finished trial, with its objectives
         assert re.search(rf"trial {trial_id} \([12]/2[ ,].*test_acc=[0-9.]+ forgetting_score=[0-9.]+", err)
     for trial_id in table["trial_id"]:

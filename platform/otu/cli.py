@@ -43,7 +43,7 @@ from otu.spec import (
 )
 from otu.tracking.storage import check_uri, is_uri, staged
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a path or URI is never broken over lines (piped: 80 columns)
 RUNS_ROOT = Path("otu-runs")
 
 
@@ -86,7 +86,7 @@ def _say(label: str, message: object, debug: bool) -> None:
     if debug and sys.exc_info()[0] is not None:
         traceback.print_exc()
     text = re.sub(r"\s*\n\s*", " ", str(message)).strip()
-    console.print(Text.assemble((label, "bold red"), " " * bool(text), text), highlight=False, soft_wrap=True)
+    console.print(Text.assemble((label, "bold red"), " " * bool(text), text), highlight=False)
 
 
 INTERRUPTED = threading.Event()
@@ -447,7 +447,6 @@ def cmd_validate(args: argparse.Namespace) -> None:
             f"them before any work): {listed}",
             markup=False,
             highlight=False,
-            soft_wrap=True,  # one line: a path stays whole for grep
         )
 
 

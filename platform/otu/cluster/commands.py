@@ -15,7 +15,7 @@ from rich.console import Console
 
 from otu.cli_args import add_overrides
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a path or URI is never broken over lines (piped: 80 columns)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

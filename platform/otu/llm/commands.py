@@ -26,6 +26,6 @@ def cmd_entities(args: argparse.Namespace) -> None:
         raise SpecError(f"--out: {args.out} is a file, not a directory")
     writable_dir(args.out, "--out")
     files = write_entities(args.out, seed=args.seed)
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     for name, path in files.items():
         console.print(f"{name}: {path}")

@@ -12,7 +12,7 @@ from otu.cli_args import add_overrides
 from otu.errors import SpecError
 from otu.scaling.worker import DEFAULT_MMAP_THRESHOLD
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a path or URI is never broken over lines (piped: 80 columns)
 
 
 def _ints(text: str) -> list[int]:
