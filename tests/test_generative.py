@@ -40,7 +40,9 @@ def raw_experiment(cache_dir: Path, method: dict, **data) -> dict:
         "seed": 0,
         "task": {"family": "generative", "data": {"forget_class": 3, **data}, "model": SMALL_MODEL},
         "method": method,
-        "eval": {"num_samples": 600, "grid_size": 4},
+        # 3000 samples: the forgotten class's share (≈ 1 % after unlearning) is then ≈ 30 samples, so
+        # PUL's sampling error is ≈ 0.02 (≈ 0.04 with 600)
+        "eval": {"num_samples": 3000, "grid_size": 4},
         "tracking": {"cache_dir": str(cache_dir)},
     }
 
@@ -205,7 +207,9 @@ def test_original_generator_covers_the_classes(runs: dict) -> None:
 def test_uot_unlearn_forgets_and_keeps_quality(runs: dict) -> None:
     uot, naive = runs["uot_unlearn"]["metrics"], runs["forget_cost"]["metrics"]
     original = runs["original"]
-    assert uot["pul"] > 0.9 and uot["forget_share"] < 0.2 * original["forget_share"]
+    # ≥ 85 % of the class gone. Seeds 0–2 gave PUL 0.92, 0.99, 0.93 (3000 samples, AVX-512 CPU); the
+    # same seed moves by a few points between CPUs, whose kernels round differently
+    assert uot["pul"] > 0.85 and uot["forget_share"] < 0.15 * original["forget_share"]
     assert uot["ufid"] < naive["ufid"], (uot, naive)
     assert uot["ufid"] < original["ufid"], "retained-class samples must stay close to real data"
     # The forgotten mass is spread over several retained classes, not dumped on one.

@@ -189,9 +189,13 @@ def test_ray_train_zero3_first_steps_equal_single_process(ray_local, llm_cache, 
     )
 
     assert [s for s, _ in steps] == [0, 1, 2]
-    for (_, got), want in zip(steps, ref_steps, strict=True):
+    for (step, got), want in zip(steps, ref_steps, strict=True):
+        # step 0's forget loss is at θ₀ itself; every later loss follows an Adam update (the steps
+        # alternate forget and retain updates), which turns the ranks' summation order (~1e-7 in a
+        # gradient near zero) into ±lr moves of a few weights (below): ~1e-5 of a loss
         for key in ("forget_loss", "retain_loss", "loss", "lr"):
-            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-8), key
+            rel = 1e-6 if (step, key) == (0, "forget_loss") else 1e-4
+            assert got[key] == pytest.approx(want[key], rel=rel, abs=1e-8), (step, key)
         # SW of θ − θ₀ ≈ 1e-3·θ: fp32 rounding of θ (~1e-7) is ~1e-4 of the difference
         assert got["reg"] == pytest.approx(want["reg"], rel=1e-3)
     # Adam turns rounding noise in near-zero gradients into ±lr moves, so a few weights differ by up
