@@ -130,15 +130,12 @@ def tiny_layout(tiny: TinyModel) -> list[tuple[str, bool]]:
     """The module tree of :func:`build_tiny_model`'s Llama as ``(name, is nn.Linear)``, without
     importing transformers (``otu validate`` checks LoRA targets against it; a test pins it to
     transformers' own tree)."""
-    attention = [(f"self_attn.{p}_proj", True) for p in "qkvo"]
-    mlp = [(f"mlp.{p}_proj", True) for p in ("gate", "up", "down")] + [("mlp.act_fn", False)]
-    block = [("self_attn", False), *attention, ("mlp", False), *mlp]
-    block += [("input_layernorm", False), ("post_attention_layernorm", False)]
-    layers = [
-        (f"model.layers.{i}{'.' + name if name else ''}", linear)
-        for i in range(tiny.layers)
-        for name, linear in [("", False), *block]
-    ]
+    attention = [("self_attn", False), *((f"self_attn.{p}_proj", True) for p in "qkvo")]
+    mlp = [("mlp", False), *((f"mlp.{p}_proj", True) for p in ("gate", "up", "down")), ("mlp.act_fn", False)]
+    block = [*attention, *mlp, ("input_layernorm", False), ("post_attention_layernorm", False)]
+    layers: list[tuple[str, bool]] = []
+    for i in range(tiny.layers):
+        layers += [(f"model.layers.{i}", False), *((f"model.layers.{i}.{name}", linear) for name, linear in block)]
     head = [("model.norm", False), ("model.rotary_emb", False), ("lm_head", True)]
     return [("model", False), ("model.embed_tokens", False), ("model.layers", False), *layers, *head]
 
